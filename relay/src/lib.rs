@@ -1,0 +1,17 @@
+//! veil's relay node.
+//!
+//! * [`proto`] is the sans-I/O core: the STUN/TURN codec (zero-copy, our own), REST-API
+//!   credentials, stateless nonces, the peer filter and the server state machine that turns
+//!   `(now, datagram, from)` into datagrams to send. It never touches a socket or the clock.
+//! * [`io`] is the tokio driver: one current-thread runtime per worker, each owning its
+//!   SO_REUSEPORT listener sockets and the relayed sockets of the allocations it serves, so a
+//!   forwarded packet crosses no lock and no channel.
+//! * [`config`] is the YAML configuration with validation that names the bad field.
+//!
+//! What this crate must never do: log a client IP, peer address or username unless the operator
+//! opted in ([`privacy`]), keep per-request state for unauthenticated traffic, or panic on input.
+
+pub mod config;
+pub mod io;
+pub mod privacy;
+pub mod proto;

@@ -1,0 +1,344 @@
+//! Credentials with no user database, and stateless nonces.
+//!
+//! * TURN REST API / coturn `use-auth-secret` credentials: the username is `<unix-expiry>` or
+//!   `<unix-expiry>:<opaque-id>`, the password `base64(HMAC-SHA1(secret, username))`. Any of
+//!   several secrets may have minted it (rotation).
+//! * A fixed user list, for local development only.
+//! * Nonces carry their own expiry and a MAC over the client's 5-tuple under a node key, so the
+//!   server keeps no per-request state: unauthenticated traffic cannot grow memory.
+
+use std::net::{IpAddr, SocketAddr};
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use md5::{Digest, Md5};
+use ring::{digest, hmac};
+
+/// RFC 8489 §9.2: the nonce cookie that announces the security feature set.
+pub const NONCE_COOKIE: &[u8] = b"obMatJos2";
+/// The feature set we announce, base64 of 24 bits: bit 0 (MSB) "Password algorithms".
+const FEATURES: &[u8] = b"gAAA";
+/// PASSWORD-ALGORITHM numbers (RFC 8489 §18.5).
+pub const ALG_MD5: u16 = 0x0001;
+pub const ALG_SHA256: u16 = 0x0002;
+/// The PASSWORD-ALGORITHMS value we send: SHA-256 then MD5, each with zero-length parameters.
+pub const PASSWORD_ALGORITHMS: [u8; 8] = [0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00];
+
+/// MD5(username ":" realm ":" password), the RFC 8489 §9.2.2 key for HMAC with MD5 passwords.
+pub fn long_term_key_md5(user: &[u8], realm: &[u8], pass: &[u8]) -> [u8; 16] {
+    let mut h = Md5::new();
+    h.update(user);
+    h.update(b":");
+    h.update(realm);
+    h.update(b":");
+    h.update(pass);
+    h.finalize().into()
+}
+
+/// SHA-256(username ":" realm ":" password), the key when PASSWORD-ALGORITHM is SHA-256.
+pub fn long_term_key_sha256(user: &[u8], realm: &[u8], pass: &[u8]) -> [u8; 32] {
+    let mut c = digest::Context::new(&digest::SHA256);
+    c.update(user);
+    c.update(b":");
+    c.update(realm);
+    c.update(b":");
+    c.update(pass);
+    c.finish().as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
+/// A long-term key for either password algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key {
+    Md5([u8; 16]),
+    Sha256([u8; 32]),
+}
+
+impl Key {
+    pub fn derive(alg: u16, user: &[u8], realm: &[u8], pass: &[u8]) -> Key {
+        if alg == ALG_SHA256 {
+            Key::Sha256(long_term_key_sha256(user, realm, pass))
+        } else {
+            Key::Md5(long_term_key_md5(user, realm, pass))
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Key::Md5(k) => k,
+            Key::Sha256(k) => k,
+        }
+    }
+}
+
+/// The REST API password for a username under one secret: base64(HMAC-SHA1(secret, username)).
+pub fn rest_password(secret: &[u8], username: &[u8]) -> [u8; 28] {
+    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret);
+    let tag = hmac::sign(&key, username);
+    let mut out = [0u8; 28];
+    let n = STANDARD
+        .encode_slice(tag.as_ref(), &mut out)
+        .expect("20 bytes encode to 28");
+    debug_assert_eq!(n, 28);
+    out
+}
+
+/// Mints a REST username/password pair that expires at `expiry` (unix seconds).
+pub fn mint(secret: &[u8], expiry: u64, id: Option<&str>) -> (String, String) {
+    let username = match id {
+        Some(id) => format!("{expiry}:{id}"),
+        None => expiry.to_string(),
+    };
+    let pw = rest_password(secret, username.as_bytes());
+    let pw = String::from_utf8(pw.to_vec()).expect("base64 is ASCII");
+    (username, pw)
+}
+
+/// Why a username cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserError {
+    /// No secret-style timestamp and not a configured static user.
+    Unknown,
+    /// A REST username whose timestamp has passed.
+    Expired,
+}
+
+/// What identifies a user for quotas: the opaque id of a REST username when it has one (so that
+/// minting new credentials does not reset a user's quota), else the whole username.
+pub fn quota_key(username: &str) -> &str {
+    match username.split_once(':') {
+        Some((ts, id)) if ts.bytes().all(|b| b.is_ascii_digit()) && !id.is_empty() => id,
+        _ => username,
+    }
+}
+
+/// The credential sources of a node. Replaced as a whole on reload.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// REST API secrets, newest first. Any of them validates.
+    pub secrets: Vec<Vec<u8>>,
+    /// Development-only static users (username, password).
+    pub static_users: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets or passwords.
+        f.debug_struct("Credentials")
+            .field("secrets", &self.secrets.len())
+            .field("static_users", &self.static_users.len())
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Calls `try_password` with each password that could belong to `username` until it returns
+    /// true. Returns Ok(true) if one matched.
+    pub fn for_each_password(
+        &self,
+        username: &str,
+        unix_now: u64,
+        mut try_password: impl FnMut(&[u8]) -> bool,
+    ) -> Result<bool, UserError> {
+        let ts = username.split_once(':').map_or(username, |(ts, _)| ts);
+        let rest_expiry =
+            (!ts.is_empty() && ts.len() <= 20 && ts.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| ts.parse::<u64>().ok())
+                .flatten();
+        if let Some(expiry) = rest_expiry
+            && !self.secrets.is_empty()
+        {
+            if expiry < unix_now {
+                return Err(UserError::Expired);
+            }
+            for s in &self.secrets {
+                if try_password(&rest_password(s, username.as_bytes())) {
+                    return Ok(true);
+                }
+            }
+            return Ok(false);
+        }
+        match self.static_users.iter().find(|(u, _)| u == username) {
+            Some((_, p)) => Ok(try_password(p.as_bytes())),
+            None => Err(UserError::Unknown),
+        }
+    }
+}
+
+/// Mints and checks stateless nonces: cookie, features, then base64url(expiry ‖ MAC) where the
+/// MAC covers the expiry and the client's 5-tuple under a node key.
+pub struct NonceKey {
+    key: hmac::Key,
+}
+
+/// What is wrong with a nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceError {
+    Malformed,
+    Expired,
+}
+
+const NONCE_MAC_LEN: usize = 12;
+const NONCE_RAW_LEN: usize = 4 + NONCE_MAC_LEN;
+/// Length of every nonce we mint.
+pub const NONCE_LEN: usize = NONCE_COOKIE.len() + FEATURES.len() + 22;
+
+impl NonceKey {
+    pub fn new(secret: &[u8]) -> Self {
+        NonceKey {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+        }
+    }
+
+    /// A key from the OS random source; nonces die with the process, which clients handle by
+    /// retrying after 438.
+    pub fn random() -> Self {
+        let mut k = [0u8; 32];
+        getrandom::fill(&mut k).expect("the OS random source works");
+        Self::new(&k)
+    }
+
+    fn mac(&self, expiry: u32, listener: u16, client: SocketAddr) -> [u8; NONCE_MAC_LEN] {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(&expiry.to_be_bytes());
+        ctx.update(&listener.to_be_bytes());
+        match client.ip() {
+            IpAddr::V4(ip) => ctx.update(&ip.octets()),
+            IpAddr::V6(ip) => ctx.update(&ip.octets()),
+        }
+        ctx.update(&client.port().to_be_bytes());
+        let tag = ctx.sign();
+        tag.as_ref()[..NONCE_MAC_LEN]
+            .try_into()
+            .expect("HMAC-SHA256 is longer")
+    }
+
+    /// Writes a nonce valid until `expiry` for this client into `out`.
+    pub fn mint(&self, expiry: u32, listener: u16, client: SocketAddr) -> [u8; NONCE_LEN] {
+        let mut raw = [0u8; NONCE_RAW_LEN];
+        raw[..4].copy_from_slice(&expiry.to_be_bytes());
+        raw[4..].copy_from_slice(&self.mac(expiry, listener, client));
+        let mut out = [0u8; NONCE_LEN];
+        let c = NONCE_COOKIE.len();
+        out[..c].copy_from_slice(NONCE_COOKIE);
+        out[c..c + FEATURES.len()].copy_from_slice(FEATURES);
+        let n = URL_SAFE_NO_PAD
+            .encode_slice(raw, &mut out[c + FEATURES.len()..])
+            .expect("16 bytes encode to 22");
+        debug_assert_eq!(n, 22);
+        out
+    }
+
+    /// Checks a nonce for this client at `unix_now`.
+    pub fn check(
+        &self,
+        nonce: &[u8],
+        listener: u16,
+        client: SocketAddr,
+        unix_now: u64,
+    ) -> Result<(), NonceError> {
+        let prefix = NONCE_COOKIE.len() + FEATURES.len();
+        if nonce.len() != NONCE_LEN || &nonce[..NONCE_COOKIE.len()] != NONCE_COOKIE {
+            return Err(NonceError::Malformed);
+        }
+        let mut raw = [0u8; 18];
+        let n = URL_SAFE_NO_PAD
+            .decode_slice(&nonce[prefix..], &mut raw)
+            .map_err(|_| NonceError::Malformed)?;
+        if n != NONCE_RAW_LEN {
+            return Err(NonceError::Malformed);
+        }
+        let expiry = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
+        let mac = self.mac(expiry, listener, client);
+        if !crate::proto::stun::ct_eq(&mac, &raw[4..NONCE_RAW_LEN]) {
+            return Err(NonceError::Malformed);
+        }
+        if (expiry as u64) < unix_now {
+            return Err(NonceError::Expired);
+        }
+        Ok(())
+    }
+}
+
+/// True if a nonce we minted announces the password-algorithms feature (all of ours do).
+pub fn nonce_announces_algorithms(nonce: &[u8]) -> bool {
+    nonce.starts_with(NONCE_COOKIE)
+        && nonce.len() >= NONCE_COOKIE.len() + 4
+        && STANDARD
+            .decode(&nonce[NONCE_COOKIE.len()..NONCE_COOKIE.len() + 4])
+            .is_ok_and(|b| b.first().is_some_and(|f| f & 0x80 != 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rest_password_matches_coturn_scheme() {
+        // base64(HMAC-SHA1("secret", "1700000000:alice")), computed independently with
+        // `printf 1700000000:alice | openssl dgst -sha1 -hmac secret -binary | base64`.
+        let pw = rest_password(b"secret", b"1700000000:alice");
+        assert_eq!(&pw, b"d8soP47RbdIKLDUOpnJPVQyq5Ts=");
+    }
+
+    #[test]
+    fn rest_credentials_rotation_and_expiry() {
+        let creds = Credentials {
+            secrets: vec![b"new".to_vec(), b"old".to_vec()],
+            ..Default::default()
+        };
+        let (user, pw) = mint(b"old", 2_000, Some("bob"));
+        let ok = creds.for_each_password(&user, 1_000, |p| p == pw.as_bytes());
+        assert_eq!(ok, Ok(true));
+        let wrong = creds.for_each_password(&user, 1_000, |p| p == b"nope");
+        assert_eq!(wrong, Ok(false));
+        assert_eq!(
+            creds.for_each_password(&user, 2_001, |_| true),
+            Err(UserError::Expired)
+        );
+        assert_eq!(
+            creds.for_each_password("alice", 0, |_| true),
+            Err(UserError::Unknown)
+        );
+    }
+
+    #[test]
+    fn static_users_only_match_their_password() {
+        let creds = Credentials {
+            static_users: vec![("dev".into(), "devpass".into())],
+            ..Default::default()
+        };
+        assert_eq!(
+            creds.for_each_password("dev", 0, |p| p == b"devpass"),
+            Ok(true)
+        );
+        assert_eq!(creds.for_each_password("dev", 0, |p| p == b"x"), Ok(false));
+    }
+
+    #[test]
+    fn quota_key_uses_opaque_id() {
+        assert_eq!(quota_key("1700000000:alice"), "alice");
+        assert_eq!(quota_key("1700000000"), "1700000000");
+        assert_eq!(quota_key("alice"), "alice");
+        assert_eq!(quota_key("x:y"), "x:y");
+    }
+
+    #[test]
+    fn nonce_is_bound_to_client_and_expires() {
+        let k = NonceKey::new(b"node key");
+        let a: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let b: SocketAddr = "192.0.2.1:5001".parse().unwrap();
+        let n = k.mint(1_000, 0, a);
+        assert!(nonce_announces_algorithms(&n));
+        assert_eq!(k.check(&n, 0, a, 999), Ok(()));
+        assert_eq!(k.check(&n, 0, a, 1_001), Err(NonceError::Expired));
+        assert_eq!(k.check(&n, 0, b, 999), Err(NonceError::Malformed));
+        assert_eq!(k.check(&n, 1, a, 999), Err(NonceError::Malformed));
+        let mut forged = n;
+        forged[NONCE_LEN - 1] ^= 1;
+        assert!(k.check(&forged, 0, a, 999).is_err());
+        assert_eq!(
+            NonceKey::new(b"other").check(&n, 0, a, 999),
+            Err(NonceError::Malformed)
+        );
+    }
+}
