@@ -1,0 +1,1308 @@
+//! Unit tests of the sans-I/O server: every request, error and expiry path, with no network.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::proto::stun::{decode_xor_address, error_code_of, find_attr};
+
+const REALM: &str = "test.veil";
+const SECRET: &[u8] = b"current-secret";
+const OLD_SECRET: &[u8] = b"previous-secret";
+const T0: u64 = 1_800_000_000;
+
+/// A driver double: hands out ports from a counter, records what it was asked.
+#[derive(Default)]
+struct FakeEnv {
+    open: HashMap<RelayId, (SocketAddr, bool)>,
+    reserved: HashMap<[u8; 8], SocketAddr>,
+    next_port: u16,
+    exhausted: bool,
+    v6_broken: bool,
+    closed: Vec<RelayId>,
+}
+
+impl Env for FakeEnv {
+    fn open_relay(
+        &mut self,
+        id: RelayId,
+        ip: IpAddr,
+        policy: PortPolicy,
+        df: bool,
+    ) -> Option<Opened> {
+        if self.exhausted || (ip.is_ipv6() && self.v6_broken) {
+            return None;
+        }
+        if self.next_port == 0 {
+            self.next_port = 20000;
+        }
+        let mut port = self.next_port;
+        let mut reservation = None;
+        if let PortPolicy::Even { reserve_next } = policy {
+            port += port % 2;
+            if reserve_next {
+                let token = [port as u8, (port >> 8) as u8, 1, 2, 3, 4, 5, 6];
+                self.reserved.insert(token, SocketAddr::new(ip, port + 1));
+                reservation = Some(token);
+            }
+        }
+        self.next_port = port + 2;
+        let bound = SocketAddr::new(ip, port);
+        self.open.insert(id, (bound, df));
+        Some(Opened { bound, reservation })
+    }
+
+    fn claim_reservation(
+        &mut self,
+        ids: [RelayId; 2],
+        token: [u8; 8],
+        df: bool,
+    ) -> Option<SocketAddr> {
+        let bound = self.reserved.remove(&token)?;
+        self.open
+            .insert(ids[Family::of(bound.ip()) as usize], (bound, df));
+        Some(bound)
+    }
+
+    fn close_relay(&mut self, id: RelayId) {
+        self.open.remove(&id);
+        self.closed.push(id);
+    }
+}
+
+fn config() -> ServerConfig {
+    ServerConfig {
+        realm: REALM.into(),
+        relay_v4: Some(RelayAddr {
+            bind: "127.0.0.1".parse().unwrap(),
+            advertise: "203.0.113.5".parse().unwrap(),
+        }),
+        relay_v6: Some(RelayAddr {
+            bind: "::1".parse().unwrap(),
+            advertise: "::1".parse().unwrap(),
+        }),
+        user_quota: 3,
+        total_quota: 5,
+        ..ServerConfig::default()
+    }
+}
+
+fn server_with(cfg: ServerConfig) -> Server {
+    let creds = Credentials {
+        secrets: vec![SECRET.to_vec(), OLD_SECRET.to_vec()],
+        static_users: vec![],
+    };
+    let filter = PeerFilter::new(&[], &[]).with_own_addresses(
+        &["127.0.0.1:3478".parse().unwrap()],
+        &["127.0.0.1".parse().unwrap(), "203.0.113.5".parse().unwrap()],
+        (20000, 29999),
+    );
+    let shared = Shared::new(
+        cfg,
+        creds,
+        NonceKey::new(b"node"),
+        filter,
+        Redactor::with_secret(b"r", false),
+    );
+    Server::new(Arc::new(shared))
+}
+
+struct Clock {
+    base: Instant,
+    secs: u64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Clock {
+            base: Instant::now(),
+            secs: 0,
+        }
+    }
+    fn now(&self) -> Now {
+        Now {
+            mono: self.base + Duration::from_secs(self.secs),
+            unix: T0 + self.secs,
+        }
+    }
+}
+
+/// Public addresses as values only: unit tests send nothing anywhere.
+const PEER: &str = "93.184.216.34:5000";
+const PEER2: &str = "93.184.216.35:6000";
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A client speaking to the server through the fake driver.
+struct Client {
+    key: ClientKey,
+    username: String,
+    password: String,
+    nonce: Vec<u8>,
+    alg: u16,
+    txn: u32,
+}
+
+enum Reply {
+    None,
+    Bytes(Vec<u8>),
+    Forward(RelayId, SocketAddr, Vec<u8>),
+}
+
+impl Reply {
+    fn bytes(self) -> Vec<u8> {
+        match self {
+            Reply::Bytes(b) => b,
+            _ => panic!("expected a reply"),
+        }
+    }
+}
+
+fn code(resp: &[u8]) -> Option<u16> {
+    find_attr(resp, attr::ERROR_CODE).and_then(error_code_of)
+}
+
+fn class(resp: &[u8]) -> Class {
+    Message::decode(resp).expect("a valid STUN message").class
+}
+
+impl Client {
+    fn new(port: u16, username: String, secret: &[u8]) -> Self {
+        let password =
+            String::from_utf8(auth::rest_password(secret, username.as_bytes()).to_vec()).unwrap();
+        Client {
+            key: ClientKey {
+                listener: 0,
+                addr: SocketAddr::new("192.0.2.10".parse().unwrap(), port),
+            },
+            username,
+            password,
+            nonce: Vec::new(),
+            alg: auth::ALG_MD5,
+            txn: 0,
+        }
+    }
+
+    fn rest(port: u16, id: &str) -> Self {
+        Client::new(port, format!("{}:{id}", T0 + 3600), SECRET)
+    }
+
+    fn key(&self) -> Key {
+        Key::derive(
+            self.alg,
+            self.username.as_bytes(),
+            REALM.as_bytes(),
+            self.password.as_bytes(),
+        )
+    }
+
+    fn txid(&mut self) -> [u8; 12] {
+        self.txn += 1;
+        let mut t = [9u8; 12];
+        t[..4].copy_from_slice(&self.txn.to_be_bytes());
+        t[4..6].copy_from_slice(&self.key.addr.port().to_be_bytes());
+        t
+    }
+
+    /// Builds a request; `signed` adds USERNAME, REALM, NONCE (+ algorithms) and integrity.
+    fn build(
+        &self,
+        m: u16,
+        txid: [u8; 12],
+        attrs: &[(u16, Vec<u8>)],
+        signed: bool,
+        fp: bool,
+    ) -> Vec<u8> {
+        let mut buf = vec![0u8; 1500];
+        let mut w = Writer::new(&mut buf, m, Class::Request, &txid).unwrap();
+        for (t, v) in attrs {
+            if *t == attr::XOR_PEER_ADDRESS {
+                let addr = sa(std::str::from_utf8(v).unwrap());
+                w.xor_address(*t, addr).unwrap();
+            } else {
+                w.attr(*t, v).unwrap();
+            }
+        }
+        if signed {
+            w.attr(attr::USERNAME, self.username.as_bytes()).unwrap();
+            w.attr(attr::REALM, REALM.as_bytes()).unwrap();
+            w.attr(attr::NONCE, &self.nonce).unwrap();
+            let kind = if self.alg == auth::ALG_SHA256 {
+                w.attr(attr::PASSWORD_ALGORITHMS, &auth::PASSWORD_ALGORITHMS)
+                    .unwrap();
+                w.attr(attr::PASSWORD_ALGORITHM, &[0, 2, 0, 0]).unwrap();
+                Integrity::Sha256
+            } else {
+                Integrity::Sha1
+            };
+            w.integrity(kind, self.key().as_bytes()).unwrap();
+        }
+        if fp {
+            w.fingerprint().unwrap();
+        }
+        let n = w.finish();
+        buf.truncate(n);
+        buf
+    }
+
+    fn send(&self, s: &mut Server, env: &mut FakeEnv, clock: &Clock, pkt: &[u8]) -> Reply {
+        let mut out = [0u8; 1500];
+        match s.handle_client(clock.now(), self.key, pkt, &mut out, env) {
+            Action::None => Reply::None,
+            Action::Reply(n) => Reply::Bytes(out[..n].to_vec()),
+            Action::Forward { relay, peer, data } => {
+                Reply::Forward(relay, peer, pkt[data].to_vec())
+            }
+        }
+    }
+
+    /// Sends an authenticated request, answering one 401/438 challenge as real clients do.
+    fn request(
+        &mut self,
+        s: &mut Server,
+        env: &mut FakeEnv,
+        clock: &Clock,
+        m: u16,
+        attrs: &[(u16, Vec<u8>)],
+    ) -> Vec<u8> {
+        for _ in 0..2 {
+            let txid = self.txid();
+            let pkt = self.build(m, txid, attrs, !self.nonce.is_empty(), true);
+            let resp = self.send(s, env, clock, &pkt).bytes();
+            let msg = Message::decode(&resp).unwrap();
+            assert_eq!(msg.transaction_id(), &txid);
+            if matches!(code(&resp), Some(401 | 438)) && find_attr(&resp, attr::NONCE).is_some() {
+                let fresh = find_attr(&resp, attr::NONCE).unwrap().to_vec();
+                if fresh != self.nonce {
+                    self.nonce = fresh;
+                    continue;
+                }
+            }
+            return resp;
+        }
+        panic!("challenge loop")
+    }
+
+    fn allocate(
+        &mut self,
+        s: &mut Server,
+        env: &mut FakeEnv,
+        clock: &Clock,
+        extra: &[(u16, Vec<u8>)],
+    ) -> Vec<u8> {
+        let mut attrs = vec![(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])];
+        attrs.extend_from_slice(extra);
+        self.request(s, env, clock, method::ALLOCATE, &attrs)
+    }
+
+    fn verify(&self, resp: &[u8]) -> Option<Integrity> {
+        Message::decode(resp)
+            .unwrap()
+            .verify_integrity(self.key().as_bytes())
+    }
+}
+
+fn peer_attr(p: &str) -> (u16, Vec<u8>) {
+    (attr::XOR_PEER_ADDRESS, p.as_bytes().to_vec())
+}
+
+fn relayed(resp: &[u8]) -> Vec<SocketAddr> {
+    let m = Message::decode(resp).unwrap();
+    let mut v = Vec::new();
+    let mut at = stun::HEADER_LEN;
+    while at + 4 <= resp.len() {
+        let t = u16::from_be_bytes([resp[at], resp[at + 1]]);
+        let l = u16::from_be_bytes([resp[at + 2], resp[at + 3]]) as usize;
+        if t == attr::XOR_RELAYED_ADDRESS {
+            v.push(decode_xor_address(&resp[at + 4..at + 4 + l], m.transaction_id()).unwrap());
+        }
+        at += 4 + ((l + 3) & !3);
+    }
+    v
+}
+
+fn lifetime_of(resp: &[u8]) -> u32 {
+    let v = find_attr(resp, attr::LIFETIME).expect("LIFETIME");
+    u32::from_be_bytes(v.try_into().unwrap())
+}
+
+fn setup() -> (Server, FakeEnv, Clock) {
+    (server_with(config()), FakeEnv::default(), Clock::new())
+}
+
+#[test]
+fn binding_answers_xor_mapped_address_and_mirrors_fingerprint() {
+    let (mut s, mut env, clock) = setup();
+    let c = Client::rest(40000, "a");
+    for fp in [true, false] {
+        let req = c.build(method::BINDING, [1; 12], &[], false, fp);
+        let resp = c.send(&mut s, &mut env, &clock, &req).bytes();
+        let m = Message::decode(&resp).unwrap();
+        assert_eq!((m.method, m.class), (method::BINDING, Class::Success));
+        let mapped = decode_xor_address(
+            find_attr(&resp, attr::XOR_MAPPED_ADDRESS).unwrap(),
+            m.transaction_id(),
+        )
+        .unwrap();
+        assert_eq!(mapped, c.key.addr);
+        assert_eq!(m.has_fingerprint, fp, "FINGERPRINT iff the request had one");
+        assert!(
+            find_attr(&resp, attr::SOFTWARE).is_none(),
+            "no SOFTWARE unless configured"
+        );
+    }
+    // Configured SOFTWARE appears.
+    let mut cfg = config();
+    cfg.software = Some("veil".into());
+    let mut s = server_with(cfg);
+    let req = c.build(method::BINDING, [1; 12], &[], false, true);
+    let resp = c.send(&mut s, &mut env, &clock, &req).bytes();
+    assert_eq!(find_attr(&resp, attr::SOFTWARE), Some(&b"veil"[..]));
+}
+
+#[test]
+fn unauthenticated_allocate_gets_401_challenge_without_state() {
+    let (mut s, mut env, clock) = setup();
+    let c = Client::rest(40000, "a");
+    let req = c.build(
+        method::ALLOCATE,
+        [2; 12],
+        &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+        false,
+        false,
+    );
+    let resp = c.send(&mut s, &mut env, &clock, &req).bytes();
+    assert_eq!(class(&resp), Class::Error);
+    assert_eq!(code(&resp), Some(401));
+    assert_eq!(find_attr(&resp, attr::REALM), Some(REALM.as_bytes()));
+    let nonce = find_attr(&resp, attr::NONCE).unwrap();
+    assert!(
+        nonce.starts_with(auth::NONCE_COOKIE),
+        "nonce announces the security features"
+    );
+    assert_eq!(
+        find_attr(&resp, attr::PASSWORD_ALGORITHMS),
+        Some(&auth::PASSWORD_ALGORITHMS[..])
+    );
+    assert!(
+        find_attr(&resp, attr::MESSAGE_INTEGRITY).is_none(),
+        "a challenge is not signed"
+    );
+    // Many unauthenticated requests leave nothing behind.
+    for i in 0..1000u16 {
+        let c = Client::rest(1000 + i, "x");
+        c.send(&mut s, &mut env, &clock, &req);
+    }
+    assert_eq!(s.allocation_count(), 0);
+    assert!(env.open.is_empty());
+}
+
+#[test]
+fn allocate_with_rest_credentials() {
+    let (mut s, mut env, clock) = setup();
+    let mut c = Client::rest(40000, "alice");
+    let resp = c.allocate(&mut s, &mut env, &clock, &[]);
+    assert_eq!(class(&resp), Class::Success, "code {:?}", code(&resp));
+    assert_eq!(c.verify(&resp), Some(Integrity::Sha1));
+    let r = relayed(&resp);
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        r[0].ip(),
+        "203.0.113.5".parse::<IpAddr>().unwrap(),
+        "advertised, not bound, address"
+    );
+    assert_eq!(lifetime_of(&resp), 600);
+    let m = Message::decode(&resp).unwrap();
+    let mapped = decode_xor_address(
+        find_attr(&resp, attr::XOR_MAPPED_ADDRESS).unwrap(),
+        m.transaction_id(),
+    )
+    .unwrap();
+    assert_eq!(mapped, c.key.addr);
+    assert_eq!(env.open.len(), 1);
+    let (bound, df) = *env.open.values().next().unwrap();
+    assert_eq!(bound.ip(), "127.0.0.1".parse::<IpAddr>().unwrap());
+    assert_eq!(bound.port(), r[0].port());
+    assert!(!df);
+    assert_eq!(s.shared().allocations(), 1);
+}
+
+#[test]
+fn rotated_secret_still_validates_and_wrong_or_expired_credentials_get_401() {
+    let (mut s, mut env, clock) = setup();
+    let mut old = Client::new(40001, format!("{}:bob", T0 + 60), OLD_SECRET);
+    assert_eq!(
+        class(&old.allocate(&mut s, &mut env, &clock, &[])),
+        Class::Success
+    );
+
+    let mut wrong = Client::rest(40002, "carol");
+    wrong.password = "not-the-password".into();
+    let resp = wrong.allocate(&mut s, &mut env, &clock, &[]);
+    assert_eq!(code(&resp), Some(401));
+
+    let mut unknown_secret = Client::new(40003, format!("{}:dave", T0 + 60), b"some-other-secret");
+    assert_eq!(
+        code(&unknown_secret.allocate(&mut s, &mut env, &clock, &[])),
+        Some(401)
+    );
+
+    let mut expired = Client::new(40004, format!("{}:erin", T0 - 1), SECRET);
+    assert_eq!(
+        code(&expired.allocate(&mut s, &mut env, &clock, &[])),
+        Some(401)
+    );
+
+    let mut garbage = Client::new(40005, "no-timestamp".into(), SECRET);
+    assert_eq!(
+        code(&garbage.allocate(&mut s, &mut env, &clock, &[])),
+        Some(401)
+    );
+    assert_eq!(s.allocation_count(), 1);
+    assert_eq!(s.stats().auth_failures, 4);
+}
+
+#[test]
+fn static_users_work_for_development() {
+    let creds = Credentials {
+        secrets: vec![],
+        static_users: vec![("dev".into(), "devpass".into())],
+    };
+    let shared = Shared::new(
+        config(),
+        creds,
+        NonceKey::new(b"n"),
+        PeerFilter::new(&[], &[]),
+        Redactor::with_secret(b"r", false),
+    );
+    let mut s = Server::new(Arc::new(shared));
+    let (mut env, clock) = (FakeEnv::default(), Clock::new());
+    let mut c = Client::rest(40000, "x");
+    c.username = "dev".into();
+    c.password = "devpass".into();
+    assert_eq!(
+        class(&c.allocate(&mut s, &mut env, &clock, &[])),
+        Class::Success
+    );
+}
+
+#[test]
+fn stale_nonce_gets_438_with_a_fresh_one() {
+    let (mut s, mut env, mut clock) = setup();
+    let mut c = Client::new(40000, format!("{}:a", T0 + 86_400), SECRET);
+    assert_eq!(
+        class(&c.allocate(&mut s, &mut env, &clock, &[])),
+        Class::Success
+    );
+    let old_nonce = c.nonce.clone();
+    clock.secs = 3601; // past nonce_lifetime, allocation (600 s) gone too
+    s.handle_timeout(clock.now(), &mut env);
+    let txid = c.txid();
+    let pkt = c.build(
+        method::ALLOCATE,
+        txid,
+        &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+        true,
+        true,
+    );
+    let resp = c.send(&mut s, &mut env, &clock, &pkt).bytes();
+    assert_eq!(code(&resp), Some(438));
+    let fresh = find_attr(&resp, attr::NONCE).unwrap();
+    assert_ne!(fresh, &old_nonce[..]);
+    // RFC 8489 §9.2.4: a 438 carries REALM, NONCE and PASSWORD-ALGORITHMS, and no integrity.
+    assert!(find_attr(&resp, attr::MESSAGE_INTEGRITY).is_none());
+    assert_eq!(
+        find_attr(&resp, attr::PASSWORD_ALGORITHMS),
+        Some(&auth::PASSWORD_ALGORITHMS[..])
+    );
+    // Retrying with the fresh nonce succeeds.
+    c.nonce = fresh.to_vec();
+    assert_eq!(
+        class(&c.allocate(&mut s, &mut env, &clock, &[])),
+        Class::Success
+    );
+}
+
+#[test]
+fn nonce_is_bound_to_the_client_transport_address() {
+    let (mut s, mut env, clock) = setup();
+    let mut a = Client::rest(40000, "a");
+    a.allocate(&mut s, &mut env, &clock, &[]);
+    let mut b = Client::rest(40001, "a");
+    b.nonce = a.nonce.clone();
+    let txid = b.txid();
+    let pkt = b.build(
+        method::ALLOCATE,
+        txid,
+        &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+        true,
+        false,
+    );
+    assert_eq!(
+        code(&b.send(&mut s, &mut env, &clock, &pkt).bytes()),
+        Some(438)
+    );
+}
+
+#[test]
+fn sha256_password_algorithm_and_integrity() {
+    let (mut s, mut env, clock) = setup();
+    let mut c = Client::rest(40000, "a");
+    c.alg = auth::ALG_SHA256;
+    let resp = c.allocate(&mut s, &mut env, &clock, &[]);
+    assert_eq!(class(&resp), Class::Success, "{:?}", code(&resp));
+    assert!(find_attr(&resp, attr::MESSAGE_INTEGRITY_SHA256).is_some());
+    assert_eq!(c.verify(&resp), Some(Integrity::Sha256));
+}
+
+#[test]
+fn password_algorithms_mismatch_is_400() {
+    let (mut s, mut env, clock) = setup();
+    let mut c = Client::rest(40000, "a");
+    c.allocate(&mut s, &mut env, &clock, &[]); // learn a nonce
+    let txid = c.txid();
+    // PASSWORD-ALGORITHM without PASSWORD-ALGORITHMS.
+    let pkt = c.build(
+        method::REFRESH,
+        txid,
+        &[(attr::PASSWORD_ALGORITHM, vec![0, 2, 0, 0])],
+        true,
+        false,
+    );
+    assert_eq!(
+        code(&c.send(&mut s, &mut env, &clock, &pkt).bytes()),
+        Some(400)
+    );
+    // A list that is not the one we sent.
+    let txid = c.txid();
+    let pkt = c.build(
+        method::REFRESH,
+        txid,
+        &[
+            (attr::PASSWORD_ALGORITHMS, vec![0, 1, 0, 0]),
+            (attr::PASSWORD_ALGORITHM, vec![0, 1, 0, 0]),
+        ],
+        true,
+        false,
+    );
+    assert_eq!(
+        code(&c.send(&mut s, &mut env, &clock, &pkt).bytes()),
+        Some(400)
+    );
+}
+
+#[test]
+fn allocate_transport_and_attribute_combination_errors() {
+    let (mut s, mut env, clock) = setup();
+    let mut c = Client::rest(40000, "a");
+    let r = c.request(&mut s, &mut env, &clock, method::ALLOCATE, &[]);
+    assert_eq!(code(&r), Some(400), "REQUESTED-TRANSPORT missing");
+    assert_eq!(
+        c.verify(&r),
+        Some(Integrity::Sha1),
+        "errors after authentication are signed"
+    );
+    let r = c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::ALLOCATE,
+        &[(attr::REQUESTED_TRANSPORT, vec![6, 0, 0, 0])],
+    );
+    assert_eq!(
+        code(&r),
+        Some(442),
+        "TCP relaying is not offered over UDP here"
+    );
+    let token = (attr::RESERVATION_TOKEN, vec![1; 8]);
+    let even = (attr::EVEN_PORT, vec![0x80]);
+    let fam4 = (attr::REQUESTED_ADDRESS_FAMILY, vec![1, 0, 0, 0]);
+    let add6 = (attr::ADDITIONAL_ADDRESS_FAMILY, vec![2, 0, 0, 0]);
+    let add4 = (attr::ADDITIONAL_ADDRESS_FAMILY, vec![1, 0, 0, 0]);
+    for (combo, want) in [
+        (vec![token.clone(), even.clone()], 400),
+        (vec![token.clone(), fam4.clone()], 400),
+        (vec![even.clone(), add6.clone()], 400),
+        (vec![fam4.clone(), add6.clone()], 400),
+        (vec![add4.clone()], 400),
+        (
+            vec![(attr::REQUESTED_ADDRESS_FAMILY, vec![9, 0, 0, 0])],
+            440,
+        ),
+        (vec![token.clone()], 508),
+        (vec![(attr::LIFETIME, vec![1, 2])], 400),
+    ] {
+        let r = c.allocate(&mut s, &mut env, &clock, &combo);
+        assert_eq!(code(&r), Some(want), "{combo:?}");
+    }
+    assert_eq!(s.allocation_count(), 0);
+    assert_eq!(
+        s.shared().allocations(),
+        0,
+        "failed allocations give their quota back"
+    );
+}
+
+#[test]
+fn retransmitted_allocate_is_idempotent_and_a_second_one_is_437() {
+    let (mut s, mut env, clock) = setup();
+    let mut c = Client::rest(40000, "a");
+    c.allocate(&mut s, &mut env, &clock, &[]); // 401 then success; nonce learned
+    let mut c2 = Client::rest(40001, "a");
+    c2.nonce = {
+        let r = c2.allocate(&mut s, &mut env, &clock, &[]);
+        assert_eq!(class(&r), Class::Success);
+        c2.nonce.clone()
+    };
+    // Retransmit exactly the request that created c2's allocation.
+    let txid = {
+        let mut t = [9u8; 12];
+        t[..4].copy_from_slice(&c2.txn.to_be_bytes());
+        t[4..6].copy_from_slice(&40001u16.to_be_bytes());
+        t
+    };
+    let first = c2.build(
+        method::ALLOCATE,
+        txid,
+        &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+        true,
+        true,
+    );
+    let again = c2.send(&mut s, &mut env, &clock, &first).bytes();
+    assert_eq!(class(&again), Class::Success);
+    assert_eq!(env.open.len(), 2, "no new socket for a retransmission");
+    let other = c2.allocate(&mut s, &mut env, &clock, &[]);
+    assert_eq!(code(&other), Some(437));
+    assert_eq!(relayed(&again).len(), 1);
+}
+
+#[test]
+fn user_quota_486_and_total_cap_508() {
+    let (mut s, mut env, clock) = setup(); // user quota 3, total 5
+    for i in 0..3 {
+        // Different credentials minted for the same id share its quota.
+        let mut c = Client::new(
+            41000 + i,
+            format!("{}:same-user", T0 + 100 + i as u64),
+            SECRET,
+        );
+        assert_eq!(
+            class(&c.allocate(&mut s, &mut env, &clock, &[])),
+            Class::Success
+        );
+    }
+    let mut c = Client::new(41010, format!("{}:same-user", T0 + 999), SECRET);
+    let r = c.allocate(&mut s, &mut env, &clock, &[]);
+    assert_eq!(code(&r), Some(486));
+    for i in 0..2 {
+        let mut c = Client::rest(42000 + i, &format!("u{i}"));
+        assert_eq!(
+            class(&c.allocate(&mut s, &mut env, &clock, &[])),
+            Class::Success
+        );
+    }
+    let mut c = Client::rest(42010, "late");
+    assert_eq!(code(&c.allocate(&mut s, &mut env, &clock, &[])), Some(508));
+    assert_eq!(s.shared().allocations(), 5);
+}
+
+#[test]
+fn port_exhaustion_is_508_and_releases_quota() {
+    let (mut s, mut env, clock) = setup();
+    env.exhausted = true;
+    let mut c = Client::rest(40000, "a");
+    assert_eq!(code(&c.allocate(&mut s, &mut env, &clock, &[])), Some(508));
+    assert_eq!(s.shared().allocations(), 0);
+}
+
+#[test]
+fn lifetime_is_clamped_refreshed_and_zero_deletes() {
+    let (mut s, mut env, clock) = setup();
+    let mut c = Client::rest(40000, "a");
+    let r = c.allocate(
+        &mut s,
+        &mut env,
+        &clock,
+        &[(attr::LIFETIME, 100_000u32.to_be_bytes().to_vec())],
+    );
+    assert_eq!(lifetime_of(&r), 3600);
+    let r = c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::REFRESH,
+        &[(attr::LIFETIME, 1200u32.to_be_bytes().to_vec())],
+    );
+    assert_eq!(class(&r), Class::Success);
+    assert_eq!(lifetime_of(&r), 1200);
+    let r = c.request(&mut s, &mut env, &clock, method::REFRESH, &[]);
+    assert_eq!(lifetime_of(&r), 600);
+    let r = c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::REFRESH,
+        &[(attr::LIFETIME, vec![0; 4])],
+    );
+    assert_eq!(class(&r), Class::Success);
+    assert_eq!(lifetime_of(&r), 0);
+    assert!(env.open.is_empty(), "the relayed socket is closed");
+    assert_eq!(s.shared().allocations(), 0);
+    let r = c.request(&mut s, &mut env, &clock, method::REFRESH, &[]);
+    assert_eq!(code(&r), Some(437), "no allocation any more");
+}
+
+#[test]
+fn refresh_family_mismatch_is_443_and_other_username_is_441() {
+    let (mut s, mut env, clock) = setup();
+    let mut c = Client::rest(40000, "a");
+    c.allocate(&mut s, &mut env, &clock, &[]);
+    let r = c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::REFRESH,
+        &[(attr::REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0])],
+    );
+    assert_eq!(code(&r), Some(443));
+    let mut other = Client::rest(40000, "someone-else");
+    other.nonce = c.nonce.clone();
+    let r = other.request(&mut s, &mut env, &clock, method::REFRESH, &[]);
+    assert_eq!(code(&r), Some(441));
+}
+
+#[test]
+fn create_permission_is_all_or_nothing() {
+    let (mut s, mut env, clock) = setup();
+    let mut c = Client::rest(40000, "a");
+    c.allocate(&mut s, &mut env, &clock, &[]);
+    let r = c.request(&mut s, &mut env, &clock, method::CREATE_PERMISSION, &[]);
+    assert_eq!(code(&r), Some(400), "no XOR-PEER-ADDRESS");
+    let r = c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::CREATE_PERMISSION,
+        &[peer_attr(PEER), peer_attr("169.254.169.254:80")],
+    );
+    assert_eq!(code(&r), Some(403));
+    let r = c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::CREATE_PERMISSION,
+        &[peer_attr(PEER), peer_attr("[2606:4700::1]:80")],
+    );
+    assert_eq!(code(&r), Some(443), "IPv6 peer on an IPv4 allocation");
+    // Nothing was installed by the failed requests.
+    assert!(matches!(
+        indication(&c, &mut s, &mut env, &clock, PEER, b"x"),
+        Reply::None
+    ));
+    let r = c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::CREATE_PERMISSION,
+        &[peer_attr(PEER), peer_attr(PEER2)],
+    );
+    assert_eq!(class(&r), Class::Success);
+    assert!(matches!(
+        indication(&c, &mut s, &mut env, &clock, PEER, b"x"),
+        Reply::Forward(..)
+    ));
+    assert!(matches!(
+        indication(&c, &mut s, &mut env, &clock, PEER2, b"x"),
+        Reply::Forward(..)
+    ));
+}
+
+fn indication(
+    c: &Client,
+    s: &mut Server,
+    env: &mut FakeEnv,
+    clock: &Clock,
+    peer: &str,
+    data: &[u8],
+) -> Reply {
+    let mut buf = vec![0u8; 1500];
+    let mut w = Writer::new(&mut buf, method::SEND, Class::Indication, &[7; 12]).unwrap();
+    w.xor_address(attr::XOR_PEER_ADDRESS, sa(peer)).unwrap();
+    w.attr(attr::DATA, data).unwrap();
+    let n = w.finish();
+    c.send(s, env, clock, &buf[..n])
+}
+
+/// A peer's datagram arriving on the allocation's relayed socket.
+fn from_peer(
+    s: &mut Server,
+    env: &FakeEnv,
+    clock: &Clock,
+    peer: &str,
+    data: &[u8],
+) -> Option<(ClientKey, Vec<u8>)> {
+    let id = *env.open.keys().next().expect("a relayed socket");
+    let mut buf = vec![0u8; HEADROOM + data.len() + TAILROOM];
+    buf[HEADROOM..HEADROOM + data.len()].copy_from_slice(data);
+    s.handle_peer(
+        clock.now(),
+        id,
+        sa(peer),
+        &mut buf,
+        HEADROOM..HEADROOM + data.len(),
+    )
+    .map(|(k, r)| (k, buf[r].to_vec()))
+}
+
+#[test]
+fn send_and_data_indications_need_a_permission_both_ways() {
+    let (mut s, mut env, mut clock) = setup();
+    let mut c = Client::rest(40000, "a");
+    c.allocate(&mut s, &mut env, &clock, &[]);
+    assert!(matches!(
+        indication(&c, &mut s, &mut env, &clock, PEER, b"hi"),
+        Reply::None
+    ));
+    assert!(
+        from_peer(&mut s, &env, &clock, PEER, b"hello").is_none(),
+        "no permission, no data"
+    );
+    c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::CREATE_PERMISSION,
+        &[peer_attr(PEER)],
+    );
+    match indication(&c, &mut s, &mut env, &clock, PEER, b"hi") {
+        Reply::Forward(id, peer, data) => {
+            assert_eq!(peer, sa(PEER));
+            assert_eq!(data, b"hi");
+            assert!(env.open.contains_key(&id));
+        }
+        _ => panic!("forwarded"),
+    }
+    // The permission is per IP: another port on the same IP is fine.
+    let (to, msg) = from_peer(&mut s, &env, &clock, "93.184.216.34:7777", b"hello!").unwrap();
+    assert_eq!(to, c.key);
+    let m = Message::decode(&msg).expect("a Data indication");
+    assert_eq!((m.method, m.class), (method::DATA, Class::Indication));
+    assert_eq!(m.value_of(m.data), Some(&b"hello!"[..]));
+    assert_eq!(
+        m.xor_address(m.peer_address.unwrap()).unwrap(),
+        sa("93.184.216.34:7777")
+    );
+    // Permissions last 300 s.
+    clock.secs = 301;
+    s.handle_timeout(clock.now(), &mut env);
+    assert!(from_peer(&mut s, &env, &clock, PEER, b"late").is_none());
+    assert!(matches!(
+        indication(&c, &mut s, &mut env, &clock, PEER, b"late"),
+        Reply::None
+    ));
+}
+
+#[test]
+fn data_indication_for_ipv6_peer_fits_headroom() {
+    let (mut s, mut env, clock) = setup();
+    let mut c = Client::rest(40000, "a");
+    let r = c.allocate(
+        &mut s,
+        &mut env,
+        &clock,
+        &[(attr::REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0])],
+    );
+    assert_eq!(relayed(&r)[0].ip(), "::1".parse::<IpAddr>().unwrap());
+    let p6 = "[2606:4700::1111]:443";
+    c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::CREATE_PERMISSION,
+        &[peer_attr(p6)],
+    );
+    let (_, msg) = from_peer(&mut s, &env, &clock, p6, b"odd").unwrap();
+    let m = Message::decode(&msg).unwrap();
+    assert_eq!(m.value_of(m.data), Some(&b"odd"[..]));
+    assert_eq!(msg.len() % 4, 0, "padded");
+}
+
+fn channel_data(ch: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = ch.to_be_bytes().to_vec();
+    v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+#[test]
+fn channel_bind_rules_and_channel_data_both_ways() {
+    let (mut s, mut env, mut clock) = setup();
+    let mut c = Client::rest(40000, "a");
+    c.allocate(&mut s, &mut env, &clock, &[]);
+    let ch = |n: u16| (attr::CHANNEL_NUMBER, vec![(n >> 8) as u8, n as u8, 0, 0]);
+    for bad in [0x3FFF, 0x5000, 0xFFFF] {
+        let r = c.request(
+            &mut s,
+            &mut env,
+            &clock,
+            method::CHANNEL_BIND,
+            &[ch(bad), peer_attr(PEER)],
+        );
+        assert_eq!(code(&r), Some(400), "channel {bad:#x}");
+    }
+    let r = c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::CHANNEL_BIND,
+        &[ch(0x4000)],
+    );
+    assert_eq!(code(&r), Some(400), "no peer");
+    let r = c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::CHANNEL_BIND,
+        &[ch(0x4000), peer_attr("10.0.0.1:5000")],
+    );
+    assert_eq!(code(&r), Some(403));
+    let r = c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::CHANNEL_BIND,
+        &[ch(0x4000), peer_attr(PEER)],
+    );
+    assert_eq!(class(&r), Class::Success);
+    // Same binding again refreshes (uclient repeats identical ChannelBinds).
+    let r = c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::CHANNEL_BIND,
+        &[ch(0x4000), peer_attr(PEER)],
+    );
+    assert_eq!(class(&r), Class::Success);
+    // Number taken by another peer, or peer on another number: 400.
+    let r = c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::CHANNEL_BIND,
+        &[ch(0x4000), peer_attr(PEER2)],
+    );
+    assert_eq!(code(&r), Some(400));
+    let r = c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::CHANNEL_BIND,
+        &[ch(0x4001), peer_attr(PEER)],
+    );
+    assert_eq!(code(&r), Some(400));
+
+    match c.send(&mut s, &mut env, &clock, &channel_data(0x4000, b"media")) {
+        Reply::Forward(_, peer, data) => {
+            assert_eq!((peer, data.as_slice()), (sa(PEER), &b"media"[..]))
+        }
+        _ => panic!("channel data forwarded"),
+    }
+    // Unbound channel: dropped.
+    assert!(matches!(
+        c.send(&mut s, &mut env, &clock, &channel_data(0x4002, b"x")),
+        Reply::None
+    ));
+    // Peer -> client uses the channel.
+    let (to, msg) = from_peer(&mut s, &env, &clock, PEER, b"back").unwrap();
+    assert_eq!(to, c.key);
+    assert_eq!(msg, channel_data(0x4000, b"back"));
+    // Another port on the permitted IP has no channel: Data indication.
+    let (_, msg) = from_peer(&mut s, &env, &clock, "93.184.216.34:1", b"x").unwrap();
+    assert!(stun::looks_like_stun(&msg));
+
+    // The binding installed a 300 s permission; refresh it so that only the channel expires.
+    clock.secs = 290;
+    c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::CREATE_PERMISSION,
+        &[peer_attr(PEER)],
+    );
+    c.request(&mut s, &mut env, &clock, method::REFRESH, &[]);
+    clock.secs = 580;
+    c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::CREATE_PERMISSION,
+        &[peer_attr(PEER)],
+    );
+    clock.secs = 601;
+    s.handle_timeout(clock.now(), &mut env);
+    assert!(
+        matches!(
+            c.send(&mut s, &mut env, &clock, &channel_data(0x4000, b"x")),
+            Reply::None
+        ),
+        "channel expired"
+    );
+    let (_, msg) = from_peer(&mut s, &env, &clock, PEER, b"x").unwrap();
+    assert!(
+        stun::looks_like_stun(&msg),
+        "falls back to a Data indication while the permission lives"
+    );
+    // After expiry the number can be bound to another peer.
+    let r = c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::CHANNEL_BIND,
+        &[ch(0x4000), peer_attr(PEER2)],
+    );
+    assert_eq!(class(&r), Class::Success);
+}
+
+#[test]
+fn channel_data_with_udp_padding_is_accepted() {
+    let (mut s, mut env, clock) = setup();
+    let mut c = Client::rest(40000, "a");
+    c.allocate(&mut s, &mut env, &clock, &[]);
+    c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::CHANNEL_BIND,
+        &[
+            (attr::CHANNEL_NUMBER, vec![0x40, 0x10, 0, 0]),
+            peer_attr(PEER),
+        ],
+    );
+    let mut pkt = channel_data(0x4010, b"abc");
+    pkt.push(0); // padded to 8 as `turnutils_uclient -D` does
+    match c.send(&mut s, &mut env, &clock, &pkt) {
+        Reply::Forward(_, _, data) => assert_eq!(data, b"abc"),
+        _ => panic!("forwarded"),
+    }
+    // A length that overruns the datagram is dropped.
+    let mut bad = channel_data(0x4010, b"abc");
+    bad[3] = 200;
+    assert!(matches!(
+        c.send(&mut s, &mut env, &clock, &bad),
+        Reply::None
+    ));
+}
+
+#[test]
+fn allocation_expires_on_time_with_its_socket_and_quota() {
+    let (mut s, mut env, mut clock) = setup();
+    let mut c = Client::rest(40000, "a");
+    c.allocate(&mut s, &mut env, &clock, &[]);
+    c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::CHANNEL_BIND,
+        &[(attr::CHANNEL_NUMBER, vec![0x40, 0, 0, 0]), peer_attr(PEER)],
+    );
+    assert_eq!(env.open.len(), 1);
+    // Deadlines: permission 300, channel and allocation 600.
+    assert_eq!(
+        s.poll_timeout(),
+        Some(clock.now().mono + Duration::from_secs(300))
+    );
+    clock.secs = 599;
+    s.handle_timeout(clock.now(), &mut env);
+    assert_eq!(env.open.len(), 1);
+    clock.secs = 600;
+    s.handle_timeout(clock.now(), &mut env);
+    assert!(env.open.is_empty());
+    assert_eq!(env.closed.len(), 1);
+    assert_eq!(s.allocation_count(), 0);
+    assert_eq!(s.shared().allocations(), 0);
+    assert_eq!(s.stats().allocations_expired, 1);
+    assert_eq!(s.poll_timeout(), None, "no timers left behind");
+}
+
+#[test]
+fn refresh_extends_past_the_first_timer() {
+    let (mut s, mut env, mut clock) = setup();
+    let mut c = Client::rest(40000, "a");
+    c.allocate(&mut s, &mut env, &clock, &[]);
+    clock.secs = 500;
+    c.request(&mut s, &mut env, &clock, method::REFRESH, &[]);
+    clock.secs = 700;
+    s.handle_timeout(clock.now(), &mut env);
+    assert_eq!(s.allocation_count(), 1, "refreshed at 500 for 600 s");
+    clock.secs = 1100;
+    s.handle_timeout(clock.now(), &mut env);
+    assert_eq!(s.allocation_count(), 0);
+}
+
+#[test]
+fn even_port_reservation_token_pair() {
+    let (mut s, mut env, clock) = setup();
+    let mut rtp = Client::rest(40000, "a");
+    let r = rtp.allocate(&mut s, &mut env, &clock, &[(attr::EVEN_PORT, vec![0x80])]);
+    assert_eq!(class(&r), Class::Success);
+    let port = relayed(&r)[0].port();
+    assert_eq!(port % 2, 0);
+    let token = find_attr(&r, attr::RESERVATION_TOKEN)
+        .expect("token")
+        .to_vec();
+    let mut rtcp = Client::rest(40001, "a");
+    let r2 = rtcp.allocate(
+        &mut s,
+        &mut env,
+        &clock,
+        &[(attr::RESERVATION_TOKEN, token.clone())],
+    );
+    assert_eq!(class(&r2), Class::Success, "{:?}", code(&r2));
+    assert_eq!(relayed(&r2)[0].port(), port + 1);
+    // A token is good once.
+    let mut third = Client::rest(40002, "a");
+    assert_eq!(
+        code(&third.allocate(
+            &mut s,
+            &mut env,
+            &clock,
+            &[(attr::RESERVATION_TOKEN, token)]
+        )),
+        Some(508)
+    );
+    // EVEN-PORT without R: even port, no token.
+    let mut c = Client::rest(40003, "b");
+    let r = c.allocate(&mut s, &mut env, &clock, &[(attr::EVEN_PORT, vec![0])]);
+    assert_eq!(relayed(&r)[0].port() % 2, 0);
+    assert!(find_attr(&r, attr::RESERVATION_TOKEN).is_none());
+}
+
+#[test]
+fn address_families() {
+    let (mut s, mut env, clock) = setup();
+    let mut c = Client::rest(40000, "a");
+    let r = c.allocate(
+        &mut s,
+        &mut env,
+        &clock,
+        &[(attr::ADDITIONAL_ADDRESS_FAMILY, vec![2, 0, 0, 0])],
+    );
+    let addrs = relayed(&r);
+    assert_eq!(addrs.len(), 2, "dual allocation");
+    assert!(addrs[0].is_ipv4() && addrs[1].is_ipv6());
+    // Peers of both families are accepted.
+    let r = c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::CREATE_PERMISSION,
+        &[peer_attr(PEER), peer_attr("[2606:4700::1]:80")],
+    );
+    assert_eq!(class(&r), Class::Success);
+
+    // IPv6 unavailable: IPv4 only, with ADDRESS-ERROR-CODE.
+    env.v6_broken = true;
+    let mut c = Client::rest(40001, "b");
+    let r = c.allocate(
+        &mut s,
+        &mut env,
+        &clock,
+        &[(attr::ADDITIONAL_ADDRESS_FAMILY, vec![2, 0, 0, 0])],
+    );
+    assert_eq!(class(&r), Class::Success);
+    assert_eq!(relayed(&r).len(), 1);
+    let e = find_attr(&r, attr::ADDRESS_ERROR_CODE).expect("ADDRESS-ERROR-CODE");
+    assert_eq!((e[0], e[2], e[3]), (2, 4, 40));
+
+    // No IPv6 relay configured: 440 for REQUESTED-ADDRESS-FAMILY IPv6.
+    let mut cfg = config();
+    cfg.relay_v6 = None;
+    let mut s = server_with(cfg);
+    let mut c = Client::rest(40002, "c");
+    let r = c.allocate(
+        &mut s,
+        &mut env,
+        &clock,
+        &[(attr::REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0])],
+    );
+    assert_eq!(code(&r), Some(440));
+}
+
+#[test]
+fn dont_fragment_reaches_the_driver() {
+    let (mut s, mut env, clock) = setup();
+    let mut c = Client::rest(40000, "a");
+    c.allocate(&mut s, &mut env, &clock, &[(attr::DONT_FRAGMENT, vec![])]);
+    assert!(env.open.values().next().unwrap().1);
+}
+
+#[test]
+fn unknown_comprehension_required_attribute_is_420() {
+    let (mut s, mut env, clock) = setup();
+    let mut c = Client::rest(40000, "a");
+    let r = c.allocate(&mut s, &mut env, &clock, &[(0x0031, vec![1, 2, 3, 4])]);
+    assert_eq!(code(&r), Some(420));
+    assert_eq!(
+        find_attr(&r, attr::UNKNOWN_ATTRIBUTES),
+        Some(&[0x00, 0x31][..])
+    );
+    // Comprehension-optional unknowns are ignored.
+    let r = c.allocate(&mut s, &mut env, &clock, &[(0x8031, vec![1, 2, 3, 4])]);
+    assert_eq!(class(&r), Class::Success);
+}
+
+#[test]
+fn unknown_method_is_400_and_responses_are_ignored() {
+    let (mut s, mut env, clock) = setup();
+    let c = Client::rest(40000, "a");
+    let req = c.build(0x0ff, [3; 12], &[], false, false);
+    assert_eq!(
+        code(&c.send(&mut s, &mut env, &clock, &req).bytes()),
+        Some(400)
+    );
+    let mut buf = [0u8; 64];
+    let n = Writer::new(&mut buf, method::BINDING, Class::Success, &[3; 12])
+        .unwrap()
+        .finish();
+    assert!(matches!(
+        c.send(&mut s, &mut env, &clock, &buf[..n]),
+        Reply::None
+    ));
+}
+
+#[test]
+fn malformed_input_never_panics() {
+    let (mut s, mut env, clock) = setup();
+    let mut c = Client::rest(40000, "a");
+    c.allocate(&mut s, &mut env, &clock, &[]);
+    let good = c.build(method::REFRESH, [4; 12], &[], true, true);
+    // Every truncation and every single-byte corruption of a valid request.
+    for cut in 0..good.len() {
+        c.send(&mut s, &mut env, &clock, &good[..cut]);
+    }
+    for i in 0..good.len() {
+        for x in [0x01, 0x80, 0xff] {
+            let mut b = good.clone();
+            b[i] ^= x;
+            c.send(&mut s, &mut env, &clock, &b);
+        }
+    }
+    // Deterministic pseudo-random datagrams.
+    let mut seed = 0x1234_5678u32;
+    for _ in 0..20_000 {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let len = (seed % 200) as usize;
+        let mut pkt: Vec<u8> = (0..len)
+            .map(|i| (seed.rotate_left(i as u32) & 0xff) as u8)
+            .collect();
+        if len >= 8 && seed % 3 == 0 {
+            pkt[4..8].copy_from_slice(&stun::MAGIC_COOKIE.to_be_bytes());
+            pkt[0] &= 0x3f;
+        }
+        c.send(&mut s, &mut env, &clock, &pkt);
+    }
+    assert_eq!(s.allocation_count(), 1);
+}
