@@ -1,1 +1,358 @@
-fn main() {}
+//! `veil`: the command line of the veil TURN/STUN relay cluster.
+//!
+//! * `veil relay` runs a relay node (config file and/or flags; flags win).
+//! * `veil credentials` mints TURN REST API credentials from a secret file.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use veil_relay::config::{LogFormat, PortRange, RelayConfig, StaticUser, parse_secrets};
+use veil_relay::io::{Node, wait_for_shutdown_signal};
+use veil_relay::privacy::Redactor;
+use veil_relay::proto::auth::{NonceKey, mint};
+use veil_relay::proto::peer_filter::Cidr;
+use veil_relay::proto::server::Shared;
+
+#[derive(Parser)]
+#[command(
+    name = "veil",
+    version,
+    about = "A privacy-preserving TURN/STUN relay cluster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a relay node: STUN and TURN over UDP.
+    Relay(Box<RelayArgs>),
+    /// Print a TURN REST API username and password minted from a secret.
+    Credentials(CredentialArgs),
+}
+
+/// Every setting of the config file, as flags; a flag overrides the file. Defaults are those of
+/// relay/relay.example.yaml.
+#[derive(Args)]
+struct RelayArgs {
+    /// YAML config file (default: none; every field has a default).
+    #[arg(long, env = "VEIL_CONFIG")]
+    config: Option<PathBuf>,
+    /// UDP address to listen on, repeatable (default: 127.0.0.1:3478).
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// IP relayed sockets bind to, repeatable: one IPv4 and one IPv6 at most (default: the
+    /// listen IPs).
+    #[arg(long = "relay-ip", value_name = "IP")]
+    relay_ip: Vec<IpAddr>,
+    /// IP advertised to clients instead of the relay IP of its family, for 1:1 NAT (default:
+    /// none).
+    #[arg(long = "external-ip", value_name = "IP")]
+    external_ip: Vec<IpAddr>,
+    /// Relayed port range (default: 49152-65535).
+    #[arg(long = "port-range", value_name = "START-END")]
+    port_range: Option<PortRange>,
+    /// Authentication realm (default: veil).
+    #[arg(long)]
+    realm: Option<String>,
+    /// File of TURN REST API secrets, one per line, repeatable (default: none).
+    #[arg(
+        long = "auth-secret-file",
+        value_name = "FILE",
+        env = "VEIL_AUTH_SECRET_FILE"
+    )]
+    auth_secret_file: Vec<PathBuf>,
+    /// A fixed user `name:password`, for local development only, repeatable (default: none).
+    #[arg(long = "static-user", value_name = "NAME:PASSWORD")]
+    static_user: Vec<String>,
+    /// Peer range to allow despite the built-in deny list, repeatable (default: none).
+    #[arg(long = "allow-peer", value_name = "CIDR")]
+    allow_peer: Vec<Cidr>,
+    /// Extra peer range to deny, e.g. the cluster's other relays, repeatable (default: none).
+    #[arg(long = "deny-peer", value_name = "CIDR")]
+    deny_peer: Vec<Cidr>,
+    /// Lifetime granted when a client asks for none, seconds (default: 600).
+    #[arg(long = "default-lifetime", value_name = "SECS")]
+    default_lifetime: Option<u32>,
+    /// Longest allocation lifetime granted, seconds (default: 3600).
+    #[arg(long = "max-lifetime", value_name = "SECS")]
+    max_lifetime: Option<u32>,
+    /// Allocations one user may hold at once (default: 10).
+    #[arg(long = "user-quota", value_name = "N")]
+    user_quota: Option<u32>,
+    /// Allocations this node may hold at once (default: 100000).
+    #[arg(long = "total-quota", value_name = "N")]
+    total_quota: Option<u32>,
+    /// Worker threads; 0 means one per CPU (default: 0).
+    #[arg(long, value_name = "N", env = "VEIL_WORKERS")]
+    workers: Option<usize>,
+    /// SOFTWARE attribute for responses (default: none).
+    #[arg(long)]
+    software: Option<String>,
+    /// Log format: text or json (default: text).
+    #[arg(long = "log-format", value_name = "FORMAT", value_parser = parse_log_format)]
+    log_format: Option<LogFormat>,
+    /// Log client IPs, peer addresses and usernames in the clear (default: off; logs carry
+    /// daily-rotating keyed hashes instead).
+    #[arg(long = "log-personal-data")]
+    log_personal_data: bool,
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(format!("`{s}`: expected text or json")),
+    }
+}
+
+#[derive(Args)]
+struct CredentialArgs {
+    /// Secret file (one secret per line; the first one signs).
+    #[arg(long = "secret-file", value_name = "FILE")]
+    secret_file: PathBuf,
+    /// How long the credential is valid: 3600, 90s, 30m, 1h, 2d.
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    ttl: u64,
+    /// Opaque user id appended to the username (`expiry:id`); quotas count per id.
+    #[arg(long)]
+    id: Option<String>,
+    /// Print JSON instead of `username: …` / `password: …` lines.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86_400),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 3600, 30m, 1h"))?;
+    match n.checked_mul(mult) {
+        Some(v) if v > 0 && v <= 366 * 86_400 => Ok(v),
+        _ => Err(format!("`{s}`: between 1 second and 366 days")),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Relay(args) => relay(*args),
+        Command::Credentials(args) => credentials(args),
+    };
+    if let Err(e) = result {
+        eprintln!("veil: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn apply_flags(cfg: &mut RelayConfig, a: &RelayArgs) -> Result<()> {
+    if !a.listen.is_empty() {
+        cfg.listen = a.listen.clone();
+    }
+    if !a.relay_ip.is_empty() {
+        cfg.relay_ips = a.relay_ip.clone();
+    }
+    if !a.external_ip.is_empty() {
+        cfg.external_ips = a.external_ip.clone();
+    }
+    if let Some(r) = a.port_range {
+        cfg.port_range = r;
+    }
+    if let Some(r) = &a.realm {
+        cfg.realm = r.clone();
+    }
+    if !a.auth_secret_file.is_empty() {
+        cfg.auth.secret_files = a.auth_secret_file.clone();
+    }
+    for u in &a.static_user {
+        let Some((username, password)) = u.split_once(':') else {
+            bail!("--static-user `{u}`: expected NAME:PASSWORD");
+        };
+        cfg.auth.static_users.push(StaticUser {
+            username: username.into(),
+            password: password.into(),
+        });
+    }
+    cfg.peers.allow.extend_from_slice(&a.allow_peer);
+    cfg.peers.deny.extend_from_slice(&a.deny_peer);
+    if let Some(v) = a.default_lifetime {
+        cfg.lifetimes.default_allocation = v;
+    }
+    if let Some(v) = a.max_lifetime {
+        cfg.lifetimes.max_allocation = v;
+    }
+    if let Some(v) = a.user_quota {
+        cfg.quotas.per_user = v;
+    }
+    if let Some(v) = a.total_quota {
+        cfg.quotas.total = v;
+    }
+    if let Some(v) = a.workers {
+        cfg.workers = v;
+    }
+    if let Some(v) = &a.software {
+        cfg.software = Some(v.clone());
+    }
+    if let Some(v) = a.log_format {
+        cfg.log.format = v;
+    }
+    if a.log_personal_data {
+        cfg.log.personal_data = true;
+    }
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn relay(args: RelayArgs) -> Result<()> {
+    let mut cfg = match &args.config {
+        Some(p) => RelayConfig::load(p)?,
+        None => RelayConfig::default(),
+    };
+    apply_flags(&mut cfg, &args)?;
+    let resolved = cfg.resolve()?;
+    init_logging(resolved.log.format);
+    for w in &resolved.warnings {
+        tracing::warn!("{w}");
+    }
+    let shared = Arc::new(Shared::new(
+        resolved.server.clone(),
+        resolved.credentials.clone(),
+        NonceKey::random(),
+        resolved.filter.clone(),
+        Redactor::new(resolved.log.personal_data),
+    ));
+    let node = Node::start(
+        &resolved.listen,
+        resolved.workers,
+        shared,
+        resolved.port_range,
+    )
+    .context("starting the relay")?;
+    let relays: Vec<String> = [resolved.server.relay_v4, resolved.server.relay_v6]
+        .iter()
+        .flatten()
+        .map(|r| {
+            if r.bind == r.advertise {
+                r.bind.to_string()
+            } else {
+                format!("{} as {}", r.bind, r.advertise)
+            }
+        })
+        .collect();
+    tracing::info!(
+        listen = ?node.listen,
+        relay = ?relays,
+        ports = %resolved.port_range,
+        workers = resolved.workers,
+        secrets = resolved.credentials.secrets.len(),
+        "relay ready"
+    );
+    wait_for_shutdown_signal().context("waiting for a signal")?;
+    tracing::info!("shutting down");
+    node.stop().context("stopping the workers")?;
+    Ok(())
+}
+
+fn credentials(args: CredentialArgs) -> Result<()> {
+    let text = read(&args.secret_file)?;
+    let secrets = parse_secrets(&text);
+    let Some(secret) = secrets.first() else {
+        bail!("{} holds no secret", args.secret_file.display());
+    };
+    if let Some(id) = &args.id
+        && (id.is_empty() || id.contains(':'))
+    {
+        bail!("--id must be non-empty and contain no ':'");
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let (username, password) = mint(secret, now + args.ttl, args.id.as_deref());
+    if args.json {
+        println!(
+            "{{\"username\":\"{}\",\"password\":\"{}\",\"ttl\":{}}}",
+            json_escape(&username),
+            password,
+            args.ttl
+        );
+    } else {
+        println!("username: {username}");
+        println!("password: {password}");
+    }
+    Ok(())
+}
+
+fn json_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| match c {
+            '"' => vec!['\\', '"'],
+            '\\' => vec!['\\', '\\'],
+            c if (c as u32) < 0x20 => format!("\\u{:04x}", c as u32).chars().collect(),
+            c => vec![c],
+        })
+        .collect()
+}
+
+fn read(p: &Path) -> Result<String> {
+    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_forms() {
+        assert_eq!(parse_ttl("3600"), Ok(3600));
+        assert_eq!(parse_ttl("90s"), Ok(90));
+        assert_eq!(parse_ttl("30m"), Ok(1800));
+        assert_eq!(parse_ttl("1h"), Ok(3600));
+        assert_eq!(parse_ttl("2d"), Ok(172_800));
+        for bad in ["", "h", "0", "-1h", "1y", "400d"] {
+            assert!(parse_ttl(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let mut cfg = RelayConfig::from_yaml("realm: file\nworkers: 3\n", "t").unwrap();
+        let args =
+            RelayArgs::try_parse_from_relay(&["--realm", "flag", "--allow-peer", "127.0.0.0/8"]);
+        apply_flags(&mut cfg, &args).unwrap();
+        assert_eq!(cfg.realm, "flag");
+        assert_eq!(cfg.workers, 3, "unset flags keep the file's value");
+        assert_eq!(cfg.peers.allow, vec!["127.0.0.0/8".parse().unwrap()]);
+    }
+
+    impl RelayArgs {
+        fn try_parse_from_relay(args: &[&str]) -> RelayArgs {
+            let mut v = vec!["veil", "relay"];
+            v.extend_from_slice(args);
+            match Cli::try_parse_from(v).unwrap().command {
+                Command::Relay(a) => *a,
+                _ => unreachable!(),
+            }
+        }
+    }
+}

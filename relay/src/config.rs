@@ -1,1 +1,620 @@
+//! The relay node's configuration: YAML (every field optional, defaults below), validated at start
+//! with errors that name the field. `relay/relay.example.yaml` lists every field with its default
+//! and a test keeps the two in step.
 
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::proto::auth::Credentials;
+use crate::proto::peer_filter::{Cidr, PeerFilter};
+use crate::proto::server::{RelayAddr, ServerConfig};
+
+/// The example configuration shipped in the repository: every field at its default.
+pub const EXAMPLE: &str = include_str!("../relay.example.yaml");
+
+/// A relayed port range, written `49152-65535`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl PortRange {
+    pub fn len(&self) -> usize {
+        (self.end as usize + 1).saturating_sub(self.start as usize)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// True if the two ranges share a port.
+    pub fn overlaps(&self, other: &PortRange) -> bool {
+        self.start <= other.end && other.start <= self.end
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a port range like 49152-65535");
+        let (a, b) = s.trim().split_once('-').ok_or_else(bad)?;
+        let start: u16 = a.trim().parse().map_err(|_| bad())?;
+        let end: u16 = b.trim().parse().map_err(|_| bad())?;
+        Ok(PortRange { start, end })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.start, self.end)
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Credentials: TURN REST API secrets (several at once for rotation) and, for local development
+/// only, fixed users.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Files holding REST API secrets, one per line (`#` comments and blank lines ignored).
+    pub secret_files: Vec<PathBuf>,
+    /// Secrets written inline. Prefer `secret_files` (or a Kubernetes Secret mounted as one).
+    pub secrets: Vec<String>,
+    /// Fixed username/password pairs. For local development only: a leaked password stays
+    /// valid until the config changes.
+    pub static_users: Vec<StaticUser>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticUser {
+    pub username: String,
+    pub password: String,
+}
+
+/// Lifetimes in seconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Lifetimes {
+    pub default_allocation: u32,
+    pub max_allocation: u32,
+    pub permission: u32,
+    pub channel: u32,
+    pub nonce: u32,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Lifetimes {
+            default_allocation: 600,
+            max_allocation: 3600,
+            permission: 300,
+            channel: 600,
+            nonce: 3600,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quotas {
+    /// Allocations one user (the id part of a REST username) may hold at once; 486 beyond.
+    pub per_user: u32,
+    /// Allocations this node holds at once; 508 beyond.
+    pub total: u32,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            per_user: 10,
+            total: 100_000,
+        }
+    }
+}
+
+/// Which peers clients may reach, on top of the built-in deny list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Peers {
+    /// Ranges carved out of the deny list (e.g. an SFU on a private network).
+    pub allow: Vec<Cidr>,
+    /// Extra denied ranges, e.g. the other relays of the cluster.
+    pub deny: Vec<Cidr>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// Log client IPs, peer addresses and usernames in the clear. Off by default: logs then
+    /// carry only keyed hashes whose key rotates daily.
+    pub personal_data: bool,
+}
+
+/// The relay node's configuration file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// UDP addresses clients reach the node on.
+    pub listen: Vec<SocketAddr>,
+    /// IPs relayed sockets bind to, at most one IPv4 and one IPv6. Empty: the listen IPs.
+    pub relay_ips: Vec<IpAddr>,
+    /// IPs advertised to clients instead of the relay IPs of the same family (1:1 NAT).
+    pub external_ips: Vec<IpAddr>,
+    /// Ports of relayed sockets.
+    pub port_range: PortRange,
+    pub realm: String,
+    pub auth: AuthConfig,
+    pub lifetimes: Lifetimes,
+    pub quotas: Quotas,
+    pub peers: Peers,
+    /// Worker threads, each with its own sockets and allocations. 0: one per CPU.
+    pub workers: usize,
+    /// SOFTWARE attribute sent in responses; none by default.
+    pub software: Option<String>,
+    pub log: LogConfig,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 3478))],
+            relay_ips: vec![],
+            external_ips: vec![],
+            port_range: PortRange {
+                start: 49152,
+                end: 65535,
+            },
+            realm: "veil".into(),
+            auth: AuthConfig::default(),
+            lifetimes: Lifetimes::default(),
+            quotas: Quotas::default(),
+            peers: Peers::default(),
+            workers: 0,
+            software: None,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// What is wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    Yaml { path: String, message: String },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid `{field}`: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Everything a node needs to start, checked.
+#[derive(Debug)]
+pub struct Resolved {
+    pub listen: Vec<SocketAddr>,
+    pub server: ServerConfig,
+    pub credentials: Credentials,
+    pub filter: PeerFilter,
+    pub port_range: PortRange,
+    pub workers: usize,
+    pub log: LogConfig,
+    /// Things an operator should know at start (not errors).
+    pub warnings: Vec<String>,
+}
+
+impl RelayConfig {
+    /// Parses YAML text; `origin` names it in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml {
+            path: origin.into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads and parses a YAML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Validates the configuration, reads secret files and works out the node's addresses.
+    pub fn resolve(&self) -> Result<Resolved, ConfigError> {
+        let mut warnings = Vec::new();
+        if self.listen.is_empty() {
+            return Err(invalid("listen", "at least one address is needed"));
+        }
+        if self.listen.iter().any(|l| l.port() == 0) {
+            return Err(invalid(
+                "listen",
+                "port 0 is not a TURN port; name one (3478 is standard)",
+            ));
+        }
+        let pr = self.port_range;
+        if pr.start > pr.end || pr.start < 1024 {
+            return Err(invalid(
+                "port_range",
+                format!("{pr}: need 1024 <= start <= end"),
+            ));
+        }
+        if self.realm.is_empty() {
+            return Err(invalid("realm", "must not be empty"));
+        }
+        let l = &self.lifetimes;
+        if l.max_allocation < 60
+            || l.default_allocation == 0
+            || l.default_allocation > l.max_allocation
+        {
+            return Err(invalid(
+                "lifetimes",
+                "need 0 < default_allocation <= max_allocation, max_allocation >= 60",
+            ));
+        }
+        if l.permission == 0 || l.channel == 0 || l.nonce < 30 {
+            return Err(invalid(
+                "lifetimes",
+                "permission and channel must be > 0, nonce >= 30",
+            ));
+        }
+        if self.quotas.per_user == 0 || self.quotas.total == 0 {
+            return Err(invalid("quotas", "per_user and total must be >= 1"));
+        }
+
+        // Relay IPs: configured, else the listen IPs.
+        let relay_ips: Vec<IpAddr> = if self.relay_ips.is_empty() {
+            let mut v: Vec<IpAddr> = Vec::new();
+            for l in &self.listen {
+                if l.ip().is_unspecified() {
+                    return Err(invalid(
+                        "relay_ips",
+                        "required when a listen address is unspecified (0.0.0.0 or ::)",
+                    ));
+                }
+                if !v.iter().any(|ip| ip.is_ipv4() == l.ip().is_ipv4()) {
+                    v.push(l.ip());
+                }
+            }
+            v
+        } else {
+            self.relay_ips.clone()
+        };
+        let pick = |ips: &[IpAddr],
+                    v4: bool,
+                    field: &'static str|
+         -> Result<Option<IpAddr>, ConfigError> {
+            let mut it = ips.iter().filter(|ip| ip.is_ipv4() == v4);
+            let first = it.next().copied();
+            if it.next().is_some() {
+                return Err(invalid(field, "at most one IPv4 and one IPv6 address"));
+            }
+            if first.is_some_and(|ip| ip.is_unspecified()) {
+                return Err(invalid(field, "must be a specific address"));
+            }
+            Ok(first)
+        };
+        let mut relays = [None, None];
+        for (i, v4) in [true, false].into_iter().enumerate() {
+            let bind = pick(&relay_ips, v4, "relay_ips")?;
+            let ext = pick(&self.external_ips, v4, "external_ips")?;
+            if ext.is_some() && bind.is_none() {
+                return Err(invalid(
+                    "external_ips",
+                    "an external IP needs a relay IP of its family",
+                ));
+            }
+            relays[i] = bind.map(|bind| RelayAddr {
+                bind,
+                advertise: ext.unwrap_or(bind),
+            });
+        }
+
+        // Secrets.
+        let mut secrets: Vec<Vec<u8>> = Vec::new();
+        for path in &self.auth.secret_files {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let before = secrets.len();
+            secrets.extend(parse_secrets(&text));
+            if secrets.len() == before {
+                return Err(invalid(
+                    "auth.secret_files",
+                    format!("{} holds no secret", path.display()),
+                ));
+            }
+        }
+        for s in &self.auth.secrets {
+            if s.trim().is_empty() {
+                return Err(invalid("auth.secrets", "empty secret"));
+            }
+            secrets.push(s.trim().as_bytes().to_vec());
+        }
+        if secrets.iter().any(|s| s.len() < 16) {
+            warnings
+                .push("a REST secret is shorter than 16 bytes; use a long random secret".into());
+        }
+        let static_users: Vec<(String, String)> = self
+            .auth
+            .static_users
+            .iter()
+            .map(|u| (u.username.clone(), u.password.clone()))
+            .collect();
+        if secrets.is_empty() && static_users.is_empty() {
+            return Err(invalid(
+                "auth",
+                "no credentials: set auth.secret_files (or --auth-secret-file) or, for development, auth.static_users",
+            ));
+        }
+        if !static_users.is_empty() {
+            warnings.push("auth.static_users is for local development only".into());
+        }
+        if let Some(eph) = kernel_ephemeral_ports()
+            && eph.overlaps(&pr)
+        {
+            warnings.push(format!(
+                "port_range {pr} overlaps the kernel's ephemeral ports {eph} \
+                 (/proc/sys/net/ipv4/ip_local_port_range): outgoing sockets will collide with relayed ports"
+            ));
+        }
+
+        let own_ips: Vec<IpAddr> = relays
+            .iter()
+            .flatten()
+            .flat_map(|r| [r.bind, r.advertise])
+            .collect();
+        let filter = PeerFilter::new(&self.peers.deny, &self.peers.allow).with_own_addresses(
+            &self.listen,
+            &own_ips,
+            (pr.start, pr.end),
+        );
+        let server = ServerConfig {
+            realm: self.realm.clone(),
+            software: self.software.clone().filter(|s| !s.is_empty()),
+            relay_v4: relays[0],
+            relay_v6: relays[1],
+            default_lifetime: l.default_allocation,
+            max_lifetime: l.max_allocation,
+            permission_lifetime: l.permission,
+            channel_lifetime: l.channel,
+            nonce_lifetime: l.nonce,
+            user_quota: self.quotas.per_user,
+            total_quota: self.quotas.total,
+        };
+        let workers = if self.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.workers
+        };
+        if workers > 256 {
+            return Err(invalid("workers", "at most 256"));
+        }
+        Ok(Resolved {
+            listen: self.listen.clone(),
+            server,
+            credentials: Credentials {
+                secrets,
+                static_users,
+            },
+            filter,
+            port_range: pr,
+            workers,
+            log: self.log.clone(),
+            warnings,
+        })
+    }
+}
+
+/// Secrets in a secret file: one per line, blank lines and `#` comments ignored.
+pub fn parse_secrets(text: &str) -> Vec<Vec<u8>> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.as_bytes().to_vec())
+        .collect()
+}
+
+/// The kernel's ephemeral port range, if readable.
+pub fn kernel_ephemeral_ports() -> Option<PortRange> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = text.split_whitespace().map(|p| p.parse::<u16>());
+    match (it.next(), it.next()) {
+        (Some(Ok(start)), Some(Ok(end))) => Some(PortRange { start, end }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_is_exactly_the_defaults() {
+        let parsed =
+            RelayConfig::from_yaml(EXAMPLE, "relay.example.yaml").expect("the example parses");
+        assert_eq!(parsed, RelayConfig::default());
+    }
+
+    #[test]
+    fn example_with_a_secret_resolves() {
+        let mut c = RelayConfig::from_yaml(EXAMPLE, "example").unwrap();
+        c.auth.secrets = vec!["0123456789abcdef0123".into()];
+        let r = c.resolve().unwrap();
+        assert_eq!(
+            r.server.relay_v4.unwrap().bind,
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(r.server.default_lifetime, 600);
+        assert_eq!(r.server.max_lifetime, 3600);
+        assert!(r.server.software.is_none());
+        assert!(r.workers >= 1);
+    }
+
+    fn err_of(yaml: &str) -> String {
+        match RelayConfig::from_yaml(yaml, "test.yaml").and_then(|c| c.resolve().map(|_| ())) {
+            Err(e) => e.to_string(),
+            Ok(()) => panic!("{yaml} should be rejected"),
+        }
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let cases = [
+            ("listen: [127.0.0.1:3478]\nrealmm: x\n", "realmm"),
+            (
+                "port_range: 60000-50000\nauth: {secrets: [s]}\n",
+                "port_range",
+            ),
+            ("port_range: nope\n", "port_range"),
+            (
+                "lifetimes: {default_allocation: 7200}\nauth: {secrets: [s]}\n",
+                "lifetimes",
+            ),
+            ("quotas: {per_user: 0}\nauth: {secrets: [s]}\n", "quotas"),
+            ("peers: {allow: [10.0.0.0/99]}\n", "10.0.0.0/99"),
+            (
+                "listen: [0.0.0.0:3478]\nauth: {secrets: [s]}\n",
+                "relay_ips",
+            ),
+            (
+                "relay_ips: [127.0.0.1, 127.0.0.2]\nauth: {secrets: [s]}\n",
+                "relay_ips",
+            ),
+            ("listen: [127.0.0.1:3478]\n", "auth"),
+            (
+                "auth: {secret_files: [/nonexistent/veil-secrets]}\n",
+                "/nonexistent/veil-secrets",
+            ),
+            ("lifetimes: {permision: 5}\n", "permision"),
+            ("workers: many\n", "workers"),
+        ];
+        for (yaml, needle) in cases {
+            let e = err_of(yaml);
+            assert!(
+                e.contains(needle),
+                "error for {yaml:?} should name {needle}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn secret_files_hold_several_secrets() {
+        let dir = std::env::temp_dir().join(format!("veil-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("secrets");
+        std::fs::write(
+            &f,
+            "# rotation: newest first\nnew-secret-0123456789\n\nold-secret-0123456789\n",
+        )
+        .unwrap();
+        let c = RelayConfig {
+            auth: AuthConfig {
+                secret_files: vec![f.clone()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let r = c.resolve().unwrap();
+        assert_eq!(
+            r.credentials.secrets,
+            vec![
+                b"new-secret-0123456789".to_vec(),
+                b"old-secret-0123456789".to_vec()
+            ]
+        );
+        std::fs::write(&f, "# nothing\n").unwrap();
+        assert!(
+            c.resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("holds no secret")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn external_ip_is_advertised_and_denied_as_a_peer() {
+        let c = RelayConfig {
+            listen: vec!["127.0.0.1:3478".parse().unwrap()],
+            external_ips: vec!["93.184.216.1".parse().unwrap()],
+            port_range: PortRange {
+                start: 20000,
+                end: 20999,
+            },
+            auth: AuthConfig {
+                secrets: vec!["0123456789abcdef".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let r = c.resolve().unwrap();
+        let v4 = r.server.relay_v4.unwrap();
+        assert_eq!(v4.advertise, "93.184.216.1".parse::<IpAddr>().unwrap());
+        assert!(
+            r.filter
+                .check("93.184.216.1:20500".parse().unwrap())
+                .is_err()
+        );
+        assert!(
+            r.filter
+                .check("93.184.216.1:21000".parse().unwrap())
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn port_range_overlap() {
+        let a = PortRange {
+            start: 32768,
+            end: 60999,
+        };
+        assert!(a.overlaps(&PortRange {
+            start: 49152,
+            end: 65535
+        }));
+        assert!(!a.overlaps(&PortRange {
+            start: 20000,
+            end: 29999
+        }));
+        assert_eq!(PortRange { start: 10, end: 19 }.len(), 10);
+    }
+}
