@@ -1,0 +1,504 @@
+//! End-to-end: the real `veil relay` binary on loopback, driven by the webrtc-rs `turn` crate's
+//! client (a client we did not write). Every datagram stays on 127.0.0.0/8.
+
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::UdpSocket;
+use turn::client::{Client, ClientConfig};
+use veil_relay::proto::auth;
+use veil_relay::proto::stun::{self, Class, Message, Writer, method};
+use webrtc_util::Conn;
+
+const SECRET: &str = "e2e-secret-0123456789abcdef";
+
+/// A `veil relay` child process, killed on drop.
+struct Relay {
+    child: Child,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp_port() -> u16 {
+    StdUdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts a relay on a free loopback port with relayed ports in `ports` (below the kernel's
+/// ephemeral range), REST secrets ["old", SECRET] and `extra` flags; waits until it answers.
+fn start_relay(ports: &str, extra: &[&str]) -> Relay {
+    let dir = std::env::temp_dir().join(format!("veil-e2e-{}-{}", std::process::id(), ports));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secrets = dir.join("secrets");
+    std::fs::write(&secrets, format!("{SECRET}\nan-older-secret-still-valid\n")).unwrap();
+    let port = free_udp_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_veil"));
+    cmd.args([
+        "relay",
+        "--listen",
+        &addr.to_string(),
+        "--port-range",
+        ports,
+        "--workers",
+        "2",
+    ])
+    .arg("--auth-secret-file")
+    .arg(&secrets)
+    .args(extra)
+    .env("RUST_LOG", "warn")
+    .stdin(Stdio::null());
+    let child = cmd.spawn().expect("veil binary runs");
+    let relay = Relay {
+        child,
+        addr,
+        _dir: TempDir(dir),
+    };
+    wait_ready(addr);
+    relay
+}
+
+/// Sends STUN Binding requests until the relay answers (10 s at most).
+fn wait_ready(addr: SocketAddr) {
+    let s = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut req = [0u8; 64];
+    let n = Writer::new(&mut req, method::BINDING, Class::Request, &[7; 12])
+        .unwrap()
+        .finish();
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline {
+        s.send_to(&req[..n], addr).unwrap();
+        if let Ok((len, _)) = s.recv_from(&mut buf) {
+            let m = Message::decode(&buf[..len]).expect("a STUN response");
+            assert_eq!(m.class, Class::Success);
+            return;
+        }
+    }
+    panic!("relay on {addr} did not answer within 10 s");
+}
+
+fn rest_credentials(ttl_secs: i64, id: &str) -> (String, String) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    auth::mint(SECRET.as_bytes(), (now + ttl_secs) as u64, Some(id))
+}
+
+/// The client's UDP socket, counting what crosses it by kind.
+#[derive(Default)]
+struct Counts {
+    sent_send_indications: AtomicU64,
+    sent_channel_data: AtomicU64,
+    recv_data_indications: AtomicU64,
+    recv_channel_data: AtomicU64,
+}
+
+struct Tap {
+    inner: UdpSocket,
+    counts: Arc<Counts>,
+}
+
+fn kind(b: &[u8]) -> Option<u16> {
+    match b.first()? >> 6 {
+        0 if b.len() >= 2 => Some(u16::from_be_bytes([b[0], b[1]])),
+        1 => Some(0x4000),
+        _ => None,
+    }
+}
+
+#[async_trait::async_trait]
+impl Conn for Tap {
+    async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
+        Ok(self.inner.connect(addr).await?)
+    }
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Ok(self.recv_from(buf).await?.0)
+    }
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        let (n, from) = self.inner.recv_from(buf).await?;
+        match kind(&buf[..n]) {
+            Some(0x0017) => self
+                .counts
+                .recv_data_indications
+                .fetch_add(1, Ordering::Relaxed),
+            Some(0x4000) => self
+                .counts
+                .recv_channel_data
+                .fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        Ok((n, from))
+    }
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        Ok(self.inner.send(buf).await?)
+    }
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        match kind(buf) {
+            Some(0x0016) => self
+                .counts
+                .sent_send_indications
+                .fetch_add(1, Ordering::Relaxed),
+            Some(0x4000) => self
+                .counts
+                .sent_channel_data
+                .fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        Ok(self.inner.send_to(buf, target).await?)
+    }
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.inner.local_addr()?)
+    }
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+    async fn close(&self) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+async fn turn_client(relay: &Relay, username: &str, password: &str) -> (Client, Arc<Counts>) {
+    let counts = Arc::new(Counts::default());
+    let tap = Tap {
+        inner: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        counts: counts.clone(),
+    };
+    let client = Client::new(ClientConfig {
+        stun_serv_addr: relay.addr.to_string(),
+        turn_serv_addr: relay.addr.to_string(),
+        username: username.into(),
+        password: password.into(),
+        realm: String::new(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(tap),
+        vnet: None,
+    })
+    .await
+    .expect("client");
+    client.listen().await.expect("listen");
+    (client, counts)
+}
+
+/// A UDP echo peer on loopback: answers every datagram from socket A, and sends a copy from a
+/// second socket B on the same IP (same permission, no channel: always a Data indication).
+/// Stops by itself after `limit` datagrams or 60 s.
+async fn echo_peer(limit: usize) -> (SocketAddr, SocketAddr, tokio::task::JoinHandle<usize>) {
+    let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (aa, ba) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        let mut n_seen = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while n_seen < limit {
+            let Ok(Ok((n, from))) = tokio::time::timeout_at(deadline, a.recv_from(&mut buf)).await
+            else {
+                break;
+            };
+            n_seen += 1;
+            a.send_to(&buf[..n], from).await.unwrap();
+            let mut copy = b"B:".to_vec();
+            copy.extend_from_slice(&buf[..n]);
+            b.send_to(&copy, from).await.unwrap();
+        }
+        n_seen
+    });
+    (aa, ba, task)
+}
+
+fn err_code(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_through_indications_and_channel_then_refresh_and_delete() {
+    // Short lifetimes so the client's refresh (at half the lifetime) is what keeps it alive.
+    let relay = start_relay(
+        "21000-21999",
+        &[
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--default-lifetime",
+            "4",
+            "--user-quota",
+            "1",
+        ],
+    );
+    let (user, pass) = rest_credentials(3600, "alice");
+    let (client, counts) = turn_client(&relay, &user, &pass).await;
+    let conn = client.allocate().await.expect("allocate");
+    let relayed = conn.local_addr().unwrap();
+    assert_eq!(relayed.ip().to_string(), "127.0.0.1");
+    assert!(
+        (21000..=21999).contains(&relayed.port()),
+        "relayed port {relayed} from the configured range"
+    );
+
+    const N: usize = 40;
+    let (peer_a, peer_b, peer) = echo_peer(N).await;
+    let mut want_a = std::collections::HashSet::new();
+    let mut want_b = std::collections::HashSet::new();
+    let mut buf = vec![0u8; 2048];
+    for i in 0..N {
+        let msg = format!("packet {i:03}").into_bytes();
+        conn.send_to(&msg, peer_a).await.expect("send_to");
+        want_a.insert(msg.clone());
+        let mut b = b"B:".to_vec();
+        b.extend_from_slice(&msg);
+        want_b.insert(b);
+        // Collect both echoes of this packet before the next, so nothing queues up.
+        for _ in 0..2 {
+            let (n, from) = tokio::time::timeout(Duration::from_secs(5), conn.recv_from(&mut buf))
+                .await
+                .expect("echo within 5 s")
+                .expect("recv");
+            let got = buf[..n].to_vec();
+            if from == peer_a {
+                assert!(want_a.remove(&got), "unexpected from A: {got:?}");
+            } else {
+                assert_eq!(from, peer_b);
+                assert!(want_b.remove(&got), "unexpected from B: {got:?}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(want_a.is_empty() && want_b.is_empty(), "zero loss");
+    let c = &counts;
+    assert!(
+        c.sent_send_indications.load(Ordering::Relaxed) >= 1,
+        "the first packets went as Send indications"
+    );
+    assert!(
+        c.sent_channel_data.load(Ordering::Relaxed) >= 1,
+        "later ones over the bound channel"
+    );
+    assert!(
+        c.recv_data_indications.load(Ordering::Relaxed) >= N as u64,
+        "peer B has no channel"
+    );
+    assert!(
+        c.recv_channel_data.load(Ordering::Relaxed) >= 1,
+        "peer A's echoes came back on the channel"
+    );
+    assert_eq!(peer.await.unwrap(), N);
+
+    // The allocation lives 4 s; the client refreshes it every 2 s. Still alive after 6 s.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (peer_a, _, peer) = echo_peer(1).await;
+    conn.send_to(b"after refresh", peer_a).await.unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), conn.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"after refresh");
+    peer.await.unwrap();
+
+    // Delete (Refresh with LIFETIME 0): the user's quota of 1 is free again.
+    conn.close().await.unwrap();
+    client.close().await.unwrap();
+    let (client2, _) = turn_client(&relay, &user, &pass).await;
+    let conn2 = tokio::time::timeout(Duration::from_secs(10), client2.allocate())
+        .await
+        .unwrap()
+        .expect("quota released by the delete");
+    conn2.close().await.unwrap();
+    client2.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_and_expired_credentials_get_401() {
+    let relay = start_relay("22000-22999", &["--allow-peer", "127.0.0.0/8"]);
+    let (user, _) = rest_credentials(3600, "bob");
+    let (client, _) = turn_client(&relay, &user, "not-the-password").await;
+    let e = client
+        .allocate()
+        .await
+        .err()
+        .expect("wrong password is refused");
+    assert!(err_code(&e).contains("401"), "{e}");
+    client.close().await.unwrap();
+
+    let (user, pass) = rest_credentials(-10, "bob");
+    let (client, _) = turn_client(&relay, &user, &pass).await;
+    let e = client
+        .allocate()
+        .await
+        .err()
+        .expect("expired credential is refused");
+    assert!(err_code(&e).contains("401"), "{e}");
+    client.close().await.unwrap();
+
+    // A credential minted with the older secret of the file still works (rotation).
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (user, pass) = auth::mint(b"an-older-secret-still-valid", now + 600, Some("bob"));
+    let (client, _) = turn_client(&relay, &user, &pass).await;
+    let conn = client.allocate().await.expect("rotated secret validates");
+    conn.close().await.unwrap();
+    client.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_peers_get_403() {
+    // No --allow-peer: loopback is denied by default. Every peer here is on loopback, and the
+    // relay refuses it before anything is sent.
+    let relay = start_relay("23000-23999", &[]);
+    let (user, pass) = rest_credentials(3600, "carol");
+    let (client, _) = turn_client(&relay, &user, &pass).await;
+    let conn = client.allocate().await.expect("allocate");
+    let relayed = conn.local_addr().unwrap();
+    for peer in [
+        "127.0.0.1:9".to_string(),
+        "[::ffff:127.0.0.1]:9".to_string(),
+        relay.addr.to_string(),
+        relayed.to_string(),
+    ] {
+        let peer: SocketAddr = peer.parse().unwrap();
+        let e = conn.send_to(b"x", peer).await.err();
+        let e = e.unwrap_or_else(|| panic!("{peer} must be refused"));
+        assert!(
+            err_code(&e).contains("403") || err_code(&e).contains("443"),
+            "{peer}: {e}"
+        );
+    }
+    conn.close().await.unwrap();
+    client.close().await.unwrap();
+
+    // With loopback allowed, the relay's own addresses are still refused.
+    let relay = start_relay("24000-24999", &["--allow-peer", "127.0.0.0/8"]);
+    let (client, _) = turn_client(&relay, &user, &pass).await;
+    let conn = client.allocate().await.expect("allocate");
+    let e = conn
+        .send_to(b"x", relay.addr)
+        .await
+        .err()
+        .expect("own listener refused");
+    assert!(err_code(&e).contains("403"), "{e}");
+    conn.close().await.unwrap();
+    client.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_quota_gets_486() {
+    let relay = start_relay("25000-25999", &["--user-quota", "2"]);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (user, pass) = rest_credentials(3600, "dave");
+        let (client, _) = turn_client(&relay, &user, &pass).await;
+        let conn = client.allocate().await.expect("within quota");
+        held.push((client, conn));
+    }
+    // Fresh credentials for the same id share the quota.
+    let (user, pass) = rest_credentials(1800, "dave");
+    let (client, _) = turn_client(&relay, &user, &pass).await;
+    let e = client.allocate().await.err().expect("over quota");
+    assert!(err_code(&e).contains("486"), "{e}");
+    client.close().await.unwrap();
+    // Another user is not affected.
+    let (user, pass) = rest_credentials(3600, "erin");
+    let (client, _) = turn_client(&relay, &user, &pass).await;
+    client
+        .allocate()
+        .await
+        .expect("another user")
+        .close()
+        .await
+        .unwrap();
+    client.close().await.unwrap();
+    for (client, conn) in held {
+        conn.close().await.unwrap();
+        client.close().await.unwrap();
+    }
+}
+
+/// The binary's `credentials` command mints what the relay accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_command_output_authenticates() {
+    let relay = start_relay("26000-26999", &[]);
+    let secrets = relay._dir.0.join("secrets");
+    let out = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args([
+            "credentials",
+            "--ttl",
+            "10m",
+            "--id",
+            "frank",
+            "--secret-file",
+        ])
+        .arg(&secrets)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+            .expect(k)
+    };
+    let (user, pass) = (field("username:"), field("password:"));
+    assert!(user.ends_with(":frank"));
+    let (client, _) = turn_client(&relay, &user, &pass).await;
+    client
+        .allocate()
+        .await
+        .expect("minted credential works")
+        .close()
+        .await
+        .unwrap();
+    client.close().await.unwrap();
+}
+
+/// A STUN Binding from a raw socket: XOR-MAPPED-ADDRESS is our address, no SOFTWARE.
+#[test]
+fn binding_request_gets_our_address() {
+    let relay = start_relay("27000-27999", &[]);
+    let s = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut req = [0u8; 64];
+    let mut w = Writer::new(&mut req, method::BINDING, Class::Request, &[3; 12]).unwrap();
+    w.fingerprint().unwrap();
+    let n = w.finish();
+    s.send_to(&req[..n], relay.addr).unwrap();
+    let mut buf = [0u8; 512];
+    let (len, _) = s.recv_from(&mut buf).unwrap();
+    let m = Message::decode(&buf[..len]).unwrap();
+    assert!(m.has_fingerprint);
+    let v = stun::find_attr(&buf[..len], stun::attr::XOR_MAPPED_ADDRESS).unwrap();
+    assert_eq!(
+        stun::decode_xor_address(v, &[3; 12]).unwrap(),
+        s.local_addr().unwrap()
+    );
+    assert!(stun::find_attr(&buf[..len], stun::attr::SOFTWARE).is_none());
+}
