@@ -150,6 +150,8 @@ pub fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let o = ip.octets();
     let last = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
     match s {
+        // `::` and `::1` are the unspecified and loopback addresses, not IPv4-compatible ones.
+        [0, 0, 0, 0, 0, 0, 0, 0 | 1] => None,
         [0, 0, 0, 0, 0, 0xffff, _, _] | [0, 0, 0, 0, 0, 0, _, _] => Some(last),
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(last),
         [0x2002, ..] => Some(Ipv4Addr::new(o[2], o[3], o[4], o[5])),
@@ -229,7 +231,11 @@ impl PeerFilter {
         if self.is_own(canon, port) {
             return Err(Denied::OwnAddress);
         }
-        if self.allow.iter().any(|c| c.contains(canon)) {
+        if self
+            .allow
+            .iter()
+            .any(|c| c.contains(canon) || c.contains(raw))
+        {
             return Ok(());
         }
         let mut forms = [Some(raw), Some(canon), None];
@@ -369,6 +375,12 @@ mod tests {
         assert_eq!(f.check(sa("10.0.0.1:9")), Err(Denied::Range));
         assert_eq!(f.check(sa("[::1]:9")), Err(Denied::Range));
         assert_eq!(f.check(sa("169.254.169.254:80")), Err(Denied::Range));
+        // IPv6 loopback is its own address, not the IPv4-compatible 0.0.0.1.
+        let f = PeerFilter::new(&[], &["::1/128".parse().unwrap()]);
+        assert_eq!(f.check(sa("[::1]:9")), Ok(()));
+        assert_eq!(f.check(sa("[::]:9")), Err(Denied::Range));
+        assert_eq!(f.check(sa("[::2]:9")), Err(Denied::Range));
+        assert_eq!(f.check(sa("127.0.0.1:9")), Err(Denied::Range));
     }
 
     #[test]

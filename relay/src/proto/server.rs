@@ -614,6 +614,7 @@ impl Server {
 
     /// An error response, signed when the request authenticated.
     fn error(&self, out: &mut [u8], m: &Message, code: u16, seal: Seal) -> Option<usize> {
+        tracing::debug!(method = m.method, code, "error response");
         let mut w = self.begin(out, m, Class::Error).ok()?;
         w.error(code).ok()?;
         Self::seal(w, seal)
@@ -1142,6 +1143,7 @@ impl Server {
             return self.error(out, m, 400, seal);
         };
         if !(channel_data::MIN_CHANNEL..=channel_data::MAX_CHANNEL).contains(&number) {
+            tracing::debug!(number, "channel number out of range");
             return self.error(out, m, 400, seal);
         }
         if let Err(code) = self.vet_peer(slot, peer) {

@@ -687,9 +687,13 @@ pub fn find_attr(msg: &[u8], typ: u16) -> Option<&[u8]> {
 
 /// ChannelData framing (RFC 8656 §12.4).
 pub mod channel_data {
-    /// Valid channel numbers (RFC 8656 §12).
+    /// Channel numbers a client may bind. RFC 8656 §12 narrowed the range to 0x4000–0x4FFF so
+    /// that ChannelData cannot be mistaken for DTLS/SRTP on a port multiplexing them; RFC 5766
+    /// allowed 0x4000–0x7FFF and clients still use it (coturn's `turnutils_uclient` picks
+    /// numbers up to 0x7FFF; coturn accepts them). A relay port carries only STUN and
+    /// ChannelData, so the wider range is unambiguous here and we accept it.
     pub const MIN_CHANNEL: u16 = 0x4000;
-    pub const MAX_CHANNEL: u16 = 0x4FFF;
+    pub const MAX_CHANNEL: u16 = 0x7FFF;
 
     /// True if the first byte marks ChannelData (top bits 01).
     pub fn is_channel_data(b: &[u8]) -> bool {

@@ -941,7 +941,7 @@ fn channel_bind_rules_and_channel_data_both_ways() {
     let mut c = Client::rest(40000, "a");
     c.allocate(&mut s, &mut env, &clock, &[]);
     let ch = |n: u16| (attr::CHANNEL_NUMBER, vec![(n >> 8) as u8, n as u8, 0, 0]);
-    for bad in [0x3FFF, 0x5000, 0xFFFF] {
+    for bad in [0x0000, 0x3FFF, 0x8000, 0xFFFF] {
         let r = c.request(
             &mut s,
             &mut env,
