@@ -1,105 +1,21 @@
 //! End-to-end: the real `veil relay` binary on loopback, driven by the webrtc-rs `turn` crate's
 //! client (a client we did not write). Every datagram stays on 127.0.0.0/8.
 
+mod common;
+
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{Relay, SECRET, start_relay};
 
 use tokio::net::UdpSocket;
 use turn::client::{Client, ClientConfig};
 use veil_relay::proto::auth;
 use veil_relay::proto::stun::{self, Class, Message, Writer, method};
 use webrtc_util::Conn;
-
-const SECRET: &str = "e2e-secret-0123456789abcdef";
-
-/// A `veil relay` child process, killed on drop.
-struct Relay {
-    child: Child,
-    addr: SocketAddr,
-    _dir: TempDir,
-}
-
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_udp_port() -> u16 {
-    StdUdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts a relay on a free loopback port with relayed ports in `ports` (below the kernel's
-/// ephemeral range), REST secrets ["old", SECRET] and `extra` flags; waits until it answers.
-fn start_relay(ports: &str, extra: &[&str]) -> Relay {
-    let dir = std::env::temp_dir().join(format!("veil-e2e-{}-{}", std::process::id(), ports));
-    std::fs::create_dir_all(&dir).unwrap();
-    let secrets = dir.join("secrets");
-    std::fs::write(&secrets, format!("{SECRET}\nan-older-secret-still-valid\n")).unwrap();
-    let port = free_udp_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_veil"));
-    cmd.args([
-        "relay",
-        "--listen",
-        &addr.to_string(),
-        "--port-range",
-        ports,
-        "--workers",
-        "2",
-    ])
-    .arg("--auth-secret-file")
-    .arg(&secrets)
-    .args(extra)
-    .env("RUST_LOG", "warn")
-    .stdin(Stdio::null());
-    let child = cmd.spawn().expect("veil binary runs");
-    let relay = Relay {
-        child,
-        addr,
-        _dir: TempDir(dir),
-    };
-    wait_ready(addr);
-    relay
-}
-
-/// Sends STUN Binding requests until the relay answers (10 s at most).
-fn wait_ready(addr: SocketAddr) {
-    let s = StdUdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut req = [0u8; 64];
-    let n = Writer::new(&mut req, method::BINDING, Class::Request, &[7; 12])
-        .unwrap()
-        .finish();
-    let mut buf = [0u8; 512];
-    while Instant::now() < deadline {
-        s.send_to(&req[..n], addr).unwrap();
-        if let Ok((len, _)) = s.recv_from(&mut buf) {
-            let m = Message::decode(&buf[..len]).expect("a STUN response");
-            assert_eq!(m.class, Class::Success);
-            return;
-        }
-    }
-    panic!("relay on {addr} did not answer within 10 s");
-}
 
 fn rest_credentials(ttl_secs: i64, id: &str) -> (String, String) {
     let now = SystemTime::now()
@@ -446,7 +362,7 @@ async fn user_quota_gets_486() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_command_output_authenticates() {
     let relay = start_relay("26000-26999", &[]);
-    let secrets = relay._dir.0.join("secrets");
+    let secrets = relay.dir.0.join("secrets");
     let out = Command::new(env!("CARGO_BIN_EXE_veil"))
         .args([
             "credentials",

@@ -1,0 +1,99 @@
+//! Helpers shared by the cross-process tests: start the real `veil relay` binary on loopback and
+//! wait until it answers.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use veil_relay::proto::stun::{Class, Message, Writer, method};
+
+pub const SECRET: &str = "e2e-secret-0123456789abcdef";
+
+/// A `veil relay` child process, killed on drop.
+pub struct Relay {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+}
+
+pub struct TempDir(pub std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_udp_port() -> u16 {
+    StdUdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts a relay on a free loopback port with relayed ports in `ports` (below the kernel's
+/// ephemeral range), REST secrets ["old", SECRET] and `extra` flags; waits until it answers.
+pub fn start_relay(ports: &str, extra: &[&str]) -> Relay {
+    let dir = std::env::temp_dir().join(format!("veil-e2e-{}-{}", std::process::id(), ports));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secrets = dir.join("secrets");
+    std::fs::write(&secrets, format!("{SECRET}\nan-older-secret-still-valid\n")).unwrap();
+    let port = free_udp_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_veil"));
+    cmd.args([
+        "relay",
+        "--listen",
+        &addr.to_string(),
+        "--port-range",
+        ports,
+        "--workers",
+        "2",
+    ])
+    .arg("--auth-secret-file")
+    .arg(&secrets)
+    .args(extra)
+    .env("RUST_LOG", "warn")
+    .stdin(Stdio::null());
+    let child = cmd.spawn().expect("veil binary runs");
+    let relay = Relay {
+        child,
+        addr,
+        dir: TempDir(dir),
+    };
+    wait_ready(addr);
+    relay
+}
+
+/// Sends STUN Binding requests until the relay answers (10 s at most).
+pub fn wait_ready(addr: SocketAddr) {
+    let s = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut req = [0u8; 64];
+    let n = Writer::new(&mut req, method::BINDING, Class::Request, &[7; 12])
+        .unwrap()
+        .finish();
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline {
+        s.send_to(&req[..n], addr).unwrap();
+        if let Ok((len, _)) = s.recv_from(&mut buf) {
+            let m = Message::decode(&buf[..len]).expect("a STUN response");
+            assert_eq!(m.class, Class::Success);
+            return;
+        }
+    }
+    panic!("relay on {addr} did not answer within 10 s");
+}
+

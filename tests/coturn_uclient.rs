@@ -1,0 +1,172 @@
+//! Interoperability with coturn's own test client: `turnutils_uclient` (Debian package `coturn`)
+//! against the real `veil relay`, with `turnutils_peer` as the echo peer, all on loopback.
+//!
+//! The tools are required: if they are missing the test fails and says how to install them
+//! (`.ci/run` installs them), it never passes silently.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{SECRET, start_relay};
+
+const CLIENTS: u32 = 50;
+const MESSAGES: u32 = 20;
+
+fn require(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{tool} not found: this interop suite needs Debian's coturn package \
+         (`apt-get install coturn`; .ci/run installs it)"
+    );
+}
+
+struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port p on `ip` with p and p+1 free (uclient's RTCP leg goes to the peer's port + 1).
+fn free_pair(ip: &str) -> u16 {
+    for _ in 0..100 {
+        let a = UdpSocket::bind(format!("{ip}:0")).unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p < 65535 && UdpSocket::bind(format!("{ip}:{}", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair on {ip}")
+}
+
+fn start_peer(ip: &str) -> (Peer, u16) {
+    let port = free_pair(ip);
+    let child = Command::new("turnutils_peer")
+        .args(["-L", ip, "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("turnutils_peer starts");
+    std::thread::sleep(Duration::from_millis(300));
+    (Peer(child), port)
+}
+
+/// What uclient reported at the end of a run.
+#[derive(Debug, PartialEq, Eq)]
+struct Report {
+    sent: u64,
+    received: u64,
+    lost: u64,
+}
+
+fn number_after(text: &str, key: &str) -> Option<u64> {
+    let at = text.rfind(key)? + key.len();
+    let digits: String = text[at..].trim_start().chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+fn parse_report(text: &str) -> Option<Report> {
+    Some(Report {
+        sent: number_after(text, "tot_send_msgs=")?,
+        received: number_after(text, "tot_recv_msgs=")?,
+        lost: number_after(text, "Total lost packets")?,
+    })
+}
+
+/// Runs uclient with REST credentials (`-W secret`) and `extra` flags from local address `local`;
+/// returns its report. Each run uses its own local IP: uclient leaves allocations behind, and a
+/// later run reusing one of their 5-tuples would (rightly) be refused.
+fn uclient(local: &str, relay_port: u16, peer_ip: &str, peer_port: u16, extra: &[&str]) -> (Report, String) {
+    let mut args: Vec<String> = ["-L", local, "-W", SECRET, "-u", "interop", "-m", &CLIENTS.to_string(), "-n", &MESSAGES.to_string()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(["-e", peer_ip, "-r", &peer_port.to_string(), "-p", &relay_port.to_string(), "127.0.0.1"].map(String::from));
+    // uclient never gives up on its own when a server is silent: bound it.
+    let out = Command::new("timeout")
+        .arg("180")
+        .arg("turnutils_uclient")
+        .args(&args)
+        .output()
+        .expect("turnutils_uclient runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "uclient {extra:?} exited with {:?}:\n{}", out.status, tail(&text));
+    let report = parse_report(&text).unwrap_or_else(|| panic!("no report from uclient {extra:?}:\n{}", tail(&text)));
+    (report, text)
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(25)..].join("\n")
+}
+
+fn assert_zero_loss(mode: &str, r: &Report, text: &str) {
+    let want = (CLIENTS * MESSAGES) as u64;
+    assert_eq!(r.sent, want, "{mode}: every client sent every message\n{}", tail(text));
+    assert_eq!(r.received, want, "{mode}: every echo came back\n{}", tail(text));
+    assert_eq!(r.lost, 0, "{mode}: zero loss\n{}", tail(text));
+}
+
+#[test]
+fn report_parser_reads_uclient_summary() {
+    let sample = "6: : start_mclient: tot_send_msgs=1000, tot_recv_msgs=998\n\
+                  6: : Total lost packets 2 (0.200000%), total send dropped 0 (0.000000%)\n";
+    assert_eq!(parse_report(sample), Some(Report { sent: 1000, received: 998, lost: 2 }));
+    assert_eq!(parse_report("Cannot complete Allocation"), None);
+}
+
+#[test]
+fn uclient_channels_send_indications_and_ipv6_with_zero_loss() {
+    require("turnutils_uclient");
+    require("turnutils_peer");
+    let relay = start_relay(
+        "28000-29999",
+        &[
+            "--relay-ip",
+            "127.0.0.1",
+            "--relay-ip",
+            "::1",
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--allow-peer",
+            "::1/128",
+            // uclient leaves a 777 s probe allocation per client behind, all under one user.
+            "--user-quota",
+            "1000",
+        ],
+    );
+    let port = relay.addr.port();
+
+    let (_peer4, p4) = start_peer("127.0.0.1");
+    let (r, text) = uclient("127.0.0.2", port, "127.0.0.1", p4, &[]);
+    assert_zero_loss("ChannelData", &r, &text);
+
+    let (r, text) = uclient("127.0.0.3", port, "127.0.0.1", p4, &["-s"]);
+    assert_zero_loss("Send/Data indications", &r, &text);
+
+    let (r, text) = uclient("127.0.0.4", port, "127.0.0.1", p4, &["-g", "-D"]);
+    assert_zero_loss("DONT-FRAGMENT, padded ChannelData", &r, &text);
+
+    let (_peer6, p6) = start_peer("::1");
+    let (r, text) = uclient("127.0.0.5", port, "::1", p6, &["-x"]);
+    assert_zero_loss("IPv6 relayed address", &r, &text);
+
+    // A wrong secret is refused: uclient cannot allocate.
+    let out = Command::new("timeout")
+        .args(["60", "turnutils_uclient", "-W", "not-the-secret", "-u", "x", "-m", "1", "-n", "1"])
+        .args(["-e", "127.0.0.1", "-r", &p4.to_string(), "-p", &port.to_string(), "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a wrong secret must not allocate");
+}
