@@ -71,7 +71,11 @@ struct Report {
 
 fn number_after(text: &str, key: &str) -> Option<u64> {
     let at = text.rfind(key)? + key.len();
-    let digits: String = text[at..].trim_start().chars().take_while(|c| c.is_ascii_digit()).collect();
+    let digits: String = text[at..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
     digits.parse().ok()
 }
 
@@ -86,13 +90,41 @@ fn parse_report(text: &str) -> Option<Report> {
 /// Runs uclient with REST credentials (`-W secret`) and `extra` flags from local address `local`;
 /// returns its report. Each run uses its own local IP: uclient leaves allocations behind, and a
 /// later run reusing one of their 5-tuples would (rightly) be refused.
-fn uclient(local: &str, relay_port: u16, peer_ip: &str, peer_port: u16, extra: &[&str]) -> (Report, String) {
-    let mut args: Vec<String> = ["-L", local, "-W", SECRET, "-u", "interop", "-m", &CLIENTS.to_string(), "-n", &MESSAGES.to_string()]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+fn uclient(
+    local: &str,
+    relay_port: u16,
+    peer_ip: &str,
+    peer_port: u16,
+    extra: &[&str],
+) -> (Report, String) {
+    let mut args: Vec<String> = [
+        "-L",
+        local,
+        "-W",
+        SECRET,
+        "-u",
+        "interop",
+        "-m",
+        &CLIENTS.to_string(),
+        "-n",
+        &MESSAGES.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
-    args.extend(["-e", peer_ip, "-r", &peer_port.to_string(), "-p", &relay_port.to_string(), "127.0.0.1"].map(String::from));
+    args.extend(
+        [
+            "-e",
+            peer_ip,
+            "-r",
+            &peer_port.to_string(),
+            "-p",
+            &relay_port.to_string(),
+            "127.0.0.1",
+        ]
+        .map(String::from),
+    );
     // uclient never gives up on its own when a server is silent: bound it.
     let out = Command::new("timeout")
         .arg("180")
@@ -100,9 +132,19 @@ fn uclient(local: &str, relay_port: u16, peer_ip: &str, peer_port: u16, extra: &
         .args(&args)
         .output()
         .expect("turnutils_uclient runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "uclient {extra:?} exited with {:?}:\n{}", out.status, tail(&text));
-    let report = parse_report(&text).unwrap_or_else(|| panic!("no report from uclient {extra:?}:\n{}", tail(&text)));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "uclient {extra:?} exited with {:?}:\n{}",
+        out.status,
+        tail(&text)
+    );
+    let report = parse_report(&text)
+        .unwrap_or_else(|| panic!("no report from uclient {extra:?}:\n{}", tail(&text)));
     (report, text)
 }
 
@@ -113,8 +155,18 @@ fn tail(text: &str) -> String {
 
 fn assert_zero_loss(mode: &str, r: &Report, text: &str) {
     let want = (CLIENTS * MESSAGES) as u64;
-    assert_eq!(r.sent, want, "{mode}: every client sent every message\n{}", tail(text));
-    assert_eq!(r.received, want, "{mode}: every echo came back\n{}", tail(text));
+    assert_eq!(
+        r.sent,
+        want,
+        "{mode}: every client sent every message\n{}",
+        tail(text)
+    );
+    assert_eq!(
+        r.received,
+        want,
+        "{mode}: every echo came back\n{}",
+        tail(text)
+    );
     assert_eq!(r.lost, 0, "{mode}: zero loss\n{}", tail(text));
 }
 
@@ -122,7 +174,14 @@ fn assert_zero_loss(mode: &str, r: &Report, text: &str) {
 fn report_parser_reads_uclient_summary() {
     let sample = "6: : start_mclient: tot_send_msgs=1000, tot_recv_msgs=998\n\
                   6: : Total lost packets 2 (0.200000%), total send dropped 0 (0.000000%)\n";
-    assert_eq!(parse_report(sample), Some(Report { sent: 1000, received: 998, lost: 2 }));
+    assert_eq!(
+        parse_report(sample),
+        Some(Report {
+            sent: 1000,
+            received: 998,
+            lost: 2
+        })
+    );
     assert_eq!(parse_report("Cannot complete Allocation"), None);
 }
 
@@ -164,8 +223,27 @@ fn uclient_channels_send_indications_and_ipv6_with_zero_loss() {
 
     // A wrong secret is refused: uclient cannot allocate.
     let out = Command::new("timeout")
-        .args(["60", "turnutils_uclient", "-W", "not-the-secret", "-u", "x", "-m", "1", "-n", "1"])
-        .args(["-e", "127.0.0.1", "-r", &p4.to_string(), "-p", &port.to_string(), "127.0.0.1"])
+        .args([
+            "60",
+            "turnutils_uclient",
+            "-W",
+            "not-the-secret",
+            "-u",
+            "x",
+            "-m",
+            "1",
+            "-n",
+            "1",
+        ])
+        .args([
+            "-e",
+            "127.0.0.1",
+            "-r",
+            &p4.to_string(),
+            "-p",
+            &port.to_string(),
+            "127.0.0.1",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success(), "a wrong secret must not allocate");

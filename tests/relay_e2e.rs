@@ -318,8 +318,7 @@ async fn denied_peers_get_403() {
     let e = conn
         .send_to(b"x", relay.addr)
         .await
-        .err()
-        .expect("own listener refused");
+        .expect_err("own listener refused");
     assert!(err_code(&e).contains("403"), "{e}");
     conn.close().await.unwrap();
     client.close().await.unwrap();

@@ -96,4 +96,3 @@ pub fn wait_ready(addr: SocketAddr) {
     }
     panic!("relay on {addr} did not answer within 10 s");
 }
-

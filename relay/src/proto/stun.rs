@@ -313,11 +313,9 @@ impl<'a> Message<'a> {
             | attr::XOR_RELAYED_ADDRESS
             | attr::PRIORITY
             | attr::USE_CANDIDATE => {}
-            t if t < 0x8000 => {
-                if (self.unknown_len as usize) < MAX_UNKNOWN {
-                    self.unknown[self.unknown_len as usize] = t;
-                    self.unknown_len += 1;
-                }
+            t if t < 0x8000 && (self.unknown_len as usize) < MAX_UNKNOWN => {
+                self.unknown[self.unknown_len as usize] = t;
+                self.unknown_len += 1;
             }
             _ => {}
         }
