@@ -223,6 +223,9 @@ struct Io {
 struct Worker {
     server: Server,
     io: Io,
+    /// The one buffer every relayed socket of this worker reads into, with room for the core
+    /// to frame the payload in place.
+    peer_buf: Vec<u8>,
 }
 
 impl Io {
@@ -405,34 +408,38 @@ impl Env for Io {
     }
 }
 
-/// Receives what peers send to one relayed socket and hands it to the core.
+/// Receives what peers send to one relayed socket and hands it to the core. The task owns no
+/// buffer: it waits for readiness and then reads into the worker's single peer buffer, so an
+/// allocation costs a socket and a small task, not 64 KiB.
 async fn relay_task(worker: Weak<RefCell<Worker>>, id: RelayId, socket: Rc<UdpSocket>) {
-    let mut buf = vec![0u8; HEADROOM + MAX_DATAGRAM + TAILROOM];
-    let end = buf.len() - TAILROOM;
     loop {
-        let first = socket.recv_from(&mut buf[HEADROOM..end]).await;
+        if socket.readable().await.is_err() {
+            return;
+        }
         let Some(w) = worker.upgrade() else { return };
         let mut w = w.borrow_mut();
-        let w = &mut *w;
+        let Worker {
+            server,
+            io: sockets,
+            peer_buf,
+        } = &mut *w;
+        let end = peer_buf.len() - TAILROOM;
         let now = now();
-        let mut next = first;
         for _ in 0..BATCH {
-            match next {
+            match socket.try_recv_from(&mut peer_buf[HEADROOM..end]) {
                 Ok((n, peer)) => {
                     if let Some((client, range)) =
-                        w.server
-                            .handle_peer(now, id, peer, &mut buf, HEADROOM..HEADROOM + n)
-                        && let Some(l) = w.io.listeners.get(client.listener as usize)
-                        && l.try_send_to(&buf[range], client.addr).is_err()
+                        server.handle_peer(now, id, peer, peer_buf, HEADROOM..HEADROOM + n)
+                        && let Some(l) = sockets.listeners.get(client.listener as usize)
+                        && l.try_send_to(&peer_buf[range], client.addr).is_err()
                     {
-                        w.io.dropped_sends += 1;
+                        sockets.dropped_sends += 1;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // ICMP errors surface as recv errors on Linux; nothing to do.
+                // ICMP errors surface as receive errors on Linux; nothing to do.
                 Err(_) => {}
             }
-            next = socket.try_recv_from(&mut buf[HEADROOM..end]);
         }
     }
 }
@@ -526,6 +533,7 @@ pub fn run_worker(
                     rng: Rng::seeded(),
                     dropped_sends: 0,
                 },
+                peer_buf: vec![0u8; HEADROOM + MAX_DATAGRAM + TAILROOM],
             })
         });
         let mut tasks = Vec::new();
