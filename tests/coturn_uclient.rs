@@ -217,6 +217,10 @@ fn uclient_channels_send_indications_and_ipv6_with_zero_loss() {
     let (r, text) = uclient("127.0.0.4", port, "127.0.0.1", p4, &["-g", "-D"]);
     assert_zero_loss("DONT-FRAGMENT, padded ChannelData", &r, &text);
 
+    // Dual allocation (IPv4 + IPv6 relayed addresses in one Allocate).
+    let (r, text) = uclient("127.0.0.6", port, "127.0.0.1", p4, &["-Z"]);
+    assert_zero_loss("dual allocation", &r, &text);
+
     let (_peer6, p6) = start_peer("::1");
     let (r, text) = uclient("127.0.0.5", port, "::1", p6, &["-x"]);
     assert_zero_loss("IPv6 relayed address", &r, &text);

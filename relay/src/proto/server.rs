@@ -863,8 +863,10 @@ impl Server {
         let requested = family_of(m.value_of(m.requested_family));
         let additional = family_of(m.value_of(m.additional_family));
         // RFC 8656 §7.2 combinations that are errors.
+        // EVEN-PORT conflicts with a dual allocation only when it asks for a reserved pair
+        // (R bit); coturn's uclient sends EVEN-PORT without R along with its dual request.
         if token.is_some() && (even.is_some() || requested.is_some())
-            || even.is_some() && additional.is_some()
+            || even == Some(true) && additional.is_some()
             || requested.is_some() && additional.is_some()
         {
             return self.error(out, m, 400, seal);

@@ -49,6 +49,9 @@ pub mod attr {
     pub const PRIORITY: u16 = 0x0024;
     pub const USE_CANDIDATE: u16 = 0x0025;
     pub const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
+    /// The codepoint drafts of RFC 8656 used for ADDITIONAL-ADDRESS-FAMILY; coturn (4.6) still
+    /// sends it for dual allocations (`turnutils_uclient -Z`). Read as an alias.
+    pub const ADDITIONAL_ADDRESS_FAMILY_DRAFT: u16 = 0x8032;
     pub const ADDRESS_ERROR_CODE: u16 = 0x8001;
     pub const PASSWORD_ALGORITHMS: u16 = 0x8002;
     pub const SOFTWARE: u16 = 0x8022;
@@ -292,7 +295,9 @@ impl<'a> Message<'a> {
             attr::LIFETIME => first(&mut self.lifetime, span),
             attr::REQUESTED_TRANSPORT => first(&mut self.requested_transport, span),
             attr::REQUESTED_ADDRESS_FAMILY => first(&mut self.requested_family, span),
-            attr::ADDITIONAL_ADDRESS_FAMILY => first(&mut self.additional_family, span),
+            attr::ADDITIONAL_ADDRESS_FAMILY | attr::ADDITIONAL_ADDRESS_FAMILY_DRAFT => {
+                first(&mut self.additional_family, span)
+            }
             attr::EVEN_PORT => first(&mut self.even_port, span),
             attr::RESERVATION_TOKEN => first(&mut self.reservation_token, span),
             attr::DONT_FRAGMENT => self.dont_fragment = true,

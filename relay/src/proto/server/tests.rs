@@ -1201,6 +1201,32 @@ fn address_families() {
     );
     assert_eq!(class(&r), Class::Success);
 
+    // coturn's draft codepoint for ADDITIONAL-ADDRESS-FAMILY works the same, with EVEN-PORT
+    // without the R bit as uclient -Z sends it.
+    let mut z = Client::rest(40009, "z");
+    let r = z.allocate(
+        &mut s,
+        &mut env,
+        &clock,
+        &[
+            (attr::EVEN_PORT, vec![0]),
+            (attr::ADDITIONAL_ADDRESS_FAMILY_DRAFT, vec![2, 0, 0, 0]),
+        ],
+    );
+    assert_eq!(relayed(&r).len(), 2);
+    let r = z.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::REFRESH,
+        &[(attr::REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0])],
+    );
+    assert_eq!(
+        class(&r),
+        Class::Success,
+        "refreshing the IPv6 half of a dual allocation"
+    );
+
     // IPv6 unavailable: IPv4 only, with ADDRESS-ERROR-CODE.
     env.v6_broken = true;
     let mut c = Client::rest(40001, "b");
