@@ -15,3 +15,4 @@ pub mod config;
 pub mod io;
 pub mod privacy;
 pub mod proto;
+pub mod shaping;

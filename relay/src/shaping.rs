@@ -1,0 +1,639 @@
+//! Traffic shaping of what the relay sends to clients: padding to size buckets and re-clocking.
+//!
+//! Sans-I/O like the protocol core: time is passed in, nothing here touches a socket. One
+//! [`Shaper`] belongs to one worker; it holds a bounded pool of preallocated packet buffers and
+//! one timer heap, so shaping allocates nothing per packet and needs no sleep per packet.
+//!
+//! What each defence buys, honestly (the README repeats this for operators):
+//! * **Padding** on UDP adds zero bytes after a ChannelData payload (clients accept trailing bytes
+//!   when the length after the header is a multiple of 4, hence buckets are multiples of 4) and a
+//!   comprehension-optional attribute inside a Data indication. The ChannelData Length field stays
+//!   cleartext, so padding only defeats observers that see datagram sizes (flow records), not a
+//!   TURN-aware observer on the path. Inside TLS it hides sizes for real.
+//! * **Slots** release every packet on a fixed grid shared by all flows of the node, waiting at
+//!   most one interval: inter-packet timing and the exact forwarding instant stop carrying the
+//!   peer's timing, which is what flow-correlation attacks match on.
+//! * **Jitter** adds a random bounded delay, keeping order within a flow. Weaker: the original
+//!   timing survives on average, and a receiver's jitter buffer pays about twice the mean.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::fmt;
+use std::hash::Hash;
+use std::ops::Range;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use crate::proto::stun::{self, attr};
+
+/// The comprehension-optional attribute veil pads Data indications with (zero bytes). In the
+/// 0xC000–0xFFFF range; clients ignore comprehension-optional attributes they do not know.
+pub const PADDING_ATTR: u16 = 0xFF56;
+
+/// Largest frame the shaper queues; bigger ones (rare for media) leave unshaped and are counted.
+pub const MAX_QUEUED_FRAME: usize = 2048;
+
+/// How frames are padded.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Padding {
+    #[default]
+    Off,
+    /// Up to the smallest bucket that fits (sorted, each a multiple of 4); frames larger than
+    /// every bucket are only aligned to 4.
+    Buckets(Vec<u16>),
+    /// Up to the next multiple of N (a multiple of 4).
+    Multiple(u16),
+}
+
+impl Padding {
+    /// Checks the sizes: buckets and multiples must be multiples of 4 (coturn's parser), at least
+    /// 8 and at most 65 532.
+    pub fn validate(&self) -> Result<(), String> {
+        let ok = |n: u16| n >= 8 && n % 4 == 0 && n <= 65_532;
+        match self {
+            Padding::Off => Ok(()),
+            Padding::Buckets(b) if b.is_empty() => Err("no buckets".into()),
+            Padding::Buckets(b) => match b.iter().find(|n| !ok(**n)) {
+                Some(n) => Err(format!(
+                    "bucket {n}: must be a multiple of 4 between 8 and 65532"
+                )),
+                None if b.windows(2).any(|w| w[0] >= w[1]) => {
+                    Err("buckets must be increasing".into())
+                }
+                None => Ok(()),
+            },
+            Padding::Multiple(n) if !ok(*n) => {
+                Err(format!("{n}: must be a multiple of 4 between 8 and 65532"))
+            }
+            Padding::Multiple(_) => Ok(()),
+        }
+    }
+
+    /// The size a frame of `len` bytes is sent as (never smaller than `len`; a multiple of 4).
+    pub fn target(&self, len: usize) -> usize {
+        let aligned = (len + 3) & !3;
+        match self {
+            Padding::Off => len,
+            Padding::Buckets(b) => b
+                .iter()
+                .map(|&n| n as usize)
+                .find(|&n| n >= len)
+                .unwrap_or(aligned),
+            Padding::Multiple(n) => {
+                let n = *n as usize;
+                len.div_ceil(n) * n
+            }
+        }
+    }
+}
+
+impl FromStr for Padding {
+    type Err = String;
+    /// `off`, `multiple:N`, or a comma-separated bucket list `128,256,512,1200`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let p = if s == "off" {
+            Padding::Off
+        } else if let Some(n) = s.strip_prefix("multiple:") {
+            Padding::Multiple(
+                n.trim()
+                    .parse()
+                    .map_err(|_| format!("`{s}`: multiple:N with N a number"))?,
+            )
+        } else {
+            let mut v = Vec::new();
+            for part in s.split(',') {
+                v.push(
+                    part.trim()
+                        .parse::<u16>()
+                        .map_err(|_| format!("`{s}`: a list of sizes like 128,256,512,1200"))?,
+                );
+            }
+            Padding::Buckets(v)
+        };
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+impl fmt::Display for Padding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Padding::Off => f.write_str("off"),
+            Padding::Multiple(n) => write!(f, "multiple:{n}"),
+            Padding::Buckets(b) => {
+                let s: Vec<String> = b.iter().map(|n| n.to_string()).collect();
+                f.write_str(&s.join(","))
+            }
+        }
+    }
+}
+
+/// When frames leave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Timing {
+    #[default]
+    Off,
+    /// On a fixed grid of this interval shared by every flow of the node.
+    Slots(Duration),
+    /// After a random delay in [0, max), order kept within a flow.
+    Jitter(Duration),
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (n, unit) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else {
+        (s, 1)
+    };
+    let n: u64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}`: a duration like 10ms"))?;
+    Ok(Duration::from_millis(n * unit))
+}
+
+impl FromStr for Timing {
+    type Err = String;
+    /// `off`, `slots:10ms` or `jitter:20ms`; 1–200 ms.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let t = match s.split_once(':') {
+            None if s == "off" => return Ok(Timing::Off),
+            Some(("slots", d)) => Timing::Slots(parse_duration(d)?),
+            Some(("jitter", d)) => Timing::Jitter(parse_duration(d)?),
+            _ => {
+                return Err(format!(
+                    "`{s}`: off, slots:INTERVAL or jitter:MAX (e.g. slots:10ms)"
+                ));
+            }
+        };
+        let (Timing::Slots(d) | Timing::Jitter(d)) = t else {
+            unreachable!()
+        };
+        if d < Duration::from_millis(1) || d > Duration::from_millis(200) {
+            return Err(format!(
+                "`{s}`: between 1ms and 200ms (voice budgets 20-40 ms per relay)"
+            ));
+        }
+        Ok(t)
+    }
+}
+
+impl fmt::Display for Timing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Timing::Off => f.write_str("off"),
+            Timing::Slots(d) => write!(f, "slots:{}ms", d.as_millis()),
+            Timing::Jitter(d) => write!(f, "jitter:{}ms", d.as_millis()),
+        }
+    }
+}
+
+/// A node's shaping policy.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Policy {
+    pub padding: Padding,
+    pub timing: Timing,
+    /// Frames a worker holds at most; over it the one due soonest is dropped and counted.
+    pub queue_limit: usize,
+}
+
+impl Policy {
+    pub fn is_off(&self) -> bool {
+        self.padding == Padding::Off && self.timing == Timing::Off
+    }
+}
+
+/// Pads a frame the core framed at `buf[frame]` for a client over UDP, in place, zero-filling
+/// what it adds. Returns the padded range (unchanged if padding is off, the frame is not
+/// ChannelData or a Data indication, or the buffer has no room).
+pub fn pad_frame(padding: &Padding, buf: &mut [u8], frame: Range<usize>) -> Range<usize> {
+    let len = frame.len();
+    let target = padding.target(len);
+    if target <= len || frame.start + target > buf.len() {
+        return frame;
+    }
+    let end = frame.start + target;
+    match buf[frame.start] >> 6 {
+        // ChannelData: trailing zeros after the payload; the Length field is unchanged.
+        1 => {
+            buf[frame.end..end].fill(0);
+            frame.start..end
+        }
+        // A Data indication: grow inside the STUN length with the padding attribute. Both sizes
+        // are multiples of 4, so the gap is at least the 4-byte attribute header.
+        0 if len % 4 == 0 && target - len >= 4 && len >= stun::HEADER_LEN => {
+            let value = target - len - 4;
+            let b = &mut buf[frame.start..end];
+            b[len..len + 2].copy_from_slice(&PADDING_ATTR.to_be_bytes());
+            b[len + 2..len + 4].copy_from_slice(&(value as u16).to_be_bytes());
+            b[len + 4..].fill(0);
+            let body = (target - stun::HEADER_LEN) as u16;
+            b[2..4].copy_from_slice(&body.to_be_bytes());
+            debug_assert!(stun::find_attr(b, attr::DATA).is_some());
+            frame.start..end
+        }
+        _ => frame,
+    }
+}
+
+/// Counters for the metrics issue; per worker, summed by the reader.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShapingStats {
+    pub padded_frames: u64,
+    pub padding_bytes: u64,
+    pub delayed_frames: u64,
+    /// Added delay histogram, upper bounds 1, 5, 10, 20, 40 ms and beyond.
+    pub delay_ms_hist: [u64; 6],
+    pub queue_drops: u64,
+    pub oversize_unshaped: u64,
+}
+
+const DELAY_BOUNDS_MS: [u64; 5] = [1, 5, 10, 20, 40];
+
+impl ShapingStats {
+    fn record_delay(&mut self, d: Duration) {
+        let ms = d.as_micros() as u64 / 1000;
+        let i = DELAY_BOUNDS_MS
+            .iter()
+            .position(|b| ms < *b)
+            .unwrap_or(DELAY_BOUNDS_MS.len());
+        self.delay_ms_hist[i] += 1;
+    }
+}
+
+/// What to do with a frame now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Send it now.
+    SendNow,
+    /// Queued; it leaves from [`Shaper::pop_due`].
+    Queued,
+}
+
+/// One worker's shaper: release-time computation, a bounded pool of frame buffers and a heap of
+/// release times. `K` names the destination (the client's 5-tuple).
+pub struct Shaper<K> {
+    policy: Policy,
+    /// The grid origin; all workers use the same one so slots line up node-wide.
+    epoch: Instant,
+    rng: u64,
+    /// Release time of each flow's last queued frame, to keep order under jitter.
+    last_release: HashMap<K, Instant>,
+    pool: Vec<u8>,
+    free: Vec<u32>,
+    entries: Vec<Option<(K, u16)>>,
+    heap: BinaryHeap<Reverse<(Instant, u64, u32)>>,
+    seq: u64,
+    stats: ShapingStats,
+}
+
+impl<K: Copy + Eq + Hash> Shaper<K> {
+    /// A shaper for `policy` whose slot grid starts at `epoch`.
+    pub fn new(policy: Policy, epoch: Instant, seed: u64) -> Self {
+        let slots = if policy.timing == Timing::Off {
+            0
+        } else {
+            policy.queue_limit.max(1)
+        };
+        Shaper {
+            policy,
+            epoch,
+            rng: seed | 1,
+            last_release: HashMap::new(),
+            pool: vec![0u8; slots * MAX_QUEUED_FRAME],
+            free: (0..slots as u32).rev().collect(),
+            entries: vec![None; slots],
+            heap: BinaryHeap::with_capacity(slots),
+            seq: 0,
+            stats: ShapingStats::default(),
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn stats(&self) -> ShapingStats {
+        self.stats
+    }
+
+    /// Frames waiting.
+    pub fn queued(&self) -> usize {
+        self.heap.len()
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// When a frame arriving at `now` for `flow` leaves.
+    pub fn release_time(&mut self, now: Instant, flow: K) -> Instant {
+        match self.policy.timing {
+            Timing::Off => now,
+            Timing::Slots(interval) => next_slot(self.epoch, interval, now),
+            Timing::Jitter(max) => {
+                let max_ns = max.as_nanos().max(1) as u64;
+                let t = now + Duration::from_nanos(self.random() % max_ns);
+                let t = self.last_release.get(&flow).map_or(t, |last| t.max(*last));
+                self.last_release.insert(flow, t);
+                t
+            }
+        }
+    }
+
+    /// Pads `buf[frame]` in place and either says to send it now or copies it into the queue.
+    pub fn submit(
+        &mut self,
+        now: Instant,
+        flow: K,
+        buf: &mut [u8],
+        frame: Range<usize>,
+    ) -> (Decision, Range<usize>) {
+        let before = frame.len();
+        let frame = pad_frame(&self.policy.padding, buf, frame);
+        if frame.len() > before {
+            self.stats.padded_frames += 1;
+            self.stats.padding_bytes += (frame.len() - before) as u64;
+        }
+        if self.policy.timing == Timing::Off {
+            return (Decision::SendNow, frame);
+        }
+        if frame.len() > MAX_QUEUED_FRAME {
+            self.stats.oversize_unshaped += 1;
+            return (Decision::SendNow, frame);
+        }
+        let release = self.release_time(now, flow);
+        if release <= now {
+            self.stats.record_delay(Duration::ZERO);
+            return (Decision::SendNow, frame);
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                // Full: drop the frame due soonest and reuse its buffer.
+                let Some(Reverse((_, _, s))) = self.heap.pop() else {
+                    return (Decision::SendNow, frame);
+                };
+                self.entries[s as usize] = None;
+                self.stats.queue_drops += 1;
+                s
+            }
+        };
+        let at = slot as usize * MAX_QUEUED_FRAME;
+        self.pool[at..at + frame.len()].copy_from_slice(&buf[frame.clone()]);
+        self.entries[slot as usize] = Some((flow, frame.len() as u16));
+        self.seq += 1;
+        self.heap.push(Reverse((release, self.seq, slot)));
+        self.stats.delayed_frames += 1;
+        self.stats.record_delay(release - now);
+        (Decision::Queued, frame)
+    }
+
+    /// The earliest release time waiting, if any.
+    pub fn next_release(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((t, _, _))| *t)
+    }
+
+    /// Hands every frame due by `now` to `send`, in release order (FIFO within a time).
+    pub fn pop_due(&mut self, now: Instant, mut send: impl FnMut(K, &[u8])) {
+        while let Some(&Reverse((t, _, slot))) = self.heap.peek() {
+            if t > now {
+                break;
+            }
+            self.heap.pop();
+            if let Some((flow, len)) = self.entries[slot as usize].take() {
+                let at = slot as usize * MAX_QUEUED_FRAME;
+                send(flow, &self.pool[at..at + len as usize]);
+            }
+            self.free.push(slot);
+        }
+    }
+
+    /// Forgets per-flow ordering state that can no longer matter.
+    pub fn housekeeping(&mut self, now: Instant) {
+        self.last_release.retain(|_, t| *t > now);
+    }
+}
+
+/// The first grid point at or after `now`.
+pub fn next_slot(epoch: Instant, interval: Duration, now: Instant) -> Instant {
+    let since = now.saturating_duration_since(epoch).as_nanos();
+    let step = interval.as_nanos().max(1);
+    let slots = since.div_ceil(step);
+    epoch + Duration::from_nanos((slots * step) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::stun::{Class, Message, Writer, channel_data, method};
+
+    #[test]
+    fn bucket_choice() {
+        let p: Padding = "128,256,512,1200".parse().unwrap();
+        assert_eq!(p.target(1), 128);
+        assert_eq!(p.target(128), 128);
+        assert_eq!(p.target(129), 256);
+        assert_eq!(p.target(1200), 1200);
+        assert_eq!(
+            p.target(1201),
+            1204,
+            "beyond the largest bucket: aligned to 4"
+        );
+        let m: Padding = "multiple:64".parse().unwrap();
+        assert_eq!((m.target(1), m.target(64), m.target(65)), (64, 64, 128));
+        assert_eq!(Padding::Off.target(13), 13);
+        for bad in [
+            "",
+            "127",
+            "128,64",
+            "multiple:30",
+            "multiple:x",
+            "4",
+            "128,128",
+        ] {
+            assert!(bad.parse::<Padding>().is_err(), "{bad}");
+        }
+        assert_eq!("128,256".parse::<Padding>().unwrap().to_string(), "128,256");
+    }
+
+    #[test]
+    fn timing_parse() {
+        assert_eq!(
+            "slots:10ms".parse(),
+            Ok(Timing::Slots(Duration::from_millis(10)))
+        );
+        assert_eq!(
+            "jitter:20ms".parse(),
+            Ok(Timing::Jitter(Duration::from_millis(20)))
+        );
+        assert_eq!("off".parse(), Ok(Timing::Off));
+        for bad in ["slots", "slots:0ms", "slots:1s", "wobble:5ms", "jitter:abc"] {
+            assert!(bad.parse::<Timing>().is_err(), "{bad}");
+        }
+    }
+
+    fn channel_frame(buf: &mut [u8], at: usize, payload: &[u8]) -> Range<usize> {
+        let hdr: &mut [u8; 4] = (&mut buf[at..at + 4]).try_into().unwrap();
+        channel_data::write_header(hdr, 0x4001, payload.len() as u16);
+        buf[at + 4..at + 4 + payload.len()].copy_from_slice(payload);
+        at..at + 4 + payload.len()
+    }
+
+    #[test]
+    fn channel_data_padding_is_zeroed_and_parses_as_before() {
+        let p: Padding = "64,128".parse().unwrap();
+        let mut buf = vec![0xEEu8; 256]; // stale bytes that must not leak
+        let f = channel_frame(&mut buf, 8, b"hello");
+        let out = pad_frame(&p, &mut buf, f);
+        assert_eq!(out.len(), 64);
+        assert!(
+            buf[8 + 9..8 + 64].iter().all(|b| *b == 0),
+            "padding is zeros, not old buffer bytes"
+        );
+        let (ch, payload) = channel_data::decode(&buf[out.clone()]).unwrap();
+        assert_eq!((ch, payload), (0x4001, &b"hello"[..]));
+        assert_eq!(
+            (out.len() - 4) % 4,
+            0,
+            "coturn accepts excess only when aligned"
+        );
+        // No room in the buffer: unchanged.
+        let mut small = vec![0u8; 12];
+        let f = channel_frame(&mut small, 0, b"hello");
+        assert_eq!(pad_frame(&p, &mut small, f.clone()), f);
+    }
+
+    #[test]
+    fn data_indication_grows_inside_its_stun_length() {
+        let p: Padding = "128".parse().unwrap();
+        let mut buf = vec![0xEEu8; 256];
+        let n = {
+            let mut w = Writer::new(&mut buf, method::DATA, Class::Indication, &[1; 12]).unwrap();
+            w.xor_address(
+                attr::XOR_PEER_ADDRESS,
+                "93.184.216.34:5000".parse().unwrap(),
+            )
+            .unwrap();
+            w.attr(attr::DATA, b"voice").unwrap();
+            w.finish()
+        };
+        let out = pad_frame(&p, &mut buf, 0..n);
+        assert_eq!(out, 0..128);
+        let m = Message::decode(&buf[..128]).expect("still one valid STUN message");
+        assert_eq!(m.value_of(m.data), Some(&b"voice"[..]));
+        assert!(
+            m.unknown_required().is_empty(),
+            "the padding attribute is comprehension-optional"
+        );
+        assert!(
+            stun::find_attr(&buf[..128], PADDING_ATTR)
+                .unwrap()
+                .iter()
+                .all(|b| *b == 0)
+        );
+    }
+
+    fn policy(timing: Timing, limit: usize) -> Policy {
+        Policy {
+            padding: Padding::Off,
+            timing,
+            queue_limit: limit,
+        }
+    }
+
+    #[test]
+    fn slots_align_to_a_shared_grid_with_at_most_one_interval_of_wait() {
+        let epoch = Instant::now();
+        let iv = Duration::from_millis(10);
+        let mut s: Shaper<u8> = Shaper::new(policy(Timing::Slots(iv), 64), epoch, 7);
+        for us in [1u64, 3_000, 9_999, 10_000, 10_001, 123_456] {
+            let now = epoch + Duration::from_micros(us);
+            let r = s.release_time(now, 0);
+            assert!(r >= now && r - now < iv, "{us}: waits less than one slot");
+            assert_eq!(
+                (r - epoch).as_nanos() % iv.as_nanos(),
+                0,
+                "{us}: on the grid"
+            );
+        }
+    }
+
+    #[test]
+    fn queue_releases_in_order_on_time_and_bounds_memory() {
+        let epoch = Instant::now();
+        let iv = Duration::from_millis(20);
+        let mut s: Shaper<u8> = Shaper::new(policy(Timing::Slots(iv), 4), epoch, 7);
+        let mut buf = vec![0u8; 64];
+        let t = epoch + Duration::from_millis(5);
+        for i in 0..6u8 {
+            let f = channel_frame(&mut buf, 0, &[i; 8]);
+            let (d, _) = s.submit(t, 1, &mut buf, f);
+            assert_eq!(d, Decision::Queued);
+        }
+        assert_eq!(s.queued(), 4, "bounded");
+        assert_eq!(s.stats().queue_drops, 2);
+        assert_eq!(s.next_release(), Some(epoch + iv));
+        let mut got = Vec::new();
+        s.pop_due(epoch + iv - Duration::from_micros(1), |_, _| {
+            panic!("not yet")
+        });
+        s.pop_due(epoch + iv, |k, b| got.push((k, b[4])));
+        assert_eq!(
+            got,
+            vec![(1, 2), (1, 3), (1, 4), (1, 5)],
+            "the two due soonest were dropped; order kept"
+        );
+        assert_eq!(s.queued(), 0);
+    }
+
+    #[test]
+    fn jitter_is_bounded_and_keeps_order_within_a_flow() {
+        let epoch = Instant::now();
+        let max = Duration::from_millis(30);
+        let mut s: Shaper<u8> = Shaper::new(policy(Timing::Jitter(max), 1024), epoch, 99);
+        let mut last = [epoch; 3];
+        let mut delays = Vec::new();
+        for i in 0..600u64 {
+            let now = epoch + Duration::from_millis(i);
+            let flow = (i % 3) as u8;
+            let r = s.release_time(now, flow);
+            assert!(r >= last[flow as usize], "order within a flow");
+            assert!(
+                r - now < max + Duration::from_millis(3),
+                "bounded (plus ordering carry-over)"
+            );
+            delays.push((r - now).as_micros());
+            last[flow as usize] = r;
+        }
+        let distinct: std::collections::HashSet<_> = delays.iter().map(|d| d / 1000).collect();
+        assert!(distinct.len() > 10, "delays are spread, not constant");
+    }
+
+    #[test]
+    fn off_sends_immediately_and_counts_padding() {
+        let mut s: Shaper<u8> = Shaper::new(
+            Policy {
+                padding: "64".parse().unwrap(),
+                timing: Timing::Off,
+                queue_limit: 8,
+            },
+            Instant::now(),
+            1,
+        );
+        let mut buf = vec![0u8; 128];
+        let f = channel_frame(&mut buf, 0, b"abc");
+        let (d, r) = s.submit(Instant::now(), 0, &mut buf, f);
+        assert_eq!((d, r.len()), (Decision::SendNow, 64));
+        assert_eq!(s.stats().padding_bytes, 64 - 7);
+        assert_eq!(s.queued(), 0);
+    }
+}
