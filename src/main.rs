@@ -16,6 +16,7 @@ use veil_relay::privacy::Redactor;
 use veil_relay::proto::auth::{NonceKey, mint};
 use veil_relay::proto::peer_filter::Cidr;
 use veil_relay::proto::server::Shared;
+use veil_relay::shaping::{Padding, Timing};
 
 #[derive(Parser)]
 #[command(
@@ -94,6 +95,28 @@ struct RelayArgs {
     /// SOFTWARE attribute for responses (default: none).
     #[arg(long)]
     software: Option<String>,
+    /// Turn traffic shaping of the relay → client leg on, with the configured padding and
+    /// timing (default: off; when on, padding 128,256,512,1200 and timing slots:20ms).
+    #[arg(long)]
+    shaping: bool,
+    /// Pad frames to the smallest of these sizes that fits, multiples of 4; implies --shaping
+    /// (default when shaping: 128,256,512,1200).
+    #[arg(
+        long = "pad-buckets",
+        value_name = "SIZES",
+        conflicts_with = "pad_multiple"
+    )]
+    pad_buckets: Option<String>,
+    /// Pad frames to the next multiple of N (a multiple of 4); implies --shaping.
+    #[arg(long = "pad-multiple", value_name = "N")]
+    pad_multiple: Option<u16>,
+    /// Release times: off, slots:INTERVAL (node-wide grid, at most one interval of delay) or
+    /// jitter:MAX (random, weaker); implies --shaping (default when shaping: slots:20ms).
+    #[arg(long, value_name = "MODE", value_parser = parse_timing)]
+    timing: Option<Timing>,
+    /// Frames a worker holds for re-clocking at most (default: 4096).
+    #[arg(long = "shaping-queue", value_name = "N")]
+    shaping_queue: Option<usize>,
     /// Log format: text or json (default: text).
     #[arg(long = "log-format", value_name = "FORMAT", value_parser = parse_log_format)]
     log_format: Option<LogFormat>,
@@ -101,6 +124,10 @@ struct RelayArgs {
     /// daily-rotating keyed hashes instead).
     #[arg(long = "log-personal-data")]
     log_personal_data: bool,
+}
+
+fn parse_timing(s: &str) -> Result<Timing, String> {
+    s.parse()
 }
 
 fn parse_log_format(s: &str) -> Result<LogFormat, String> {
@@ -211,6 +238,30 @@ fn apply_flags(cfg: &mut RelayConfig, a: &RelayArgs) -> Result<()> {
     if a.log_personal_data {
         cfg.log.personal_data = true;
     }
+    let sh = &mut cfg.shaping;
+    if let Some(b) = &a.pad_buckets {
+        sh.padding = b
+            .parse::<Padding>()
+            .map_err(|e| anyhow::anyhow!("--pad-buckets {e}"))?;
+        sh.enabled = true;
+    }
+    if let Some(n) = a.pad_multiple {
+        let p = Padding::Multiple(n);
+        p.validate()
+            .map_err(|e| anyhow::anyhow!("--pad-multiple {e}"))?;
+        sh.padding = p;
+        sh.enabled = true;
+    }
+    if let Some(t) = a.timing {
+        sh.timing = t;
+        sh.enabled = true;
+    }
+    if let Some(q) = a.shaping_queue {
+        sh.queue_limit = q;
+    }
+    if a.shaping {
+        sh.enabled = true;
+    }
     Ok(())
 }
 
@@ -249,6 +300,7 @@ fn relay(args: RelayArgs) -> Result<()> {
         resolved.workers,
         shared,
         resolved.port_range,
+        resolved.shaping.clone(),
     )
     .context("starting the relay")?;
     let relays: Vec<String> = [resolved.server.relay_v4, resolved.server.relay_v6]
@@ -268,6 +320,8 @@ fn relay(args: RelayArgs) -> Result<()> {
         ports = %resolved.port_range,
         workers = resolved.workers,
         secrets = resolved.credentials.secrets.len(),
+        padding = %resolved.shaping.padding,
+        timing = %resolved.shaping.timing,
         "relay ready"
     );
     wait_for_shutdown_signal().context("waiting for a signal")?;

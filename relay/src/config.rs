@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::proto::auth::Credentials;
 use crate::proto::peer_filter::{Cidr, PeerFilter};
 use crate::proto::server::{RelayAddr, ServerConfig};
+use crate::shaping::{Padding, Policy, Timing};
 
 /// The example configuration shipped in the repository: every field at its default.
 pub const EXAMPLE: &str = include_str!("../relay.example.yaml");
@@ -155,6 +156,51 @@ pub struct LogConfig {
     pub personal_data: bool,
 }
 
+macro_rules! serde_via_str {
+    ($t:ty) => {
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+serde_via_str!(Padding);
+serde_via_str!(Timing);
+
+/// Traffic shaping of the relay → client leg (see the README for what each mode protects).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShapingConfig {
+    /// Off by default: shaping costs bytes and latency.
+    pub enabled: bool,
+    /// `off`, `multiple:N` or a bucket list `128,256,512,1200` (multiples of 4).
+    pub padding: Padding,
+    /// `off`, `slots:INTERVAL` (fixed grid, at most one interval of delay) or `jitter:MAX`.
+    pub timing: Timing,
+    /// Frames one worker holds for re-clocking at most (2 KiB each); over it the frame due
+    /// soonest is dropped and counted.
+    pub queue_limit: usize,
+}
+
+impl Default for ShapingConfig {
+    fn default() -> Self {
+        ShapingConfig {
+            enabled: false,
+            padding: Padding::Buckets(vec![128, 256, 512, 1200]),
+            timing: Timing::Slots(std::time::Duration::from_millis(20)),
+            queue_limit: 4096,
+        }
+    }
+}
+
 /// The relay node's configuration file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -172,6 +218,7 @@ pub struct RelayConfig {
     pub lifetimes: Lifetimes,
     pub quotas: Quotas,
     pub peers: Peers,
+    pub shaping: ShapingConfig,
     /// Worker threads, each with its own sockets and allocations. 0: one per CPU.
     pub workers: usize,
     /// SOFTWARE attribute sent in responses; none by default.
@@ -194,6 +241,7 @@ impl Default for RelayConfig {
             lifetimes: Lifetimes::default(),
             quotas: Quotas::default(),
             peers: Peers::default(),
+            shaping: ShapingConfig::default(),
             workers: 0,
             software: None,
             log: LogConfig::default(),
@@ -235,6 +283,7 @@ pub struct Resolved {
     pub port_range: PortRange,
     pub workers: usize,
     pub log: LogConfig,
+    pub shaping: Policy,
     /// Things an operator should know at start (not errors).
     pub warnings: Vec<String>,
 }
@@ -425,6 +474,19 @@ impl RelayConfig {
         } else {
             self.workers
         };
+        let sh = &self.shaping;
+        if sh.enabled && !(1..=1_000_000).contains(&sh.queue_limit) {
+            return Err(invalid("shaping.queue_limit", "between 1 and 1000000"));
+        }
+        let shaping = if sh.enabled {
+            Policy {
+                padding: sh.padding.clone(),
+                timing: sh.timing,
+                queue_limit: sh.queue_limit,
+            }
+        } else {
+            Policy::default()
+        };
         if workers > 256 {
             return Err(invalid("workers", "at most 256"));
         }
@@ -439,6 +501,7 @@ impl RelayConfig {
             port_range: pr,
             workers,
             log: self.log.clone(),
+            shaping,
             warnings,
         })
     }
@@ -526,6 +589,12 @@ mod tests {
             ),
             ("lifetimes: {permision: 5}\n", "permision"),
             ("workers: many\n", "workers"),
+            ("shaping: {padding: \"130,260\"}\n", "multiple of 4"),
+            ("shaping: {timing: slots:0ms}\n", "slots:0ms"),
+            (
+                "shaping: {enabled: true, queue_limit: 0}\nauth: {secrets: [s]}\n",
+                "shaping.queue_limit",
+            ),
         ];
         for (yaml, needle) in cases {
             let e = err_of(yaml);

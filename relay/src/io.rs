@@ -30,6 +30,7 @@ use crate::proto::server::{
     Action, ClientKey, Env, Family, HEADROOM, Now, Opened, PortPolicy, RelayId, Server, Shared,
     TAILROOM,
 };
+use crate::shaping::{Decision, Policy, Shaper, ShapingStats};
 
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
@@ -67,15 +68,20 @@ struct Reserved {
 pub struct NodeShared {
     pub core: Arc<Shared>,
     pub port_range: PortRange,
+    pub shaping: Policy,
+    /// Origin of the shaping slot grid, the same for every worker.
+    pub epoch: Instant,
     ports: PortUse,
     reservations: Mutex<HashMap<[u8; 8], Reserved>>,
 }
 
 impl NodeShared {
-    pub fn new(core: Arc<Shared>, port_range: PortRange) -> Arc<Self> {
+    pub fn new(core: Arc<Shared>, port_range: PortRange, shaping: Policy) -> Arc<Self> {
         Arc::new(NodeShared {
             core,
             port_range,
+            shaping,
+            epoch: Instant::now(),
             ports: PortUse::default(),
             reservations: Mutex::default(),
         })
@@ -226,6 +232,11 @@ struct Worker {
     /// The one buffer every relayed socket of this worker reads into, with room for the core
     /// to frame the payload in place.
     peer_buf: Vec<u8>,
+    /// Padding and re-clocking of the relay → client leg.
+    shaper: Shaper<ClientKey>,
+    /// Wakes the shaper task when a frame is due earlier than it planned.
+    shaper_wake: Rc<tokio::sync::Notify>,
+    shaper_armed: Option<Instant>,
 }
 
 impl Io {
@@ -422,17 +433,42 @@ async fn relay_task(worker: Weak<RefCell<Worker>>, id: RelayId, socket: Rc<UdpSo
             server,
             io: sockets,
             peer_buf,
+            shaper,
+            shaper_wake,
+            shaper_armed,
         } = &mut *w;
         let end = peer_buf.len() - TAILROOM;
         let now = now();
+        let shaping = !shaper.policy().is_off();
         for _ in 0..BATCH {
             match socket.try_recv_from(&mut peer_buf[HEADROOM..end]) {
                 Ok((n, peer)) => {
-                    if let Some((client, range)) =
+                    let Some((client, range)) =
                         server.handle_peer(now, id, peer, peer_buf, HEADROOM..HEADROOM + n)
-                        && let Some(l) = sockets.listeners.get(client.listener as usize)
-                        && l.try_send_to(&peer_buf[range], client.addr).is_err()
-                    {
+                    else {
+                        continue;
+                    };
+                    let range = if shaping {
+                        match shaper.submit(now.mono, client, peer_buf, range) {
+                            (Decision::SendNow, r) => r,
+                            (Decision::Queued, _) => {
+                                let due = shaper.next_release();
+                                if due.is_some() && (shaper_armed.is_none() || due < *shaper_armed)
+                                {
+                                    *shaper_armed = due;
+                                    shaper_wake.notify_one();
+                                }
+                                continue;
+                            }
+                        }
+                    } else {
+                        range
+                    };
+                    let sent = sockets
+                        .listeners
+                        .get(client.listener as usize)
+                        .map(|l| l.try_send_to(&peer_buf[range], client.addr));
+                    if !matches!(sent, Some(Ok(_))) {
                         sockets.dropped_sends += 1;
                     }
                 }
@@ -502,7 +538,44 @@ async fn timer_task(worker: Rc<RefCell<Worker>>, node: Arc<NodeShared>) {
         let mut w = worker.borrow_mut();
         let w = &mut *w;
         w.server.handle_timeout(now(), &mut w.io);
+        w.shaper.housekeeping(Instant::now());
         node.expire_reservations(Instant::now());
+    }
+}
+
+/// Sends re-clocked frames when they are due: one sleep for the earliest release, no timer per
+/// packet.
+async fn shaper_task(worker: Rc<RefCell<Worker>>, wake: Rc<tokio::sync::Notify>) {
+    loop {
+        let due = worker.borrow().shaper.next_release();
+        match due {
+            None => wake.notified().await,
+            Some(t) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(t.into()) => {}
+                    _ = wake.notified() => continue,
+                }
+            }
+        }
+        let mut w = worker.borrow_mut();
+        let Worker {
+            shaper,
+            io: sockets,
+            shaper_armed,
+            ..
+        } = &mut *w;
+        let mut dropped = 0;
+        shaper.pop_due(Instant::now(), |client, frame| {
+            let sent = sockets
+                .listeners
+                .get(client.listener as usize)
+                .map(|l| l.try_send_to(frame, client.addr));
+            if !matches!(sent, Some(Ok(_))) {
+                dropped += 1;
+            }
+        });
+        sockets.dropped_sends += dropped;
+        *shaper_armed = shaper.next_release();
     }
 }
 
@@ -522,6 +595,7 @@ pub fn run_worker(
         for l in listeners {
             socks.push(Rc::new(UdpSocket::from_std(l)?));
         }
+        let wake = Rc::new(tokio::sync::Notify::new());
         let worker = Rc::new_cyclic(|me| {
             RefCell::new(Worker {
                 server: Server::new(node.core.clone()),
@@ -534,6 +608,9 @@ pub fn run_worker(
                     dropped_sends: 0,
                 },
                 peer_buf: vec![0u8; HEADROOM + MAX_DATAGRAM + TAILROOM],
+                shaper: Shaper::new(node.shaping.clone(), node.epoch, Rng::seeded().next()),
+                shaper_wake: wake.clone(),
+                shaper_armed: None,
             })
         });
         let mut tasks = Vec::new();
@@ -548,6 +625,12 @@ pub fn run_worker(
             worker.clone(),
             node.clone(),
         )));
+        if !node.shaping.is_off() {
+            tasks.push(tokio::task::spawn_local(shaper_task(
+                worker.clone(),
+                wake.clone(),
+            )));
+        }
         tracing::debug!(worker = index, "worker started");
         while !*stop.borrow() {
             if stop.changed().await.is_err() {
@@ -560,10 +643,12 @@ pub fn run_worker(
         let mut w = worker.borrow_mut();
         let w = &mut *w;
         let stats = w.server.stats();
+        let shaping: ShapingStats = w.shaper.stats();
         w.server.clear(now(), &mut w.io);
         tracing::debug!(
             worker = index,
             ?stats,
+            ?shaping,
             dropped_sends = w.io.dropped_sends,
             "worker stopped"
         );
@@ -585,9 +670,10 @@ impl Node {
         workers: usize,
         core: Arc<Shared>,
         port_range: PortRange,
+        shaping: Policy,
     ) -> io::Result<Node> {
         let per_worker = bind_listeners(listen, workers.max(1))?;
-        let node = NodeShared::new(core, port_range);
+        let node = NodeShared::new(core, port_range, shaping);
         let (stop, stop_rx) = watch::channel(false);
         let mut threads = Vec::new();
         for (i, socks) in per_worker.into_iter().enumerate() {
