@@ -225,6 +225,26 @@ fn uclient_channels_send_indications_and_ipv6_with_zero_loss() {
     let (r, text) = uclient("127.0.0.5", port, "::1", p6, &["-x"]);
     assert_zero_loss("IPv6 relayed address", &r, &text);
 
+    // Shaping on (buckets and 20 ms slots): padded ChannelData and padded Data indications are
+    // accepted by coturn's parser, with zero loss.
+    let shaped = start_relay(
+        "31000-31999",
+        &[
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--user-quota",
+            "1000",
+            "--pad-buckets",
+            "128,256,512,1200",
+            "--timing",
+            "slots:20ms",
+        ],
+    );
+    let (r, text) = uclient("127.0.0.7", shaped.addr.port(), "127.0.0.1", p4, &[]);
+    assert_zero_loss("shaped ChannelData", &r, &text);
+    let (r, text) = uclient("127.0.0.8", shaped.addr.port(), "127.0.0.1", p4, &["-s"]);
+    assert_zero_loss("shaped Data indications", &r, &text);
+
     // A wrong secret is refused: uclient cannot allocate.
     let out = Command::new("timeout")
         .args([

@@ -32,6 +32,8 @@ struct Counts {
     sent_channel_data: AtomicU64,
     recv_data_indications: AtomicU64,
     recv_channel_data: AtomicU64,
+    /// Every datagram from the relay: when it arrived, its kind and its size.
+    received: std::sync::Mutex<Vec<(std::time::Instant, Option<u16>, usize)>>,
 }
 
 struct Tap {
@@ -57,6 +59,12 @@ impl Conn for Tap {
     }
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
         let (n, from) = self.inner.recv_from(buf).await?;
+        let at = std::time::Instant::now();
+        self.counts
+            .received
+            .lock()
+            .unwrap()
+            .push((at, kind(&buf[..n]), n));
         match kind(&buf[..n]) {
             Some(0x0017) => self
                 .counts
@@ -416,4 +424,92 @@ fn binding_request_gets_our_address() {
         s.local_addr().unwrap()
     );
     assert!(stun::find_attr(&buf[..len], stun::attr::SOFTWARE).is_none());
+}
+
+/// Shaping on (buckets and 20 ms slots): the webrtc-rs client still relays with zero loss and
+/// intact payloads, every ChannelData datagram it receives has a bucket size, and arrivals sit on
+/// one 20 ms grid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shaping_pads_to_buckets_and_reclocks_to_slots() {
+    let relay = start_relay(
+        "30000-30999",
+        &[
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--pad-buckets",
+            "128,256,512,1200",
+            "--timing",
+            "slots:20ms",
+        ],
+    );
+    let (user, pass) = rest_credentials(3600, "shaped");
+    let (client, counts) = turn_client(&relay, &user, &pass).await;
+    let conn = client.allocate().await.expect("allocate");
+    const N: usize = 60;
+    let (peer_a, peer_b, peer) = echo_peer(N).await;
+    let mut buf = vec![0u8; 2048];
+    let mut got_a = 0;
+    let mut got_b = 0;
+    for i in 0..N {
+        // Sizes spread like VBR voice frames, some beyond a bucket edge.
+        let len = [20usize, 61, 124, 125, 300, 700][i % 6];
+        let msg: Vec<u8> = (0..len).map(|j| (i * 7 + j) as u8).collect();
+        conn.send_to(&msg, peer_a).await.unwrap();
+        for _ in 0..2 {
+            let (n, from) = tokio::time::timeout(Duration::from_secs(5), conn.recv_from(&mut buf))
+                .await
+                .expect("echo within 5 s")
+                .unwrap();
+            if from == peer_a {
+                assert_eq!(&buf[..n], &msg[..], "payload intact through padding");
+                got_a += 1;
+            } else {
+                assert_eq!(from, peer_b);
+                assert_eq!(
+                    &buf[2..n],
+                    &msg[..],
+                    "payload intact in a padded Data indication"
+                );
+                got_b += 1;
+            }
+        }
+        // Off the grid on purpose: without re-clocking, arrivals would spread over the slot.
+        tokio::time::sleep(Duration::from_millis(7)).await;
+    }
+    assert_eq!((got_a, got_b), (N, N), "zero loss");
+    peer.await.unwrap();
+
+    let received = counts.received.lock().unwrap().clone();
+    let buckets = [128usize, 256, 512, 1200];
+    let media: Vec<_> = received
+        .iter()
+        .filter(|(_, k, _)| matches!(k, Some(0x4000) | Some(0x0017)))
+        .collect();
+    assert!(media.len() >= 2 * N);
+    for (_, k, n) in &media {
+        assert!(
+            buckets.contains(n),
+            "a {k:x?} frame of {n} bytes is not a bucket size"
+        );
+    }
+    // Slots: arrivals of media frames fall on one 20 ms grid. Phase from the first frame; the
+    // tolerance covers this test client's own scheduling, not the relay's.
+    let slot = Duration::from_millis(20).as_micros() as i64;
+    let t0 = media[0].0;
+    let off_grid: Vec<i64> = media
+        .iter()
+        .map(|(t, _, _)| {
+            let r = (t.duration_since(t0).as_micros() as i64) % slot;
+            r.min(slot - r)
+        })
+        .filter(|d| *d > 4_000)
+        .collect();
+    assert!(
+        off_grid.len() * 20 <= media.len(),
+        "{} of {} frames arrived more than 4 ms off the 20 ms grid: {off_grid:?}",
+        off_grid.len(),
+        media.len()
+    );
+    conn.close().await.unwrap();
+    client.close().await.unwrap();
 }
