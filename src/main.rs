@@ -110,7 +110,7 @@ struct RelayArgs {
     /// Pad frames to the next multiple of N (a multiple of 4); implies --shaping.
     #[arg(long = "pad-multiple", value_name = "N")]
     pad_multiple: Option<u16>,
-    /// Release times: off, slots:INTERVAL (node-wide grid, at most one interval of delay) or
+    /// Release times: off, slots:INTERVAL (node-wide grid, one frame per flow per slot, at most two intervals of delay) or
     /// jitter:MAX (random, weaker); implies --shaping (default when shaping: slots:20ms).
     #[arg(long, value_name = "MODE", value_parser = parse_timing)]
     timing: Option<Timing>,

@@ -183,7 +183,7 @@ pub struct ShapingConfig {
     pub enabled: bool,
     /// `off`, `multiple:N` or a bucket list `128,256,512,1200` (multiples of 4).
     pub padding: Padding,
-    /// `off`, `slots:INTERVAL` (fixed grid, at most one interval of delay) or `jitter:MAX`.
+    /// `off`, `slots:INTERVAL` (fixed grid, one frame per flow per slot, at most two intervals of delay) or `jitter:MAX`.
     pub timing: Timing,
     /// Frames one worker holds for re-clocking at most (2 KiB each); over it the frame due
     /// soonest is dropped and counted.

@@ -10,9 +10,11 @@
 //!   comprehension-optional attribute inside a Data indication. The ChannelData Length field stays
 //!   cleartext, so padding only defeats observers that see datagram sizes (flow records), not a
 //!   TURN-aware observer on the path. Inside TLS it hides sizes for real.
-//! * **Slots** release every packet on a fixed grid shared by all flows of the node, waiting at
-//!   most one interval: inter-packet timing and the exact forwarding instant stop carrying the
-//!   peer's timing, which is what flow-correlation attacks match on.
+//! * **Slots** release frames on a fixed grid shared by all flows of the node, at most one frame
+//!   per flow per slot: a lone frame waits less than one interval, a frame bunched behind its
+//!   flow's previous one takes the next slot (two intervals at most). A constant-rate stream then
+//!   leaves strictly periodic, so the peer leg's timing (network jitter, watermarks) does not
+//!   reach the client leg. It cannot hide when a flow starts, stops or falls silent (DTX).
 //! * **Jitter** adds a random bounded delay, keeping order within a flow. Weaker: the original
 //!   timing survives on average, and a receiver's jitter buffer pays about twice the mean.
 
@@ -338,7 +340,20 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
     pub fn release_time(&mut self, now: Instant, flow: K) -> Instant {
         match self.policy.timing {
             Timing::Off => now,
-            Timing::Slots(interval) => next_slot(self.epoch, interval, now),
+            Timing::Slots(interval) => {
+                // At most one frame per flow per slot: a frame that arrives bunched behind the
+                // flow's previous one takes the following slot (at most one extra), so a
+                // constant-rate stream leaves strictly periodic whatever jitter it arrived with.
+                let first = next_slot(self.epoch, interval, now);
+                let t = match self.last_release.get(&flow) {
+                    Some(last) if *last + interval > first => {
+                        (*last + interval).min(first + interval)
+                    }
+                    _ => first,
+                };
+                self.last_release.insert(flow, t);
+                t
+            }
             Timing::Jitter(max) => {
                 let max_ns = max.as_nanos().max(1) as u64;
                 let t = now + Duration::from_nanos(self.random() % max_ns);
@@ -555,16 +570,50 @@ mod tests {
         let epoch = Instant::now();
         let iv = Duration::from_millis(10);
         let mut s: Shaper<u8> = Shaper::new(policy(Timing::Slots(iv), 64), epoch, 7);
-        for us in [1u64, 3_000, 9_999, 10_000, 10_001, 123_456] {
+        for (flow, us) in [1u64, 3_000, 9_999, 10_000, 10_001, 123_456]
+            .into_iter()
+            .enumerate()
+        {
             let now = epoch + Duration::from_micros(us);
-            let r = s.release_time(now, 0);
-            assert!(r >= now && r - now < iv, "{us}: waits less than one slot");
+            let r = s.release_time(now, flow as u8);
+            assert!(
+                r >= now && r - now < iv,
+                "{us}: a lone frame waits less than one slot"
+            );
             assert_eq!(
                 (r - epoch).as_nanos() % iv.as_nanos(),
                 0,
                 "{us}: on the grid"
             );
         }
+    }
+
+    #[test]
+    fn slots_pace_each_flow_to_one_frame_per_slot_waiting_at_most_two() {
+        let epoch = Instant::now();
+        let iv = Duration::from_millis(20);
+        let mut s: Shaper<u8> = Shaper::new(policy(Timing::Slots(iv), 64), epoch, 7);
+        // A constant-rate flow arriving with jitter leaves strictly periodic.
+        let mut releases = Vec::new();
+        for (i, jitter_us) in [0u64, 4_000, 200, 7_000, 1_000, 6_500, 300]
+            .into_iter()
+            .enumerate()
+        {
+            let now = epoch + Duration::from_micros(5_000 + i as u64 * 20_000 + jitter_us);
+            let r = s.release_time(now, 1);
+            assert!(r - now <= 2 * iv, "waits at most two slots");
+            releases.push(r);
+        }
+        for w in releases.windows(2) {
+            assert_eq!(w[1] - w[0], iv, "one frame per slot: {releases:?}");
+        }
+        // A burst from one flow takes consecutive slots, capped at two slots of wait.
+        let now = epoch + Duration::from_millis(1_001);
+        let burst: Vec<_> = (0..4).map(|_| s.release_time(now, 2)).collect();
+        assert_eq!(burst[1] - burst[0], iv);
+        assert!(burst.iter().all(|r| *r - now <= 2 * iv));
+        // Another flow is not held back by it.
+        assert_eq!(s.release_time(now, 3), burst[0]);
     }
 
     #[test]
@@ -576,7 +625,7 @@ mod tests {
         let t = epoch + Duration::from_millis(5);
         for i in 0..6u8 {
             let f = channel_frame(&mut buf, 0, &[i; 8]);
-            let (d, _) = s.submit(t, 1, &mut buf, f);
+            let (d, _) = s.submit(t, i, &mut buf, f);
             assert_eq!(d, Decision::Queued);
         }
         assert_eq!(s.queued(), 4, "bounded");
@@ -589,7 +638,7 @@ mod tests {
         s.pop_due(epoch + iv, |k, b| got.push((k, b[4])));
         assert_eq!(
             got,
-            vec![(1, 2), (1, 3), (1, 4), (1, 5)],
+            vec![(2, 2), (3, 3), (4, 4), (5, 5)],
             "the two due soonest were dropped; order kept"
         );
         assert_eq!(s.queued(), 0);
