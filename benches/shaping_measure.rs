@@ -7,6 +7,7 @@
 //! policy's, free of this machine's scheduling noise. Traffic models:
 //! * **DTX voice**: Opus-like VBR with talk spurts and silences (one SID frame per 400 ms).
 //! * **CBR voice**: a frame every 20 ms of one size (what the README asks integrators to use).
+//!
 //! Both pass a network with 20 ms base delay and exponential jitter (mean 2 ms) before the relay.
 
 use std::collections::BTreeMap;
