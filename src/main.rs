@@ -16,7 +16,7 @@ use veil_relay::privacy::Redactor;
 use veil_relay::proto::auth::{NonceKey, mint};
 use veil_relay::proto::peer_filter::Cidr;
 use veil_relay::proto::server::Shared;
-use veil_relay::shaping::{Padding, Timing};
+use veil_relay::shaping::{Cover, Padding, Timing};
 
 #[derive(Parser)]
 #[command(
@@ -114,6 +114,11 @@ struct RelayArgs {
     /// jitter:MAX (random, weaker); implies --shaping (default when shaping: slots:20ms).
     #[arg(long, value_name = "MODE", value_parser = parse_timing)]
     timing: Option<Timing>,
+    /// Cover traffic RATE:SIZE, e.g. 50:128: once a flow carries media, keep at least RATE
+    /// frames/s going to its client, filling silences with filler frames clients discard;
+    /// implies --shaping (default: none).
+    #[arg(long, value_name = "RATE:SIZE", value_parser = parse_cover)]
+    cover: Option<Cover>,
     /// Frames a worker holds for re-clocking at most (default: 4096).
     #[arg(long = "shaping-queue", value_name = "N")]
     shaping_queue: Option<usize>,
@@ -127,6 +132,10 @@ struct RelayArgs {
 }
 
 fn parse_timing(s: &str) -> Result<Timing, String> {
+    s.parse()
+}
+
+fn parse_cover(s: &str) -> Result<Cover, String> {
     s.parse()
 }
 
@@ -256,6 +265,10 @@ fn apply_flags(cfg: &mut RelayConfig, a: &RelayArgs) -> Result<()> {
         sh.timing = t;
         sh.enabled = true;
     }
+    if let Some(c) = a.cover {
+        sh.cover = Some(c);
+        sh.enabled = true;
+    }
     if let Some(q) = a.shaping_queue {
         sh.queue_limit = q;
     }
@@ -322,6 +335,7 @@ fn relay(args: RelayArgs) -> Result<()> {
         secrets = resolved.credentials.secrets.len(),
         padding = %resolved.shaping.padding,
         timing = %resolved.shaping.timing,
+        cover = %resolved.shaping.cover.map_or("none".to_string(), |c| c.to_string()),
         "relay ready"
     );
     wait_for_shutdown_signal().context("waiting for a signal")?;

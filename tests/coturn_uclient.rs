@@ -225,8 +225,9 @@ fn uclient_channels_send_indications_and_ipv6_with_zero_loss() {
     let (r, text) = uclient("127.0.0.5", port, "::1", p6, &["-x"]);
     assert_zero_loss("IPv6 relayed address", &r, &text);
 
-    // Shaping on (buckets and 20 ms slots): padded ChannelData and padded Data indications are
-    // accepted by coturn's parser, with zero loss.
+    // Shaping on (buckets, 20 ms slots, cover): padded ChannelData and padded Data indications
+    // are accepted by coturn's parser with zero loss, and cover frames sent into the 60 ms gaps
+    // between uclient's messages are discarded (received must equal sent exactly).
     let shaped = start_relay(
         "31000-31999",
         &[
@@ -238,11 +239,25 @@ fn uclient_channels_send_indications_and_ipv6_with_zero_loss() {
             "128,256,512,1200",
             "--timing",
             "slots:20ms",
+            "--cover",
+            "50:128",
         ],
     );
-    let (r, text) = uclient("127.0.0.7", shaped.addr.port(), "127.0.0.1", p4, &[]);
+    let (r, text) = uclient(
+        "127.0.0.7",
+        shaped.addr.port(),
+        "127.0.0.1",
+        p4,
+        &["-z", "60"],
+    );
     assert_zero_loss("shaped ChannelData", &r, &text);
-    let (r, text) = uclient("127.0.0.8", shaped.addr.port(), "127.0.0.1", p4, &["-s"]);
+    let (r, text) = uclient(
+        "127.0.0.8",
+        shaped.addr.port(),
+        "127.0.0.1",
+        p4,
+        &["-s", "-z", "60"],
+    );
     assert_zero_loss("shaped Data indications", &r, &text);
 
     // A wrong secret is refused: uclient cannot allocate.

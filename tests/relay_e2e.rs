@@ -426,9 +426,9 @@ fn binding_request_gets_our_address() {
     assert!(stun::find_attr(&buf[..len], stun::attr::SOFTWARE).is_none());
 }
 
-/// Shaping on (buckets and 20 ms slots): the webrtc-rs client still relays with zero loss and
-/// intact payloads, every ChannelData datagram it receives has a bucket size, and arrivals sit on
-/// one 20 ms grid.
+/// Shaping on (buckets, 20 ms slots, cover 50:128): the webrtc-rs client still relays with zero
+/// loss and intact payloads, every frame it receives has a bucket size, arrivals sit on one 20 ms
+/// grid, and cover frames fill silences without reaching the application.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shaping_pads_to_buckets_and_reclocks_to_slots() {
     let relay = start_relay(
@@ -440,6 +440,8 @@ async fn shaping_pads_to_buckets_and_reclocks_to_slots() {
             "128,256,512,1200",
             "--timing",
             "slots:20ms",
+            "--cover",
+            "50:128",
         ],
     );
     let (user, pass) = rest_credentials(3600, "shaped");
@@ -477,6 +479,32 @@ async fn shaping_pads_to_buckets_and_reclocks_to_slots() {
         tokio::time::sleep(Duration::from_millis(7)).await;
     }
     assert_eq!((got_a, got_b), (N, N), "zero loss");
+    peer.await.unwrap();
+
+    // Silence: cover frames (Binding indications of 128 bytes) keep arriving on the slot grid,
+    // and the client neither surfaces them nor stops working.
+    let before = counts.received.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cover: Vec<usize> = counts.received.lock().unwrap()[before..]
+        .iter()
+        .filter(|(_, k, _)| *k == Some(0x0011))
+        .map(|(_, _, n)| *n)
+        .collect();
+    assert!(
+        cover.len() >= 10,
+        "about 15 cover frames in 300 ms, got {}",
+        cover.len()
+    );
+    assert!(cover.iter().all(|n| *n == 128), "{cover:?}");
+    let nothing = tokio::time::timeout(Duration::from_millis(50), conn.recv_from(&mut buf)).await;
+    assert!(nothing.is_err(), "cover never reaches the application");
+    let (peer_a, _, peer) = echo_peer(1).await;
+    conn.send_to(b"after silence", peer_a).await.unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), conn.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"after silence");
     peer.await.unwrap();
 
     let received = counts.received.lock().unwrap().clone();

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::proto::auth::Credentials;
 use crate::proto::peer_filter::{Cidr, PeerFilter};
 use crate::proto::server::{RelayAddr, ServerConfig};
-use crate::shaping::{Padding, Policy, Timing};
+use crate::shaping::{Cover, Padding, Policy, Timing};
 
 /// The example configuration shipped in the repository: every field at its default.
 pub const EXAMPLE: &str = include_str!("../relay.example.yaml");
@@ -174,6 +174,7 @@ macro_rules! serde_via_str {
 
 serde_via_str!(Padding);
 serde_via_str!(Timing);
+serde_via_str!(Cover);
 
 /// Traffic shaping of the relay → client leg (see the README for what each mode protects).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +186,9 @@ pub struct ShapingConfig {
     pub padding: Padding,
     /// `off`, `slots:INTERVAL` (fixed grid, one frame per flow per slot, at most two intervals of delay) or `jitter:MAX`.
     pub timing: Timing,
+    /// Cover traffic `RATE:SIZE` (e.g. `50:128`): once a flow carries media, keep at least RATE
+    /// frames/s going to its client, filling silences with ignorable filler; none by default.
+    pub cover: Option<Cover>,
     /// Frames one worker holds for re-clocking at most (2 KiB each); over it the frame due
     /// soonest is dropped and counted.
     pub queue_limit: usize,
@@ -196,6 +200,7 @@ impl Default for ShapingConfig {
             enabled: false,
             padding: Padding::Buckets(vec![128, 256, 512, 1200]),
             timing: Timing::Slots(std::time::Duration::from_millis(20)),
+            cover: None,
             queue_limit: 4096,
         }
     }
@@ -482,6 +487,7 @@ impl RelayConfig {
             Policy {
                 padding: sh.padding.clone(),
                 timing: sh.timing,
+                cover: sh.cover,
                 queue_limit: sh.queue_limit,
             }
         } else {

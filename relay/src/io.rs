@@ -449,17 +449,17 @@ async fn relay_task(worker: Weak<RefCell<Worker>>, id: RelayId, socket: Rc<UdpSo
                         continue;
                     };
                     let range = if shaping {
-                        match shaper.submit(now.mono, client, peer_buf, range) {
-                            (Decision::SendNow, r) => r,
-                            (Decision::Queued, _) => {
-                                let due = shaper.next_release();
-                                if due.is_some() && (shaper_armed.is_none() || due < *shaper_armed)
-                                {
-                                    *shaper_armed = due;
-                                    shaper_wake.notify_one();
-                                }
-                                continue;
-                            }
+                        let (decision, r) = shaper.submit(now.mono, client, peer_buf, range);
+                        // Wake the shaper task if this frame (or a newly covered flow) needs it
+                        // sooner than it planned.
+                        let due = shaper.next_deadline(now.mono);
+                        if due.is_some() && (shaper_armed.is_none() || due < *shaper_armed) {
+                            *shaper_armed = due;
+                            shaper_wake.notify_one();
+                        }
+                        match decision {
+                            Decision::SendNow => r,
+                            Decision::Queued => continue,
                         }
                     } else {
                         range
@@ -547,7 +547,7 @@ async fn timer_task(worker: Rc<RefCell<Worker>>, node: Arc<NodeShared>) {
 /// packet.
 async fn shaper_task(worker: Rc<RefCell<Worker>>, wake: Rc<tokio::sync::Notify>) {
     loop {
-        let due = worker.borrow().shaper.next_release();
+        let due = worker.borrow().shaper.next_deadline(Instant::now());
         match due {
             None => wake.notified().await,
             Some(t) => {
@@ -559,13 +559,14 @@ async fn shaper_task(worker: Rc<RefCell<Worker>>, wake: Rc<tokio::sync::Notify>)
         }
         let mut w = worker.borrow_mut();
         let Worker {
+            server,
             shaper,
             io: sockets,
             shaper_armed,
             ..
         } = &mut *w;
         let mut dropped = 0;
-        shaper.pop_due(Instant::now(), |client, frame| {
+        let mut send = |client: ClientKey, frame: &[u8]| {
             let sent = sockets
                 .listeners
                 .get(client.listener as usize)
@@ -573,9 +574,12 @@ async fn shaper_task(worker: Rc<RefCell<Worker>>, wake: Rc<tokio::sync::Notify>)
             if !matches!(sent, Some(Ok(_))) {
                 dropped += 1;
             }
-        });
+        };
+        let now = Instant::now();
+        shaper.pop_due(now, &mut send);
+        shaper.cover_due(now, |k| server.has_allocation(k), &mut send);
         sockets.dropped_sends += dropped;
-        *shaper_armed = shaper.next_release();
+        *shaper_armed = shaper.next_deadline(now);
     }
 }
 

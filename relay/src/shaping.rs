@@ -195,19 +195,83 @@ impl fmt::Display for Timing {
     }
 }
 
+/// Cover traffic: once a flow has carried media, keep at least `rate` frames per second going to
+/// its client until its allocation ends, filling gaps (silences) with filler frames of `size`
+/// bytes. Real frames count towards the rate; cover never delays them.
+///
+/// On UDP the filler is a STUN Binding *indication* grown to `size` with the padding attribute:
+/// libwebrtc, pion, webrtc-rs, aioice and coturn's uclient discard an indication of a method they
+/// do not use (the end-to-end tests prove it for webrtc-rs and uclient). Never ChannelData on an
+/// unbound channel: pion and webrtc-rs end their receive loop on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cover {
+    pub interval: Duration,
+    pub size: u16,
+}
+
+impl FromStr for Cover {
+    type Err = String;
+    /// `RATE:SIZE`: frames per second and bytes, e.g. `50:128`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "`{s}`: RATE:SIZE, e.g. 50:128 (1-200 frames/s, 28-1200 bytes, size a multiple of 4)"
+            )
+        };
+        let (r, z) = s.trim().split_once(':').ok_or_else(bad)?;
+        let rate: u32 = r.trim().parse().map_err(|_| bad())?;
+        let size: u16 = z.trim().parse().map_err(|_| bad())?;
+        if !(1..=200).contains(&rate) || !(28..=1200).contains(&size) || size % 4 != 0 {
+            return Err(bad());
+        }
+        Ok(Cover {
+            interval: Duration::from_nanos(1_000_000_000 / rate as u64),
+            size,
+        })
+    }
+}
+
+impl fmt::Display for Cover {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rate = (1_000_000_000 / self.interval.as_nanos().max(1)) as u64;
+        write!(f, "{rate}:{}", self.size)
+    }
+}
+
 /// A node's shaping policy.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Policy {
     pub padding: Padding,
     pub timing: Timing,
+    pub cover: Option<Cover>,
     /// Frames a worker holds at most; over it the one due soonest is dropped and counted.
     pub queue_limit: usize,
 }
 
 impl Policy {
     pub fn is_off(&self) -> bool {
-        self.padding == Padding::Off && self.timing == Timing::Off
+        self.padding == Padding::Off && self.timing == Timing::Off && self.cover.is_none()
     }
+}
+
+/// Writes a cover frame: a Binding indication of exactly `size` bytes (a multiple of 4, at least
+/// 24), padded with the padding attribute. Returns its length.
+pub fn write_cover_frame(out: &mut [u8], size: usize, txid: &[u8; 12]) -> usize {
+    let size = size.min(out.len()) & !3;
+    if size < stun::HEADER_LEN + 4 {
+        return 0;
+    }
+    let f = &mut out[..size];
+    f[0..2].copy_from_slice(
+        &stun::message_type(stun::method::BINDING, stun::Class::Indication).to_be_bytes(),
+    );
+    f[2..4].copy_from_slice(&((size - stun::HEADER_LEN) as u16).to_be_bytes());
+    f[4..8].copy_from_slice(&stun::MAGIC_COOKIE.to_be_bytes());
+    f[8..20].copy_from_slice(txid);
+    f[20..22].copy_from_slice(&PADDING_ATTR.to_be_bytes());
+    f[22..24].copy_from_slice(&((size - 24) as u16).to_be_bytes());
+    f[24..].fill(0);
+    size
 }
 
 /// Pads a frame the core framed at `buf[frame]` for a client over UDP, in place, zero-filling
@@ -253,6 +317,8 @@ pub struct ShapingStats {
     pub delay_ms_hist: [u64; 6],
     pub queue_drops: u64,
     pub oversize_unshaped: u64,
+    pub cover_frames: u64,
+    pub cover_bytes: u64,
 }
 
 const DELAY_BOUNDS_MS: [u64; 5] = [1, 5, 10, 20, 40];
@@ -292,11 +358,17 @@ pub struct Shaper<K> {
     heap: BinaryHeap<Reverse<(Instant, u64, u32)>>,
     seq: u64,
     stats: ShapingStats,
+    /// Flows under cover and when a frame last left for each.
+    covered: HashMap<K, Instant>,
+    /// The next point of the cover grid to check, while any flow is covered.
+    cover_next: Option<Instant>,
+    cover_buf: Vec<u8>,
 }
 
 impl<K: Copy + Eq + Hash> Shaper<K> {
     /// A shaper for `policy` whose slot grid starts at `epoch`.
     pub fn new(policy: Policy, epoch: Instant, seed: u64) -> Self {
+        let policy_cover = policy.cover;
         let slots = if policy.timing == Timing::Off {
             0
         } else {
@@ -313,6 +385,9 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
             heap: BinaryHeap::with_capacity(slots),
             seq: 0,
             stats: ShapingStats::default(),
+            covered: HashMap::new(),
+            cover_next: None,
+            cover_buf: vec![0u8; policy_cover_size(&policy_cover)],
         }
     }
 
@@ -379,15 +454,18 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
             self.stats.padding_bytes += (frame.len() - before) as u64;
         }
         if self.policy.timing == Timing::Off {
+            self.note_sent(flow, now);
             return (Decision::SendNow, frame);
         }
         if frame.len() > MAX_QUEUED_FRAME {
             self.stats.oversize_unshaped += 1;
+            self.note_sent(flow, now);
             return (Decision::SendNow, frame);
         }
         let release = self.release_time(now, flow);
         if release <= now {
             self.stats.record_delay(Duration::ZERO);
+            self.note_sent(flow, now);
             return (Decision::SendNow, frame);
         }
         let slot = match self.free.pop() {
@@ -427,8 +505,77 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
             if let Some((flow, len)) = self.entries[slot as usize].take() {
                 let at = slot as usize * MAX_QUEUED_FRAME;
                 send(flow, &self.pool[at..at + len as usize]);
+                self.note_sent(flow, now);
             }
             self.free.push(slot);
+        }
+    }
+
+    /// Records that a real frame left for `flow`; with cover on, the flow is covered from now on.
+    fn note_sent(&mut self, flow: K, at: Instant) {
+        if let Some(c) = self.policy.cover {
+            self.covered.insert(flow, at);
+            if self.cover_next.is_none() {
+                self.cover_next = Some(next_slot(self.epoch, c.interval, at));
+            }
+        }
+    }
+
+    /// When the shaper next has work: a release or a cover tick.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let _ = now;
+        match (self.next_release(), self.next_cover_tick()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When cover frames are next checked (a point of the cover grid), if any flow is covered.
+    pub fn next_cover_tick(&self) -> Option<Instant> {
+        self.cover_next
+    }
+
+    /// Sends a cover frame to every covered flow that has had nothing since the previous tick,
+    /// and forgets flows whose allocation is gone (`alive`).
+    pub fn cover_due(
+        &mut self,
+        now: Instant,
+        alive: impl Fn(&K) -> bool,
+        mut emit: impl FnMut(K, &[u8]),
+    ) {
+        let Some(c) = self.policy.cover else { return };
+        if self.cover_next.is_none_or(|t| t > now) {
+            return;
+        }
+        let Shaper {
+            covered,
+            cover_buf,
+            rng,
+            stats,
+            cover_next,
+            epoch,
+            ..
+        } = self;
+        covered.retain(|k, _| alive(k));
+        *cover_next = (!covered.is_empty())
+            .then(|| next_slot(*epoch, c.interval, now + Duration::from_nanos(1)));
+        // Tolerance for a tick that fires a little late or a frame released on the same tick.
+        let slack = Duration::from_micros(500);
+        for (flow, last) in covered.iter_mut() {
+            if *last + c.interval > now + slack {
+                continue;
+            }
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            let mut txid = [0u8; 12];
+            txid[..8].copy_from_slice(&rng.to_le_bytes());
+            txid[8..].copy_from_slice(&(stats.cover_frames as u32).to_le_bytes());
+            let n = write_cover_frame(cover_buf, c.size as usize, &txid);
+            emit(*flow, &cover_buf[..n]);
+            *last = now;
+            stats.cover_frames += 1;
+            stats.cover_bytes += n as u64;
         }
     }
 
@@ -436,6 +583,10 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
     pub fn housekeeping(&mut self, now: Instant) {
         self.last_release.retain(|_, t| *t > now);
     }
+}
+
+fn policy_cover_size(c: &Option<Cover>) -> usize {
+    c.map_or(0, |c| c.size as usize)
 }
 
 /// The first grid point at or after `now`.
@@ -561,8 +712,94 @@ mod tests {
         Policy {
             padding: Padding::Off,
             timing,
+            cover: None,
             queue_limit: limit,
         }
+    }
+
+    #[test]
+    fn cover_frame_is_an_ignorable_binding_indication_of_the_exact_size() {
+        let mut out = [0xEEu8; 256];
+        let n = write_cover_frame(&mut out, 128, &[5; 12]);
+        assert_eq!(n, 128);
+        let m = Message::decode(&out[..n]).expect("a valid STUN message");
+        assert_eq!((m.method, m.class), (method::BINDING, Class::Indication));
+        assert!(
+            m.unknown_required().is_empty(),
+            "nothing a client must understand"
+        );
+        assert!(out[24..128].iter().all(|b| *b == 0), "no stale bytes");
+        assert_eq!(
+            "50:128".parse(),
+            Ok(Cover {
+                interval: Duration::from_millis(20),
+                size: 128
+            })
+        );
+        for bad in ["50", "0:128", "50:130", "50:8", "500:128", "x:y"] {
+            assert!(bad.parse::<Cover>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cover_fills_silences_of_covered_flows_only() {
+        let epoch = Instant::now();
+        let iv = Duration::from_millis(20);
+        let p = Policy {
+            padding: Padding::Off,
+            timing: Timing::Slots(iv),
+            cover: Some(Cover {
+                interval: iv,
+                size: 128,
+            }),
+            queue_limit: 64,
+        };
+        let mut s: Shaper<u8> = Shaper::new(p, epoch, 3);
+        assert_eq!(
+            s.next_cover_tick(),
+            None,
+            "nothing covered before media flows"
+        );
+        let mut buf = vec![0u8; 64];
+        let f = channel_frame(&mut buf, 0, b"media");
+        s.submit(epoch + Duration::from_millis(3), 1, &mut buf, f);
+        s.pop_due(epoch + iv, |_, _| {});
+        let mut sent = Vec::new();
+        // The first tick is the slot the frame left on: nothing to fill.
+        assert_eq!(s.next_cover_tick(), Some(epoch + iv));
+        s.cover_due(
+            epoch + iv + Duration::from_micros(300),
+            |_| true,
+            |k, b| sent.push((k, b.len())),
+        );
+        assert!(sent.is_empty());
+        // At the 40 ms tick flow 1 has been silent for a slot: cover. A late wake-up still counts.
+        let tick = s.next_cover_tick().unwrap();
+        assert_eq!(tick, epoch + 2 * iv);
+        s.cover_due(
+            tick - Duration::from_millis(1),
+            |_| true,
+            |_, _| panic!("not due yet"),
+        );
+        s.cover_due(
+            tick + Duration::from_micros(200),
+            |_| true,
+            |k, b| sent.push((k, b.len())),
+        );
+        assert_eq!(sent, vec![(1, 128)]);
+        // A real frame in the slot suppresses cover for that tick.
+        let f = channel_frame(&mut buf, 0, b"more");
+        s.submit(tick + Duration::from_millis(5), 1, &mut buf, f);
+        s.pop_due(tick + iv, |_, _| {});
+        sent.clear();
+        s.cover_due(tick + iv, |_| true, |k, b| sent.push((k, b.len())));
+        assert!(sent.is_empty(), "{sent:?}");
+        // The allocation ends: cover stops.
+        s.cover_due(tick + 2 * iv, |_| false, |k, b| sent.push((k, b.len())));
+        assert!(sent.is_empty());
+        assert_eq!(s.next_cover_tick(), None);
+        assert_eq!(s.stats().cover_frames, 1);
+        assert_eq!(s.stats().cover_bytes, 128);
     }
 
     #[test]
@@ -673,6 +910,7 @@ mod tests {
             Policy {
                 padding: "64".parse().unwrap(),
                 timing: Timing::Off,
+                cover: None,
                 queue_limit: 8,
             },
             Instant::now(),

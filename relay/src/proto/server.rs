@@ -381,6 +381,11 @@ impl Server {
         self.allocs.len()
     }
 
+    /// True if this client 5-tuple has an allocation here.
+    pub fn has_allocation(&self, client: &ClientKey) -> bool {
+        self.by_client.contains_key(client)
+    }
+
     /// When [`Server::handle_timeout`] should next run, if anything is scheduled.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((t, _, _))| *t)
