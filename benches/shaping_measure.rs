@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use veil_relay::proto::stun::channel_data;
-use veil_relay::shaping::{Decision, Padding, Policy, Shaper, Timing};
+use veil_relay::shaping::{Cover, Decision, Padding, Policy, Shaper, Timing};
 
 /// Small deterministic PRNG (xorshift64*), so runs are reproducible.
 struct Rng(u64);
@@ -106,17 +106,29 @@ fn run(policy: &Policy, arrivals: &[Arrival]) -> Vec<(u64, u64, usize, usize)> {
                  until: u64,
                  out: &mut Vec<_>,
                  pending: &mut Vec<std::collections::VecDeque<u64>>| {
-        while let Some(r) = shaper.next_release() {
-            if us_of(r) > until {
-                break;
+        loop {
+            let release = shaper.next_release();
+            let cover = shaper.next_cover_tick();
+            match (release, cover) {
+                (Some(r), c) if us_of(r) <= until && c.is_none_or(|c| r <= c) => {
+                    let when = us_of(r);
+                    shaper.pop_due(r, |flow, frame| {
+                        let arrived = pending[flow]
+                            .pop_front()
+                            .expect("a departure follows an arrival");
+                        out.push((arrived, when, flow, frame.len()))
+                    });
+                }
+                (_, Some(c)) if us_of(c) <= until => {
+                    let when = us_of(c);
+                    shaper.cover_due(
+                        c,
+                        |_| true,
+                        |flow, frame| out.push((COVER, when, flow, frame.len())),
+                    );
+                }
+                _ => break,
             }
-            let when = us_of(r);
-            shaper.pop_due(r, |flow, frame| {
-                let arrived = pending[flow]
-                    .pop_front()
-                    .expect("a departure follows an arrival");
-                out.push((arrived, when, flow, frame.len()))
-            });
         }
     };
     for &(t, flow, size) in arrivals {
@@ -131,9 +143,14 @@ fn run(policy: &Policy, arrivals: &[Arrival]) -> Vec<(u64, u64, usize, usize)> {
             (Decision::Queued, _) => pending[flow].push_back(t),
         }
     }
-    drain(&mut shaper, u64::MAX, &mut out, &mut pending);
+    let end = arrivals.last().map_or(0, |a| a.0) + 100_000;
+    drain(&mut shaper, end, &mut out, &mut pending);
+    assert!(pending.iter().all(|p| p.is_empty()), "every frame left");
     out
 }
+
+/// Marks a cover frame's "arrival": it has none.
+const COVER: u64 = u64::MAX;
 
 /// Pearson correlation of two equal-length series.
 fn pearson(a: &[f64], b: &[f64]) -> f64 {
@@ -176,7 +193,10 @@ fn correlation_accuracy(
     let ingress: Vec<Vec<f64>> = (0..flows)
         .map(|f| {
             series(
-                records.iter().filter(|r| r.2 == f).map(|r| r.0),
+                records
+                    .iter()
+                    .filter(|r| r.2 == f && r.0 != COVER)
+                    .map(|r| r.0),
                 bin_us,
                 bins,
             )
@@ -220,6 +240,7 @@ fn policy(padding: Padding, timing: Timing) -> Policy {
     Policy {
         padding,
         timing,
+        cover: None,
         queue_limit: 1 << 16,
     }
 }
@@ -271,44 +292,60 @@ fn main() {
     println!(
         "\n## 2. Flow correlation across the relay (top-1 accuracy; chance = 1/N) and added latency\n"
     );
+    let cover = Some(Cover {
+        interval: ms(20),
+        size: 128,
+    });
     let modes = [
-        ("off", Timing::Off),
-        ("jitter:10ms", Timing::Jitter(ms(10))),
-        ("jitter:30ms", Timing::Jitter(ms(30))),
-        ("slots:10ms", Timing::Slots(ms(10))),
-        ("slots:20ms", Timing::Slots(ms(20))),
+        ("off", Timing::Off, None),
+        ("jitter:10ms", Timing::Jitter(ms(10)), None),
+        ("jitter:30ms", Timing::Jitter(ms(30)), None),
+        ("slots:10ms", Timing::Slots(ms(10)), None),
+        ("slots:20ms", Timing::Slots(ms(20)), None),
+        ("slots:20ms + cover 50:128", Timing::Slots(ms(20)), cover),
     ];
     let bins_us = [2_000u64, 5_000, 20_000, 100_000];
     println!(
         "Observer bins packet counts at 2, 5, 20 and 100 ms and cross-correlates (lag 0-60 ms); the best bin is reported.\n"
     );
     println!(
-        "| traffic | N | timing | accuracy (best bin) | per bin 2/5/20/100 ms | added delay p50 | p99 |"
+        "| traffic | N | timing | accuracy (best bin) | per bin 2/5/20/100 ms | added delay p50 | p99 | cover frames |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for (model, mname) in [(Model::Cbr, "CBR"), (Model::Dtx, "DTX VBR")] {
         for n in [20usize, 50] {
             let arr = arrivals(model, n, duration_us, 1000 + n as u64);
-            for (tname, timing) in modes {
-                let recs = run(&policy(buckets.clone(), timing), &arr);
-                assert_eq!(recs.len(), arr.len(), "the measurement queue never drops");
+            for (tname, timing, cover) in modes {
+                let p = Policy {
+                    cover,
+                    ..policy(buckets.clone(), timing)
+                };
+                let recs = run(&p, &arr);
+                let real = recs.iter().filter(|r| r.0 != COVER).count();
+                assert_eq!(real, arr.len(), "the measurement queue never drops");
+                let cover_frames = recs.len() - real;
                 let per_bin: Vec<f64> = bins_us
                     .iter()
                     .map(|b| correlation_accuracy(&recs, n, *b, duration_us + 200_000))
                     .collect();
                 let best = per_bin.iter().cloned().fold(0.0, f64::max);
-                let mut delays: Vec<u64> = recs.iter().map(|r| r.1 - r.0).collect();
+                let mut delays: Vec<u64> = recs
+                    .iter()
+                    .filter(|r| r.0 != COVER)
+                    .map(|r| r.1 - r.0)
+                    .collect();
                 delays.sort_unstable();
                 let per: Vec<String> = per_bin
                     .iter()
                     .map(|a| format!("{:.0}%", a * 100.0))
                     .collect();
                 println!(
-                    "| {mname} | {n} | {tname} | {:.0}% | {} | {:.1} ms | {:.1} ms |",
+                    "| {mname} | {n} | {tname} | {:.0}% | {} | {:.1} ms | {:.1} ms | {:+.0}% |",
                     best * 100.0,
                     per.join(" / "),
                     percentile(&delays, 0.5) as f64 / 1000.0,
-                    percentile(&delays, 0.99) as f64 / 1000.0
+                    percentile(&delays, 0.99) as f64 / 1000.0,
+                    cover_frames as f64 / real as f64 * 100.0
                 );
             }
         }
