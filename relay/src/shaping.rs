@@ -254,11 +254,11 @@ impl Policy {
     }
 }
 
-/// Writes a cover frame: a Binding indication of exactly `size` bytes (a multiple of 4, at least
-/// 24), padded with the padding attribute. Returns its length.
+/// Writes a filler frame: a Binding indication of exactly `size` bytes (a multiple of 4, 20 with
+/// no attribute or at least 24 with the padding attribute). Returns its length, 0 if `size` is
+/// impossible or `out` too small.
 pub fn write_cover_frame(out: &mut [u8], size: usize, txid: &[u8; 12]) -> usize {
-    let size = size.min(out.len()) & !3;
-    if size < stun::HEADER_LEN + 4 {
+    if size % 4 != 0 || size < stun::HEADER_LEN || (size > 20 && size < 24) || size > out.len() {
         return 0;
     }
     let f = &mut out[..size];
@@ -268,10 +268,41 @@ pub fn write_cover_frame(out: &mut [u8], size: usize, txid: &[u8; 12]) -> usize 
     f[2..4].copy_from_slice(&((size - stun::HEADER_LEN) as u16).to_be_bytes());
     f[4..8].copy_from_slice(&stun::MAGIC_COOKIE.to_be_bytes());
     f[8..20].copy_from_slice(txid);
-    f[20..22].copy_from_slice(&PADDING_ATTR.to_be_bytes());
-    f[22..24].copy_from_slice(&((size - 24) as u16).to_be_bytes());
-    f[24..].fill(0);
+    if size >= 24 {
+        f[20..22].copy_from_slice(&PADDING_ATTR.to_be_bytes());
+        f[22..24].copy_from_slice(&((size - 24) as u16).to_be_bytes());
+        f[24..].fill(0);
+    }
     size
+}
+
+/// Pads a frame for a stream transport (TCP, TLS), where every client delimits frames by their
+/// own lengths: ChannelData is aligned to 4 (required on streams) and the frame is followed by a
+/// filler Binding indication, so that what is written together — one TLS record — is a bucket
+/// size. A gap too small for a filler (under 20 bytes) moves to the next bucket. Returns the range
+/// to write, frame and filler together.
+pub fn pad_stream_frame(
+    padding: &Padding,
+    buf: &mut [u8],
+    frame: Range<usize>,
+    txid: &[u8; 12],
+) -> Range<usize> {
+    let aligned = (frame.len() + 3) & !3;
+    if frame.start + aligned > buf.len() {
+        return frame;
+    }
+    buf[frame.end..frame.start + aligned].fill(0);
+    let mut target = padding.target(aligned);
+    if target > aligned && target - aligned < stun::HEADER_LEN {
+        target = padding.target(aligned + stun::HEADER_LEN);
+    }
+    let gap = target.saturating_sub(aligned);
+    let filler_at = frame.start + aligned;
+    if gap == 0 || filler_at + gap > buf.len() {
+        return frame.start..filler_at;
+    }
+    let n = write_cover_frame(&mut buf[filler_at..], gap, txid);
+    frame.start..filler_at + n
 }
 
 /// Pads a frame the core framed at `buf[frame]` for a client over UDP, in place, zero-filling
@@ -715,6 +746,49 @@ mod tests {
             cover: None,
             queue_limit: limit,
         }
+    }
+
+    /// Splits a stream into frames the way clients do: ChannelData by 4 + Length rounded up to
+    /// 4, STUN by 20 + Length.
+    fn split_stream(mut b: &[u8]) -> Vec<&[u8]> {
+        let mut frames = Vec::new();
+        while b.len() >= 4 {
+            let len = u16::from_be_bytes([b[2], b[3]]) as usize;
+            let total = if b[0] >> 6 == 1 {
+                (4 + len + 3) & !3
+            } else {
+                20 + len
+            };
+            frames.push(&b[..total]);
+            b = &b[total..];
+        }
+        assert!(b.is_empty(), "no trailing bytes between frames");
+        frames
+    }
+
+    #[test]
+    fn stream_frames_are_followed_by_a_filler_to_the_bucket() {
+        let p: Padding = "128,256".parse().unwrap();
+        for payload_len in [1usize, 5, 100, 101, 104, 120, 200] {
+            let mut buf = vec![0xEEu8; 512];
+            let payload: Vec<u8> = (0..payload_len).map(|i| i as u8).collect();
+            let f = channel_frame(&mut buf, 16, &payload);
+            let out = pad_stream_frame(&p, &mut buf, f, &[1; 12]);
+            let total = out.len();
+            assert!(total == 128 || total == 256, "{payload_len}: {total}");
+            let frames = split_stream(&buf[out]);
+            let (ch, data) = channel_data::decode(frames[0]).unwrap();
+            assert_eq!((ch, data), (0x4001, &payload[..]));
+            for filler in &frames[1..] {
+                let m = Message::decode(filler).expect("the filler is one valid STUN message");
+                assert_eq!((m.method, m.class), (method::BINDING, Class::Indication));
+            }
+            assert!(frames.len() <= 2);
+        }
+        // Beyond the largest bucket: only aligned.
+        let mut buf = vec![0u8; 512];
+        let f = channel_frame(&mut buf, 0, &[7; 301]);
+        assert_eq!(pad_stream_frame(&p, &mut buf, f, &[1; 12]).len(), 308);
     }
 
     #[test]
