@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use veil_relay::config::{LogFormat, PortRange, RelayConfig, StaticUser, parse_secrets};
 use veil_relay::io::{Node, wait_for_shutdown_signal};
 use veil_relay::privacy::Redactor;
-use veil_relay::proto::auth::{NonceKey, mint};
+use veil_relay::proto::auth::{NonceKey, mint, mint_username};
 use veil_relay::proto::peer_filter::Cidr;
 use veil_relay::proto::server::Shared;
 use veil_relay::shaping::{Cover, Padding, Timing};
@@ -158,6 +158,10 @@ struct CredentialArgs {
     /// Opaque user id appended to the username (`expiry:id`); quotas count per id.
     #[arg(long)]
     id: Option<String>,
+    /// Shaping profile (configured under shaping.profiles) the relay applies to this credential's
+    /// allocations; the username becomes `expiry:id:profile` (needs --id).
+    #[arg(long, value_name = "NAME", requires = "id")]
+    profile: Option<String>,
     /// Print JSON instead of `username: …` / `password: …` lines.
     #[arg(long)]
     json: bool,
@@ -333,9 +337,10 @@ fn relay(args: RelayArgs) -> Result<()> {
         ports = %resolved.port_range,
         workers = resolved.workers,
         secrets = resolved.credentials.secrets.len(),
-        padding = %resolved.shaping.padding,
-        timing = %resolved.shaping.timing,
-        cover = %resolved.shaping.cover.map_or("none".to_string(), |c| c.to_string()),
+        padding = %resolved.shaping[0].padding,
+        timing = %resolved.shaping[0].timing,
+        cover = %resolved.shaping[0].cover.map_or("none".to_string(), |c| c.to_string()),
+        profiles = ?resolved.server.shaping_profiles,
         "relay ready"
     );
     wait_for_shutdown_signal().context("waiting for a signal")?;
@@ -355,8 +360,18 @@ fn credentials(args: CredentialArgs) -> Result<()> {
     {
         bail!("--id must be non-empty and contain no ':'");
     }
+    if let Some(p) = &args.profile
+        && (p.is_empty() || p.contains(':'))
+    {
+        bail!("--profile must be non-empty and contain no ':'");
+    }
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let (username, password) = mint(secret, now + args.ttl, args.id.as_deref());
+    let (username, password) = match (&args.id, &args.profile) {
+        (Some(id), Some(profile)) => {
+            mint_username(secret, format!("{}:{id}:{profile}", now + args.ttl))
+        }
+        _ => mint(secret, now + args.ttl, args.id.as_deref()),
+    };
     if args.json {
         println!(
             "{{\"username\":\"{}\",\"password\":\"{}\",\"ttl\":{}}}",

@@ -541,3 +541,73 @@ async fn shaping_pads_to_buckets_and_reclocks_to_slots() {
     conn.close().await.unwrap();
     client.close().await.unwrap();
 }
+
+/// A credential minted with a shaping profile gets that profile; others get the node's policy
+/// (here: off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_profile_selects_shaping() {
+    let cfg = std::env::temp_dir().join(format!("veil-e2e-profile-{}.yaml", std::process::id()));
+    std::fs::write(
+        &cfg,
+        "shaping:\n  profiles:\n    voice: {padding: \"256\"}\n",
+    )
+    .unwrap();
+    let relay = start_relay(
+        "32000-32499",
+        &[
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut sizes = Vec::new();
+    for username in [format!("{}:p:voice", now + 600), format!("{}:q", now + 600)] {
+        let (user, pass) = auth::mint_username(SECRET.as_bytes(), username);
+        let (client, counts) = turn_client(&relay, &user, &pass).await;
+        let conn = client.allocate().await.expect("allocate");
+        let (peer_a, _, peer) = echo_peer(3).await;
+        let mut buf = vec![0u8; 2048];
+        for _ in 0..3 {
+            conn.send_to(b"twelve bytes", peer_a).await.unwrap();
+            loop {
+                let (n, from) =
+                    tokio::time::timeout(Duration::from_secs(5), conn.recv_from(&mut buf))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                if from == peer_a {
+                    assert_eq!(&buf[..n], b"twelve bytes");
+                    break;
+                }
+            }
+        }
+        peer.await.unwrap();
+        let got: Vec<usize> = counts
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, k, _)| matches!(k, Some(0x4000) | Some(0x0017)))
+            .map(|(_, _, n)| *n)
+            .collect();
+        sizes.push(got);
+        conn.close().await.unwrap();
+        client.close().await.unwrap();
+    }
+    let _ = std::fs::remove_file(&cfg);
+    assert!(
+        !sizes[0].is_empty() && sizes[0].iter().all(|n| *n == 256),
+        "profile voice pads: {:?}",
+        sizes[0]
+    );
+    assert!(
+        !sizes[1].is_empty() && sizes[1].iter().all(|n| *n < 256),
+        "no profile, no padding: {:?}",
+        sizes[1]
+    );
+}

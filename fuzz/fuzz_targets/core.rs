@@ -127,8 +127,8 @@ fuzz_target!(|data: &[u8]| {
                     };
                     let mut buf = vec![0u8; HEADROOM + pkt.len() + TAILROOM];
                     buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(pkt);
-                    if let Some((_, r)) = server.handle_peer(now(secs), relay, peer, &mut buf, HEADROOM..HEADROOM + pkt.len()) {
-                        assert!(r.end <= buf.len());
+                    if let Some(d) = server.handle_peer(now(secs), relay, peer, &mut buf, HEADROOM..HEADROOM + pkt.len()) {
+                        assert!(d.frame.end <= buf.len());
                     }
                 }
             }

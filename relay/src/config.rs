@@ -189,6 +189,9 @@ pub struct ShapingConfig {
     /// Cover traffic `RATE:SIZE` (e.g. `50:128`): once a flow carries media, keep at least RATE
     /// frames/s going to its client, filling silences with ignorable filler; none by default.
     pub cover: Option<Cover>,
+    /// Named profiles a credential selects with a REST username `<expiry>:<id>:<profile>`
+    /// (`veil credentials --profile NAME`), whatever `enabled` says; unset fields are off.
+    pub profiles: std::collections::BTreeMap<String, ShapingProfile>,
     /// Frames one worker holds for re-clocking at most (2 KiB each); over it the frame due
     /// soonest is dropped and counted.
     pub queue_limit: usize,
@@ -201,9 +204,19 @@ impl Default for ShapingConfig {
             padding: Padding::Buckets(vec![128, 256, 512, 1200]),
             timing: Timing::Slots(std::time::Duration::from_millis(20)),
             cover: None,
+            profiles: Default::default(),
             queue_limit: 4096,
         }
     }
+}
+
+/// A named shaping profile.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShapingProfile {
+    pub padding: Padding,
+    pub timing: Timing,
+    pub cover: Option<Cover>,
 }
 
 /// The relay node's configuration file.
@@ -288,7 +301,9 @@ pub struct Resolved {
     pub port_range: PortRange,
     pub workers: usize,
     pub log: LogConfig,
-    pub shaping: Policy,
+    /// Shaping policies: `[0]` the node's, then the named profiles in `server.shaping_profiles`
+    /// order.
+    pub shaping: Vec<Policy>,
     /// Things an operator should know at start (not errors).
     pub warnings: Vec<String>,
 }
@@ -473,6 +488,7 @@ impl RelayConfig {
             nonce_lifetime: l.nonce,
             user_quota: self.quotas.per_user,
             total_quota: self.quotas.total,
+            shaping_profiles: self.shaping.profiles.keys().cloned().collect(),
         };
         let workers = if self.workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -480,10 +496,10 @@ impl RelayConfig {
             self.workers
         };
         let sh = &self.shaping;
-        if sh.enabled && !(1..=1_000_000).contains(&sh.queue_limit) {
+        if !(1..=1_000_000).contains(&sh.queue_limit) {
             return Err(invalid("shaping.queue_limit", "between 1 and 1000000"));
         }
-        let shaping = if sh.enabled {
+        let mut shaping = vec![if sh.enabled {
             Policy {
                 padding: sh.padding.clone(),
                 timing: sh.timing,
@@ -491,8 +507,33 @@ impl RelayConfig {
                 queue_limit: sh.queue_limit,
             }
         } else {
-            Policy::default()
-        };
+            Policy {
+                queue_limit: sh.queue_limit,
+                ..Policy::default()
+            }
+        }];
+        if sh.profiles.len() > 32 {
+            return Err(invalid("shaping.profiles", "at most 32 profiles"));
+        }
+        for (name, p) in &sh.profiles {
+            let ok = !name.is_empty()
+                && name.len() <= 32
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                return Err(invalid(
+                    "shaping.profiles",
+                    format!("`{name}`: names are 1-32 of [A-Za-z0-9_-]"),
+                ));
+            }
+            shaping.push(Policy {
+                padding: p.padding.clone(),
+                timing: p.timing,
+                cover: p.cover,
+                queue_limit: sh.queue_limit,
+            });
+        }
         if workers > 256 {
             return Err(invalid("workers", "at most 256"));
         }
@@ -673,6 +714,38 @@ mod tests {
             r.filter
                 .check("93.184.216.1:21000".parse().unwrap())
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn shaping_profiles_resolve_in_name_order_after_the_node_policy() {
+        let yaml = "auth: {secrets: [0123456789abcdef]}\nshaping:\n  profiles:\n    voice: {padding: \"128,256\", timing: slots:20ms, cover: \"50:128\"}\n    bulk: {padding: multiple:64}\n";
+        let r = RelayConfig::from_yaml(yaml, "t")
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert!(
+            r.shaping[0].is_off(),
+            "not enabled: the node default is off"
+        );
+        assert_eq!(
+            r.server.shaping_profiles,
+            vec!["bulk".to_string(), "voice".to_string()]
+        );
+        assert_eq!(r.shaping[1].padding, Padding::Multiple(64));
+        assert_eq!(
+            r.shaping[2].timing,
+            Timing::Slots(std::time::Duration::from_millis(20))
+        );
+        assert!(r.shaping[2].cover.is_some());
+        let bad = "auth: {secrets: [s]}\nshaping: {profiles: {\"a b\": {}}}\n";
+        assert!(
+            RelayConfig::from_yaml(bad, "t")
+                .unwrap()
+                .resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("shaping.profiles")
         );
     }
 

@@ -27,8 +27,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::PortRange;
 use crate::proto::server::{
-    Action, ClientKey, Env, Family, HEADROOM, Now, Opened, PortPolicy, RelayId, Server, Shared,
-    TAILROOM,
+    Action, ClientKey, Delivery, Env, Family, HEADROOM, Now, Opened, PortPolicy, RelayId, Server,
+    Shared, TAILROOM,
 };
 use crate::shaping::{Decision, Policy, Shaper, ShapingStats};
 
@@ -68,7 +68,8 @@ struct Reserved {
 pub struct NodeShared {
     pub core: Arc<Shared>,
     pub port_range: PortRange,
-    pub shaping: Policy,
+    /// The node's shaping policy and the named profiles (see [`crate::config::Resolved`]).
+    pub shaping: Vec<Policy>,
     /// Origin of the shaping slot grid, the same for every worker.
     pub epoch: Instant,
     ports: PortUse,
@@ -76,7 +77,7 @@ pub struct NodeShared {
 }
 
 impl NodeShared {
-    pub fn new(core: Arc<Shared>, port_range: PortRange, shaping: Policy) -> Arc<Self> {
+    pub fn new(core: Arc<Shared>, port_range: PortRange, shaping: Vec<Policy>) -> Arc<Self> {
         Arc::new(NodeShared {
             core,
             port_range,
@@ -439,17 +440,21 @@ async fn relay_task(worker: Weak<RefCell<Worker>>, id: RelayId, socket: Rc<UdpSo
         } = &mut *w;
         let end = peer_buf.len() - TAILROOM;
         let now = now();
-        let shaping = !shaper.policy().is_off();
+        let shaping = !shaper.is_off();
         for _ in 0..BATCH {
             match socket.try_recv_from(&mut peer_buf[HEADROOM..end]) {
                 Ok((n, peer)) => {
-                    let Some((client, range)) =
-                        server.handle_peer(now, id, peer, peer_buf, HEADROOM..HEADROOM + n)
+                    let Some(Delivery {
+                        client,
+                        frame: range,
+                        profile,
+                    }) = server.handle_peer(now, id, peer, peer_buf, HEADROOM..HEADROOM + n)
                     else {
                         continue;
                     };
                     let range = if shaping {
-                        let (decision, r) = shaper.submit(now.mono, client, peer_buf, range);
+                        let (decision, r) =
+                            shaper.submit_in(now.mono, client, profile, peer_buf, range);
                         // Wake the shaper task if this frame (or a newly covered flow) needs it
                         // sooner than it planned.
                         let due = shaper.next_deadline(now.mono);
@@ -612,7 +617,11 @@ pub fn run_worker(
                     dropped_sends: 0,
                 },
                 peer_buf: vec![0u8; HEADROOM + MAX_DATAGRAM + TAILROOM],
-                shaper: Shaper::new(node.shaping.clone(), node.epoch, Rng::seeded().next()),
+                shaper: Shaper::with_profiles(
+                    node.shaping.clone(),
+                    node.epoch,
+                    Rng::seeded().next(),
+                ),
                 shaper_wake: wake.clone(),
                 shaper_armed: None,
             })
@@ -629,7 +638,7 @@ pub fn run_worker(
             worker.clone(),
             node.clone(),
         )));
-        if !node.shaping.is_off() {
+        if !node.shaping.iter().all(Policy::is_off) {
             tasks.push(tokio::task::spawn_local(shaper_task(
                 worker.clone(),
                 wake.clone(),
@@ -674,7 +683,7 @@ impl Node {
         workers: usize,
         core: Arc<Shared>,
         port_range: PortRange,
-        shaping: Policy,
+        shaping: Vec<Policy>,
     ) -> io::Result<Node> {
         let per_worker = bind_listeners(listen, workers.max(1))?;
         let node = NodeShared::new(core, port_range, shaping);

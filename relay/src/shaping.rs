@@ -375,38 +375,60 @@ pub enum Decision {
 }
 
 /// One worker's shaper: release-time computation, a bounded pool of frame buffers and a heap of
-/// release times. `K` names the destination (the client's 5-tuple).
+/// release times. `K` names the destination (the client's 5-tuple). Each flow is shaped by one of
+/// several profiles: 0 is the node's policy, the others are named profiles a credential selects.
 pub struct Shaper<K> {
-    policy: Policy,
+    profiles: Vec<Policy>,
     /// The grid origin; all workers use the same one so slots line up node-wide.
     epoch: Instant,
     rng: u64,
-    /// Release time of each flow's last queued frame, to keep order under jitter.
+    /// Release time of each flow's last queued frame: order under jitter, pacing under slots.
     last_release: HashMap<K, Instant>,
     pool: Vec<u8>,
     free: Vec<u32>,
-    entries: Vec<Option<(K, u16)>>,
+    entries: Vec<Option<(K, u16, u8)>>,
     heap: BinaryHeap<Reverse<(Instant, u64, u32)>>,
     seq: u64,
     stats: ShapingStats,
-    /// Flows under cover and when a frame last left for each.
-    covered: HashMap<K, Instant>,
+    /// Flows under cover: when a frame last left for each, and its profile.
+    covered: HashMap<K, (Instant, u8)>,
     /// The next point of the cover grid to check, while any flow is covered.
     cover_next: Option<Instant>,
+    /// The cover grid: the shortest cover interval of any profile.
+    cover_tick: Option<Duration>,
     cover_buf: Vec<u8>,
 }
 
 impl<K: Copy + Eq + Hash> Shaper<K> {
-    /// A shaper for `policy` whose slot grid starts at `epoch`.
+    /// A shaper for one policy whose slot grid starts at `epoch`.
     pub fn new(policy: Policy, epoch: Instant, seed: u64) -> Self {
-        let policy_cover = policy.cover;
-        let slots = if policy.timing == Timing::Off {
-            0
+        Self::with_profiles(vec![policy], epoch, seed)
+    }
+
+    /// A shaper for the node policy (`profiles[0]`) and named profiles (`profiles[1..]`).
+    pub fn with_profiles(profiles: Vec<Policy>, epoch: Instant, seed: u64) -> Self {
+        let profiles = if profiles.is_empty() {
+            vec![Policy::default()]
         } else {
-            policy.queue_limit.max(1)
+            profiles
         };
+        let slots = profiles
+            .iter()
+            .filter(|p| p.timing != Timing::Off)
+            .map(|p| p.queue_limit.max(1))
+            .max()
+            .unwrap_or(0);
+        let cover_tick = profiles
+            .iter()
+            .filter_map(|p| p.cover.map(|c| c.interval))
+            .min();
+        let cover_size = profiles
+            .iter()
+            .filter_map(|p| p.cover.map(|c| c.size as usize))
+            .max()
+            .unwrap_or(0);
         Shaper {
-            policy,
+            profiles,
             epoch,
             rng: seed | 1,
             last_release: HashMap::new(),
@@ -418,12 +440,23 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
             stats: ShapingStats::default(),
             covered: HashMap::new(),
             cover_next: None,
-            cover_buf: vec![0u8; policy_cover_size(&policy_cover)],
+            cover_tick,
+            cover_buf: vec![0u8; cover_size],
         }
     }
 
+    /// The node policy.
     pub fn policy(&self) -> &Policy {
-        &self.policy
+        &self.profiles[0]
+    }
+
+    /// True if no profile shapes anything: the driver can skip the shaper.
+    pub fn is_off(&self) -> bool {
+        self.profiles.iter().all(Policy::is_off)
+    }
+
+    fn profile(&self, i: u8) -> &Policy {
+        self.profiles.get(i as usize).unwrap_or(&self.profiles[0])
     }
 
     pub fn stats(&self) -> ShapingStats {
@@ -442,9 +475,13 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         self.rng
     }
 
-    /// When a frame arriving at `now` for `flow` leaves.
+    /// When a frame arriving at `now` for `flow` under the node policy leaves.
     pub fn release_time(&mut self, now: Instant, flow: K) -> Instant {
-        match self.policy.timing {
+        self.release_time_in(now, flow, 0)
+    }
+
+    fn release_time_in(&mut self, now: Instant, flow: K, profile: u8) -> Instant {
+        match self.profile(profile).timing {
             Timing::Off => now,
             Timing::Slots(interval) => {
                 // At most one frame per flow per slot: a frame that arrives bunched behind the
@@ -470,7 +507,8 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         }
     }
 
-    /// Pads `buf[frame]` in place and either says to send it now or copies it into the queue.
+    /// Pads `buf[frame]` in place under the node policy and either says to send it now or
+    /// copies it into the queue.
     pub fn submit(
         &mut self,
         now: Instant,
@@ -478,25 +516,42 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         buf: &mut [u8],
         frame: Range<usize>,
     ) -> (Decision, Range<usize>) {
+        self.submit_in(now, flow, 0, buf, frame)
+    }
+
+    /// [`Shaper::submit`] under the flow's profile.
+    pub fn submit_in(
+        &mut self,
+        now: Instant,
+        flow: K,
+        profile: u8,
+        buf: &mut [u8],
+        frame: Range<usize>,
+    ) -> (Decision, Range<usize>) {
+        let profile = if (profile as usize) < self.profiles.len() {
+            profile
+        } else {
+            0
+        };
         let before = frame.len();
-        let frame = pad_frame(&self.policy.padding, buf, frame);
+        let frame = pad_frame(&self.profiles[profile as usize].padding, buf, frame);
         if frame.len() > before {
             self.stats.padded_frames += 1;
             self.stats.padding_bytes += (frame.len() - before) as u64;
         }
-        if self.policy.timing == Timing::Off {
-            self.note_sent(flow, now);
+        if self.profiles[profile as usize].timing == Timing::Off || self.entries.is_empty() {
+            self.note_sent(flow, now, profile);
             return (Decision::SendNow, frame);
         }
         if frame.len() > MAX_QUEUED_FRAME {
             self.stats.oversize_unshaped += 1;
-            self.note_sent(flow, now);
+            self.note_sent(flow, now, profile);
             return (Decision::SendNow, frame);
         }
-        let release = self.release_time(now, flow);
+        let release = self.release_time_in(now, flow, profile);
         if release <= now {
             self.stats.record_delay(Duration::ZERO);
-            self.note_sent(flow, now);
+            self.note_sent(flow, now, profile);
             return (Decision::SendNow, frame);
         }
         let slot = match self.free.pop() {
@@ -513,7 +568,7 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         };
         let at = slot as usize * MAX_QUEUED_FRAME;
         self.pool[at..at + frame.len()].copy_from_slice(&buf[frame.clone()]);
-        self.entries[slot as usize] = Some((flow, frame.len() as u16));
+        self.entries[slot as usize] = Some((flow, frame.len() as u16, profile));
         self.seq += 1;
         self.heap.push(Reverse((release, self.seq, slot)));
         self.stats.delayed_frames += 1;
@@ -533,22 +588,24 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
                 break;
             }
             self.heap.pop();
-            if let Some((flow, len)) = self.entries[slot as usize].take() {
+            if let Some((flow, len, profile)) = self.entries[slot as usize].take() {
                 let at = slot as usize * MAX_QUEUED_FRAME;
                 send(flow, &self.pool[at..at + len as usize]);
-                self.note_sent(flow, now);
+                self.note_sent(flow, now, profile);
             }
             self.free.push(slot);
         }
     }
 
-    /// Records that a real frame left for `flow`; with cover on, the flow is covered from now on.
-    fn note_sent(&mut self, flow: K, at: Instant) {
-        if let Some(c) = self.policy.cover {
-            self.covered.insert(flow, at);
-            if self.cover_next.is_none() {
-                self.cover_next = Some(next_slot(self.epoch, c.interval, at));
-            }
+    /// Records that a real frame left for `flow`; if its profile has cover, the flow is covered
+    /// from now on.
+    fn note_sent(&mut self, flow: K, at: Instant, profile: u8) {
+        if self.profiles[profile as usize].cover.is_none() {
+            return;
+        }
+        self.covered.insert(flow, (at, profile));
+        if let (None, Some(tick)) = (self.cover_next, self.cover_tick) {
+            self.cover_next = Some(next_slot(self.epoch, tick, at));
         }
     }
 
@@ -566,7 +623,7 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         self.cover_next
     }
 
-    /// Sends a cover frame to every covered flow that has had nothing since the previous tick,
+    /// Sends a cover frame to every covered flow that has had nothing for its cover interval,
     /// and forgets flows whose allocation is gone (`alive`).
     pub fn cover_due(
         &mut self,
@@ -574,7 +631,7 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         alive: impl Fn(&K) -> bool,
         mut emit: impl FnMut(K, &[u8]),
     ) {
-        let Some(c) = self.policy.cover else { return };
+        let Some(tick) = self.cover_tick else { return };
         if self.cover_next.is_none_or(|t| t > now) {
             return;
         }
@@ -585,14 +642,18 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
             stats,
             cover_next,
             epoch,
+            profiles,
             ..
         } = self;
         covered.retain(|k, _| alive(k));
-        *cover_next = (!covered.is_empty())
-            .then(|| next_slot(*epoch, c.interval, now + Duration::from_nanos(1)));
+        *cover_next =
+            (!covered.is_empty()).then(|| next_slot(*epoch, tick, now + Duration::from_nanos(1)));
         // Tolerance for a tick that fires a little late or a frame released on the same tick.
         let slack = Duration::from_micros(500);
-        for (flow, last) in covered.iter_mut() {
+        for (flow, (last, profile)) in covered.iter_mut() {
+            let Some(c) = profiles[*profile as usize].cover else {
+                continue;
+            };
             if *last + c.interval > now + slack {
                 continue;
             }
@@ -614,10 +675,6 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
     pub fn housekeeping(&mut self, now: Instant) {
         self.last_release.retain(|_, t| *t > now);
     }
-}
-
-fn policy_cover_size(c: &Option<Cover>) -> usize {
-    c.map_or(0, |c| c.size as usize)
 }
 
 /// The first grid point at or after `now`.
@@ -976,6 +1033,38 @@ mod tests {
         }
         let distinct: std::collections::HashSet<_> = delays.iter().map(|d| d / 1000).collect();
         assert!(distinct.len() > 10, "delays are spread, not constant");
+    }
+
+    #[test]
+    fn each_flow_is_shaped_by_its_profile() {
+        let epoch = Instant::now();
+        let node = Policy::default();
+        let voice = Policy {
+            padding: "128".parse().unwrap(),
+            timing: Timing::Slots(Duration::from_millis(20)),
+            cover: None,
+            queue_limit: 16,
+        };
+        let mut s: Shaper<u8> = Shaper::with_profiles(vec![node, voice], epoch, 5);
+        assert!(!s.is_off());
+        let mut buf = vec![0u8; 256];
+        let now = epoch + Duration::from_millis(3);
+        let f = channel_frame(&mut buf, 0, b"plain");
+        assert_eq!(
+            s.submit_in(now, 1, 0, &mut buf, f),
+            (Decision::SendNow, 0..9),
+            "node policy: off"
+        );
+        let f = channel_frame(&mut buf, 0, b"voice");
+        let (d, r) = s.submit_in(now, 2, 1, &mut buf, f);
+        assert_eq!(
+            (d, r.len()),
+            (Decision::Queued, 128),
+            "profile: padded and re-clocked"
+        );
+        // An unknown profile index falls back to the node policy.
+        let f = channel_frame(&mut buf, 0, b"x");
+        assert_eq!(s.submit_in(now, 3, 9, &mut buf, f).0, Decision::SendNow);
     }
 
     #[test]

@@ -88,6 +88,11 @@ pub fn mint(secret: &[u8], expiry: u64, id: Option<&str>) -> (String, String) {
         Some(id) => format!("{expiry}:{id}"),
         None => expiry.to_string(),
     };
+    mint_username(secret, username)
+}
+
+/// The password for a REST username written by the caller (e.g. with a shaping profile).
+pub fn mint_username(secret: &[u8], username: String) -> (String, String) {
     let pw = rest_password(secret, username.as_bytes());
     let pw = String::from_utf8(pw.to_vec()).expect("base64 is ASCII");
     (username, pw)
@@ -103,12 +108,29 @@ pub enum UserError {
 }
 
 /// What identifies a user for quotas: the opaque id of a REST username when it has one (so that
-/// minting new credentials does not reset a user's quota), else the whole username.
+/// minting new credentials does not reset a user's quota), else the whole username. A REST
+/// username is `<expiry>`, `<expiry>:<id>` or `<expiry>:<id>:<shaping profile>`.
 pub fn quota_key(username: &str) -> &str {
     match username.split_once(':') {
-        Some((ts, id)) if ts.bytes().all(|b| b.is_ascii_digit()) && !id.is_empty() => id,
+        Some((ts, rest)) if ts.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty() => {
+            match rest.split_once(':') {
+                Some((id, _profile)) if !id.is_empty() => id,
+                _ => rest,
+            }
+        }
         _ => username,
     }
+}
+
+/// The shaping profile a REST username names (`<expiry>:<id>:<profile>`), if any. The username is
+/// covered by the credential's HMAC, so only whoever holds the secret (the allocator) chooses it.
+pub fn shaping_profile(username: &str) -> Option<&str> {
+    let (ts, rest) = username.split_once(':')?;
+    if !ts.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (_, profile) = rest.split_once(':')?;
+    (!profile.is_empty()).then_some(profile)
 }
 
 /// The credential sources of a node. Replaced as a whole on reload.
@@ -320,6 +342,10 @@ mod tests {
         assert_eq!(quota_key("1700000000"), "1700000000");
         assert_eq!(quota_key("alice"), "alice");
         assert_eq!(quota_key("x:y"), "x:y");
+        assert_eq!(quota_key("1700000000:alice:voice"), "alice");
+        assert_eq!(shaping_profile("1700000000:alice:voice"), Some("voice"));
+        assert_eq!(shaping_profile("1700000000:alice"), None);
+        assert_eq!(shaping_profile("alice:x:voice"), None);
     }
 
     #[test]

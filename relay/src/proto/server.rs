@@ -125,6 +125,9 @@ pub struct ServerConfig {
     pub user_quota: u32,
     /// Allocations the node holds at once (508 beyond).
     pub total_quota: u32,
+    /// Names of the shaping profiles a credential may select; profile `i + 1` is
+    /// `shaping_profiles[i]`, 0 the node's default.
+    pub shaping_profiles: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -141,6 +144,7 @@ impl Default for ServerConfig {
             nonce_lifetime: 3600,
             user_quota: 10,
             total_quota: 100_000,
+            shaping_profiles: Vec::new(),
         }
     }
 }
@@ -249,6 +253,15 @@ pub trait Env {
     fn close_relay(&mut self, id: RelayId);
 }
 
+/// A frame for a client, framed in the peer buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub client: ClientKey,
+    pub frame: Range<usize>,
+    /// The allocation's shaping profile (0: the node's default).
+    pub profile: u8,
+}
+
 /// What the driver does with a datagram from a client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -289,6 +302,8 @@ struct Allocation {
     username: Box<str>,
     quota_key: Box<str>,
     key: Key,
+    /// Shaping profile chosen by the credential (0: the node's default).
+    profile: u8,
     /// Transaction of the Allocate that created it, to answer its retransmissions.
     allocate_txid: [u8; 12],
     granted: u32,
@@ -552,7 +567,7 @@ impl Server {
         peer: SocketAddr,
         buf: &mut [u8],
         payload: Range<usize>,
-    ) -> Option<(ClientKey, Range<usize>)> {
+    ) -> Option<Delivery> {
         let a = self.allocs.get(relay.slot())?;
         if a.generation != relay.generation() || !a.permitted(peer.ip(), now.mono) {
             return None;
@@ -572,9 +587,13 @@ impl Server {
             let start = payload.start - 4;
             let hdr: &mut [u8; 4] = (&mut buf[start..payload.start]).try_into().ok()?;
             channel_data::write_header(hdr, c.number, len as u16);
-            return Some((a.client, start..payload.end));
+            return Some(Delivery {
+                client: a.client,
+                frame: start..payload.end,
+                profile: a.profile,
+            });
         }
-        let client = a.client;
+        let (client, profile) = (a.client, a.profile);
         let addr_len = if peer.is_ipv4() { 8 } else { 20 };
         let start = payload.start - (stun::HEADER_LEN + 4 + addr_len + 4);
         self.indication_seq = self.indication_seq.wrapping_add(1);
@@ -590,7 +609,11 @@ impl Server {
         // The value is already in place: attr_slot only writes the header and the padding.
         w.attr_slot(attr::DATA, len).ok()?;
         let n = w.finish();
-        Some((client, start..start + n))
+        Some(Delivery {
+            client,
+            frame: start..start + n,
+            profile,
+        })
     }
 
     fn begin<'o>(
@@ -898,6 +921,18 @@ impl Server {
         let granted = self.lifetime(lifetime);
         let username: Box<str> = std::str::from_utf8(m.value_of(m.username)?).ok()?.into();
         let quota_key: Box<str> = auth::quota_key(&username).into();
+        let profile = match auth::shaping_profile(&username) {
+            None => 0,
+            Some(name) => match cfg.shaping_profiles.iter().position(|p| p == name) {
+                Some(i) => (i + 1).min(u8::MAX as usize) as u8,
+                None => {
+                    tracing::warn!(
+                        "a credential names an unknown shaping profile; the node default applies"
+                    );
+                    0
+                }
+            },
+        };
         if let Err(code) = self.shared.acquire(&quota_key) {
             tracing::debug!(code, "allocation refused by quota");
             return self.error(out, m, code, seal);
@@ -975,6 +1010,7 @@ impl Server {
             username,
             quota_key,
             key,
+            profile,
             allocate_txid: *m.transaction_id(),
             granted,
             reservation,

@@ -852,7 +852,7 @@ fn from_peer(
         &mut buf,
         HEADROOM..HEADROOM + data.len(),
     )
-    .map(|(k, r)| (k, buf[r].to_vec()))
+    .map(|d| (d.client, buf[d.frame].to_vec()))
 }
 
 #[test]
@@ -1331,4 +1331,42 @@ fn malformed_input_never_panics() {
         c.send(&mut s, &mut env, &clock, &pkt);
     }
     assert_eq!(s.allocation_count(), 1);
+}
+
+#[test]
+fn a_credential_selects_its_shaping_profile() {
+    let mut cfg = config();
+    cfg.shaping_profiles = vec!["bulk".into(), "voice".into()];
+    let (mut s, mut env, clock) = (server_with(cfg), FakeEnv::default(), Clock::new());
+    for (port, username, want) in [
+        (40000u16, format!("{}:a:voice", T0 + 60), 2u8),
+        (40001, format!("{}:b", T0 + 60), 0),
+        (40002, format!("{}:c:nonexistent", T0 + 60), 0),
+    ] {
+        let mut c = Client::new(port, username, SECRET);
+        assert_eq!(
+            class(&c.allocate(&mut s, &mut env, &clock, &[])),
+            Class::Success
+        );
+        c.request(
+            &mut s,
+            &mut env,
+            &clock,
+            method::CREATE_PERMISSION,
+            &[peer_attr(PEER)],
+        );
+        let id = *env
+            .open
+            .iter()
+            .find(|(_, (b, _))| b.port() == env.next_port - 2)
+            .unwrap()
+            .0;
+        let mut buf = vec![0u8; HEADROOM + 8 + TAILROOM];
+        let d = s
+            .handle_peer(clock.now(), id, sa(PEER), &mut buf, HEADROOM..HEADROOM + 8)
+            .unwrap();
+        assert_eq!((d.client, d.profile), (c.key, want));
+    }
+    // The profile is part of the signed username: the quota still counts the id.
+    assert_eq!(auth::quota_key(&format!("{}:a:voice", T0)), "a");
 }
