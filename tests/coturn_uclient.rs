@@ -260,6 +260,23 @@ fn uclient_channels_send_indications_and_ipv6_with_zero_loss() {
     );
     assert_zero_loss("shaped Data indications", &r, &text);
 
+    // Jitter mode with multiple-of-64 padding.
+    let jittered = start_relay(
+        "32500-32699",
+        &[
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--user-quota",
+            "1000",
+            "--pad-multiple",
+            "64",
+            "--timing",
+            "jitter:20ms",
+        ],
+    );
+    let (r, text) = uclient("127.0.0.10", jittered.addr.port(), "127.0.0.1", p4, &[]);
+    assert_zero_loss("jittered, padded ChannelData", &r, &text);
+
     // A wrong secret is refused: uclient cannot allocate.
     let out = Command::new("timeout")
         .args([

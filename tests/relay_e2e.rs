@@ -611,3 +611,60 @@ async fn credential_profile_selects_shaping() {
         sizes[1]
     );
 }
+
+/// Jitter mode with multiple-of-64 padding: zero loss, payloads intact and in order, sizes
+/// multiples of 64.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jitter_mode_keeps_order_and_pads_to_multiples() {
+    let relay = start_relay(
+        "32700-32767",
+        &[
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--pad-multiple",
+            "64",
+            "--timing",
+            "jitter:20ms",
+        ],
+    );
+    let (user, pass) = rest_credentials(3600, "jitter");
+    let (client, counts) = turn_client(&relay, &user, &pass).await;
+    let conn = client.allocate().await.expect("allocate");
+    const N: usize = 30;
+    let (peer_a, _, peer) = echo_peer(N).await;
+    // Bind the channel first so that every echo from A takes the same (shaped) path.
+    conn.send_to(b"warm-up", peer_a).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    // Send a burst without waiting: jitter must not reorder a flow.
+    for i in 1..N {
+        conn.send_to(format!("seq {i:03}").as_bytes(), peer_a)
+            .await
+            .unwrap();
+    }
+    while seen.len() < N {
+        let (n, from) = tokio::time::timeout_at(deadline, conn.recv_from(&mut buf))
+            .await
+            .expect("all echoes")
+            .unwrap();
+        if from == peer_a {
+            seen.push(buf[..n].to_vec());
+        }
+    }
+    peer.await.unwrap();
+    assert_eq!(seen[0], b"warm-up");
+    let want: Vec<Vec<u8>> = (1..N).map(|i| format!("seq {i:03}").into_bytes()).collect();
+    assert_eq!(&seen[1..], &want[..], "in order, none lost");
+    let sizes: Vec<usize> = counts
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, k, _)| matches!(k, Some(0x4000) | Some(0x0017)))
+        .map(|(_, _, n)| *n)
+        .collect();
+    assert!(sizes.iter().all(|n| n % 64 == 0), "{sizes:?}");
+    conn.close().await.unwrap();
+    client.close().await.unwrap();
+}
