@@ -109,6 +109,19 @@ impl Conn for Tap {
     }
 }
 
+impl Counts {
+    /// Sizes of the media frames received (ChannelData and Data indications).
+    fn media_sizes(&self) -> Vec<usize> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, k, _)| matches!(k, Some(0x4000) | Some(0x0017)))
+            .map(|(_, _, n)| *n)
+            .collect()
+    }
+}
+
 async fn turn_client(relay: &Relay, username: &str, password: &str) -> (Client, Arc<Counts>) {
     let counts = Arc::new(Counts::default());
     let tap = Tap {
@@ -587,15 +600,7 @@ async fn credential_profile_selects_shaping() {
             }
         }
         peer.await.unwrap();
-        let got: Vec<usize> = counts
-            .received
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, k, _)| matches!(k, Some(0x4000) | Some(0x0017)))
-            .map(|(_, _, n)| *n)
-            .collect();
-        sizes.push(got);
+        sizes.push(counts.media_sizes());
         conn.close().await.unwrap();
         client.close().await.unwrap();
     }
@@ -656,15 +661,11 @@ async fn jitter_mode_keeps_order_and_pads_to_multiples() {
     assert_eq!(seen[0], b"warm-up");
     let want: Vec<Vec<u8>> = (1..N).map(|i| format!("seq {i:03}").into_bytes()).collect();
     assert_eq!(&seen[1..], &want[..], "in order, none lost");
-    let sizes: Vec<usize> = counts
-        .received
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(_, k, _)| matches!(k, Some(0x4000) | Some(0x0017)))
-        .map(|(_, _, n)| *n)
-        .collect();
-    assert!(sizes.iter().all(|n| n % 64 == 0), "{sizes:?}");
+    let sizes = counts.media_sizes();
+    assert!(
+        !sizes.is_empty() && sizes.iter().all(|n| n % 64 == 0),
+        "{sizes:?}"
+    );
     conn.close().await.unwrap();
     client.close().await.unwrap();
 }

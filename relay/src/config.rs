@@ -54,18 +54,7 @@ impl fmt::Display for PortRange {
     }
 }
 
-impl Serialize for PortRange {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for PortRange {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+serde_via_str!(PortRange);
 
 /// Credentials: TURN REST API secrets (several at once for rotation) and, for local development
 /// only, fixed users.
@@ -154,22 +143,6 @@ pub struct LogConfig {
     /// Log client IPs, peer addresses and usernames in the clear. Off by default: logs then
     /// carry only keyed hashes whose key rotates daily.
     pub personal_data: bool,
-}
-
-macro_rules! serde_via_str {
-    ($t:ty) => {
-        impl Serialize for $t {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
-            }
-        }
-        impl<'de> Deserialize<'de> for $t {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    };
 }
 
 serde_via_str!(Padding);

@@ -79,18 +79,7 @@ impl fmt::Display for Cidr {
     }
 }
 
-impl serde::Serialize for Cidr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Cidr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+serde_via_str!(Cidr);
 
 const fn v4(a: u8, b: u8, c: u8, d: u8, prefix: u8) -> Cidr {
     Cidr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, d)), prefix)
