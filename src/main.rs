@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use veil_relay::config::{LogFormat, PortRange, RelayConfig, StaticUser, parse_secrets};
 use veil_relay::io::{Node, wait_for_shutdown_signal};
 use veil_relay::privacy::Redactor;
-use veil_relay::proto::auth::{NonceKey, mint, mint_username};
+use veil_relay::proto::auth::{NonceKey, mint, mint_username, username_with_claims};
 use veil_relay::proto::peer_filter::Cidr;
 use veil_relay::proto::server::Shared;
 use veil_relay::shaping::{Cover, Padding, Timing};
@@ -61,6 +61,10 @@ struct RelayArgs {
     /// Authentication realm (default: veil).
     #[arg(long)]
     realm: Option<String>,
+    /// Residency zone this node serves; REST credentials must then carry the claim z=ZONE
+    /// (default: none).
+    #[arg(long)]
+    zone: Option<String>,
     /// File of TURN REST API secrets, one per line, repeatable (default: none).
     #[arg(
         long = "auth-secret-file",
@@ -159,9 +163,13 @@ struct CredentialArgs {
     #[arg(long)]
     id: Option<String>,
     /// Shaping profile (configured under shaping.profiles) the relay applies to this credential's
-    /// allocations; the username becomes `expiry:id:profile` (needs --id).
+    /// allocations: the claim `s=NAME` in the username (needs --id).
     #[arg(long, value_name = "NAME", requires = "id")]
     profile: Option<String>,
+    /// Residency zone the credential is valid in: the claim `z=ZONE`, which a relay started
+    /// with --zone requires (needs --id).
+    #[arg(long, value_name = "ZONE", requires = "id")]
+    zone: Option<String>,
     /// Print JSON instead of `username: …` / `password: …` lines.
     #[arg(long)]
     json: bool,
@@ -212,6 +220,9 @@ fn apply_flags(cfg: &mut RelayConfig, a: &RelayArgs) -> Result<()> {
     }
     if let Some(r) = &a.realm {
         cfg.realm = r.clone();
+    }
+    if let Some(z) = &a.zone {
+        cfg.zone = Some(z.clone());
     }
     if !a.auth_secret_file.is_empty() {
         cfg.auth.secret_files = a.auth_secret_file.clone();
@@ -356,19 +367,28 @@ fn credentials(args: CredentialArgs) -> Result<()> {
         bail!("{} holds no secret", args.secret_file.display());
     };
     if let Some(id) = &args.id
-        && (id.is_empty() || id.contains(':'))
+        && (id.is_empty() || id.contains([':', ';']))
     {
-        bail!("--id must be non-empty and contain no ':'");
+        bail!("--id must be non-empty and contain no ':' or ';'");
     }
-    if let Some(p) = &args.profile
-        && (p.is_empty() || p.contains(':'))
-    {
-        bail!("--profile must be non-empty and contain no ':'");
+    for (flag, v) in [("--profile", &args.profile), ("--zone", &args.zone)] {
+        if let Some(v) = v
+            && (v.is_empty() || v.contains([':', ';', '=']))
+        {
+            bail!("{flag} must be non-empty and contain no ':', ';' or '='");
+        }
     }
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let (username, password) = match (&args.id, &args.profile) {
-        (Some(id), Some(profile)) => {
-            mint_username(secret, format!("{}:{id}:{profile}", now + args.ttl))
+    let mut claims = Vec::new();
+    if let Some(z) = &args.zone {
+        claims.push(("z", z.as_str()));
+    }
+    if let Some(p) = &args.profile {
+        claims.push(("s", p.as_str()));
+    }
+    let (username, password) = match &args.id {
+        Some(id) if !claims.is_empty() => {
+            mint_username(secret, username_with_claims(now + args.ttl, id, &claims))
         }
         _ => mint(secret, now + args.ttl, args.id.as_deref()),
     };

@@ -579,7 +579,10 @@ async fn credential_profile_selects_shaping() {
         .unwrap()
         .as_secs();
     let mut sizes = Vec::new();
-    for username in [format!("{}:p:voice", now + 600), format!("{}:q", now + 600)] {
+    for username in [
+        format!("{}:p;s=voice", now + 600),
+        format!("{}:q", now + 600),
+    ] {
         let (user, pass) = auth::mint_username(SECRET.as_bytes(), username);
         let (client, counts) = turn_client(&relay, &user, &pass).await;
         let conn = client.allocate().await.expect("allocate");
@@ -667,5 +670,56 @@ async fn jitter_mode_keeps_order_and_pads_to_multiples() {
         "{sizes:?}"
     );
     conn.close().await.unwrap();
+    client.close().await.unwrap();
+}
+
+/// A relay serving a residency zone refuses credentials minted for another zone (403) or for
+/// none, and accepts its own, as minted by `veil credentials --zone`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zoned_relay_refuses_credentials_for_other_zones() {
+    let relay = start_relay("20000-20499", &["--zone", "eu"]);
+    let secrets = relay.dir.0.join("secrets");
+    let mint = |zone: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_veil"));
+        cmd.args([
+            "credentials",
+            "--ttl",
+            "10m",
+            "--id",
+            "zed",
+            "--secret-file",
+        ])
+        .arg(&secrets);
+        if let Some(z) = zone {
+            cmd.args(["--zone", z]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+                .unwrap()
+        };
+        (field("username:"), field("password:"))
+    };
+    for zone in [Some("us"), None] {
+        let (user, pass) = mint(zone);
+        let (client, _) = turn_client(&relay, &user, &pass).await;
+        let e = client.allocate().await.err().expect("refused");
+        assert!(e.to_string().contains("403"), "{zone:?}: {e}");
+        client.close().await.unwrap();
+    }
+    let (user, pass) = mint(Some("eu"));
+    assert!(user.ends_with(";z=eu"), "{user}");
+    let (client, _) = turn_client(&relay, &user, &pass).await;
+    client
+        .allocate()
+        .await
+        .expect("a credential for this zone")
+        .close()
+        .await
+        .unwrap();
     client.close().await.unwrap();
 }

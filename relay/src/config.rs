@@ -162,7 +162,7 @@ pub struct ShapingConfig {
     /// Cover traffic `RATE:SIZE` (e.g. `50:128`): once a flow carries media, keep at least RATE
     /// frames/s going to its client, filling silences with ignorable filler; none by default.
     pub cover: Option<Cover>,
-    /// Named profiles a credential selects with a REST username `<expiry>:<id>:<profile>`
+    /// Named profiles a credential selects with the claim in a REST username `<expiry>:<id>;s=<profile>`
     /// (`veil credentials --profile NAME`), whatever `enabled` says; unset fields are off.
     pub profiles: std::collections::BTreeMap<String, ShapingProfile>,
     /// Frames one worker holds for re-clocking at most (2 KiB each); over it the frame due
@@ -205,6 +205,9 @@ pub struct RelayConfig {
     /// Ports of relayed sockets.
     pub port_range: PortRange,
     pub realm: String,
+    /// The residency zone this node serves (allocator policy). When set, REST credentials must
+    /// carry the claim `z=<zone>` or get 403; none by default.
+    pub zone: Option<String>,
     pub auth: AuthConfig,
     pub lifetimes: Lifetimes,
     pub quotas: Quotas,
@@ -228,6 +231,7 @@ impl Default for RelayConfig {
                 end: 65535,
             },
             realm: "veil".into(),
+            zone: None,
             auth: AuthConfig::default(),
             lifetimes: Lifetimes::default(),
             quotas: Quotas::default(),
@@ -462,6 +466,7 @@ impl RelayConfig {
             user_quota: self.quotas.per_user,
             total_quota: self.quotas.total,
             shaping_profiles: self.shaping.profiles.keys().cloned().collect(),
+            zone: self.zone.clone().filter(|z| !z.is_empty()),
         };
         let workers = if self.workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())

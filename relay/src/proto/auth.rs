@@ -107,30 +107,63 @@ pub enum UserError {
     Expired,
 }
 
-/// What identifies a user for quotas: the opaque id of a REST username when it has one (so that
-/// minting new credentials does not reset a user's quota), else the whole username. A REST
-/// username is `<expiry>`, `<expiry>:<id>` or `<expiry>:<id>:<shaping profile>`.
+/// Splits a REST username `<expiry>:<id>` into (expiry digits, id); None for other usernames.
+/// The id may carry claims after the user: `alice;z=eu;s=voice`.
+fn rest_parts(username: &str) -> Option<(&str, &str)> {
+    let (ts, id) = username.split_once(':')?;
+    (!ts.is_empty() && ts.bytes().all(|b| b.is_ascii_digit()) && !id.is_empty()).then_some((ts, id))
+}
+
+/// True if the username has the TURN REST API form (`<expiry>` or `<expiry>:<id>`).
+pub fn is_rest_username(username: &str) -> bool {
+    username.bytes().all(|b| b.is_ascii_digit()) && !username.is_empty()
+        || rest_parts(username).is_some()
+}
+
+/// What identifies a user for quotas: the user part of a REST username's id when it has one (so
+/// that minting new credentials does not reset a user's quota), else the whole username.
 pub fn quota_key(username: &str) -> &str {
-    match username.split_once(':') {
-        Some((ts, rest)) if ts.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty() => {
-            match rest.split_once(':') {
-                Some((id, _profile)) if !id.is_empty() => id,
-                _ => rest,
-            }
-        }
-        _ => username,
+    match rest_parts(username) {
+        Some((_, id)) => match id.split_once(';') {
+            Some((user, _)) if !user.is_empty() => user,
+            _ => id,
+        },
+        None => username,
     }
 }
 
-/// The shaping profile a REST username names (`<expiry>:<id>:<profile>`), if any. The username is
-/// covered by the credential's HMAC, so only whoever holds the secret (the allocator) chooses it.
+/// A claim `key=value` in a REST username's id (`<expiry>:<user>;z=eu;s=voice`). The username is
+/// covered by the credential's HMAC, so only the holder of the secret (the allocator) sets claims.
+/// Claims used: `z` the zone the credential is valid in, `s` the shaping profile.
+pub fn claim<'a>(username: &'a str, key: &str) -> Option<&'a str> {
+    let (_, id) = rest_parts(username)?;
+    id.split(';').skip(1).find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, v)| *k == key && !v.is_empty())
+            .map(|(_, v)| v)
+    })
+}
+
+/// The shaping profile a credential selects, if any.
 pub fn shaping_profile(username: &str) -> Option<&str> {
-    let (ts, rest) = username.split_once(':')?;
-    if !ts.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+    claim(username, "s")
+}
+
+/// The zone a credential is valid in, if it says.
+pub fn zone_claim(username: &str) -> Option<&str> {
+    claim(username, "z")
+}
+
+/// Writes a REST username with claims: `<expiry>:<user>;k=v;...`.
+pub fn username_with_claims(expiry: u64, user: &str, claims: &[(&str, &str)]) -> String {
+    let mut u = format!("{expiry}:{user}");
+    for (k, v) in claims {
+        u.push(';');
+        u.push_str(k);
+        u.push('=');
+        u.push_str(v);
     }
-    let (_, profile) = rest.split_once(':')?;
-    (!profile.is_empty()).then_some(profile)
+    u
 }
 
 /// The credential sources of a node. Replaced as a whole on reload.
@@ -342,10 +375,19 @@ mod tests {
         assert_eq!(quota_key("1700000000"), "1700000000");
         assert_eq!(quota_key("alice"), "alice");
         assert_eq!(quota_key("x:y"), "x:y");
-        assert_eq!(quota_key("1700000000:alice:voice"), "alice");
-        assert_eq!(shaping_profile("1700000000:alice:voice"), Some("voice"));
+        let u = username_with_claims(1700000000, "alice", &[("z", "eu"), ("s", "voice")]);
+        assert_eq!(u, "1700000000:alice;z=eu;s=voice");
+        assert_eq!(quota_key(&u), "alice");
+        assert_eq!(shaping_profile(&u), Some("voice"));
+        assert_eq!(zone_claim(&u), Some("eu"));
         assert_eq!(shaping_profile("1700000000:alice"), None);
-        assert_eq!(shaping_profile("alice:x:voice"), None);
+        assert_eq!(
+            zone_claim("alice;z=eu"),
+            None,
+            "claims only in REST usernames"
+        );
+        assert_eq!(zone_claim("1700000000:alice;z="), None);
+        assert!(is_rest_username("1700000000") && is_rest_username(&u) && !is_rest_username("dev"));
     }
 
     #[test]

@@ -128,6 +128,9 @@ pub struct ServerConfig {
     /// Names of the shaping profiles a credential may select; profile `i + 1` is
     /// `shaping_profiles[i]`, 0 the node's default.
     pub shaping_profiles: Vec<String>,
+    /// The residency zone this node serves. When set, a REST credential must carry the claim
+    /// `z=<zone>` (the allocator mints it); others get 403. Static development users are exempt.
+    pub zone: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -145,6 +148,7 @@ impl Default for ServerConfig {
             user_quota: 10,
             total_quota: 100_000,
             shaping_profiles: Vec::new(),
+            zone: None,
         }
     }
 }
@@ -920,6 +924,13 @@ impl Server {
         };
         let granted = self.lifetime(lifetime);
         let username: Box<str> = std::str::from_utf8(m.value_of(m.username)?).ok()?.into();
+        if let Some(zone) = &cfg.zone
+            && auth::is_rest_username(&username)
+            && auth::zone_claim(&username) != Some(zone.as_str())
+        {
+            tracing::debug!("credential not valid in this zone");
+            return self.error(out, m, 403, seal);
+        }
         let quota_key: Box<str> = auth::quota_key(&username).into();
         let profile = match auth::shaping_profile(&username) {
             None => 0,

@@ -1339,9 +1339,9 @@ fn a_credential_selects_its_shaping_profile() {
     cfg.shaping_profiles = vec!["bulk".into(), "voice".into()];
     let (mut s, mut env, clock) = (server_with(cfg), FakeEnv::default(), Clock::new());
     for (port, username, want) in [
-        (40000u16, format!("{}:a:voice", T0 + 60), 2u8),
+        (40000u16, format!("{}:a;s=voice", T0 + 60), 2u8),
         (40001, format!("{}:b", T0 + 60), 0),
-        (40002, format!("{}:c:nonexistent", T0 + 60), 0),
+        (40002, format!("{}:c;s=nonexistent", T0 + 60), 0),
     ] {
         let mut c = Client::new(port, username, SECRET);
         assert_eq!(
@@ -1368,5 +1368,54 @@ fn a_credential_selects_its_shaping_profile() {
         assert_eq!((d.client, d.profile), (c.key, want));
     }
     // The profile is part of the signed username: the quota still counts the id.
-    assert_eq!(auth::quota_key(&format!("{}:a:voice", T0)), "a");
+    assert_eq!(auth::quota_key(&format!("{}:a;s=voice", T0)), "a");
+}
+
+#[test]
+fn a_zoned_relay_accepts_only_credentials_for_its_zone() {
+    let mut cfg = config();
+    cfg.zone = Some("eu".into());
+    let creds = Credentials {
+        secrets: vec![SECRET.to_vec()],
+        static_users: vec![("dev".into(), "devpass".into())],
+    };
+    let shared = Shared::new(
+        cfg,
+        creds,
+        NonceKey::new(b"n"),
+        PeerFilter::new(&[], &[]),
+        Redactor::with_secret(b"r", false),
+    );
+    let mut s = Server::new(Arc::new(shared));
+    let (mut env, clock) = (FakeEnv::default(), Clock::new());
+    for (port, claims, want) in [
+        (40000u16, vec![("z", "eu")], None),
+        (40001, vec![("z", "us")], Some(403)),
+        (40002, vec![], Some(403)),
+        (40003, vec![("s", "voice"), ("z", "eu")], None),
+    ] {
+        let mut c = Client::new(
+            port,
+            auth::username_with_claims(T0 + 60, "u", &claims),
+            SECRET,
+        );
+        let r = c.allocate(&mut s, &mut env, &clock, &[]);
+        assert_eq!(code(&r), want, "{claims:?}");
+        if want.is_some() {
+            assert_eq!(
+                c.verify(&r),
+                Some(Integrity::Sha1),
+                "refused after authenticating: signed"
+            );
+        }
+    }
+    let mut dev = Client::rest(40009, "x");
+    dev.username = "dev".into();
+    dev.password = "devpass".into();
+    assert_eq!(
+        class(&dev.allocate(&mut s, &mut env, &clock, &[])),
+        Class::Success,
+        "static dev users are exempt"
+    );
+    assert_eq!(s.allocation_count(), 3);
 }
