@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use veil_relay::admin::AdminState;
 use veil_relay::config::{LogFormat, PortRange, RelayConfig, StaticUser, parse_secrets};
 use veil_relay::io::{Node, wait_for_shutdown_signal};
 use veil_relay::privacy::Redactor;
@@ -96,6 +97,9 @@ struct RelayArgs {
     /// Worker threads; 0 means one per CPU (default: 0).
     #[arg(long, value_name = "N", env = "VEIL_WORKERS")]
     workers: Option<usize>,
+    /// Admin HTTP endpoint (/healthz, /readyz, /status) on this address (default: off).
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
     /// SOFTWARE attribute for responses (default: none).
     #[arg(long)]
     software: Option<String>,
@@ -253,6 +257,9 @@ fn apply_flags(cfg: &mut RelayConfig, a: &RelayArgs) -> Result<()> {
     if let Some(v) = a.workers {
         cfg.workers = v;
     }
+    if let Some(v) = a.admin {
+        cfg.admin = Some(v);
+    }
     if let Some(v) = &a.software {
         cfg.software = Some(v.clone());
     }
@@ -323,6 +330,7 @@ fn relay(args: RelayArgs) -> Result<()> {
         resolved.filter.clone(),
         Redactor::new(resolved.log.personal_data),
     ));
+    let shared_for_admin = shared.clone();
     let node = Node::start(
         &resolved.listen,
         resolved.workers,
@@ -354,10 +362,41 @@ fn relay(args: RelayArgs) -> Result<()> {
         profiles = ?resolved.server.shaping_profiles,
         "relay ready"
     );
-    wait_for_shutdown_signal().context("waiting for a signal")?;
+    match resolved.admin {
+        None => wait_for_shutdown_signal().context("waiting for a signal")?,
+        Some(addr) => {
+            serve_admin_until_signal(addr, AdminState::new(shared_for_admin, &node.listen))?
+        }
+    }
     tracing::info!("shutting down");
     node.stop().context("stopping the workers")?;
     Ok(())
+}
+
+/// Serves the admin endpoint on the main thread until SIGINT or SIGTERM.
+fn serve_admin_until_signal(addr: SocketAddr, state: std::sync::Arc<AdminState>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("admin endpoint on {addr}"))?;
+        tracing::info!(%addr, "admin endpoint ready");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(veil_relay::admin::serve(listener, state, async {
+            let _ = rx.await;
+        }));
+        veil_relay::io::shutdown_signal()
+            .await
+            .context("waiting for a signal")?;
+        let _ = tx.send(());
+        server
+            .await
+            .context("admin task")?
+            .context("admin endpoint")?;
+        Ok(())
+    })
 }
 
 fn credentials(args: CredentialArgs) -> Result<()> {

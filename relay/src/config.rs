@@ -215,6 +215,9 @@ pub struct RelayConfig {
     pub shaping: ShapingConfig,
     /// Worker threads, each with its own sockets and allocations. 0: one per CPU.
     pub workers: usize,
+    /// Admin HTTP endpoint (`/healthz`, `/readyz`, `/status`) for probes and the allocator;
+    /// off by default. Bind it to a private address.
+    pub admin: Option<SocketAddr>,
     /// SOFTWARE attribute sent in responses; none by default.
     pub software: Option<String>,
     pub log: LogConfig,
@@ -238,6 +241,7 @@ impl Default for RelayConfig {
             peers: Peers::default(),
             shaping: ShapingConfig::default(),
             workers: 0,
+            admin: None,
             software: None,
             log: LogConfig::default(),
         }
@@ -281,6 +285,7 @@ pub struct Resolved {
     /// Shaping policies: `[0]` the node's, then the named profiles in `server.shaping_profiles`
     /// order.
     pub shaping: Vec<Policy>,
+    pub admin: Option<SocketAddr>,
     /// Things an operator should know at start (not errors).
     pub warnings: Vec<String>,
 }
@@ -527,6 +532,7 @@ impl RelayConfig {
             workers,
             log: self.log.clone(),
             shaping,
+            admin: self.admin,
             warnings,
         })
     }

@@ -30,6 +30,7 @@ macro_rules! serde_via_str {
     };
 }
 
+pub mod admin;
 pub mod config;
 pub mod io;
 pub mod privacy;

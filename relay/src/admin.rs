@@ -1,0 +1,161 @@
+//! The relay's admin HTTP endpoint, for the allocator's registry and for Kubernetes probes:
+//! `/healthz` (the process answers), `/readyz` (it accepts new allocations) and `/status` (zone,
+//! advertised TURN URIs, load and capacity as JSON). Counts only: never a client address or
+//! username. Bind it to a private address.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+
+use crate::proto::server::{ServerConfig, Shared};
+
+/// What `/status` reports.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    pub zone: Option<String>,
+    pub ready: bool,
+    pub draining: bool,
+    pub allocations: u32,
+    pub capacity: u32,
+    /// TURN URIs clients use to reach this node (`turn:IP:PORT?transport=udp`).
+    pub uris: Vec<String>,
+}
+
+/// The admin endpoint's view of the node.
+pub struct AdminState {
+    core: Arc<Shared>,
+    uris: Vec<String>,
+    draining: AtomicBool,
+}
+
+/// The URIs clients reach a node on: each listen address, with an unspecified IP replaced by the
+/// advertised relay IP of its family.
+pub fn turn_uris(listen: &[SocketAddr], cfg: &ServerConfig) -> Vec<String> {
+    listen
+        .iter()
+        .filter_map(|l| {
+            let relay = if l.is_ipv4() {
+                cfg.relay_v4
+            } else {
+                cfg.relay_v6
+            };
+            let ip = match (l.ip().is_unspecified(), relay) {
+                (false, Some(r)) if r.bind == l.ip() => r.advertise,
+                (false, _) => l.ip(),
+                (true, Some(r)) => r.advertise,
+                (true, None) => return None,
+            };
+            let host = match ip {
+                IpAddr::V4(v4) => v4.to_string(),
+                IpAddr::V6(v6) => format!("[{v6}]"),
+            };
+            Some(format!("turn:{host}:{}?transport=udp", l.port()))
+        })
+        .collect()
+}
+
+impl AdminState {
+    pub fn new(core: Arc<Shared>, listen: &[SocketAddr]) -> Arc<Self> {
+        let uris = turn_uris(listen, &core.config);
+        Arc::new(AdminState {
+            core,
+            uris,
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Stops advertising readiness (new allocations still work until the node stops).
+    pub fn set_draining(&self, v: bool) {
+        self.draining.store(v, Ordering::Relaxed);
+    }
+
+    pub fn status(&self) -> Status {
+        let cfg = &self.core.config;
+        let allocations = self.core.allocations();
+        let draining = self.draining.load(Ordering::Relaxed);
+        Status {
+            zone: cfg.zone.clone(),
+            ready: !draining && allocations < cfg.total_quota,
+            draining,
+            allocations,
+            capacity: cfg.total_quota,
+            uris: self.uris.clone(),
+        }
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    if s.status().ready {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn status(State(s): State<Arc<AdminState>>) -> Json<Status> {
+    Json(s.status())
+}
+
+/// The admin routes.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .with_state(state)
+}
+
+/// Serves the admin endpoint until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AdminState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::server::RelayAddr;
+
+    #[test]
+    fn uris_use_advertised_addresses() {
+        let cfg = ServerConfig {
+            relay_v4: Some(RelayAddr {
+                bind: "10.0.0.5".parse().unwrap(),
+                advertise: "203.0.113.5".parse().unwrap(),
+            }),
+            relay_v6: Some(RelayAddr {
+                bind: "::1".parse().unwrap(),
+                advertise: "::1".parse().unwrap(),
+            }),
+            ..ServerConfig::default()
+        };
+        let listen: Vec<SocketAddr> = vec![
+            "0.0.0.0:3478".parse().unwrap(),
+            "10.0.0.5:3479".parse().unwrap(),
+            "[::1]:3478".parse().unwrap(),
+        ];
+        assert_eq!(
+            turn_uris(&listen, &cfg),
+            vec![
+                "turn:203.0.113.5:3478?transport=udp",
+                "turn:203.0.113.5:3479?transport=udp",
+                "turn:[::1]:3478?transport=udp"
+            ]
+        );
+    }
+}
