@@ -36,6 +36,9 @@ enum Command {
     Relay(Box<RelayArgs>),
     /// Print a TURN REST API username and password minted from a secret.
     Credentials(CredentialArgs),
+    /// Run the geo-aware allocator: places clients on relays of their residency zones and hands
+    /// out ICE server configs with short-lived credentials.
+    Allocator(AllocatorArgs),
 }
 
 /// Every setting of the config file, as flags; a flag overrides the file. Defaults are those of
@@ -156,6 +159,16 @@ fn parse_log_format(s: &str) -> Result<LogFormat, String> {
 }
 
 #[derive(Args)]
+struct AllocatorArgs {
+    /// YAML config file (listen, api_keys, secret_files, policy, relays...).
+    #[arg(long, env = "VEIL_ALLOCATOR_CONFIG")]
+    config: PathBuf,
+    /// Log format: text or json (default: text).
+    #[arg(long = "log-format", value_name = "FORMAT", value_parser = parse_log_format)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Args)]
 struct CredentialArgs {
     /// Secret file (one secret per line; the first one signs).
     #[arg(long = "secret-file", value_name = "FILE")]
@@ -202,6 +215,7 @@ fn main() {
     let result = match cli.command {
         Command::Relay(args) => relay(*args),
         Command::Credentials(args) => credentials(args),
+        Command::Allocator(args) => allocator(args),
     };
     if let Err(e) = result {
         eprintln!("veil: {e:#}");
@@ -397,6 +411,26 @@ fn serve_admin_until_signal(addr: SocketAddr, state: std::sync::Arc<AdminState>)
             .context("admin endpoint")?;
         Ok(())
     })
+}
+
+fn allocator(args: AllocatorArgs) -> Result<()> {
+    use veil_allocator::service::{AllocatorConfig, App, run};
+    let cfg = AllocatorConfig::load(&args.config)?;
+    init_logging(args.log_format.unwrap_or_default());
+    if cfg.geo_db.is_none() {
+        tracing::warn!("no geo_db: using the embedded demo DB, which only knows loopback ranges");
+    }
+    let app = App::new(cfg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(app, async {
+        let _ = veil_relay::io::shutdown_signal().await;
+        tracing::info!("shutting down");
+    }))
+    .context("allocator")?;
+    Ok(())
 }
 
 fn credentials(args: CredentialArgs) -> Result<()> {

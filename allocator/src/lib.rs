@@ -8,3 +8,4 @@
 //! client address.
 
 pub mod placement;
+pub mod service;

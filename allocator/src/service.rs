@@ -1,0 +1,616 @@
+//! The allocator service: configuration, the relay registry (health polling) and the HTTP API.
+//!
+//! * `POST /v1/ice-servers` `{call_id?, ttl?, user?, client_ip?}` → an `RTCConfiguration`-shaped
+//!   answer: `{"iceServers": [{urls, username, credential}], "iceTransportPolicy": "relay",
+//!   "expiresAt", "zone"}`.
+//! * `GET /turn?service=turn&username=U` → the TURN REST API draft's `{username, password, ttl,
+//!   uris}`.
+//! * `GET /v1/audit?from=&to=` → placements per (client region, zone) per hour: counts only.
+//! * `GET /healthz`.
+//!
+//! Callers authenticate with a bearer API key. The client address is the connection's; a backend
+//! key may pass `client_ip` for its user, and `X-Forwarded-For` is honoured only from configured
+//! trusted proxies. Client addresses are used for the decision and forgotten: never logged, never
+//! stored.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use veil_geo::policy::{DistanceModel, Policy, PolicyConfig};
+use veil_geo::{GeoDb, Location, ReloadingGeo};
+use veil_relay::admin::Status;
+use veil_relay::proto::auth;
+
+use crate::placement::{ClientFacts, RelayView, Scoring, place};
+
+/// One relay the allocator knows of.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayEntry {
+    /// Its name in the policy's zones.
+    pub name: String,
+    /// Its admin endpoint, `host:port`.
+    pub admin: String,
+    /// Where it is, for distance.
+    #[serde(default)]
+    pub latitude: Option<f64>,
+    #[serde(default)]
+    pub longitude: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub key: String,
+    /// A backend may pass the end user's `client_ip`.
+    #[serde(default)]
+    pub backend: bool,
+}
+
+/// `allocator.yaml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocatorConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    pub api_keys: Vec<ApiKey>,
+    /// Files of the relays' TURN REST secrets (one per line; the first one signs).
+    pub secret_files: Vec<PathBuf>,
+    /// Credential lifetime in seconds (a request may ask for less).
+    #[serde(default = "default_ttl")]
+    pub ttl: u64,
+    /// MaxMind DB file; none: the embedded demo DB (loopback ranges only).
+    #[serde(default)]
+    pub geo_db: Option<PathBuf>,
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub distance: DistanceModel,
+    pub relays: Vec<RelayEntry>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    #[serde(default = "default_poll_ms")]
+    pub poll_interval_ms: u64,
+    /// Missed polls before a relay is down, good ones before it is up again.
+    #[serde(default = "default_down")]
+    pub down_after: u32,
+    #[serde(default = "default_up")]
+    pub up_after: u32,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8480))
+}
+fn default_ttl() -> u64 {
+    600
+}
+fn default_poll_ms() -> u64 {
+    1000
+}
+fn default_down() -> u32 {
+    3
+}
+fn default_up() -> u32 {
+    2
+}
+
+/// What is wrong with the allocator's configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    Yaml { path: String, message: String },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid `{field}`: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+impl AllocatorConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        serde_saphyr::from_str(&text).map_err(|e| ConfigError::Yaml {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Tracked {
+    entry: RelayEntry,
+    view: RelayView,
+    uris: Vec<String>,
+    good: u32,
+    bad: u32,
+}
+
+/// Placements per (hour, client region, zone).
+type Audit = BTreeMap<(u64, String, String), u64>;
+
+/// The running service's state.
+pub struct App {
+    cfg: AllocatorConfig,
+    policy: Policy,
+    geo: ReloadingGeo,
+    secret: Vec<u8>,
+    relays: RwLock<Vec<Tracked>>,
+    audit: Mutex<Audit>,
+}
+
+/// An API error: JSON `{code, message}`.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.0,
+            Json(serde_json::json!({"code": self.1, "message": self.2})),
+        )
+            .into_response()
+    }
+}
+
+impl App {
+    /// Checks the configuration and builds the service state.
+    pub fn new(cfg: AllocatorConfig) -> Result<Arc<App>, ConfigError> {
+        let invalid = |field, message: String| ConfigError::Invalid { field, message };
+        let policy =
+            Policy::new(cfg.policy.clone()).map_err(|e| invalid("policy", e.to_string()))?;
+        if cfg.api_keys.iter().any(|k| k.key.len() < 16) || cfg.api_keys.is_empty() {
+            return Err(invalid(
+                "api_keys",
+                "at least one key, each at least 16 characters".into(),
+            ));
+        }
+        let mut secret = None;
+        for p in &cfg.secret_files {
+            let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
+                path: p.display().to_string(),
+                source,
+            })?;
+            if secret.is_none() {
+                secret = veil_relay::config::parse_secrets(&text).into_iter().next();
+            }
+        }
+        let secret = secret.ok_or_else(|| invalid("secret_files", "no secret found".into()))?;
+        for r in &cfg.relays {
+            if policy.zone_of(&r.name).is_none() {
+                return Err(invalid(
+                    "relays",
+                    format!("`{}` is in no zone of the policy", r.name),
+                ));
+            }
+        }
+        if cfg.ttl == 0 || cfg.ttl > 86_400 {
+            return Err(invalid("ttl", "between 1 and 86400 seconds".into()));
+        }
+        let geo = match &cfg.geo_db {
+            Some(p) => ReloadingGeo::open(p).map_err(|e| invalid("geo_db", e.to_string()))?,
+            None => {
+                ReloadingGeo::fixed(GeoDb::demo().map_err(|e| invalid("geo_db", e.to_string()))?)
+            }
+        };
+        let relays = cfg
+            .relays
+            .iter()
+            .map(|e| Tracked {
+                entry: e.clone(),
+                view: RelayView {
+                    name: e.name.clone(),
+                    zone: policy.zone_of(&e.name).unwrap_or_default().to_string(),
+                    healthy: false,
+                    draining: false,
+                    load: 0,
+                    capacity: 0,
+                    location: Location {
+                        coords: e.latitude.zip(e.longitude),
+                        ..Location::default()
+                    },
+                },
+                uris: Vec::new(),
+                good: 0,
+                bad: 0,
+            })
+            .collect();
+        Ok(Arc::new(App {
+            cfg,
+            policy,
+            geo,
+            secret,
+            relays: RwLock::new(relays),
+            audit: Mutex::default(),
+        }))
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<&ApiKey, ApiError> {
+        let token = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "a bearer API key is required".into(),
+                )
+            })?;
+        self.cfg
+            .api_keys
+            .iter()
+            .find(|k| veil_relay::proto::stun::ct_eq(k.key.as_bytes(), token.as_bytes()))
+            .ok_or_else(|| {
+                ApiError(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "unknown API key".into(),
+                )
+            })
+    }
+
+    /// The client's address: a backend's `client_ip`, else `X-Forwarded-For`'s last hop before
+    /// our trusted proxies, else the connection's peer.
+    fn client_ip(
+        &self,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+        key: &ApiKey,
+        given: Option<&str>,
+    ) -> Result<IpAddr, ApiError> {
+        if let Some(ip) = given {
+            if !key.backend {
+                return Err(ApiError(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "only backend keys may pass client_ip".into(),
+                ));
+            }
+            return ip.parse().map_err(|_| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "client_ip is not an IP address".into(),
+                )
+            });
+        }
+        let trusted = |ip: &IpAddr| self.cfg.trusted_proxies.iter().any(|n| n.contains(ip));
+        let mut ip = peer.ip();
+        if trusted(&ip)
+            && let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())
+        {
+            for hop in xff.rsplit(',').map(str::trim) {
+                match hop.parse::<IpAddr>() {
+                    Ok(h) if trusted(&h) => ip = h,
+                    Ok(h) => return Ok(h),
+                    Err(_) => break,
+                }
+            }
+        }
+        Ok(ip)
+    }
+
+    fn allocate(&self, ip: IpAddr, req: &IceRequest) -> Result<IceAnswer, ApiError> {
+        let location = self.geo.get().lookup(ip);
+        let relays = self.relays.read().unwrap_or_else(|e| e.into_inner());
+        let views: Vec<RelayView> = relays.iter().map(|t| t.view.clone()).collect();
+        let facts = ClientFacts {
+            ip,
+            location,
+            call_id: req.call_id.as_deref(),
+        };
+        let scoring = Scoring {
+            distance: self.cfg.distance.clone(),
+            ..Scoring::default()
+        };
+        let placement = place(&facts, &views, &self.policy, &scoring)
+            .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, "no_relay", e.to_string()))?;
+        let primary = &relays[placement.primary];
+        let zone = primary.view.zone.clone();
+        let ttl = req.ttl.unwrap_or(self.cfg.ttl).clamp(60, self.cfg.ttl);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let user = match &req.user {
+            Some(u)
+                if !u.is_empty()
+                    && u.len() <= 64
+                    && u.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
+                u.clone()
+            }
+            Some(_) => {
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "user: 1-64 of [A-Za-z0-9_-]".into(),
+                ));
+            }
+            None => random_id(),
+        };
+        let username = auth::username_with_claims(now + ttl, &user, &[("z", &zone)]);
+        let (username, password) = auth::mint_username(&self.secret, username);
+        let mut urls = primary.uris.clone();
+        if let Some(b) = placement.backup
+            && relays[b].view.zone == zone
+        {
+            // A backup in the same zone accepts the same credential.
+            urls.extend(relays[b].uris.iter().cloned());
+        }
+        let region = location
+            .country
+            .map_or_else(|| "unknown".to_string(), |c| c.to_string());
+        *self
+            .audit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((now / 3600 * 3600, region, zone.clone()))
+            .or_insert(0) += 1;
+        Ok(IceAnswer {
+            ice_servers: vec![IceServer {
+                urls,
+                username,
+                credential: password,
+            }],
+            ice_transport_policy: "relay",
+            expires_at: now + ttl,
+            zone,
+        })
+    }
+
+    /// Polls every relay's `/status` once and updates its health.
+    pub async fn poll_once(&self) {
+        let entries: Vec<RelayEntry> = self
+            .relays
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|t| t.entry.clone())
+            .collect();
+        for (i, e) in entries.iter().enumerate() {
+            let status = fetch_status(&e.admin).await;
+            let mut relays = self.relays.write().unwrap_or_else(|e| e.into_inner());
+            let t = &mut relays[i];
+            match status {
+                Some(s) if s.zone.as_deref() == Some(t.view.zone.as_str()) => {
+                    t.good += 1;
+                    t.bad = 0;
+                    t.view.load = s.allocations;
+                    t.view.capacity = s.capacity;
+                    t.view.draining = s.draining || !s.ready;
+                    t.uris = s.uris;
+                    if !t.view.healthy && t.good >= self.cfg.up_after {
+                        tracing::info!(relay = %t.view.name, "relay up");
+                        t.view.healthy = true;
+                    }
+                }
+                other => {
+                    if other.is_some() {
+                        tracing::warn!(relay = %t.view.name, "relay reports another zone than the policy's; not used");
+                    }
+                    t.bad += 1;
+                    t.good = 0;
+                    if t.view.healthy && t.bad >= self.cfg.down_after {
+                        tracing::warn!(relay = %t.view.name, "relay down");
+                        t.view.healthy = false;
+                    }
+                    if other.is_some() {
+                        t.view.healthy = false;
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.geo.reload_if_changed() {
+            tracing::warn!(error = %e, "geo DB reload failed; keeping the previous one");
+        }
+    }
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// GETs `http://{admin}/status` with a 1 s budget. A tiny HTTP/1.1 client: the admin endpoint is
+/// plain HTTP on a private network and this is all the allocator asks of it.
+async fn fetch_status(admin: &str) -> Option<Status> {
+    let go = async {
+        let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
+        let req = format!("GET /status HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::with_capacity(1024);
+        (&mut s).take(64 * 1024).read_to_end(&mut buf).await.ok()?;
+        let text = std::str::from_utf8(&buf).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        if !head.starts_with("HTTP/1.1 200") {
+            return None;
+        }
+        serde_json::from_str::<Status>(body).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(1), go)
+        .await
+        .ok()
+        .flatten()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceRequest {
+    pub call_id: Option<String>,
+    pub ttl: Option<u64>,
+    pub user: Option<String>,
+    pub client_ip: Option<String>,
+    /// Accepted for forward compatibility; only UDP exists today.
+    pub transports: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    pub username: String,
+    pub credential: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceAnswer {
+    pub ice_servers: Vec<IceServer>,
+    pub ice_transport_policy: &'static str,
+    pub expires_at: u64,
+    pub zone: String,
+}
+
+async fn ice_servers(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<IceAnswer>, ApiError> {
+    let key = app.authorize(&headers)?;
+    let req: IceRequest = if body.is_empty() {
+        IceRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?
+    };
+    let ip = app.client_ip(peer, &headers, key, req.client_ip.as_deref())?;
+    app.allocate(ip, &req).map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+struct TurnQuery {
+    service: Option<String>,
+    username: Option<String>,
+    client_ip: Option<String>,
+}
+
+async fn turn_rest(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<TurnQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = app.authorize(&headers)?;
+    if q.service.as_deref() != Some("turn") {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "service=turn is required".into(),
+        ));
+    }
+    let ip = app.client_ip(peer, &headers, key, q.client_ip.as_deref())?;
+    let req = IceRequest {
+        user: q.username,
+        ..IceRequest::default()
+    };
+    let a = app.allocate(ip, &req)?;
+    let s = &a.ice_servers[0];
+    let ttl = a.expires_at.saturating_sub(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    );
+    Ok(Json(
+        serde_json::json!({"username": s.username, "password": s.credential, "ttl": ttl, "uris": s.urls}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    from: Option<u64>,
+    to: Option<u64>,
+}
+
+async fn audit(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.authorize(&headers)?;
+    let (from, to) = (q.from.unwrap_or(0), q.to.unwrap_or(u64::MAX));
+    let audit = app.audit.lock().unwrap_or_else(|e| e.into_inner());
+    let mut totals: HashMap<(String, String), u64> = HashMap::new();
+    for ((hour, region, zone), n) in audit.iter() {
+        if *hour >= from / 3600 * 3600 && *hour <= to {
+            *totals.entry((region.clone(), zone.clone())).or_insert(0) += n;
+        }
+    }
+    let mut rows: Vec<_> = totals
+        .into_iter()
+        .map(|((region, zone), n)| serde_json::json!({"client_region": region, "zone": zone, "placements": n}))
+        .collect();
+    rows.sort_by_key(|r| r.to_string());
+    Ok(Json(
+        serde_json::json!({"from": from, "to": to, "flows": rows}),
+    ))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn not_found() -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint".into(),
+    )
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/ice-servers", post(ice_servers))
+        .route("/turn", get(turn_rest))
+        .route("/v1/audit", get(audit))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+/// Runs the allocator until `shutdown` resolves.
+pub async fn run(
+    app: Arc<App>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(app.cfg.listen).await?;
+    tracing::info!(listen = %app.cfg.listen, relays = app.cfg.relays.len(), "allocator ready");
+    let poller = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval(Duration::from_millis(app.cfg.poll_interval_ms.max(100)));
+            loop {
+                tick.tick().await;
+                app.poll_once().await;
+            }
+        })
+    };
+    let r = axum::serve(
+        listener,
+        router(app).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    poller.abort();
+    r
+}

@@ -1,0 +1,361 @@
+//! End-to-end: `veil allocator` with three relays in two zones on loopback, the embedded demo geo
+//! DB (127.0.1.0/24 is DE, 127.0.2.0/24 is US), and the webrtc-rs client using what it hands out.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Relay, start_relay};
+use turn::client::{Client, ClientConfig};
+use webrtc_util::Conn;
+
+const KEY: &str = "backend-key-0123456789";
+const WEB_KEY: &str = "browser-key-0123456789";
+
+struct Allocator(Child);
+
+impl Drop for Allocator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP/1.1 request; returns (status, body).
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+}
+
+fn zoned_relay(ports: &str, zone: &str) -> (Relay, SocketAddr) {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let relay = start_relay(
+        ports,
+        &[
+            "--zone",
+            zone,
+            "--admin",
+            &admin.to_string(),
+            "--allow-peer",
+            "127.0.0.0/8",
+        ],
+    );
+    (relay, admin)
+}
+
+/// Asks for ICE servers for a client at `ip`; (status, body).
+fn ice(alloc: SocketAddr, ip: &str, call: Option<&str>) -> (u16, serde_json::Value) {
+    let call = call.map_or(String::new(), |c| format!(",\"call_id\":\"{c}\""));
+    let (st, body) = http(
+        alloc,
+        "POST",
+        "/v1/ice-servers",
+        Some(KEY),
+        &format!("{{\"client_ip\":\"{ip}\"{call}}}"),
+    );
+    (st, json(&body))
+}
+
+/// Which relay (by name) the first URI of an answer points at.
+fn relay_of(answer: &serde_json::Value, relays: &[(&str, u16)]) -> String {
+    let url = answer["iceServers"][0]["urls"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    relays
+        .iter()
+        .find(|(_, p)| *p == port)
+        .map(|(n, _)| n.to_string())
+        .unwrap_or(url)
+}
+
+async fn allocate_with(relay: &Relay, user: &str, pass: &str) -> Result<(), String> {
+    let conn = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let client = Client::new(ClientConfig {
+        stun_serv_addr: relay.addr.to_string(),
+        turn_serv_addr: relay.addr.to_string(),
+        username: user.into(),
+        password: pass.into(),
+        realm: String::new(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(conn),
+        vnet: None,
+    })
+    .await
+    .unwrap();
+    client.listen().await.unwrap();
+    let r = match client.allocate().await {
+        Ok(c) => {
+            c.close().await.unwrap();
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    client.close().await.unwrap();
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocator_places_by_residency_and_relays_enforce_it() {
+    let (eu1, eu1_admin) = zoned_relay("33000-33099", "eu");
+    let (eu2, eu2_admin) = zoned_relay("33100-33199", "eu");
+    let (us1, us1_admin) = zoned_relay("33200-33299", "us");
+    let names = [
+        ("eu-1", eu1.addr.port()),
+        ("eu-2", eu2.addr.port()),
+        ("us-1", us1.addr.port()),
+    ];
+    let alloc: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let cfg = eu1.dir.0.join("allocator.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: {alloc}\n\
+             api_keys: [{{key: {KEY}, backend: true}}, {{key: {WEB_KEY}}}]\n\
+             secret_files: [{secrets}]\n\
+             ttl: 600\n\
+             poll_interval_ms: 200\n\
+             down_after: 2\n\
+             up_after: 1\n\
+             policy:\n  zones: {{eu: {{relays: [eu-1, eu-2]}}, us: {{relays: [us-1]}}}}\n  \
+             rules: [{{match: {{continent: EU}}, zones: [eu]}}, {{match: {{country: US}}, zones: [us]}}]\n  default: [us]\n\
+             relays:\n  - {{name: eu-1, admin: \"{eu1_admin}\", latitude: 50.1, longitude: 8.7}}\n  \
+             - {{name: eu-2, admin: \"{eu2_admin}\", latitude: 48.9, longitude: 2.4}}\n  \
+             - {{name: us-1, admin: \"{us1_admin}\", latitude: 39.0, longitude: -77.5}}\n",
+            secrets = eu1.dir.0.join("secrets").display()
+        ),
+    )
+    .unwrap();
+    let _allocator = Allocator(
+        Command::new(env!("CARGO_BIN_EXE_veil"))
+            .args(["allocator", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Ready when a German client gets an answer (the relays' first poll has come back).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let de = loop {
+        if TcpStream::connect(alloc).is_ok() {
+            let (st, body) = ice(alloc, "127.0.1.5", None);
+            if st == 200 {
+                break body;
+            }
+        }
+        assert!(Instant::now() < deadline, "allocator not ready in 15 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(de["zone"], "eu");
+    assert_eq!(de["iceTransportPolicy"], "relay");
+    let de_relay = relay_of(&de, &names);
+    assert!(de_relay.starts_with("eu-"), "{de}");
+    let user = de["iceServers"][0]["username"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pass = de["iceServers"][0]["credential"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(user.ends_with(";z=eu"), "{user}");
+
+    // The credential works on its zone's relay and is refused by the other zone's.
+    let home = if de_relay == "eu-1" { &eu1 } else { &eu2 };
+    allocate_with(home, &user, &pass)
+        .await
+        .expect("works on the EU relay");
+    let e = allocate_with(&us1, &user, &pass)
+        .await
+        .expect_err("refused by the US relay");
+    assert!(e.contains("403"), "{e}");
+
+    let (st, us) = ice(alloc, "127.0.2.9", None);
+    assert_eq!((st, us["zone"].as_str()), (200, Some("us")));
+    assert_eq!(relay_of(&us, &names), "us-1");
+
+    // Both parties of a call share a relay.
+    let (_, a) = ice(alloc, "127.0.1.20", Some("call-42"));
+    let (_, b) = ice(alloc, "127.0.7.20", Some("call-42"));
+    assert_eq!(
+        relay_of(&a, &names),
+        relay_of(&b, &names),
+        "a DE and a FR party of one call"
+    );
+
+    // API errors are JSON with a code; bad input is refused, not a crash.
+    let (st, body) = http(alloc, "POST", "/v1/ice-servers", None, "{}");
+    assert_eq!(
+        (st, json(&body)["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (st, body) = http(
+        alloc,
+        "POST",
+        "/v1/ice-servers",
+        Some(WEB_KEY),
+        "{\"client_ip\":\"127.0.1.1\"}",
+    );
+    assert_eq!(
+        (st, json(&body)["code"].as_str()),
+        (403, Some("forbidden")),
+        "only backends pass client_ip"
+    );
+    let (st, body) = http(
+        alloc,
+        "POST",
+        "/v1/ice-servers",
+        Some(KEY),
+        "{\"client_ip\":\"not-an-ip\"}",
+    );
+    assert_eq!(
+        (st, json(&body)["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+    let (st, _) = http(alloc, "POST", "/v1/ice-servers", Some(KEY), "{not json");
+    assert_eq!(st, 400);
+
+    // The TURN REST API draft's shape.
+    let (st, body) = http(
+        alloc,
+        "GET",
+        "/turn?service=turn&username=bob&client_ip=127.0.2.1",
+        Some(KEY),
+        "",
+    );
+    let t = json(&body);
+    assert_eq!(st, 200, "{body}");
+    assert!(t["username"].as_str().unwrap().contains(":bob;z=us"));
+    assert!(t["ttl"].as_u64().unwrap() > 500);
+    assert!(
+        t["uris"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("turn:127.0.0.1:")
+    );
+
+    // Audit: counts per (client region, zone), nothing else.
+    let (st, body) = http(alloc, "GET", "/v1/audit", Some(KEY), "");
+    assert_eq!(st, 200);
+    let flows = json(&body)["flows"].as_array().unwrap().clone();
+    let count = |region: &str, zone: &str| {
+        flows
+            .iter()
+            .find(|f| f["client_region"] == region && f["zone"] == zone)
+            .and_then(|f| f["placements"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(
+        count("DE", "eu") >= 2 && count("US", "us") >= 2 && count("FR", "eu") >= 1,
+        "{flows:?}"
+    );
+    assert_eq!(
+        count("DE", "us"),
+        0,
+        "no German client was ever placed in the US"
+    );
+    assert!(
+        !body.contains("127.0."),
+        "the audit holds no address: {body}"
+    );
+
+    // A relay goes down: German placements move to the other EU relay within
+    // down_after x poll interval (2 x 200 ms) plus a poll, never to the US.
+    let (gone, other) = if de_relay == "eu-1" {
+        (eu1, eu2)
+    } else {
+        (eu2, eu1)
+    };
+    drop(gone);
+    let started = Instant::now();
+    loop {
+        let (st, body) = ice(alloc, "127.0.1.5", None);
+        assert_eq!(st, 200, "{body}");
+        assert_eq!(body["zone"], "eu");
+        if relay_of(&body, &names) != de_relay {
+            assert_eq!(
+                relay_of(&body, &names),
+                if de_relay == "eu-1" { "eu-2" } else { "eu-1" }
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "placements did not move in 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let moved_after = started.elapsed();
+    assert!(
+        moved_after < Duration::from_secs(2),
+        "moved after {moved_after:?}"
+    );
+
+    // The whole EU zone down: a clear error, never a US relay.
+    drop(other);
+    let started = Instant::now();
+    loop {
+        let (st, body) = ice(alloc, "127.0.1.5", None);
+        if st == 503 {
+            assert_eq!(body["code"], "no_relay");
+            break;
+        }
+        assert_eq!(body["zone"], "eu", "never placed outside the allowed zone");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (st, body) = ice(alloc, "127.0.2.9", None);
+    assert_eq!(
+        (st, body["zone"].as_str()),
+        (200, Some("us")),
+        "other zones unaffected"
+    );
+    drop(us1);
+}
