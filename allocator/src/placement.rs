@@ -123,21 +123,22 @@ pub fn place(
         let load = r.load as f64 / r.capacity.max(1) as f64;
         scoring.distance.cost_ms(&client.location, &r.location) + scoring.load_penalty_ms * load
     };
-    let mut by_score = eligible.clone();
+    // Score each relay once, then sort (ties broken by name, so replicas agree).
+    let mut by_score: Vec<(f64, usize)> = eligible.iter().map(|&i| (score(i), i)).collect();
     by_score.sort_by(|a, b| {
-        score(*a)
-            .total_cmp(&score(*b))
-            .then(relays[*a].name.cmp(&relays[*b].name))
+        a.0.total_cmp(&b.0)
+            .then(relays[a.1].name.cmp(&relays[b.1].name))
     });
+    let by_score: Vec<usize> = by_score.into_iter().map(|(_, i)| i).collect();
     let primary = match client.call_id {
-        Some(call) => *eligible
+        Some(call) => eligible
             .iter()
+            .map(|&i| (rendezvous(call, &relays[i]), i))
             .max_by(|a, b| {
-                rendezvous(call, &relays[**a])
-                    .total_cmp(&rendezvous(call, &relays[**b]))
-                    .then(relays[**a].name.cmp(&relays[**b].name))
+                a.0.total_cmp(&b.0)
+                    .then(relays[a.1].name.cmp(&relays[b.1].name))
             })
-            .unwrap_or(&by_score[0]),
+            .map_or(by_score[0], |(_, i)| i),
         None => by_score[0],
     };
     let backup = by_score.iter().copied().find(|i| *i != primary);

@@ -614,3 +614,57 @@ pub async fn run(
     poller.abort();
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_its_policy_is_valid() {
+        let cfg: AllocatorConfig =
+            serde_saphyr::from_str(include_str!("../allocator.example.yaml"))
+                .expect("the example parses");
+        assert_eq!(cfg.listen, default_listen());
+        assert_eq!(
+            (cfg.ttl, cfg.poll_interval_ms, cfg.down_after, cfg.up_after),
+            (600, 1000, 3, 2)
+        );
+        let policy = Policy::new(cfg.policy.clone()).expect("the example policy is valid");
+        for r in &cfg.relays {
+            assert!(policy.zone_of(&r.name).is_some(), "{} is in a zone", r.name);
+        }
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let mut cfg: AllocatorConfig =
+            serde_saphyr::from_str(include_str!("../allocator.example.yaml")).unwrap();
+        cfg.secret_files = vec![];
+        cfg.api_keys = vec![ApiKey {
+            key: "short".into(),
+            backend: false,
+        }];
+        assert!(
+            App::new(cfg.clone())
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("api_keys")
+        );
+        cfg.api_keys = vec![ApiKey {
+            key: "long-enough-key-0123".into(),
+            backend: false,
+        }];
+        assert!(
+            App::new(cfg.clone())
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("secret_files")
+        );
+        let e = serde_saphyr::from_str::<AllocatorConfig>("listen: 127.0.0.1:1\nbogus: 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+}
