@@ -42,6 +42,10 @@ pub struct RelayEntry {
     pub name: String,
     /// Its admin endpoint, `host:port`.
     pub admin: String,
+    /// `admin` is a DNS name that resolves to every relay of a pool (a Kubernetes headless
+    /// service): each address is polled as a relay named `<name>/<ip>`, in `name`'s zone.
+    #[serde(default)]
+    pub dns: bool,
     /// Where it is, for distance.
     #[serde(default)]
     pub latitude: Option<f64>,
@@ -143,6 +147,29 @@ struct Tracked {
     bad: u32,
 }
 
+impl Tracked {
+    fn new(name: String, entry: RelayEntry, policy: &Policy) -> Tracked {
+        Tracked {
+            view: RelayView {
+                name,
+                zone: policy.zone_of(&entry.name).unwrap_or_default().to_string(),
+                healthy: false,
+                draining: false,
+                load: 0,
+                capacity: 0,
+                location: Location {
+                    coords: entry.latitude.zip(entry.longitude),
+                    ..Location::default()
+                },
+            },
+            entry,
+            uris: Vec::new(),
+            good: 0,
+            bad: 0,
+        }
+    }
+}
+
 /// Placements per (hour, client region, zone).
 type Audit = BTreeMap<(u64, String, String), u64>;
 
@@ -213,24 +240,8 @@ impl App {
         let relays = cfg
             .relays
             .iter()
-            .map(|e| Tracked {
-                entry: e.clone(),
-                view: RelayView {
-                    name: e.name.clone(),
-                    zone: policy.zone_of(&e.name).unwrap_or_default().to_string(),
-                    healthy: false,
-                    draining: false,
-                    load: 0,
-                    capacity: 0,
-                    location: Location {
-                        coords: e.latitude.zip(e.longitude),
-                        ..Location::default()
-                    },
-                },
-                uris: Vec::new(),
-                good: 0,
-                bad: 0,
-            })
+            .filter(|e| !e.dns)
+            .map(|e| Tracked::new(e.name.clone(), e.clone(), &policy))
             .collect();
         Ok(Arc::new(App {
             cfg,
@@ -377,19 +388,66 @@ impl App {
         })
     }
 
+    /// Resolves DNS pools into relays: new addresses join (down until polled), vanished ones
+    /// leave. A pool whose lookup fails keeps its relays; their polls decide.
+    async fn discover(&self) {
+        let mut targets: Vec<(String, RelayEntry)> = Vec::new();
+        let mut failed_pools: Vec<String> = Vec::new();
+        for e in self.cfg.relays.iter().filter(|e| e.dns) {
+            match tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio::net::lookup_host(e.admin.as_str()),
+            )
+            .await
+            {
+                Ok(Ok(addrs)) => {
+                    for a in addrs {
+                        let entry = RelayEntry {
+                            admin: a.to_string(),
+                            dns: false,
+                            ..e.clone()
+                        };
+                        targets.push((format!("{}/{}", e.name, a.ip()), entry));
+                    }
+                }
+                _ => failed_pools.push(e.name.clone()),
+            }
+        }
+        let mut relays = self.relays.write().unwrap_or_else(|e| e.into_inner());
+        relays.retain(|t| {
+            let from_pool = self
+                .cfg
+                .relays
+                .iter()
+                .any(|e| e.dns && e.name == t.entry.name);
+            !from_pool
+                || failed_pools.contains(&t.entry.name)
+                || targets.iter().any(|(n, _)| *n == t.view.name)
+        });
+        for (name, entry) in targets {
+            if !relays.iter().any(|t| t.view.name == name) {
+                tracing::info!(relay = %name, "relay discovered");
+                relays.push(Tracked::new(name, entry, &self.policy));
+            }
+        }
+    }
+
     /// Polls every relay's `/status` once and updates its health.
     pub async fn poll_once(&self) {
-        let entries: Vec<RelayEntry> = self
+        self.discover().await;
+        let targets: Vec<(String, String)> = self
             .relays
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|t| t.entry.clone())
+            .map(|t| (t.view.name.clone(), t.entry.admin.clone()))
             .collect();
-        for (i, e) in entries.iter().enumerate() {
-            let status = fetch_status(&e.admin).await;
+        for (name, admin) in targets {
+            let status = fetch_status(&admin).await;
             let mut relays = self.relays.write().unwrap_or_else(|e| e.into_inner());
-            let t = &mut relays[i];
+            let Some(t) = relays.iter_mut().find(|t| t.view.name == name) else {
+                continue;
+            };
             match status {
                 Some(s) if s.zone.as_deref() == Some(t.view.zone.as_str()) => {
                     t.good += 1;
@@ -406,14 +464,12 @@ impl App {
                 other => {
                     if other.is_some() {
                         tracing::warn!(relay = %t.view.name, "relay reports another zone than the policy's; not used");
+                        t.view.healthy = false;
                     }
                     t.bad += 1;
                     t.good = 0;
                     if t.view.healthy && t.bad >= self.cfg.down_after {
                         tracing::warn!(relay = %t.view.name, "relay down");
-                        t.view.healthy = false;
-                    }
-                    if other.is_some() {
                         t.view.healthy = false;
                     }
                 }
@@ -633,6 +689,70 @@ mod tests {
         for r in &cfg.relays {
             assert!(policy.zone_of(&r.name).is_some(), "{} is in a zone", r.name);
         }
+    }
+
+    /// A DNS pool (`localhost` resolves to loopback here) is expanded into relays polled by
+    /// address, in the pool's zone; an in-process relay admin endpoint answers.
+    #[tokio::test]
+    async fn dns_pools_become_relays() {
+        use veil_relay::admin::{AdminState, router};
+        use veil_relay::proto::auth::{Credentials, NonceKey};
+        use veil_relay::proto::peer_filter::PeerFilter;
+        use veil_relay::proto::server::{ServerConfig, Shared};
+
+        let shared = Arc::new(Shared::new(
+            ServerConfig {
+                zone: Some("us".into()),
+                ..ServerConfig::default()
+            },
+            Credentials::default(),
+            NonceKey::new(b"k"),
+            PeerFilter::new(&[], &[]),
+            veil_relay::privacy::Redactor::with_secret(b"r", false),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = AdminState::new(shared, &["127.0.0.1:3478".parse().unwrap()]);
+        tokio::spawn(async move { axum::serve(listener, router(state)).await });
+
+        let dir = std::env::temp_dir().join(format!("veil-alloc-dns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("s"), "secret-0123456789abcdef\n").unwrap();
+        let mut cfg: AllocatorConfig =
+            serde_saphyr::from_str(include_str!("../allocator.example.yaml")).unwrap();
+        cfg.secret_files = vec![dir.join("s")];
+        cfg.policy.zones.insert(
+            "us".into(),
+            veil_geo::policy::Zone {
+                relays: vec!["us-pool".into()],
+            },
+        );
+        cfg.relays = vec![RelayEntry {
+            name: "us-pool".into(),
+            admin: format!("localhost:{port}"),
+            dns: true,
+            latitude: None,
+            longitude: None,
+        }];
+        cfg.up_after = 1;
+        let app = App::new(cfg).unwrap();
+        app.poll_once().await;
+        let relays = app.relays.read().unwrap().clone();
+        let v4 = relays
+            .iter()
+            .find(|t| t.view.name == "us-pool/127.0.0.1")
+            .expect("discovered by address");
+        assert_eq!(v4.view.zone, "us");
+        assert!(v4.view.healthy, "its /status answered in the right zone");
+        assert_eq!(
+            v4.uris,
+            vec!["turn:127.0.0.1:3478?transport=udp".to_string()]
+        );
+        let a = app
+            .allocate("127.0.2.1".parse().unwrap(), &IceRequest::default())
+            .unwrap();
+        assert_eq!(a.zone, "us");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
