@@ -3,6 +3,8 @@
 //! * `veil relay` runs a relay node (config file and/or flags; flags win).
 //! * `veil credentials` mints TURN REST API credentials from a secret file.
 
+mod dev;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,6 +38,9 @@ enum Command {
     Relay(Box<RelayArgs>),
     /// Print a TURN REST API username and password minted from a secret.
     Credentials(CredentialArgs),
+    /// Run a local cluster on loopback: two relays in zones eu and us and an allocator with the
+    /// embedded demo geo DB. For trying veil; not for production.
+    Dev(dev::DevArgs),
     /// Run the geo-aware allocator: places clients on relays of their residency zones and hands
     /// out ICE server configs with short-lived credentials.
     Allocator(AllocatorArgs),
@@ -216,6 +221,7 @@ fn main() {
         Command::Relay(args) => relay(*args),
         Command::Credentials(args) => credentials(args),
         Command::Allocator(args) => allocator(args),
+        Command::Dev(args) => dev::run(args),
     };
     if let Err(e) = result {
         eprintln!("veil: {e:#}");
@@ -314,7 +320,7 @@ fn apply_flags(cfg: &mut RelayConfig, a: &RelayArgs) -> Result<()> {
     Ok(())
 }
 
-fn init_logging(format: LogFormat) {
+pub(crate) fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -337,22 +343,7 @@ fn relay(args: RelayArgs) -> Result<()> {
     for w in &resolved.warnings {
         tracing::warn!("{w}");
     }
-    let shared = Arc::new(Shared::new(
-        resolved.server.clone(),
-        resolved.credentials.clone(),
-        NonceKey::random(),
-        resolved.filter.clone(),
-        Redactor::new(resolved.log.personal_data),
-    ));
-    let shared_for_admin = shared.clone();
-    let node = Node::start(
-        &resolved.listen,
-        resolved.workers,
-        shared,
-        resolved.port_range,
-        resolved.shaping.clone(),
-    )
-    .context("starting the relay")?;
+    let (node, shared_for_admin) = start_node(&resolved)?;
     let relays: Vec<String> = [resolved.server.relay_v4, resolved.server.relay_v6]
         .iter()
         .flatten()
@@ -385,6 +376,26 @@ fn relay(args: RelayArgs) -> Result<()> {
     tracing::info!("shutting down");
     node.stop().context("stopping the workers")?;
     Ok(())
+}
+
+/// Starts a relay node's workers from a resolved configuration.
+pub(crate) fn start_node(resolved: &veil_relay::config::Resolved) -> Result<(Node, Arc<Shared>)> {
+    let shared = Arc::new(Shared::new(
+        resolved.server.clone(),
+        resolved.credentials.clone(),
+        NonceKey::random(),
+        resolved.filter.clone(),
+        Redactor::new(resolved.log.personal_data),
+    ));
+    let node = Node::start(
+        &resolved.listen,
+        resolved.workers,
+        shared.clone(),
+        resolved.port_range,
+        resolved.shaping.clone(),
+    )
+    .context("starting the relay")?;
+    Ok((node, shared))
 }
 
 /// Serves the admin endpoint on the main thread until SIGINT or SIGTERM.

@@ -143,9 +143,9 @@ async fn allocate_with(relay: &Relay, user: &str, pass: &str) -> Result<(), Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allocator_places_by_residency_and_relays_enforce_it() {
-    let (eu1, eu1_admin) = zoned_relay("33000-33099", "eu");
-    let (eu2, eu2_admin) = zoned_relay("33100-33199", "eu");
-    let (us1, us1_admin) = zoned_relay("33200-33299", "us");
+    let (eu1, eu1_admin) = zoned_relay("20500-20599", "eu");
+    let (eu2, eu2_admin) = zoned_relay("20600-20699", "eu");
+    let (us1, us1_admin) = zoned_relay("20700-20799", "us");
     let names = [
         ("eu-1", eu1.addr.port()),
         ("eu-2", eu2.addr.port()),
@@ -358,4 +358,86 @@ async fn allocator_places_by_residency_and_relays_enforce_it() {
         "other zones unaffected"
     );
     drop(us1);
+}
+
+/// `veil dev`: one command brings up two zoned relays and an allocator; a German client's ICE
+/// config works with the webrtc-rs client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn veil_dev_runs_a_working_cluster() {
+    use std::io::BufRead;
+    let turn = loop {
+        let p = common::free_udp_port();
+        if p < 65000 && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+            break p;
+        }
+    };
+    let (admin, api) = loop {
+        let a = free_tcp_port();
+        if a < 65000 && TcpListener::bind(("127.0.0.1", a + 1)).is_ok() {
+            break (a, free_tcp_port());
+        }
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args([
+            "dev",
+            "--turn-port",
+            &turn.to_string(),
+            "--admin-port",
+            &admin.to_string(),
+            "--api-port",
+            &api.to_string(),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let dev = Allocator(child);
+    let mut key = None;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(k) = line.split("API key ").nth(1) {
+            key = Some(k.trim().to_string());
+        }
+        if line.contains("Ctrl-C") {
+            break;
+        }
+    }
+    let key = key.expect("the banner prints the API key");
+    let api: SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let (st, body) = http(
+            api,
+            "POST",
+            "/v1/ice-servers",
+            Some(&key),
+            "{\"client_ip\":\"127.0.1.5\"}",
+        );
+        if st == 200 {
+            break json(&body);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no placement in 10 s: {st} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(answer["zone"], "eu");
+    assert_eq!(
+        answer["iceServers"][0]["urls"][0],
+        format!("turn:127.0.0.1:{turn}?transport=udp")
+    );
+    let fake = Relay {
+        child: Command::new("true").spawn().unwrap(),
+        addr: format!("127.0.0.1:{turn}").parse().unwrap(),
+        dir: common::TempDir(std::env::temp_dir().join("veil-dev-test-unused")),
+    };
+    let user = answer["iceServers"][0]["username"].as_str().unwrap();
+    let pass = answer["iceServers"][0]["credential"].as_str().unwrap();
+    allocate_with(&fake, user, pass)
+        .await
+        .expect("the dev cluster relays");
+    drop(dev);
 }
