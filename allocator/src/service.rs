@@ -108,22 +108,9 @@ fn default_up() -> u32 {
     2
 }
 
-/// What is wrong with the allocator's configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{path}: {message}")]
-    Yaml { path: String, message: String },
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("invalid `{field}`: {message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
-}
+/// What is wrong with the allocator's configuration: the relay's error type, so both name the
+/// field the same way.
+pub use veil_relay::config::ConfigError;
 
 impl AllocatorConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
