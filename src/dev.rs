@@ -1,10 +1,11 @@
 //! `veil dev`: a local cluster in one command, on loopback, with nothing to download.
 //!
-//! Two relay nodes (zone `eu` on TURN port P, zone `us` on P+1), each with its admin endpoint,
-//! and an allocator whose residency policy sends European clients to `eu` and everyone else to
-//! `us`, geolocating with the embedded demo DB (127.0.1.0/24 is DE, 127.0.2.0/24 US, ...). A
-//! fresh random REST secret and API key are made for the run and printed. Loopback peers are
-//! allowed so local echo peers work.
+//! Three relay nodes (zones `eu`, `us`, `apac` on TURN ports P, P+1, P+2), each with its admin
+//! endpoint, and an allocator whose residency policy sends European clients to `eu`, Asian and
+//! Oceanian ones to `apac` and everyone else to `us`, geolocating with the embedded demo DB
+//! (127.0.1.0/24 is DE, 127.0.2.0/24 US, 127.0.3.0/24 JP, ...). A fresh random REST secret and
+//! API key are made for the run. It prints a banner for people and `VEIL_*=` lines for scripts.
+//! Loopback peers are allowed so local echo peers work.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,14 +15,22 @@ use clap::Args;
 use veil_allocator::service::{AllocatorConfig, ApiKey, App, RelayEntry};
 use veil_geo::policy::{DistanceModel, Match, PolicyConfig, Rule, Zone};
 use veil_relay::admin::AdminState;
-use veil_relay::config::{AuthConfig, LogFormat, PortRange, RelayConfig};
+use veil_relay::config::{AuthConfig, LogFormat, PortRange, RelayConfig, parse_secrets};
+use veil_relay::proto::auth::{mint_username, username_with_claims};
+
+/// The dev cluster: zone, relay name, relay location, relayed ports.
+const ZONES: [(&str, &str, (f64, f64), (u16, u16)); 3] = [
+    ("eu", "eu-1", (50.11, 8.68), (20000, 20999)),
+    ("us", "us-1", (39.04, -77.49), (21000, 21999)),
+    ("apac", "apac-1", (35.68, 139.69), (22000, 22999)),
+];
 
 #[derive(Args)]
 pub struct DevArgs {
-    /// TURN port of the eu relay; the us relay takes the next one.
+    /// TURN port of the eu relay; the us and apac relays take the next ones.
     #[arg(long, default_value_t = 3478)]
     turn_port: u16,
-    /// Admin port of the eu relay; the us relay takes the next one.
+    /// Admin port of the eu relay; the us and apac relays take the next ones.
     #[arg(long, default_value_t = 9478)]
     admin_port: u16,
     /// The allocator's HTTP port.
@@ -50,7 +59,11 @@ pub fn run(a: DevArgs) -> Result<()> {
 
     let mut nodes = Vec::new();
     let mut admins = Vec::new();
-    for (i, zone, ports) in [(0u16, "eu", (20000, 20999)), (1, "us", (21000, 21999))] {
+    for (i, zone, ports) in ZONES
+        .iter()
+        .enumerate()
+        .map(|(i, (z, _, _, p))| (i as u16, *z, *p))
+    {
         let cfg = RelayConfig {
             listen: vec![SocketAddr::from((lo, a.turn_port + i))],
             zone: Some(zone.into()),
@@ -96,9 +109,9 @@ pub fn run(a: DevArgs) -> Result<()> {
         ttl: 600,
         geo_db: None,
         policy: PolicyConfig {
-            zones: [("eu", "eu-1"), ("us", "us-1")]
-                .into_iter()
-                .map(|(z, r)| {
+            zones: ZONES
+                .iter()
+                .map(|(z, r, _, _)| {
                     (
                         z.to_string(),
                         Zone {
@@ -107,20 +120,24 @@ pub fn run(a: DevArgs) -> Result<()> {
                     )
                 })
                 .collect(),
-            rules: vec![Rule {
-                matches: Match {
-                    continent: Some("EU".into()),
-                    ..Match::default()
-                },
-                zones: vec!["eu".into()],
-            }],
+            rules: [("EU", "eu"), ("AS", "apac"), ("OC", "apac")]
+                .into_iter()
+                .map(|(continent, zone)| Rule {
+                    matches: Match {
+                        continent: Some(continent.into()),
+                        ..Match::default()
+                    },
+                    zones: vec![zone.into()],
+                })
+                .collect(),
             default: vec!["us".into()],
         },
         distance: DistanceModel::default(),
-        relays: vec![
-            relay("eu-1", admins[0].0, 50.11, 8.68),
-            relay("us-1", admins[1].0, 39.04, -77.49),
-        ],
+        relays: ZONES
+            .iter()
+            .enumerate()
+            .map(|(i, (_, r, (lat, lon), _))| relay(r, admins[i].0, *lat, *lon))
+            .collect(),
         trusted_proxies: vec![],
         poll_interval_ms: 500,
         down_after: 3,
@@ -157,16 +174,32 @@ pub fn run(a: DevArgs) -> Result<()> {
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        let (t0, t1, a0, a1) = (a.turn_port, a.turn_port + 1, a.admin_port, a.admin_port + 1);
+        let t0 = a.turn_port;
         let secret = secret_file.display();
-        let banner = [
+        let uris: Vec<String> = (0..ZONES.len() as u16).map(|i| format!("turn:127.0.0.1:{}?transport=udp", t0 + i)).collect();
+        let status: Vec<String> =
+            (0..ZONES.len() as u16).map(|i| format!("http://127.0.0.1:{}/status", a.admin_port + i)).collect();
+        let sample = match std::fs::read_to_string(&secret_file).ok().and_then(|t| parse_secrets(&t).into_iter().next()) {
+            Some(s) => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                mint_username(&s, username_with_claims(now + 3600, "sample", &[("z", "eu")]))
+            }
+            None => (String::new(), String::new()),
+        };
+        let mut banner = vec![
             String::new(),
-            "veil dev: a local cluster on loopback (demo geo DB: 127.0.1.x is DE, 127.0.2.x is US)".into(),
+            "veil dev: a local cluster on loopback. Demo geo DB (loopback only): 127.0.1.x DE, 127.0.2.x US,".into(),
+            "127.0.3.x JP, 127.0.4.x BR, 127.0.5.x AU, 127.0.6.x ZA, 127.0.7.x FR. Europe -> eu, Asia/Oceania -> apac,".into(),
+            "everyone else -> us.".into(),
             String::new(),
-            format!("  relays     eu-1  turn:127.0.0.1:{t0}  admin http://127.0.0.1:{a0}/status"),
-            format!("             us-1  turn:127.0.0.1:{t1}  admin http://127.0.0.1:{a1}/status"),
+        ];
+        for (i, (zone, name, _, _)) in ZONES.iter().enumerate() {
+            banner.push(format!("  relay      {name:<7} zone {zone:<5} {}  admin {}", uris[i], status[i]));
+        }
+        banner.extend([
             format!("  allocator  http://{api}   API key {api_key}"),
             format!("  secret     {secret}"),
+            format!("  sample eu credential (1 h): username {}  password {}", sample.0, sample.1),
             String::new(),
             "Ask for an ICE config for a German client:".into(),
             format!(
@@ -179,7 +212,13 @@ pub fn run(a: DevArgs) -> Result<()> {
             format!("  turnutils_uclient -W $(cat {secret}) -u 'dev-user;z=eu' -e 127.0.0.1 -r 3480 -p {t0} 127.0.0.1"),
             String::new(),
             "Ctrl-C stops everything.".into(),
-        ];
+            String::new(),
+            format!("VEIL_ALLOCATOR_URL=http://{api}"),
+            format!("VEIL_API_KEY={api_key}"),
+            format!("VEIL_RELAY_URIS={}", uris.join(",")),
+            format!("VEIL_ADMIN_URLS={}", status.join(",")),
+            format!("VEIL_SECRET_FILE={secret}"),
+        ]);
         println!("{}", banner.join("\n"));
         veil_relay::io::shutdown_signal().await.context("waiting for a signal")?;
         tracing::info!("shutting down");

@@ -38,7 +38,7 @@ enum Command {
     Relay(Box<RelayArgs>),
     /// Print a TURN REST API username and password minted from a secret.
     Credentials(CredentialArgs),
-    /// Run a local cluster on loopback: two relays in zones eu and us and an allocator with the
+    /// Run a local cluster on loopback: three relays in zones eu, us and apac and an allocator with the
     /// embedded demo geo DB. For trying veil; not for production.
     Dev(dev::DevArgs),
     /// Run the geo-aware allocator: places clients on relays of their residency zones and hands

@@ -367,13 +367,13 @@ async fn veil_dev_runs_a_working_cluster() {
     use std::io::BufRead;
     let turn = loop {
         let p = common::free_udp_port();
-        if p < 65000 && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+        if p < 65000 && (1..3).all(|i| std::net::UdpSocket::bind(("127.0.0.1", p + i)).is_ok()) {
             break p;
         }
     };
     let (admin, api) = loop {
         let a = free_tcp_port();
-        if a < 65000 && TcpListener::bind(("127.0.0.1", a + 1)).is_ok() {
+        if a < 65000 && (1..3).all(|i| TcpListener::bind(("127.0.0.1", a + i)).is_ok()) {
             break (a, free_tcp_port());
         }
     };
@@ -394,17 +394,23 @@ async fn veil_dev_runs_a_working_cluster() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let dev = Allocator(child);
-    let mut key = None;
+    // The machine-readable lines.
+    let mut vars = std::collections::HashMap::new();
     for line in std::io::BufReader::new(stdout).lines() {
         let line = line.unwrap();
-        if let Some(k) = line.split("API key ").nth(1) {
-            key = Some(k.trim().to_string());
+        if let Some((k, v)) = line.split_once('=').filter(|(k, _)| k.starts_with("VEIL_")) {
+            vars.insert(k.to_string(), v.to_string());
         }
-        if line.contains("Ctrl-C") {
+        if line.starts_with("VEIL_SECRET_FILE=") {
             break;
         }
     }
-    let key = key.expect("the banner prints the API key");
+    let key = vars["VEIL_API_KEY"].clone();
+    assert_eq!(
+        vars["VEIL_ALLOCATOR_URL"],
+        format!("http://127.0.0.1:{api}")
+    );
+    assert_eq!(vars["VEIL_RELAY_URIS"].split(',').count(), 3, "three zones");
     let api: SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let answer = loop {
