@@ -18,8 +18,10 @@ use veil_relay::admin::AdminState;
 use veil_relay::config::{AuthConfig, LogFormat, PortRange, RelayConfig, parse_secrets};
 use veil_relay::proto::auth::{mint_username, username_with_claims};
 
-/// The dev cluster: zone, relay name, relay location, relayed ports.
-const ZONES: [(&str, &str, (f64, f64), (u16, u16)); 3] = [
+/// One relay of the dev cluster: zone, relay name, location, relayed ports.
+type DevRelay = (&'static str, &'static str, (f64, f64), (u16, u16));
+
+const ZONES: [DevRelay; 3] = [
     ("eu", "eu-1", (50.11, 8.68), (20000, 20999)),
     ("us", "us-1", (39.04, -77.49), (21000, 21999)),
     ("apac", "apac-1", (35.68, 139.69), (22000, 22999)),
