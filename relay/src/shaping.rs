@@ -591,7 +591,8 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
             if let Some((flow, len, profile)) = self.entries[slot as usize].take() {
                 let at = slot as usize * MAX_QUEUED_FRAME;
                 send(flow, &self.pool[at..at + len as usize]);
-                self.note_sent(flow, now, profile);
+                // Its slot, not the (later) moment the task woke: cover compares grid times.
+                self.note_sent(flow, t, profile);
             }
             self.free.push(slot);
         }
@@ -632,9 +633,12 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         mut emit: impl FnMut(K, &[u8]),
     ) {
         let Some(tick) = self.cover_tick else { return };
-        if self.cover_next.is_none_or(|t| t > now) {
-            return;
-        }
+        // The grid point being served; comparisons use it rather than the wake-up time, so a
+        // late wake-up neither skips a flow nor shifts the grid.
+        let due = match self.cover_next {
+            Some(t) if t <= now => t,
+            _ => return,
+        };
         let Shaper {
             covered,
             cover_buf,
@@ -654,7 +658,7 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
             let Some(c) = profiles[*profile as usize].cover else {
                 continue;
             };
-            if *last + c.interval > now + slack {
+            if *last + c.interval > due + slack {
                 continue;
             }
             *rng ^= *rng << 13;
@@ -665,7 +669,7 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
             txid[8..].copy_from_slice(&(stats.cover_frames as u32).to_le_bytes());
             let n = write_cover_frame(cover_buf, c.size as usize, &txid);
             emit(*flow, &cover_buf[..n]);
-            *last = now;
+            *last = due;
             stats.cover_frames += 1;
             stats.cover_bytes += n as u64;
         }
