@@ -15,8 +15,8 @@ use veil_relay::privacy::Redactor;
 use veil_relay::proto::auth::{self, Credentials, Key, NonceKey};
 use veil_relay::proto::peer_filter::PeerFilter;
 use veil_relay::proto::server::{
-    Action, ClientKey, Env, HEADROOM, Now, Opened, PortPolicy, RelayAddr, RelayId, Server, ServerConfig, Shared,
-    TAILROOM,
+    Action, ClientKey, Env, HEADROOM, Now, Opened, PortPolicy, RelayAddr, RelayId, Server,
+    ServerConfig, Shared, TAILROOM,
 };
 use veil_relay::proto::stun::{Class, Integrity, Writer, attr, method};
 
@@ -27,16 +27,31 @@ struct FakeEnv {
 }
 
 impl Env for FakeEnv {
-    fn open_relay(&mut self, id: RelayId, ip: IpAddr, policy: PortPolicy, _: bool) -> Option<Opened> {
+    fn open_relay(
+        &mut self,
+        id: RelayId,
+        ip: IpAddr,
+        policy: PortPolicy,
+        _: bool,
+    ) -> Option<Opened> {
         if self.open.len() > 64 {
             return None;
         }
         self.port = self.port.wrapping_add(2).max(20000);
         self.open.push(id);
-        let reservation = matches!(policy, PortPolicy::Even { reserve_next: true }).then_some([1u8; 8]);
-        Some(Opened { bound: SocketAddr::new(ip, self.port), reservation })
+        let reservation =
+            matches!(policy, PortPolicy::Even { reserve_next: true }).then_some([1u8; 8]);
+        Some(Opened {
+            bound: SocketAddr::new(ip, self.port),
+            reservation,
+        })
     }
-    fn claim_reservation(&mut self, ids: [RelayId; 2], token: [u8; 8], _: bool) -> Option<SocketAddr> {
+    fn claim_reservation(
+        &mut self,
+        ids: [RelayId; 2],
+        token: [u8; 8],
+        _: bool,
+    ) -> Option<SocketAddr> {
         (token == [1u8; 8]).then(|| {
             self.open.push(ids[0]);
             SocketAddr::from(([127, 0, 0, 1], 20001))
@@ -45,7 +60,11 @@ impl Env for FakeEnv {
     fn close_relay(&mut self, id: RelayId) {
         let before = self.open.len();
         self.open.retain(|r| *r != id);
-        assert_eq!(before, self.open.len() + 1, "closing a relay that is not open");
+        assert_eq!(
+            before,
+            self.open.len() + 1,
+            "closing a relay that is not open"
+        );
     }
 }
 
@@ -53,7 +72,10 @@ const UNIX: u64 = 1_800_000_000;
 const SECRET: &[u8] = b"fuzz-secret";
 
 fn clients() -> [ClientKey; 3] {
-    [40000, 40001, 40002].map(|p| ClientKey { listener: 0, addr: SocketAddr::from(([192, 0, 2, 1], p)) })
+    [40000, 40001, 40002].map(|p| ClientKey {
+        listener: 0,
+        addr: SocketAddr::from(([192, 0, 2, 1], p)),
+    })
 }
 
 /// A valid Allocate for client 0 (its nonce is bound to its 5-tuple).
@@ -80,21 +102,39 @@ fn seed_allocate(nonces: &NonceKey) -> Vec<u8> {
 fuzz_target!(|data: &[u8]| {
     let cfg = ServerConfig {
         realm: "fuzz".into(),
-        relay_v4: Some(RelayAddr { bind: "127.0.0.1".parse().unwrap(), advertise: "127.0.0.1".parse().unwrap() }),
-        relay_v6: Some(RelayAddr { bind: "::1".parse().unwrap(), advertise: "::1".parse().unwrap() }),
+        relay_v4: Some(RelayAddr {
+            bind: "127.0.0.1".parse().unwrap(),
+            advertise: "127.0.0.1".parse().unwrap(),
+        }),
+        relay_v6: Some(RelayAddr {
+            bind: "::1".parse().unwrap(),
+            advertise: "::1".parse().unwrap(),
+        }),
         user_quota: 4,
         total_quota: 8,
         ..ServerConfig::default()
     };
     let nonces = NonceKey::new(b"fuzz-node");
     let seed = seed_allocate(&nonces);
-    let creds = Credentials { secrets: vec![SECRET.to_vec()], static_users: vec![] };
-    let shared = Arc::new(Shared::new(cfg, creds, nonces, PeerFilter::new(&[], &[]), Redactor::with_secret(b"r", false)));
+    let creds = Credentials {
+        secrets: vec![SECRET.to_vec()],
+        static_users: vec![],
+    };
+    let shared = Arc::new(Shared::new(
+        cfg,
+        creds,
+        nonces,
+        PeerFilter::new(&[], &[]),
+        Redactor::with_secret(b"r", false),
+    ));
     let mut server = Server::new(shared.clone());
     let mut env = FakeEnv::default();
     let base = Instant::now();
     let mut secs = 0u64;
-    let now = |s: u64| Now { mono: base + Duration::from_secs(s), unix: UNIX + s };
+    let now = |s: u64| Now {
+        mono: base + Duration::from_secs(s),
+        unix: UNIX + s,
+    };
     let mut out = [0u8; 1500];
     let cl = clients();
     let _ = server.handle_client(now(secs), cl[0], &seed, &mut out, &mut env);
@@ -112,7 +152,10 @@ fuzz_target!(|data: &[u8]| {
                     Action::Reply(n) => assert!(n <= out.len()),
                     Action::Forward { relay, data, .. } => {
                         assert!(data.end <= pkt.len());
-                        assert!(env.open.contains(&relay), "forwarding through a closed socket");
+                        assert!(
+                            env.open.contains(&relay),
+                            "forwarding through a closed socket"
+                        );
                     }
                     Action::None => {}
                 }
@@ -127,7 +170,13 @@ fuzz_target!(|data: &[u8]| {
                     };
                     let mut buf = vec![0u8; HEADROOM + pkt.len() + TAILROOM];
                     buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(pkt);
-                    if let Some(d) = server.handle_peer(now(secs), relay, peer, &mut buf, HEADROOM..HEADROOM + pkt.len()) {
+                    if let Some(d) = server.handle_peer(
+                        now(secs),
+                        relay,
+                        peer,
+                        &mut buf,
+                        HEADROOM..HEADROOM + pkt.len(),
+                    ) {
                         assert!(d.frame.end <= buf.len());
                     }
                 }
@@ -141,6 +190,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(shared.allocations() as usize, server.allocation_count());
     }
     server.clear(now(secs), &mut env);
-    assert!(env.open.is_empty(), "every relayed socket closed with its allocation");
+    assert!(
+        env.open.is_empty(),
+        "every relayed socket closed with its allocation"
+    );
     assert_eq!(shared.allocations(), 0);
 });

@@ -8,7 +8,15 @@ use veil_relay::proto::stun::{Message, channel_data};
 fuzz_target!(|data: &[u8]| {
     if let Ok(m) = Message::decode(data) {
         assert_eq!(m.bytes().len(), data.len());
-        for span in [m.username, m.realm, m.nonce, m.lifetime, m.data, m.peer_address, m.channel_number] {
+        for span in [
+            m.username,
+            m.realm,
+            m.nonce,
+            m.lifetime,
+            m.data,
+            m.peer_address,
+            m.channel_number,
+        ] {
             if let Some(v) = m.value_of(span) {
                 assert!(v.len() <= data.len());
             }
@@ -20,6 +28,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some((ch, payload)) = channel_data::decode(data) {
         assert!(ch >= 0x4000 && ch <= 0x7FFF);
-        assert_eq!(payload.len(), u16::from_be_bytes([data[2], data[3]]) as usize);
+        assert_eq!(
+            payload.len(),
+            u16::from_be_bytes([data[2], data[3]]) as usize
+        );
     }
 });
