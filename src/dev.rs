@@ -89,7 +89,11 @@ pub fn run(a: DevArgs) -> Result<()> {
         let (node, shared) = crate::start_node(&resolved)?;
         admins.push((
             resolved.admin.unwrap_or(SocketAddr::from((lo, 0))),
-            AdminState::new(shared, &node.listen),
+            AdminState::new(
+                shared,
+                &node.listen,
+                Some((node.reports.clone(), node.port_range.len())),
+            ),
         ));
         nodes.push(node);
     }

@@ -369,9 +369,14 @@ fn relay(args: RelayArgs) -> Result<()> {
     );
     match resolved.admin {
         None => wait_for_shutdown_signal().context("waiting for a signal")?,
-        Some(addr) => {
-            serve_admin_until_signal(addr, AdminState::new(shared_for_admin, &node.listen))?
-        }
+        Some(addr) => serve_admin_until_signal(
+            addr,
+            AdminState::new(
+                shared_for_admin,
+                &node.listen,
+                Some((node.reports.clone(), node.port_range.len())),
+            ),
+        )?,
     }
     tracing::info!("shutting down");
     node.stop().context("stopping the workers")?;

@@ -723,3 +723,70 @@ async fn zoned_relay_refuses_credentials_for_other_zones() {
         .unwrap();
     client.close().await.unwrap();
 }
+
+/// `/metrics` on the admin endpoint counts what was relayed, with no address or username in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_relayed_traffic_without_personal_data() {
+    let admin = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let relay = start_relay(
+        "29800-29899",
+        &["--allow-peer", "127.0.0.0/8", "--admin", &admin.to_string()],
+    );
+    let (user, pass) = rest_credentials(3600, "metered");
+    let (client, _) = turn_client(&relay, &user, &pass).await;
+    let conn = client.allocate().await.expect("allocate");
+    let (peer_a, _, peer) = echo_peer(5).await;
+    let mut buf = vec![0u8; 2048];
+    for i in 0..5 {
+        conn.send_to(format!("m{i}").as_bytes(), peer_a)
+            .await
+            .unwrap();
+        loop {
+            let (_, from) = tokio::time::timeout(Duration::from_secs(5), conn.recv_from(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            if from == peer_a {
+                break;
+            }
+        }
+    }
+    peer.await.unwrap();
+    // Workers publish their counters once per tick (at most a second).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let mut s = std::net::TcpStream::connect(admin).unwrap();
+        use std::io::{Read, Write};
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let body = out.split_once("\r\n\r\n").unwrap().1.to_string();
+        let value = |name: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        if value("veil_relay_packets_total{direction=\"peer_to_client\"}") >= 5.0 {
+            assert!(value("veil_relay_packets_total{direction=\"client_to_peer\"}") >= 5.0);
+            assert!(value("veil_relay_allocations_created_total") >= 1.0);
+            assert_eq!(value("veil_relay_allocations"), 1.0);
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "counters not published in 5 s:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        !text.contains("127.0.0.1") && !text.contains("metered"),
+        "no address or username:\n{text}"
+    );
+    conn.close().await.unwrap();
+    client.close().await.unwrap();
+}

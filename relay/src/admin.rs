@@ -1,6 +1,6 @@
 //! The relay's admin HTTP endpoint, for the allocator's registry and for Kubernetes probes:
-//! `/healthz` (the process answers), `/readyz` (it accepts new allocations) and `/status` (zone,
-//! advertised TURN URIs, load and capacity as JSON). Counts only: never a client address or
+//! `/healthz` (the process answers), `/readyz` (it accepts new allocations), `/status` (zone,
+//! advertised TURN URIs, load and capacity as JSON) and `/metrics` (Prometheus). Counts only: never a client address or
 //! username. Bind it to a private address.
 
 use std::net::{IpAddr, SocketAddr};
@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 
+use crate::metrics::Reports;
 use crate::proto::server::{ServerConfig, Shared};
 
 /// What `/status` reports.
@@ -32,6 +33,7 @@ pub struct AdminState {
     core: Arc<Shared>,
     uris: Vec<String>,
     draining: AtomicBool,
+    metrics: Option<(Arc<Reports>, usize)>,
 }
 
 /// The URIs clients reach a node on: each listen address, with an unspecified IP replaced by the
@@ -61,12 +63,19 @@ pub fn turn_uris(listen: &[SocketAddr], cfg: &ServerConfig) -> Vec<String> {
 }
 
 impl AdminState {
-    pub fn new(core: Arc<Shared>, listen: &[SocketAddr]) -> Arc<Self> {
+    /// The admin state of a node; with `metrics` (the workers' reports and the port range size)
+    /// it also serves `/metrics`.
+    pub fn new(
+        core: Arc<Shared>,
+        listen: &[SocketAddr],
+        metrics: Option<(Arc<Reports>, usize)>,
+    ) -> Arc<Self> {
         let uris = turn_uris(listen, &core.config);
         Arc::new(AdminState {
             core,
             uris,
             draining: AtomicBool::new(false),
+            metrics,
         })
     }
 
@@ -106,12 +115,27 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Status> {
     Json(s.status())
 }
 
+async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+    match &s.metrics {
+        Some((reports, ports)) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::render(&s.core, reports, *ports),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no metrics\n").into_response(),
+    }
+}
+
 /// The admin routes.
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 

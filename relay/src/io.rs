@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::PortRange;
+use crate::metrics::{IoStats, Reports, WorkerReport};
 use crate::proto::server::{
     Action, ClientKey, Delivery, Env, Family, HEADROOM, Now, Opened, PortPolicy, RelayId, Server,
     Shared, TAILROOM,
@@ -72,17 +73,25 @@ pub struct NodeShared {
     pub shaping: Vec<Policy>,
     /// Origin of the shaping slot grid, the same for every worker.
     pub epoch: Instant,
+    /// Each worker's latest counters, for the metrics endpoint.
+    pub reports: Arc<Reports>,
     ports: PortUse,
     reservations: Mutex<HashMap<[u8; 8], Reserved>>,
 }
 
 impl NodeShared {
-    pub fn new(core: Arc<Shared>, port_range: PortRange, shaping: Vec<Policy>) -> Arc<Self> {
+    pub fn new(
+        core: Arc<Shared>,
+        port_range: PortRange,
+        shaping: Vec<Policy>,
+        workers: usize,
+    ) -> Arc<Self> {
         Arc::new(NodeShared {
             core,
             port_range,
             shaping,
             epoch: Instant::now(),
+            reports: Arc::new(Reports::new(workers)),
             ports: PortUse::default(),
             reservations: Mutex::default(),
         })
@@ -224,7 +233,7 @@ struct Io {
     relays: HashMap<RelayId, RelaySocket>,
     me: Weak<RefCell<Worker>>,
     rng: Rng,
-    dropped_sends: u64,
+    stats: IoStats,
 }
 
 struct Worker {
@@ -469,12 +478,16 @@ async fn relay_task(worker: Weak<RefCell<Worker>>, id: RelayId, socket: Rc<UdpSo
                     } else {
                         range
                     };
+                    let len = range.len() as u64;
                     let sent = sockets
                         .listeners
                         .get(client.listener as usize)
                         .map(|l| l.try_send_to(&peer_buf[range], client.addr));
-                    if !matches!(sent, Some(Ok(_))) {
-                        sockets.dropped_sends += 1;
+                    if matches!(sent, Some(Ok(_))) {
+                        sockets.stats.peer_to_client_packets += 1;
+                        sockets.stats.peer_to_client_bytes += len;
+                    } else {
+                        sockets.stats.dropped_sends += 1;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -509,16 +522,20 @@ async fn listener_task(worker: Rc<RefCell<Worker>>, index: u16, socket: Rc<UdpSo
                         Action::None => {}
                         Action::Reply(len) => {
                             if socket.try_send_to(&out[..len], from).is_err() {
-                                w.io.dropped_sends += 1;
+                                w.io.stats.dropped_sends += 1;
                             }
                         }
                         Action::Forward { relay, peer, data } => {
+                            let len = data.len() as u64;
                             let sent =
                                 w.io.relays
                                     .get(&relay)
                                     .map(|r| r.socket.try_send_to(&buf[data], peer));
-                            if !matches!(sent, Some(Ok(_))) {
-                                w.io.dropped_sends += 1;
+                            if matches!(sent, Some(Ok(_))) {
+                                w.io.stats.client_to_peer_packets += 1;
+                                w.io.stats.client_to_peer_bytes += len;
+                            } else {
+                                w.io.stats.dropped_sends += 1;
                             }
                         }
                     }
@@ -532,7 +549,7 @@ async fn listener_task(worker: Rc<RefCell<Worker>>, index: u16, socket: Rc<UdpSo
 }
 
 /// Expires allocations, permissions, channels and reservations on time.
-async fn timer_task(worker: Rc<RefCell<Worker>>, node: Arc<NodeShared>) {
+async fn timer_task(worker: Rc<RefCell<Worker>>, node: Arc<NodeShared>, index: usize) {
     loop {
         let deadline = {
             let w = worker.borrow();
@@ -545,6 +562,15 @@ async fn timer_task(worker: Rc<RefCell<Worker>>, node: Arc<NodeShared>) {
         w.server.handle_timeout(now(), &mut w.io);
         w.shaper.housekeeping(Instant::now());
         node.expire_reservations(Instant::now());
+        w.io.stats.relayed_sockets = w.io.relays.len() as u64;
+        node.reports.publish(
+            index,
+            WorkerReport {
+                core: w.server.stats(),
+                shaping: w.shaper.stats(),
+                io: w.io.stats,
+            },
+        );
     }
 }
 
@@ -571,19 +597,25 @@ async fn shaper_task(worker: Rc<RefCell<Worker>>, wake: Rc<tokio::sync::Notify>)
             ..
         } = &mut *w;
         let mut dropped = 0;
+        let (mut packets, mut bytes) = (0u64, 0u64);
         let mut send = |client: ClientKey, frame: &[u8]| {
             let sent = sockets
                 .listeners
                 .get(client.listener as usize)
                 .map(|l| l.try_send_to(frame, client.addr));
-            if !matches!(sent, Some(Ok(_))) {
+            if matches!(sent, Some(Ok(_))) {
+                packets += 1;
+                bytes += frame.len() as u64;
+            } else {
                 dropped += 1;
             }
         };
         let now = Instant::now();
         shaper.pop_due(now, &mut send);
         shaper.cover_due(now, |k| server.has_allocation(k), &mut send);
-        sockets.dropped_sends += dropped;
+        sockets.stats.dropped_sends += dropped;
+        sockets.stats.peer_to_client_packets += packets;
+        sockets.stats.peer_to_client_bytes += bytes;
         *shaper_armed = shaper.next_deadline(now);
     }
 }
@@ -614,7 +646,7 @@ pub fn run_worker(
                     relays: HashMap::new(),
                     me: me.clone(),
                     rng: Rng::seeded(),
-                    dropped_sends: 0,
+                    stats: IoStats::default(),
                 },
                 peer_buf: vec![0u8; HEADROOM + MAX_DATAGRAM + TAILROOM],
                 shaper: Shaper::with_profiles(
@@ -637,6 +669,7 @@ pub fn run_worker(
         tasks.push(tokio::task::spawn_local(timer_task(
             worker.clone(),
             node.clone(),
+            index,
         )));
         if !node.shaping.iter().all(Policy::is_off) {
             tasks.push(tokio::task::spawn_local(shaper_task(
@@ -662,7 +695,7 @@ pub fn run_worker(
             worker = index,
             ?stats,
             ?shaping,
-            dropped_sends = w.io.dropped_sends,
+            io = ?w.io.stats,
             "worker stopped"
         );
         Ok(())
@@ -672,6 +705,9 @@ pub fn run_worker(
 /// A running node: its workers and the addresses it listens on.
 pub struct Node {
     pub listen: Vec<SocketAddr>,
+    /// The workers' counters, for [`crate::metrics::render`].
+    pub reports: Arc<Reports>,
+    pub port_range: PortRange,
     stop: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<io::Result<()>>>,
 }
@@ -686,7 +722,8 @@ impl Node {
         shaping: Vec<Policy>,
     ) -> io::Result<Node> {
         let per_worker = bind_listeners(listen, workers.max(1))?;
-        let node = NodeShared::new(core, port_range, shaping);
+        let node = NodeShared::new(core, port_range, shaping, workers.max(1));
+        let reports = node.reports.clone();
         let (stop, stop_rx) = watch::channel(false);
         let mut threads = Vec::new();
         for (i, socks) in per_worker.into_iter().enumerate() {
@@ -702,6 +739,8 @@ impl Node {
             listen: listen.to_vec(),
             stop,
             threads,
+            reports,
+            port_range,
         })
     }
 

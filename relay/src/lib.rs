@@ -33,6 +33,7 @@ macro_rules! serde_via_str {
 pub mod admin;
 pub mod config;
 pub mod io;
+pub mod metrics;
 pub mod privacy;
 pub mod proto;
 pub mod shaping;

@@ -350,12 +350,15 @@ pub struct ShapingStats {
     pub oversize_unshaped: u64,
     pub cover_frames: u64,
     pub cover_bytes: u64,
+    /// Sum of added delays, microseconds.
+    pub delay_us_sum: u64,
 }
 
 const DELAY_BOUNDS_MS: [u64; 5] = [1, 5, 10, 20, 40];
 
 impl ShapingStats {
     fn record_delay(&mut self, d: Duration) {
+        self.delay_us_sum += d.as_micros() as u64;
         let ms = d.as_micros() as u64 / 1000;
         let i = DELAY_BOUNDS_MS
             .iter()
