@@ -223,6 +223,10 @@ pub fn run(a: DevArgs) -> Result<()> {
             format!("VEIL_API_KEY={api_key}"),
             format!("VEIL_RELAY_URIS={}", uris.join(",")),
             format!("VEIL_ADMIN_URLS={}", status.join(",")),
+            format!(
+                "VEIL_METRICS_URLS={},http://{api}/metrics",
+                status.iter().map(|u| u.replace("/status", "/metrics")).collect::<Vec<_>>().join(",")
+            ),
             format!("VEIL_SECRET_FILE={secret}"),
         ]);
         println!("{}", banner.join("\n"));

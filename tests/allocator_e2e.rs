@@ -306,6 +306,20 @@ async fn allocator_places_by_residency_and_relays_enforce_it() {
         "the audit holds no address: {body}"
     );
 
+    // Metrics: placements by zone, relays up, promtool-clean, no addresses.
+    let (st, metrics) = http(alloc, "GET", "/metrics", None, "");
+    assert_eq!(st, 200);
+    assert!(
+        metrics.contains("veil_allocator_relay_up{relay=\"eu-1\",zone=\"eu\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("veil_allocator_placements_total{zone=\"eu\"} 0"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("127.0."), "{metrics}");
+    common::promtool_check(&metrics);
+
     // A relay goes down: German placements move to the other EU relay within
     // down_after x poll interval (2 x 200 ms) plus a poll, never to the US.
     let (gone, other) = if de_relay == "eu-1" {
@@ -411,6 +425,11 @@ async fn veil_dev_runs_a_working_cluster() {
         format!("http://127.0.0.1:{api}")
     );
     assert_eq!(vars["VEIL_RELAY_URIS"].split(',').count(), 3, "three zones");
+    assert_eq!(
+        vars["VEIL_METRICS_URLS"].split(',').count(),
+        4,
+        "three relays and the allocator"
+    );
     let api: SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let answer = loop {

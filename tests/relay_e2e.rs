@@ -787,6 +787,8 @@ async fn metrics_count_relayed_traffic_without_personal_data() {
         !text.contains("127.0.0.1") && !text.contains("metered"),
         "no address or username:\n{text}"
     );
+    // promtool checks names and format.
+    common::promtool_check(&text);
     conn.close().await.unwrap();
     client.close().await.unwrap();
 }

@@ -168,7 +168,22 @@ pub struct App {
     secret: Vec<u8>,
     relays: RwLock<Vec<Tracked>>,
     audit: Mutex<Audit>,
+    metrics: Mutex<Metrics>,
 }
+
+/// The allocator's counters (requests are not a per-packet path: a mutex is fine).
+#[derive(Default)]
+struct Metrics {
+    /// Placements by zone.
+    placed: BTreeMap<String, u64>,
+    /// Requests no allowed zone could serve.
+    refused: u64,
+    /// Placement latency histogram buckets (seconds), and sum.
+    latency: [u64; 6],
+    latency_sum: f64,
+}
+
+const LATENCY_BOUNDS: [f64; 5] = [0.000_1, 0.000_5, 0.001, 0.005, 0.025];
 
 /// An API error: JSON `{code, message}`.
 #[derive(Debug)]
@@ -237,6 +252,7 @@ impl App {
             secret,
             relays: RwLock::new(relays),
             audit: Mutex::default(),
+            metrics: Mutex::default(),
         }))
     }
 
@@ -307,6 +323,110 @@ impl App {
     }
 
     fn allocate(&self, ip: IpAddr, req: &IceRequest) -> Result<IceAnswer, ApiError> {
+        let started = std::time::Instant::now();
+        let result = self.allocate_inner(ip, req);
+        let secs = started.elapsed().as_secs_f64();
+        let mut m = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Ok(a) => *m.placed.entry(a.zone.clone()).or_insert(0) += 1,
+            Err(ApiError(_, "no_relay", _)) => m.refused += 1,
+            Err(_) => {}
+        }
+        let i = LATENCY_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        m.latency[i] += 1;
+        m.latency_sum += secs;
+        result
+    }
+
+    /// The allocator's metrics in the Prometheus text format: no address, user or call id.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write;
+        let m = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "# HELP veil_allocator_placements_total Clients placed, by zone."
+        );
+        let _ = writeln!(o, "# TYPE veil_allocator_placements_total counter");
+        for zone in self.policy.zones().keys() {
+            let _ = writeln!(
+                o,
+                "veil_allocator_placements_total{{zone=\"{zone}\"}} {}",
+                m.placed.get(zone).unwrap_or(&0)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP veil_allocator_residency_refusals_total Requests no relay of an allowed zone could serve."
+        );
+        let _ = writeln!(o, "# TYPE veil_allocator_residency_refusals_total counter");
+        let _ = writeln!(o, "veil_allocator_residency_refusals_total {}", m.refused);
+        let _ = writeln!(
+            o,
+            "# HELP veil_allocator_placement_duration_seconds Time to answer a placement request."
+        );
+        let _ = writeln!(
+            o,
+            "# TYPE veil_allocator_placement_duration_seconds histogram"
+        );
+        let mut cum = 0;
+        for (i, le) in ["0.0001", "0.0005", "0.001", "0.005", "0.025", "+Inf"]
+            .iter()
+            .enumerate()
+        {
+            cum += m.latency[i];
+            let _ = writeln!(
+                o,
+                "veil_allocator_placement_duration_seconds_bucket{{le=\"{le}\"}} {cum}"
+            );
+        }
+        let _ = writeln!(
+            o,
+            "veil_allocator_placement_duration_seconds_sum {}",
+            m.latency_sum
+        );
+        let _ = writeln!(o, "veil_allocator_placement_duration_seconds_count {cum}");
+        drop(m);
+        let relays = self.relays.read().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(
+            o,
+            "# HELP veil_allocator_relay_up Whether the allocator places on a relay (1) or not (0)."
+        );
+        let _ = writeln!(o, "# TYPE veil_allocator_relay_up gauge");
+        for t in relays.iter() {
+            let up = u8::from(t.view.healthy && !t.view.draining);
+            let _ = writeln!(
+                o,
+                "veil_allocator_relay_up{{relay=\"{}\",zone=\"{}\"}} {up}",
+                metric_name(&t.view.name),
+                t.view.zone
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP veil_allocator_relay_load_ratio Allocations in use over capacity, per relay."
+        );
+        let _ = writeln!(o, "# TYPE veil_allocator_relay_load_ratio gauge");
+        for t in relays.iter() {
+            let ratio = if t.view.capacity == 0 {
+                0.0
+            } else {
+                t.view.load as f64 / t.view.capacity as f64
+            };
+            let _ = writeln!(
+                o,
+                "veil_allocator_relay_load_ratio{{relay=\"{}\",zone=\"{}\"}} {ratio}",
+                metric_name(&t.view.name),
+                t.view.zone
+            );
+        }
+        o
+    }
+
+    fn allocate_inner(&self, ip: IpAddr, req: &IceRequest) -> Result<IceAnswer, ApiError> {
         let location = self.geo.get().lookup(ip);
         let relays = self.relays.read().unwrap_or_else(|e| e.into_inner());
         let views: Vec<RelayView> = relays.iter().map(|t| t.view.clone()).collect();
@@ -468,6 +588,20 @@ impl App {
     }
 }
 
+/// A relay's name for metric labels: DNS-discovered relays (`<pool>/<ip>`) are labelled by a
+/// hash of their address, as no label may carry an IP.
+fn metric_name(name: &str) -> String {
+    match name.split_once('/') {
+        Some((pool, addr)) => {
+            let h = addr.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+            });
+            format!("{pool}/{:08x}", h as u32)
+        }
+        None => name.to_string(),
+    }
+}
+
 fn random_id() -> String {
     let mut b = [0u8; 8];
     let _ = getrandom::fill(&mut b);
@@ -608,6 +742,16 @@ async fn audit(
     ))
 }
 
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.render_metrics(),
+    )
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -626,6 +770,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/turn", get(turn_rest))
         .route("/v1/audit", get(audit))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(app)
 }
@@ -739,6 +884,12 @@ mod tests {
             .allocate("127.0.2.1".parse().unwrap(), &IceRequest::default())
             .unwrap();
         assert_eq!(a.zone, "us");
+        let m = app.render_metrics();
+        assert!(
+            m.contains("veil_allocator_placements_total{zone=\"us\"} 1\n"),
+            "{m}"
+        );
+        assert!(!m.contains("127.0.0.1"), "no address in labels: {m}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

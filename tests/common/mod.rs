@@ -96,3 +96,24 @@ pub fn wait_ready(addr: SocketAddr) {
     }
     panic!("relay on {addr} did not answer within 10 s");
 }
+
+/// Runs `promtool check metrics` (Debian's prometheus package; .ci/run installs it) on a
+/// metrics page and fails the test with its complaints.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is required: apt-get install prometheus (.ci/run installs it)");
+    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
