@@ -320,6 +320,22 @@ impl Io {
     }
 }
 
+impl Io {
+    /// Sends a frame to a client from the listener socket it talks to, and counts it.
+    fn send_to_client(&mut self, client: ClientKey, frame: &[u8]) {
+        let sent = self
+            .listeners
+            .get(client.listener as usize)
+            .map(|l| l.try_send_to(frame, client.addr));
+        if matches!(sent, Some(Ok(_))) {
+            self.stats.peer_to_client_packets += 1;
+            self.stats.peer_to_client_bytes += frame.len() as u64;
+        } else {
+            self.stats.dropped_sends += 1;
+        }
+    }
+}
+
 impl Env for Io {
     fn open_relay(
         &mut self,
@@ -466,7 +482,7 @@ async fn relay_task(worker: Weak<RefCell<Worker>>, id: RelayId, socket: Rc<UdpSo
                             shaper.submit_in(now.mono, client, profile, peer_buf, range);
                         // Wake the shaper task if this frame (or a newly covered flow) needs it
                         // sooner than it planned.
-                        let due = shaper.next_deadline(now.mono);
+                        let due = shaper.next_deadline();
                         if due.is_some() && (shaper_armed.is_none() || due < *shaper_armed) {
                             *shaper_armed = due;
                             shaper_wake.notify_one();
@@ -478,17 +494,7 @@ async fn relay_task(worker: Weak<RefCell<Worker>>, id: RelayId, socket: Rc<UdpSo
                     } else {
                         range
                     };
-                    let len = range.len() as u64;
-                    let sent = sockets
-                        .listeners
-                        .get(client.listener as usize)
-                        .map(|l| l.try_send_to(&peer_buf[range], client.addr));
-                    if matches!(sent, Some(Ok(_))) {
-                        sockets.stats.peer_to_client_packets += 1;
-                        sockets.stats.peer_to_client_bytes += len;
-                    } else {
-                        sockets.stats.dropped_sends += 1;
-                    }
+                    sockets.send_to_client(client, &peer_buf[range]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // ICMP errors surface as receive errors on Linux; nothing to do.
@@ -578,7 +584,7 @@ async fn timer_task(worker: Rc<RefCell<Worker>>, node: Arc<NodeShared>, index: u
 /// packet.
 async fn shaper_task(worker: Rc<RefCell<Worker>>, wake: Rc<tokio::sync::Notify>) {
     loop {
-        let due = worker.borrow().shaper.next_deadline(Instant::now());
+        let due = worker.borrow().shaper.next_deadline();
         match due {
             None => wake.notified().await,
             Some(t) => {
@@ -596,27 +602,11 @@ async fn shaper_task(worker: Rc<RefCell<Worker>>, wake: Rc<tokio::sync::Notify>)
             shaper_armed,
             ..
         } = &mut *w;
-        let mut dropped = 0;
-        let (mut packets, mut bytes) = (0u64, 0u64);
-        let mut send = |client: ClientKey, frame: &[u8]| {
-            let sent = sockets
-                .listeners
-                .get(client.listener as usize)
-                .map(|l| l.try_send_to(frame, client.addr));
-            if matches!(sent, Some(Ok(_))) {
-                packets += 1;
-                bytes += frame.len() as u64;
-            } else {
-                dropped += 1;
-            }
-        };
+        let mut send = |client: ClientKey, frame: &[u8]| sockets.send_to_client(client, frame);
         let now = Instant::now();
         shaper.pop_due(now, &mut send);
         shaper.cover_due(now, |k| server.has_allocation(k), &mut send);
-        sockets.stats.dropped_sends += dropped;
-        sockets.stats.peer_to_client_packets += packets;
-        sockets.stats.peer_to_client_bytes += bytes;
-        *shaper_armed = shaper.next_deadline(now);
+        *shaper_armed = shaper.next_deadline();
     }
 }
 

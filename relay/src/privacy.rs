@@ -70,11 +70,6 @@ impl Redactor {
         }
     }
 
-    /// True if the operator opted in to personal data in logs.
-    pub fn personal(&self) -> bool {
-        self.personal
-    }
-
     fn tag_bytes(&self, unix_now: u64, kind: u8, id: &[u8]) -> [u8; 8] {
         let mut ctx = hmac::Context::with_key(&self.key);
         ctx.update(&(unix_now / TAG_KEY_PERIOD_SECS).to_be_bytes());

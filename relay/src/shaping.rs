@@ -448,11 +448,6 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         }
     }
 
-    /// The node policy.
-    pub fn policy(&self) -> &Policy {
-        &self.profiles[0]
-    }
-
     /// True if no profile shapes anything: the driver can skip the shaper.
     pub fn is_off(&self) -> bool {
         self.profiles.iter().all(Policy::is_off)
@@ -614,8 +609,7 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
     }
 
     /// When the shaper next has work: a release or a cover tick.
-    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
-        let _ = now;
+    pub fn next_deadline(&self) -> Option<Instant> {
         match (self.next_release(), self.next_cover_tick()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
