@@ -3,7 +3,9 @@
 //! * `veil relay` runs a relay node (config file and/or flags; flags win).
 //! * `veil credentials` mints TURN REST API credentials from a secret file.
 
+mod check;
 mod dev;
+mod lifecycle;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -12,9 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use veil_relay::admin::AdminState;
 use veil_relay::config::{LogFormat, PortRange, RelayConfig, StaticUser, parse_secrets};
-use veil_relay::io::{Node, wait_for_shutdown_signal};
+use veil_relay::io::Node;
 use veil_relay::privacy::Redactor;
 use veil_relay::proto::auth::{NonceKey, mint, mint_username, username_with_claims};
 use veil_relay::proto::peer_filter::Cidr;
@@ -44,6 +45,9 @@ enum Command {
     /// Run the geo-aware allocator: places clients on relays of their residency zones and hands
     /// out ICE server configs with short-lived credentials.
     Allocator(AllocatorArgs),
+    /// Check relay or allocator config files as the binary would at start; exit 1 if any is
+    /// invalid (for CI, and for rendered Helm values).
+    CheckConfig(check::CheckArgs),
 }
 
 /// Every setting of the config file, as flags; a flag overrides the file. Defaults are those of
@@ -145,6 +149,13 @@ struct RelayArgs {
     /// daily-rotating keyed hashes instead).
     #[arg(long = "log-personal-data")]
     log_personal_data: bool,
+    /// Seconds to keep relaying for existing allocations after SIGTERM (default: 300).
+    #[arg(long = "drain-timeout", value_name = "SECS")]
+    drain_timeout: Option<u32>,
+    /// Seconds between checks of the config and secret files for changes; 0: SIGHUP only
+    /// (default: 5).
+    #[arg(long = "watch-interval", value_name = "SECS")]
+    watch_interval: Option<u32>,
 }
 
 fn parse_timing(s: &str) -> Result<Timing, String> {
@@ -222,6 +233,7 @@ fn main() {
         Command::Credentials(args) => credentials(args),
         Command::Allocator(args) => allocator(args),
         Command::Dev(args) => dev::run(args),
+        Command::CheckConfig(args) => check::run(args),
     };
     if let Err(e) = result {
         eprintln!("veil: {e:#}");
@@ -289,6 +301,12 @@ fn apply_flags(cfg: &mut RelayConfig, a: &RelayArgs) -> Result<()> {
     if a.log_personal_data {
         cfg.log.personal_data = true;
     }
+    if let Some(v) = a.drain_timeout {
+        cfg.lifecycle.drain_timeout = v;
+    }
+    if let Some(v) = a.watch_interval {
+        cfg.lifecycle.watch_interval = v;
+    }
     let sh = &mut cfg.shaping;
     if let Some(b) = &a.pad_buckets {
         sh.padding = b
@@ -332,13 +350,18 @@ pub(crate) fn init_logging(format: LogFormat) {
     }
 }
 
-fn relay(args: RelayArgs) -> Result<()> {
+/// The relay configuration: the file (if any), then the flags on top, resolved.
+fn relay_config(args: &RelayArgs) -> Result<veil_relay::config::Resolved> {
     let mut cfg = match &args.config {
         Some(p) => RelayConfig::load(p)?,
         None => RelayConfig::default(),
     };
-    apply_flags(&mut cfg, &args)?;
-    let resolved = cfg.resolve()?;
+    apply_flags(&mut cfg, args)?;
+    Ok(cfg.resolve()?)
+}
+
+fn relay(args: RelayArgs) -> Result<()> {
+    let resolved = relay_config(&args)?;
     init_logging(resolved.log.format);
     for w in &resolved.warnings {
         tracing::warn!("{w}");
@@ -367,20 +390,15 @@ fn relay(args: RelayArgs) -> Result<()> {
         profiles = ?resolved.server.shaping_profiles,
         "relay ready"
     );
-    match resolved.admin {
-        None => wait_for_shutdown_signal().context("waiting for a signal")?,
-        Some(addr) => serve_admin_until_signal(
-            addr,
-            AdminState::new(
-                shared_for_admin,
-                &node.listen,
-                Some((node.reports.clone(), node.port_range.len())),
-            ),
-        )?,
+    let config_file = args.config.clone();
+    lifecycle::Running {
+        node,
+        shared: shared_for_admin,
+        current: resolved,
+        reload: Box::new(move || relay_config(&args)),
+        config_file,
     }
-    tracing::info!("shutting down");
-    node.stop().context("stopping the workers")?;
-    Ok(())
+    .run()
 }
 
 /// Starts a relay node's workers from a resolved configuration.
@@ -401,32 +419,6 @@ pub(crate) fn start_node(resolved: &veil_relay::config::Resolved) -> Result<(Nod
     )
     .context("starting the relay")?;
     Ok((node, shared))
-}
-
-/// Serves the admin endpoint on the main thread until SIGINT or SIGTERM.
-fn serve_admin_until_signal(addr: SocketAddr, state: std::sync::Arc<AdminState>) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("admin endpoint on {addr}"))?;
-        tracing::info!(%addr, "admin endpoint ready");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(veil_relay::admin::serve(listener, state, async {
-            let _ = rx.await;
-        }));
-        veil_relay::io::shutdown_signal()
-            .await
-            .context("waiting for a signal")?;
-        let _ = tx.send(());
-        server
-            .await
-            .context("admin task")?
-            .context("admin endpoint")?;
-        Ok(())
-    })
 }
 
 fn allocator(args: AllocatorArgs) -> Result<()> {

@@ -792,3 +792,313 @@ async fn metrics_count_relayed_traffic_without_personal_data() {
     conn.close().await.unwrap();
     client.close().await.unwrap();
 }
+
+/// Sends `msg` through `conn` to the echo peer `peer` and waits for its echo (5 s at most),
+/// skipping what other peers send.
+async fn round_trip(conn: &impl Conn, peer: SocketAddr, msg: &[u8]) {
+    conn.send_to(msg, peer).await.expect("send_to");
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), conn.recv_from(&mut buf))
+            .await
+            .expect("echo within 5 s")
+            .expect("recv");
+        if from == peer {
+            assert_eq!(&buf[..n], msg);
+            return;
+        }
+    }
+}
+
+/// Waits (10 s at most) until the relay's `/metrics` shows `series` at `want` or more.
+async fn await_metric(admin: SocketAddr, series: &str, want: f64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = common::http_get(admin, "/metrics");
+        if common::metric(&body, series).is_some_and(|v| v >= want) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} did not reach {want} in 10 s:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_existing_allocations_then_exits_zero() {
+    let admin = common::free_tcp_addr();
+    let mut relay = start_relay(
+        "19000-19099",
+        &[
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--admin",
+            &admin.to_string(),
+            "--drain-timeout",
+            "60",
+        ],
+    );
+    assert_eq!(common::http_get(admin, "/readyz").0, 200);
+    let (user, pass) = rest_credentials(3600, "caller");
+    let (client, _) = turn_client(&relay, &user, &pass).await;
+    let conn = client.allocate().await.expect("allocate");
+    let (peer_a, _, peer) = echo_peer(100).await;
+    round_trip(&conn, peer_a, b"before the signal").await;
+
+    common::signal(&relay.child, "TERM");
+    // Not ready at once, so the allocator stops placing on the node.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while common::http_get(admin, "/readyz").0 != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz still 200 5 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, status) = common::http_get(admin, "/status");
+    assert!(status.contains("\"draining\":true"), "{status}");
+
+    // A new allocation is refused with 508 (clients move on to their next server)...
+    let (user2, pass2) = rest_credentials(3600, "latecomer");
+    let (late, _) = turn_client(&relay, &user2, &pass2).await;
+    let e = late.allocate().await.err().expect("refused while draining");
+    assert!(err_code(&e).contains("508"), "{e}");
+    late.close().await.unwrap();
+
+    // ...while the existing one keeps relaying, for as long as the drain lasts.
+    for i in 0..20 {
+        round_trip(&conn, peer_a, format!("during the drain {i}").as_bytes()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = await_metric(
+        admin,
+        "veil_relay_allocations_refused_total{reason=\"draining\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(common::metric(&body, "veil_relay_draining"), Some(1.0));
+    assert!(
+        relay.child.try_wait().unwrap().is_none(),
+        "the relay waits for its allocation"
+    );
+
+    // The last allocation ends: the relay exits 0 long before the 60 s timeout.
+    conn.close().await.unwrap();
+    client.close().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = relay.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay did not exit 10 s after its last allocation ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    drop(peer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_ends_remaining_allocations_and_exits_zero() {
+    let mut relay = start_relay(
+        "19100-19199",
+        &["--allow-peer", "127.0.0.0/8", "--drain-timeout", "2"],
+    );
+    let (user, pass) = rest_credentials(3600, "lingerer");
+    let (client, _) = turn_client(&relay, &user, &pass).await;
+    let conn = client.allocate().await.expect("allocate");
+    let (peer_a, _, _peer) = echo_peer(100).await;
+    round_trip(&conn, peer_a, b"hello").await;
+    let t0 = std::time::Instant::now();
+    common::signal(&relay.child, "TERM");
+    let status = loop {
+        if let Some(s) = relay.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1900),
+        "the allocation was relayed for the 2 s drain, not cut at once ({:?})",
+        t0.elapsed()
+    );
+    conn.close().await.ok();
+    client.close().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_rotates_secrets_and_applies_peers_and_shaping_without_dropping_allocations() {
+    let admin = common::free_tcp_addr();
+    let dir =
+        common::TempDir(std::env::temp_dir().join(format!("veil-reload-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let config = dir.0.join("relay.yaml");
+    const ALLOW: &str = "peers: {allow: [127.0.0.0/8]}\n";
+    let write_config = |text: &str| std::fs::write(&config, text).unwrap();
+    write_config(ALLOW);
+    let relay = start_relay(
+        "19200-19299",
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--admin",
+            &admin.to_string(),
+            "--watch-interval",
+            "1",
+        ],
+    );
+    let secrets = relay.dir.0.join("secrets");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mint = |secret: &str, id: &str| auth::mint(secret.as_bytes(), now + 600, Some(id));
+    let allocates = |(user, pass): (String, String)| {
+        let relay = &relay;
+        async move {
+            let (client, _) = turn_client(relay, &user, &pass).await;
+            let r = client.allocate().await;
+            let ok = match r {
+                Ok(conn) => {
+                    conn.close().await.unwrap();
+                    true
+                }
+                Err(e) => {
+                    assert!(err_code(&e).contains("401"), "{e}");
+                    false
+                }
+            };
+            client.close().await.unwrap();
+            ok
+        }
+    };
+    const OLDER: &str = "an-older-secret-still-valid";
+    const NEW: &str = "a-brand-new-secret-0123456789";
+
+    // A call in progress, on a credential of the current secret.
+    let (user, pass) = mint(SECRET, "in-call");
+    let (client, counts) = turn_client(&relay, &user, &pass).await;
+    let conn = client.allocate().await.expect("allocate");
+    let (peer_a, _, _peer) = echo_peer(1000).await;
+    round_trip(&conn, peer_a, b"before").await;
+    assert!(
+        !allocates(mint(NEW, "x")).await,
+        "the new secret is unknown yet"
+    );
+
+    // Step 1 of a rotation: the new secret first, the current one kept; SIGHUP.
+    std::fs::write(&secrets, format!("{NEW}\n{SECRET}\n")).unwrap();
+    common::signal(&relay.child, "HUP");
+    await_metric(
+        admin,
+        "veil_relay_config_reloads_total{result=\"success\"}",
+        1.0,
+    )
+    .await;
+    assert!(
+        allocates(mint(NEW, "x")).await,
+        "new credentials work at once"
+    );
+    assert!(
+        allocates(mint(SECRET, "x")).await,
+        "the kept secret still validates"
+    );
+    assert!(
+        !allocates(mint(OLDER, "x")).await,
+        "the dropped secret no longer does"
+    );
+    round_trip(&conn, peer_a, b"after the first reload").await;
+
+    // Step 2: the old secret goes; noticed by the file watch, no signal.
+    std::fs::write(&secrets, format!("{NEW}\n")).unwrap();
+    await_metric(
+        admin,
+        "veil_relay_config_reloads_total{result=\"success\"}",
+        2.0,
+    )
+    .await;
+    assert!(
+        !allocates(mint(SECRET, "x")).await,
+        "the removed secret is refused"
+    );
+    // The allocation made with it goes on: it keeps the key it was created with.
+    round_trip(&conn, peer_a, b"after the second reload").await;
+
+    // A broken file is refused and the running configuration stays.
+    std::fs::write(&secrets, "# nothing\n").unwrap();
+    await_metric(
+        admin,
+        "veil_relay_config_reloads_total{result=\"failure\"}",
+        1.0,
+    )
+    .await;
+    assert!(
+        allocates(mint(NEW, "x")).await,
+        "still the last good secrets"
+    );
+    std::fs::write(&secrets, format!("{NEW}\n")).unwrap();
+    await_metric(
+        admin,
+        "veil_relay_config_reloads_total{result=\"success\"}",
+        3.0,
+    )
+    .await;
+
+    // Shaping turned on by the config file: what reaches the client is padded from now on.
+    write_config(&format!(
+        "{ALLOW}shaping: {{enabled: true, padding: \"multiple:128\", timing: \"off\"}}\n"
+    ));
+    await_metric(
+        admin,
+        "veil_relay_config_reloads_total{result=\"success\"}",
+        4.0,
+    )
+    .await;
+    let before = counts.media_sizes().len();
+    for i in 0..5 {
+        round_trip(&conn, peer_a, format!("padded {i}").as_bytes()).await;
+    }
+    let sizes = counts.media_sizes()[before..].to_vec();
+    assert!(!sizes.is_empty());
+    assert!(
+        sizes.iter().all(|n| n % 128 == 0),
+        "frames padded to multiples of 128 after the reload: {sizes:?}"
+    );
+
+    // Peers: without the allow entry, loopback peers are denied again for new permissions.
+    write_config("");
+    await_metric(
+        admin,
+        "veil_relay_config_reloads_total{result=\"success\"}",
+        5.0,
+    )
+    .await;
+    // (Permissions are per IP: the new peer is on another loopback IP.)
+    let other = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let e = conn
+        .send_to(b"to a new peer", other.local_addr().unwrap())
+        .await
+        .expect_err("a permission for a denied peer is refused");
+    assert!(err_code(&e).contains("403"), "{e}");
+    let mut buf = [0u8; 64];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), other.recv_from(&mut buf))
+            .await
+            .is_err(),
+        "nothing reached the denied peer"
+    );
+    // The existing permission stays until it expires.
+    round_trip(&conn, peer_a, b"old peer still reachable").await;
+
+    conn.close().await.unwrap();
+    client.close().await.unwrap();
+}

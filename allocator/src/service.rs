@@ -165,7 +165,9 @@ pub struct App {
     cfg: AllocatorConfig,
     policy: Policy,
     geo: ReloadingGeo,
-    secret: Vec<u8>,
+    /// The signing secret: the first of `secret_files`, read again at every registry poll so a
+    /// rotated Secret takes effect without a restart.
+    secret: RwLock<Vec<u8>>,
     relays: RwLock<Vec<Tracked>>,
     audit: Mutex<Audit>,
     metrics: Mutex<Metrics>,
@@ -181,6 +183,27 @@ struct Metrics {
     /// Placement latency histogram buckets (seconds), and sum.
     latency: [u64; 6],
     latency_sum: f64,
+    /// Credentials handed out.
+    minted: u64,
+    /// Times the signing secret changed on disk and was taken up.
+    secret_reloads: u64,
+}
+
+/// The first secret of the first file that holds one.
+fn signing_secret(files: &[PathBuf]) -> Result<Vec<u8>, ConfigError> {
+    for p in files {
+        let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
+            path: p.display().to_string(),
+            source,
+        })?;
+        if let Some(s) = veil_relay::config::parse_secrets(&text).into_iter().next() {
+            return Ok(s);
+        }
+    }
+    Err(ConfigError::Invalid {
+        field: "secret_files",
+        message: "no secret found".into(),
+    })
 }
 
 const LATENCY_BOUNDS: [f64; 5] = [0.000_1, 0.000_5, 0.001, 0.005, 0.025];
@@ -211,17 +234,7 @@ impl App {
                 "at least one key, each at least 16 characters".into(),
             ));
         }
-        let mut secret = None;
-        for p in &cfg.secret_files {
-            let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
-                path: p.display().to_string(),
-                source,
-            })?;
-            if secret.is_none() {
-                secret = veil_relay::config::parse_secrets(&text).into_iter().next();
-            }
-        }
-        let secret = secret.ok_or_else(|| invalid("secret_files", "no secret found".into()))?;
+        let secret = signing_secret(&cfg.secret_files)?;
         for r in &cfg.relays {
             if policy.zone_of(&r.name).is_none() {
                 return Err(invalid(
@@ -249,7 +262,7 @@ impl App {
             cfg,
             policy,
             geo,
-            secret,
+            secret: RwLock::new(secret),
             relays: RwLock::new(relays),
             audit: Mutex::default(),
             metrics: Mutex::default(),
@@ -328,7 +341,10 @@ impl App {
         let secs = started.elapsed().as_secs_f64();
         let mut m = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
         match &result {
-            Ok(a) => *m.placed.entry(a.zone.clone()).or_insert(0) += 1,
+            Ok(a) => {
+                *m.placed.entry(a.zone.clone()).or_insert(0) += 1;
+                m.minted += a.ice_servers.len() as u64;
+            }
             Err(ApiError(_, "no_relay", _)) => m.refused += 1,
             Err(_) => {}
         }
@@ -364,6 +380,22 @@ impl App {
         );
         let _ = writeln!(o, "# TYPE veil_allocator_residency_refusals_total counter");
         let _ = writeln!(o, "veil_allocator_residency_refusals_total {}", m.refused);
+        let _ = writeln!(
+            o,
+            "# HELP veil_allocator_credentials_minted_total TURN credentials handed out."
+        );
+        let _ = writeln!(o, "# TYPE veil_allocator_credentials_minted_total counter");
+        let _ = writeln!(o, "veil_allocator_credentials_minted_total {}", m.minted);
+        let _ = writeln!(
+            o,
+            "# HELP veil_allocator_secret_reloads_total Times a changed signing secret was taken up."
+        );
+        let _ = writeln!(o, "# TYPE veil_allocator_secret_reloads_total counter");
+        let _ = writeln!(
+            o,
+            "veil_allocator_secret_reloads_total {}",
+            m.secret_reloads
+        );
         let _ = writeln!(
             o,
             "# HELP veil_allocator_placement_duration_seconds Time to answer a placement request."
@@ -423,6 +455,8 @@ impl App {
                 t.view.zone
             );
         }
+        drop(relays);
+        veil_relay::metrics::process(&mut o);
         o
     }
 
@@ -466,7 +500,10 @@ impl App {
             None => random_id(),
         };
         let username = auth::username_with_claims(now + ttl, &user, &[("z", &zone)]);
-        let (username, password) = auth::mint_username(&self.secret, username);
+        let (username, password) = {
+            let secret = self.secret.read().unwrap_or_else(|e| e.into_inner());
+            auth::mint_username(&secret, username)
+        };
         let mut urls = primary.uris.clone();
         if let Some(b) = placement.backup
             && relays[b].view.zone == zone
@@ -539,8 +576,31 @@ impl App {
         }
     }
 
+    /// Reads the signing secret again; a change takes effect for the next credential. A file
+    /// that cannot be read or holds no secret leaves the current one in force.
+    pub fn reload_secret(&self) {
+        match signing_secret(&self.cfg.secret_files) {
+            Ok(new) => {
+                let mut cur = self.secret.write().unwrap_or_else(|e| e.into_inner());
+                if *cur != new {
+                    *cur = new;
+                    drop(cur);
+                    self.metrics
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .secret_reloads += 1;
+                    tracing::info!("signing secret changed on disk: new credentials use it");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the signing secret; keeping the current one")
+            }
+        }
+    }
+
     /// Polls every relay's `/status` once and updates its health.
     pub async fn poll_once(&self) {
+        self.reload_secret();
         self.discover().await;
         let targets: Vec<(String, String)> = self
             .relays
@@ -890,6 +950,46 @@ mod tests {
             "{m}"
         );
         assert!(!m.contains("127.0.0.1"), "no address in labels: {m}");
+        assert!(
+            m.contains("veil_allocator_credentials_minted_total 1\n"),
+            "{m}"
+        );
+        assert!(m.contains("\nprocess_resident_memory_bytes "), "{m}");
+
+        // Secret rotation: a changed file signs the next credential; an emptied one is ignored.
+        let verify = |a: &IceAnswer, secret: &[u8]| {
+            let s = &a.ice_servers[0];
+            auth::mint_username(secret, s.username.clone()).1 == s.credential
+        };
+        assert!(verify(&a, b"secret-0123456789abcdef"));
+        std::fs::write(
+            dir.join("s"),
+            "rotated-0123456789abcdef\nsecret-0123456789abcdef\n",
+        )
+        .unwrap();
+        app.poll_once().await;
+        let b = app
+            .allocate("127.0.2.1".parse().unwrap(), &IceRequest::default())
+            .unwrap();
+        assert!(
+            verify(&b, b"rotated-0123456789abcdef"),
+            "signed with the new first secret"
+        );
+        std::fs::write(dir.join("s"), "# emptied by mistake\n").unwrap();
+        app.poll_once().await;
+        let c = app
+            .allocate("127.0.2.1".parse().unwrap(), &IceRequest::default())
+            .unwrap();
+        assert!(
+            verify(&c, b"rotated-0123456789abcdef"),
+            "the last good secret stays"
+        );
+        let m = app.render_metrics();
+        assert!(m.contains("veil_allocator_secret_reloads_total 1\n"), "{m}");
+        assert!(
+            m.contains("veil_allocator_credentials_minted_total 3\n"),
+            "{m}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

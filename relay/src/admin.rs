@@ -5,7 +5,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -32,7 +31,6 @@ pub struct Status {
 pub struct AdminState {
     core: Arc<Shared>,
     uris: Vec<String>,
-    draining: AtomicBool,
     metrics: Option<(Arc<Reports>, usize)>,
 }
 
@@ -74,20 +72,14 @@ impl AdminState {
         Arc::new(AdminState {
             core,
             uris,
-            draining: AtomicBool::new(false),
             metrics,
         })
-    }
-
-    /// Stops advertising readiness (new allocations still work until the node stops).
-    pub fn set_draining(&self, v: bool) {
-        self.draining.store(v, Ordering::Relaxed);
     }
 
     pub fn status(&self) -> Status {
         let cfg = &self.core.config;
         let allocations = self.core.allocations();
-        let draining = self.draining.load(Ordering::Relaxed);
+        let draining = self.core.draining();
         Status {
             zone: cfg.zone.clone(),
             ready: !draining && allocations < cfg.total_quota,

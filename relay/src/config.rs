@@ -221,6 +221,28 @@ pub struct RelayConfig {
     /// SOFTWARE attribute sent in responses; none by default.
     pub software: Option<String>,
     pub log: LogConfig,
+    pub lifecycle: Lifecycle,
+}
+
+/// Shutdown and reload behaviour.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Lifecycle {
+    /// Seconds a SIGTERM'd node keeps relaying for existing allocations (new ones are refused)
+    /// before it exits; it exits sooner when the last allocation ends.
+    pub drain_timeout: u32,
+    /// Seconds between checks of the config file and secret files for changes, which reload
+    /// them as SIGHUP does; 0: SIGHUP only.
+    pub watch_interval: u32,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            drain_timeout: 300,
+            watch_interval: 5,
+        }
+    }
 }
 
 impl Default for RelayConfig {
@@ -244,6 +266,7 @@ impl Default for RelayConfig {
             admin: None,
             software: None,
             log: LogConfig::default(),
+            lifecycle: Lifecycle::default(),
         }
     }
 }
@@ -286,8 +309,61 @@ pub struct Resolved {
     /// order.
     pub shaping: Vec<Policy>,
     pub admin: Option<SocketAddr>,
+    pub drain_timeout: std::time::Duration,
+    /// How often to look for changed files (None: SIGHUP only).
+    pub watch_interval: Option<std::time::Duration>,
+    /// The secret files read, which a reload reads again.
+    pub secret_files: Vec<PathBuf>,
     /// Things an operator should know at start (not errors).
     pub warnings: Vec<String>,
+}
+
+impl Resolved {
+    /// The settings that differ in `new` but only take effect at a restart. A reload applies
+    /// credentials, static users, the peer filter and shaping policies; the rest is fixed for
+    /// the life of the process (sockets, workers and allocations depend on it).
+    pub fn restart_needed(&self, new: &Resolved) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let mut check = |changed: bool, field: &'static str| {
+            if changed {
+                v.push(field);
+            }
+        };
+        let (a, b) = (&self.server, &new.server);
+        check(self.listen != new.listen, "listen");
+        check(
+            a.relay_v4 != b.relay_v4 || a.relay_v6 != b.relay_v6,
+            "relay_ips/external_ips",
+        );
+        check(self.port_range != new.port_range, "port_range");
+        check(a.realm != b.realm, "realm");
+        check(a.zone != b.zone, "zone");
+        check(
+            a.default_lifetime != b.default_lifetime
+                || a.max_lifetime != b.max_lifetime
+                || a.permission_lifetime != b.permission_lifetime
+                || a.channel_lifetime != b.channel_lifetime
+                || a.nonce_lifetime != b.nonce_lifetime,
+            "lifetimes",
+        );
+        check(
+            a.user_quota != b.user_quota || a.total_quota != b.total_quota,
+            "quotas",
+        );
+        check(a.software != b.software, "software");
+        check(
+            a.shaping_profiles != b.shaping_profiles,
+            "shaping.profiles (names)",
+        );
+        check(self.workers != new.workers, "workers");
+        check(self.admin != new.admin, "admin");
+        check(self.log != new.log, "log");
+        check(
+            self.drain_timeout != new.drain_timeout || self.watch_interval != new.watch_interval,
+            "lifecycle",
+        );
+        v
+    }
 }
 
 impl RelayConfig {
@@ -533,6 +609,10 @@ impl RelayConfig {
             log: self.log.clone(),
             shaping,
             admin: self.admin,
+            drain_timeout: std::time::Duration::from_secs(self.lifecycle.drain_timeout as u64),
+            watch_interval: (self.lifecycle.watch_interval > 0)
+                .then(|| std::time::Duration::from_secs(self.lifecycle.watch_interval as u64)),
+            secret_files: self.auth.secret_files.clone(),
             warnings,
         })
     }
@@ -560,6 +640,40 @@ pub fn kernel_ephemeral_ports() -> Option<PortRange> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restart_needed_names_fixed_settings_only() {
+        let base = RelayConfig {
+            auth: AuthConfig {
+                secrets: vec!["a-secret-of-sixteen-bytes".into()],
+                ..AuthConfig::default()
+            },
+            ..RelayConfig::default()
+        };
+        let a = base.resolve().unwrap();
+        // What a reload applies: secrets, peers, shaping policies.
+        let mut live = base.clone();
+        live.auth.secrets.push("another-secret-0123456789".into());
+        live.peers.deny.push("192.0.2.0/24".parse().unwrap());
+        live.shaping.enabled = true;
+        assert!(a.restart_needed(&live.resolve().unwrap()).is_empty());
+        // What needs a restart.
+        let mut fixed = base.clone();
+        fixed.realm = "elsewhere".into();
+        fixed.quotas.total = 5;
+        fixed.port_range = PortRange {
+            start: 40000,
+            end: 40999,
+        };
+        fixed
+            .shaping
+            .profiles
+            .insert("voice".into(), Default::default());
+        assert_eq!(
+            a.restart_needed(&fixed.resolve().unwrap()),
+            ["port_range", "realm", "quotas", "shaping.profiles (names)"]
+        );
+    }
 
     #[test]
     fn example_file_is_exactly_the_defaults() {

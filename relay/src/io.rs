@@ -69,8 +69,9 @@ struct Reserved {
 pub struct NodeShared {
     pub core: Arc<Shared>,
     pub port_range: PortRange,
-    /// The node's shaping policy and the named profiles (see [`crate::config::Resolved`]).
-    pub shaping: Vec<Policy>,
+    /// The node's shaping policy and the named profiles (see [`crate::config::Resolved`]);
+    /// a reload sends new ones and every worker's shaper takes them.
+    shaping: watch::Receiver<Vec<Policy>>,
     /// Origin of the shaping slot grid, the same for every worker.
     pub epoch: Instant,
     /// Each worker's latest counters, for the metrics endpoint.
@@ -80,10 +81,10 @@ pub struct NodeShared {
 }
 
 impl NodeShared {
-    pub fn new(
+    fn new(
         core: Arc<Shared>,
         port_range: PortRange,
-        shaping: Vec<Policy>,
+        shaping: watch::Receiver<Vec<Policy>>,
         workers: usize,
     ) -> Arc<Self> {
         Arc::new(NodeShared {
@@ -573,10 +574,29 @@ async fn timer_task(worker: Rc<RefCell<Worker>>, node: Arc<NodeShared>, index: u
             index,
             WorkerReport {
                 core: w.server.stats(),
+                occupancy: w.server.occupancy(),
                 shaping: w.shaper.stats(),
                 io: w.io.stats,
             },
         );
+    }
+}
+
+/// Puts reloaded shaping policies in force on this worker.
+async fn reload_task(worker: Rc<RefCell<Worker>>, mut policies: watch::Receiver<Vec<Policy>>) {
+    while policies.changed().await.is_ok() {
+        let next = policies.borrow_and_update().clone();
+        let mut w = worker.borrow_mut();
+        let Worker {
+            shaper,
+            io: sockets,
+            shaper_wake,
+            ..
+        } = &mut *w;
+        shaper.set_profiles(Instant::now(), next, |client, frame| {
+            sockets.send_to_client(client, frame)
+        });
+        shaper_wake.notify_one();
     }
 }
 
@@ -640,7 +660,7 @@ pub fn run_worker(
                 },
                 peer_buf: vec![0u8; HEADROOM + MAX_DATAGRAM + TAILROOM],
                 shaper: Shaper::with_profiles(
-                    node.shaping.clone(),
+                    node.shaping.borrow().clone(),
                     node.epoch,
                     Rng::seeded().next(),
                 ),
@@ -661,12 +681,15 @@ pub fn run_worker(
             node.clone(),
             index,
         )));
-        if !node.shaping.iter().all(Policy::is_off) {
-            tasks.push(tokio::task::spawn_local(shaper_task(
-                worker.clone(),
-                wake.clone(),
-            )));
-        }
+        // Always running (it sleeps when nothing is shaped), so a reload can turn shaping on.
+        tasks.push(tokio::task::spawn_local(shaper_task(
+            worker.clone(),
+            wake.clone(),
+        )));
+        tasks.push(tokio::task::spawn_local(reload_task(
+            worker.clone(),
+            node.shaping.clone(),
+        )));
         tracing::debug!(worker = index, "worker started");
         while !*stop.borrow() {
             if stop.changed().await.is_err() {
@@ -698,6 +721,7 @@ pub struct Node {
     /// The workers' counters, for [`crate::metrics::render`].
     pub reports: Arc<Reports>,
     pub port_range: PortRange,
+    shaping: watch::Sender<Vec<Policy>>,
     stop: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<io::Result<()>>>,
 }
@@ -712,7 +736,8 @@ impl Node {
         shaping: Vec<Policy>,
     ) -> io::Result<Node> {
         let per_worker = bind_listeners(listen, workers.max(1))?;
-        let node = NodeShared::new(core, port_range, shaping, workers.max(1));
+        let (shaping, shaping_rx) = watch::channel(shaping);
+        let node = NodeShared::new(core, port_range, shaping_rx, workers.max(1));
         let reports = node.reports.clone();
         let (stop, stop_rx) = watch::channel(false);
         let mut threads = Vec::new();
@@ -731,7 +756,14 @@ impl Node {
             threads,
             reports,
             port_range,
+            shaping,
         })
+    }
+
+    /// Puts new shaping policies (node policy, then the profiles in the same order as before)
+    /// in force on every worker; allocations go on.
+    pub fn reload_shaping(&self, policies: Vec<Policy>) {
+        self.shaping.send_replace(policies);
     }
 
     /// Stops the workers (allocations are deleted, sockets closed) and waits for them.
@@ -747,19 +779,11 @@ impl Node {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
+/// Resolves on SIGINT or SIGTERM (Ctrl-C in a terminal).
 pub async fn shutdown_signal() -> io::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r,
         _ = term.recv() => Ok(()),
     }
-}
-
-/// Waits for SIGINT or SIGTERM.
-pub fn wait_for_shutdown_signal() -> io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(shutdown_signal())
 }

@@ -6,8 +6,9 @@
 
 use std::fmt::Write;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::proto::server::{Shared, Stats};
+use crate::proto::server::{Occupancy, Refusal, Shared, Stats};
 use crate::shaping::ShapingStats;
 
 /// What the driver counts per worker.
@@ -29,20 +30,35 @@ pub struct IoStats {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct WorkerReport {
     pub core: Stats,
+    pub occupancy: Occupancy,
     pub shaping: ShapingStats,
     pub io: IoStats,
 }
 
-/// The latest report of every worker.
+/// The latest report of every worker, and the node's configuration reloads.
 #[derive(Debug, Default)]
 pub struct Reports {
     workers: Vec<Mutex<WorkerReport>>,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    last_reload_ok_unix: AtomicU64,
 }
 
 impl Reports {
     pub fn new(workers: usize) -> Self {
         Reports {
             workers: (0..workers).map(|_| Mutex::default()).collect(),
+            ..Reports::default()
+        }
+    }
+
+    /// Counts a configuration reload; `unix` is when it happened.
+    pub fn count_reload(&self, ok: bool, unix: u64) {
+        if ok {
+            self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            self.last_reload_ok_unix.store(unix, Ordering::Relaxed);
+        } else {
+            self.reloads_failed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -62,6 +78,20 @@ impl Reports {
             c.allocations_expired += r.core.allocations_expired;
             c.allocations_deleted += r.core.allocations_deleted;
             c.auth_failures += r.core.auth_failures;
+            c.auth_expired += r.core.auth_expired;
+            for (a, b) in c
+                .allocations_refused
+                .iter_mut()
+                .zip(r.core.allocations_refused)
+            {
+                *a += b;
+            }
+            let o = &mut t.occupancy;
+            for f in 0..2 {
+                o.relayed[f] += r.occupancy.relayed[f];
+                o.permissions[f] += r.occupancy.permissions[f];
+                o.channels[f] += r.occupancy.channels[f];
+            }
             c.peers_denied += r.core.peers_denied;
             c.malformed += r.core.malformed;
             s.padded_frames += r.shaping.padded_frames;
@@ -86,12 +116,14 @@ impl Reports {
     }
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+/// Writes a metric family's HELP and TYPE lines (a counter's `name` ends in `_total`).
+pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-fn sample(out: &mut String, name: &str, labels: &str, v: impl std::fmt::Display) {
+/// Writes one sample; `labels` is `k="v",…` or empty.
+pub fn sample(out: &mut String, name: &str, labels: &str, v: impl std::fmt::Display) {
     if labels.is_empty() {
         let _ = writeln!(out, "{name} {v}");
     } else {
@@ -125,6 +157,35 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
         "Allocations this node accepts at most.",
         core.config.total_quota as u64,
     );
+    g(
+        &mut o,
+        "veil_relay_draining",
+        "1 while the node drains for shutdown (refuses new allocations), else 0.",
+        u64::from(core.draining()),
+    );
+    let fam = ["family=\"ipv4\"", "family=\"ipv6\""];
+    for (name, help, v) in [
+        (
+            "veil_relay_relayed_addresses",
+            "Relayed transport addresses held by allocations, by client transport and family.",
+            t.occupancy.relayed,
+        ),
+        (
+            "veil_relay_permissions",
+            "Permissions installed, by client transport and peer address family.",
+            t.occupancy.permissions,
+        ),
+        (
+            "veil_relay_channels",
+            "Channel bindings, by client transport and peer address family.",
+            t.occupancy.channels,
+        ),
+    ] {
+        family(&mut o, name, "gauge", help);
+        for (f, v) in fam.iter().zip(v) {
+            sample(&mut o, name, &format!("transport=\"udp\",{f}"), v);
+        }
+    }
     g(
         &mut o,
         "veil_relay_relayed_sockets",
@@ -161,11 +222,38 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
         "Allocations created.",
         t.core.allocations_created,
     );
-    c(
+    family(
         &mut o,
-        "veil_relay_auth_failures",
-        "Requests refused for bad or expired credentials.",
-        t.core.auth_failures,
+        "veil_relay_allocations_refused_total",
+        "counter",
+        "Authenticated Allocate requests refused, by reason.",
+    );
+    for r in Refusal::ALL {
+        sample(
+            &mut o,
+            "veil_relay_allocations_refused_total",
+            &format!("reason=\"{}\"", r.label()),
+            t.core.allocations_refused[r as usize],
+        );
+    }
+    family(
+        &mut o,
+        "veil_relay_auth_failures_total",
+        "counter",
+        "Requests answered 401, by reason: an expired REST credential, or a bad one (wrong \
+         password or secret, unknown user, USERHASH).",
+    );
+    sample(
+        &mut o,
+        "veil_relay_auth_failures_total",
+        "reason=\"expired\"",
+        t.core.auth_expired,
+    );
+    sample(
+        &mut o,
+        "veil_relay_auth_failures_total",
+        "reason=\"bad_credentials\"",
+        t.core.auth_failures - t.core.auth_expired.min(t.core.auth_failures),
     );
     c(
         &mut o,
@@ -277,7 +365,113 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
         t.shaping.delay_us_sum as f64 / 1e6,
     );
     sample(&mut o, "veil_relay_shaping_delay_seconds_count", "", cum);
+    family(
+        &mut o,
+        "veil_relay_config_reloads_total",
+        "counter",
+        "Configuration reloads (SIGHUP or file change), by result.",
+    );
+    sample(
+        &mut o,
+        "veil_relay_config_reloads_total",
+        "result=\"success\"",
+        reports.reloads_ok.load(Ordering::Relaxed),
+    );
+    sample(
+        &mut o,
+        "veil_relay_config_reloads_total",
+        "result=\"failure\"",
+        reports.reloads_failed.load(Ordering::Relaxed),
+    );
+    g(
+        &mut o,
+        "veil_relay_config_last_reload_success_timestamp_seconds",
+        "When the configuration was last reloaded successfully (0: never).",
+        reports.last_reload_ok_unix.load(Ordering::Relaxed),
+    );
+    process(&mut o);
     o
+}
+
+/// The standard `process_*` metrics of this process, from /proc (nothing on other systems).
+pub fn process(o: &mut String) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the parenthesised command name, which may itself hold spaces.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    // `rest` starts at field 3 (state): utime is field 14, stime 15, starttime 22, vsize 23,
+    // rss 24 (proc(5)).
+    let (utime, stime, start, vsize, rss) = (num(11), num(12), num(19), num(20), num(21));
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid pointer to an rlimit.
+    let max_fds = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        0
+    };
+    let rows: [(&str, &str, &str, String); 6] = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent, in seconds.",
+            format!("{}", (utime + stime) as f64 / ticks),
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            (rss * page).to_string(),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            vsize.to_string(),
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors (sockets included).",
+            open_fds.to_string(),
+        ),
+        (
+            "process_max_fds",
+            "gauge",
+            "Limit on open file descriptors.",
+            max_fds.to_string(),
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch, in seconds.",
+            format!("{}", boot as f64 + start as f64 / ticks),
+        ),
+    ];
+    for (name, kind, help, v) in rows {
+        family(o, name, kind, help);
+        sample(o, name, "", v);
+    }
 }
 
 #[cfg(test)]
@@ -291,6 +485,10 @@ mod tests {
         a.core.allocations_created = 3;
         a.io.client_to_peer_bytes = 100;
         a.shaping.delay_ms_hist = [1, 2, 0, 0, 0, 1];
+        a.core.allocations_refused[Refusal::Draining as usize] = 2;
+        a.core.auth_failures = 5;
+        a.core.auth_expired = 1;
+        a.occupancy.channels = [3, 1];
         let mut b = a;
         b.core.allocations_created = 4;
         r.publish(0, a);
@@ -311,6 +509,44 @@ mod tests {
         assert!(text.contains("veil_relay_bytes_total{direction=\"client_to_peer\"} 200\n"));
         assert!(text.contains("veil_relay_shaping_delay_seconds_bucket{le=\"0.005\"} 6\n"));
         assert!(text.contains("veil_relay_shaping_delay_seconds_count 8\n"));
+        assert!(text.contains("veil_relay_allocations_refused_total{reason=\"draining\"} 4\n"));
+        assert!(text.contains("veil_relay_allocations_refused_total{reason=\"ports\"} 0\n"));
+        assert!(text.contains("veil_relay_auth_failures_total{reason=\"expired\"} 2\n"));
+        assert!(text.contains("veil_relay_auth_failures_total{reason=\"bad_credentials\"} 8\n"));
+        assert!(
+            text.contains("veil_relay_channels{transport=\"udp\",family=\"ipv6\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("veil_relay_draining 0\n"));
+        shared.set_draining(true);
+        r.count_reload(true, 1_700_000_000);
+        r.count_reload(false, 1_700_000_001);
+        let text = render(&shared, &r, 1000);
+        assert!(text.contains("veil_relay_draining 1\n"));
+        assert!(text.contains("veil_relay_config_reloads_total{result=\"failure\"} 1\n"));
+        assert!(
+            text.contains("veil_relay_config_last_reload_success_timestamp_seconds 1700000000\n")
+        );
+        // Process metrics come from /proc: this test process has memory and open files.
+        let value = |name: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("no {name}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        assert!(value("process_resident_memory_bytes") > 1e6);
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_max_fds") >= value("process_open_fds"));
+        let started = value("process_start_time_seconds");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            started > now - 3600.0 && started <= now + 1.0,
+            "{started} vs {now}"
+        );
         // Every sample line is `name{labels} value` with a number, every family has HELP and TYPE.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let v = line.rsplit(' ').next().unwrap();

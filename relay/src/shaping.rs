@@ -448,6 +448,42 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         }
     }
 
+    /// Puts new policies in force (a reload), keeping the counters. Frames waiting leave at once
+    /// through `send`: nothing is lost, only those frames' timing at that instant is unshaped.
+    /// Covered flows stay covered if their profile still has cover.
+    pub fn set_profiles(
+        &mut self,
+        now: Instant,
+        profiles: Vec<Policy>,
+        mut send: impl FnMut(K, &[u8]),
+    ) {
+        while let Some(Reverse((_, _, slot))) = self.heap.pop() {
+            if let Some((flow, len, _)) = self.entries[slot as usize].take() {
+                let at = slot as usize * MAX_QUEUED_FRAME;
+                send(flow, &self.pool[at..at + len as usize]);
+            }
+        }
+        let mut next = Self::with_profiles(profiles, self.epoch, self.rng);
+        next.stats = self.stats;
+        next.covered = std::mem::take(&mut self.covered);
+        let still = |p: u8| {
+            next.profiles
+                .get(p as usize)
+                .is_some_and(|x| x.cover.is_some())
+        };
+        let keep: HashMap<K, (Instant, u8)> = next
+            .covered
+            .iter()
+            .filter(|(_, (_, p))| still(*p))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        next.covered = keep;
+        if !next.covered.is_empty() {
+            next.cover_next = next.cover_tick.map(|t| next_slot(next.epoch, t, now));
+        }
+        *self = next;
+    }
+
     /// True if no profile shapes anything: the driver can skip the shaper.
     pub fn is_off(&self) -> bool {
         self.profiles.iter().all(Policy::is_off)
@@ -1011,6 +1047,36 @@ mod tests {
             "the two due soonest were dropped; order kept"
         );
         assert_eq!(s.queued(), 0);
+    }
+
+    #[test]
+    fn new_profiles_release_what_waits_and_apply_to_what_follows() {
+        let epoch = Instant::now();
+        let iv = Duration::from_millis(20);
+        let mut s: Shaper<u8> = Shaper::new(policy(Timing::Slots(iv), 8), epoch, 7);
+        let mut buf = vec![0u8; 2048];
+        let t = epoch + Duration::from_millis(5);
+        for i in 0..3u8 {
+            let f = channel_frame(&mut buf, 0, &[i; 8]);
+            assert_eq!(s.submit(t, i, &mut buf, f).0, Decision::Queued);
+        }
+        // Reload to padding only: the three waiting frames leave at once, in order.
+        let mut flushed = Vec::new();
+        s.set_profiles(
+            t,
+            vec![Policy {
+                padding: Padding::Multiple(64),
+                ..Policy::default()
+            }],
+            |k, b| flushed.push((k, b[4])),
+        );
+        assert_eq!(flushed, vec![(0, 0), (1, 1), (2, 2)]);
+        assert_eq!(s.queued(), 0);
+        assert_eq!(s.stats().delayed_frames, 3, "counters survive the reload");
+        let f = channel_frame(&mut buf, 0, &[9; 8]);
+        let (d, r) = s.submit(t, 0, &mut buf, f);
+        assert_eq!(d, Decision::SendNow, "no re-clocking any more");
+        assert_eq!(r.len(), 64, "padded under the new policy");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! One [`Server`] belongs to one worker and owns the allocations of the clients that worker's
 //! sockets receive from; nothing on the forwarding path is shared between workers. What is
 //! shared ([`Shared`]: config, credentials, nonce key, peer filter, quota counters) is read-only
-//! except the quota counters, touched only when an allocation is created or deleted.
+//! except the quota counters, touched only when an allocation is created or deleted, and the
+//! reloadable part ([`Live`]: credentials and peer filter), read when a request is authenticated
+//! or a peer is vetted, never per relayed packet.
 //!
 //! The server never opens sockets or reads clocks: the driver passes the time in ([`Now`]), hands
 //! it datagrams and executes what it returns ([`Action`]); relayed sockets are opened and closed
@@ -13,8 +15,8 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use slab::Slab;
@@ -104,7 +106,7 @@ pub struct RelayAddr {
 }
 
 /// What the protocol core needs from the configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
     pub realm: String,
     /// SOFTWARE attribute value; none by default (it tells attackers the version).
@@ -153,14 +155,21 @@ impl Default for ServerConfig {
     }
 }
 
-/// State shared by every worker of a node. Only the quota counters change, and only when an
-/// allocation is created or deleted.
+/// What a reload (SIGHUP, file change) replaces while allocations go on.
+#[derive(Clone, Debug)]
+pub struct Live {
+    pub credentials: Credentials,
+    pub filter: PeerFilter,
+}
+
+/// State shared by every worker of a node. The quota counters change when an allocation is
+/// created or deleted; [`Live`] when the operator reloads; `draining` once, at shutdown.
 pub struct Shared {
     pub config: ServerConfig,
-    pub credentials: Credentials,
     pub nonces: NonceKey,
-    pub filter: PeerFilter,
     pub redactor: Redactor,
+    live: RwLock<Arc<Live>>,
+    draining: AtomicBool,
     total: AtomicU32,
     per_user: Mutex<HashMap<Box<str>, u32>>,
 }
@@ -175,13 +184,37 @@ impl Shared {
     ) -> Self {
         Shared {
             config,
-            credentials,
             nonces,
-            filter,
             redactor,
+            live: RwLock::new(Arc::new(Live {
+                credentials,
+                filter,
+            })),
+            draining: AtomicBool::new(false),
             total: AtomicU32::new(0),
             per_user: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The credentials and peer filter in force.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts new credentials and a new peer filter in force. Allocations keep their keys (their
+    /// credential was checked when they were created) and their permissions; new requests and
+    /// new permissions see the new values.
+    pub fn replace_live(&self, live: Live) {
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+    }
+
+    /// From now on, new allocations are refused (508) while existing ones go on.
+    pub fn set_draining(&self, v: bool) {
+        self.draining.store(v, Ordering::Relaxed);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Allocations alive on this node.
@@ -344,9 +377,58 @@ pub struct Stats {
     pub allocations_created: u64,
     pub allocations_expired: u64,
     pub allocations_deleted: u64,
+    /// Allocate requests refused after authentication, by [`Refusal`].
+    pub allocations_refused: [u64; Refusal::ALL.len()],
+    /// 401s: bad integrity, unknown user, USERHASH.
     pub auth_failures: u64,
+    /// 401s for a REST credential past its expiry (a subset of `auth_failures`).
+    pub auth_expired: u64,
     pub peers_denied: u64,
     pub malformed: u64,
+}
+
+/// Why an authenticated Allocate was refused (metrics label values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 486: the user holds its quota of allocations.
+    UserQuota,
+    /// 508: the node holds `total_quota` allocations.
+    NodeCapacity,
+    /// 508: no relayed port could be bound (range used up or reservation gone).
+    Ports,
+    /// 508: the node is draining for shutdown.
+    Draining,
+    /// 403: the credential is not valid in this node's zone.
+    Zone,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 5] = [
+        Refusal::UserQuota,
+        Refusal::NodeCapacity,
+        Refusal::Ports,
+        Refusal::Draining,
+        Refusal::Zone,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::UserQuota => "user_quota",
+            Refusal::NodeCapacity => "node_capacity",
+            Refusal::Ports => "ports",
+            Refusal::Draining => "draining",
+            Refusal::Zone => "zone",
+        }
+    }
+}
+
+/// What one worker holds right now, by address family (`[v4, v6]`): relayed addresses,
+/// permissions (by peer family) and channel bindings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    pub relayed: [u64; 2],
+    pub permissions: [u64; 2],
+    pub channels: [u64; 2],
 }
 
 /// One worker's TURN server.
@@ -398,6 +480,27 @@ impl Server {
     /// Allocations this worker holds.
     pub fn allocation_count(&self) -> usize {
         self.allocs.len()
+    }
+
+    /// Counts what this worker holds (for gauges; O(allocations), run once per timer tick).
+    pub fn occupancy(&self) -> Occupancy {
+        let mut o = Occupancy::default();
+        for (_, a) in &self.allocs {
+            for r in a.relays.iter().flatten() {
+                o.relayed[Family::of(r.advertised.ip()) as usize] += 1;
+            }
+            for p in &a.perms {
+                o.permissions[Family::of(p.ip) as usize] += 1;
+            }
+            for c in &a.channels {
+                o.channels[Family::of(c.peer.ip()) as usize] += 1;
+            }
+        }
+        o
+    }
+
+    fn refused(&mut self, why: Refusal) {
+        self.stats.allocations_refused[why as usize] += 1;
     }
 
     /// True if this client 5-tuple has an allocation here.
@@ -742,8 +845,8 @@ impl Server {
             }
             None => {
                 let mut found = None;
-                let r = self
-                    .shared
+                let live = self.shared.live();
+                let r = live
                     .credentials
                     .for_each_password(username, now.unix, |pw| {
                         let k = Key::derive(alg, username.as_bytes(), realm, pw);
@@ -755,7 +858,11 @@ impl Server {
                     });
                 match r {
                     Ok(_) => found,
-                    Err(UserError::Expired | UserError::Unknown) => None,
+                    Err(UserError::Expired) => {
+                        self.stats.auth_expired += 1;
+                        None
+                    }
+                    Err(UserError::Unknown) => None,
                 }
             }
         };
@@ -929,6 +1036,7 @@ impl Server {
             && auth::zone_claim(&username) != Some(zone.as_str())
         {
             tracing::debug!("credential not valid in this zone");
+            self.refused(Refusal::Zone);
             return self.error(out, m, 403, seal);
         }
         let quota_key: Box<str> = auth::quota_key(&username).into();
@@ -944,8 +1052,19 @@ impl Server {
                 }
             },
         };
+        if self.shared.draining() {
+            // 508 (a capacity limit) makes clients try their next server at once.
+            tracing::debug!("allocation refused: draining");
+            self.refused(Refusal::Draining);
+            return self.error(out, m, 508, seal);
+        }
         if let Err(code) = self.shared.acquire(&quota_key) {
             tracing::debug!(code, "allocation refused by quota");
+            self.refused(if code == 486 {
+                Refusal::UserQuota
+            } else {
+                Refusal::NodeCapacity
+            });
             return self.error(out, m, code, seal);
         }
         let generation = self.next_generation;
@@ -976,6 +1095,7 @@ impl Server {
                 }
                 None => {
                     self.shared.release(&quota_key);
+                    self.refused(Refusal::Ports);
                     return self.error(out, m, 508, seal);
                 }
             }
@@ -996,6 +1116,7 @@ impl Server {
                 }
                 None => {
                     self.shared.release(&quota_key);
+                    self.refused(Refusal::Ports);
                     return self.error(out, m, 508, seal);
                 }
             }
@@ -1129,7 +1250,7 @@ impl Server {
         if self.allocs[slot].relay_for(&peer).is_none() {
             return Err(443);
         }
-        if let Err(why) = self.shared.filter.check(peer) {
+        if let Err(why) = self.shared.live().filter.check(peer) {
             self.stats.peers_denied += 1;
             tracing::debug!(reason = ?why, "peer refused");
             return Err(403);

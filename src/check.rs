@@ -1,0 +1,107 @@
+//! `veil check-config`: validates a relay or allocator config file exactly as the binary would
+//! at start, so a Helm chart (or any generator) and the binary cannot drift apart.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use veil_relay::config::RelayConfig;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum Kind {
+    Relay,
+    Allocator,
+}
+
+#[derive(Args)]
+pub(crate) struct CheckArgs {
+    /// Which binary's format the files are in.
+    kind: Kind,
+    /// Config files to check.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Do not read the files a config names (secret files, geo DB): they live in Secrets and
+    /// volumes of the cluster, not where the config is rendered. Their paths must be absolute.
+    #[arg(long = "no-files")]
+    no_files: bool,
+}
+
+/// A placeholder secret standing in for unread secret files.
+const PLACEHOLDER: &str = "check-config-placeholder-secret";
+
+fn absolute(field: &str, p: &Path) -> Result<()> {
+    if !p.is_absolute() {
+        bail!("{field}: `{}` must be an absolute path", p.display());
+    }
+    Ok(())
+}
+
+fn check_relay(path: &Path, no_files: bool) -> Result<Vec<String>> {
+    let mut cfg = RelayConfig::load(path)?;
+    if no_files {
+        for f in &cfg.auth.secret_files {
+            absolute("auth.secret_files", f)?;
+        }
+        if !cfg.auth.secret_files.is_empty() {
+            cfg.auth.secret_files.clear();
+            cfg.auth.secrets.push(PLACEHOLDER.into());
+        }
+    }
+    Ok(cfg.resolve()?.warnings)
+}
+
+fn check_allocator(path: &Path, no_files: bool) -> Result<Vec<String>> {
+    use veil_allocator::service::{AllocatorConfig, App};
+    let mut cfg = AllocatorConfig::load(path)?;
+    let mut placeholder = None;
+    if no_files {
+        for f in &cfg.secret_files {
+            absolute("secret_files", f)?;
+        }
+        if let Some(g) = &cfg.geo_db {
+            absolute("geo_db", g)?;
+        }
+        if !cfg.secret_files.is_empty() {
+            let dir = std::env::temp_dir().join(format!("veil-check-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let f = dir.join("secret");
+            std::fs::write(&f, PLACEHOLDER)?;
+            cfg.secret_files = vec![f];
+            placeholder = Some(dir);
+        }
+        cfg.geo_db = None;
+    }
+    let r = App::new(cfg);
+    if let Some(dir) = placeholder {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    r?;
+    Ok(Vec::new())
+}
+
+pub(crate) fn run(args: CheckArgs) -> Result<()> {
+    let mut failed = 0;
+    for f in &args.files {
+        let r = match args.kind {
+            Kind::Relay => check_relay(f, args.no_files),
+            Kind::Allocator => check_allocator(f, args.no_files),
+        }
+        .with_context(|| f.display().to_string());
+        match r {
+            Ok(warnings) => {
+                println!("{}: ok", f.display());
+                for w in warnings {
+                    println!("{}: warning: {w}", f.display());
+                }
+            }
+            Err(e) => {
+                println!("{}: error: {e:#}", f.display());
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} files are invalid", args.files.len());
+    }
+    Ok(())
+}

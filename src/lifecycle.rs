@@ -1,0 +1,206 @@
+//! The life of a relay process after its workers start: serve the admin endpoint, reload on
+//! SIGHUP or when a watched file changes, drain on SIGTERM/SIGINT, exit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{SignalKind, signal};
+use veil_relay::admin::AdminState;
+use veil_relay::config::Resolved;
+use veil_relay::io::Node;
+use veil_relay::proto::server::{Live, Shared};
+
+/// How often a draining node checks whether its last allocation ended.
+const DRAIN_POLL: Duration = Duration::from_millis(200);
+
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+/// A running relay and what it needs to reload itself.
+pub(crate) struct Running {
+    pub node: Node,
+    pub shared: Arc<Shared>,
+    pub current: Resolved,
+    /// Reads the configuration again: the config file, then the same flags on top.
+    pub reload: Box<dyn Fn() -> Result<Resolved>>,
+    /// The config file, watched with the secret files.
+    pub config_file: Option<PathBuf>,
+}
+
+/// Modification time and length of each watched file (None when unreadable), to notice changes.
+/// Kubernetes updates mounted Secrets and ConfigMaps by swapping a symlink, which changes what
+/// the path resolves to; `metadata` follows it.
+fn fingerprint(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
+    files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(f)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Running {
+    fn watched(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = self.config_file.iter().cloned().collect();
+        v.extend(self.current.secret_files.iter().cloned());
+        v
+    }
+
+    /// Reads the configuration again and puts what can change at run time in force.
+    fn reload(&mut self, why: &str) {
+        let next = match (self.reload)() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(trigger = why, error = %format!("{e:#}"), "reload failed; the running configuration stays");
+                self.node.reports.count_reload(false, unix_now());
+                return;
+            }
+        };
+        for w in &next.warnings {
+            tracing::warn!("{w}");
+        }
+        let fixed = self.current.restart_needed(&next);
+        if !fixed.is_empty() {
+            tracing::warn!(
+                fields = ?fixed,
+                "these settings changed but take effect only at a restart; their old values stay"
+            );
+        }
+        self.shared.replace_live(Live {
+            credentials: next.credentials.clone(),
+            filter: next.filter.clone(),
+        });
+        if !fixed.contains(&"shaping.profiles (names)") {
+            self.node.reload_shaping(next.shaping.clone());
+            self.current.shaping = next.shaping.clone();
+        }
+        self.current.credentials = next.credentials;
+        self.current.filter = next.filter;
+        self.current.secret_files = next.secret_files;
+        self.node.reports.count_reload(true, unix_now());
+        tracing::info!(
+            trigger = why,
+            secrets = self.current.credentials.secrets.len(),
+            static_users = self.current.credentials.static_users.len(),
+            padding = %self.current.shaping[0].padding,
+            timing = %self.current.shaping[0].timing,
+            "configuration reloaded"
+        );
+    }
+
+    /// Serves the admin endpoint (if configured), reloads on SIGHUP and file changes until
+    /// SIGTERM or SIGINT, drains, stops the workers.
+    pub fn run(mut self) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        // Handlers first: SIGHUP's default action would end the process.
+        let signals = {
+            let _in_runtime = rt.enter();
+            Signals {
+                hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
+                term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+                int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            }
+        };
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = match self.current.admin {
+            None => None,
+            Some(addr) => {
+                let state = AdminState::new(
+                    self.shared.clone(),
+                    &self.node.listen,
+                    Some((self.node.reports.clone(), self.node.port_range.len())),
+                );
+                let listener = rt
+                    .block_on(tokio::net::TcpListener::bind(addr))
+                    .with_context(|| format!("admin endpoint on {addr}"))?;
+                tracing::info!(%addr, "admin endpoint ready");
+                Some(rt.spawn(veil_relay::admin::serve(listener, state, async {
+                    let _ = admin_stopped.await;
+                })))
+            }
+        };
+        rt.block_on(self.until_drained(signals));
+        let _ = stop_admin.send(());
+        if let Some(a) = admin {
+            rt.block_on(a)
+                .context("admin task")?
+                .context("admin endpoint")?;
+        }
+        tracing::info!("stopping");
+        self.node.stop().context("stopping the workers")?;
+        Ok(())
+    }
+
+    async fn until_drained(&mut self, signals: Signals) {
+        let Signals {
+            mut hup,
+            mut term,
+            mut int,
+        } = signals;
+        let mut seen = fingerprint(&self.watched());
+        let interval = self.current.watch_interval;
+        let mut tick = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let signal = loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    self.reload("SIGHUP");
+                    seen = fingerprint(&self.watched());
+                }
+                _ = tick.tick(), if interval.is_some() => {
+                    let now = fingerprint(&self.watched());
+                    if now != seen {
+                        self.reload("file change");
+                        seen = fingerprint(&self.watched());
+                    }
+                }
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+            }
+        };
+        // Drain: not ready at once, no new allocations, existing ones go on.
+        self.shared.set_draining(true);
+        let deadline = Instant::now() + self.current.drain_timeout;
+        tracing::info!(
+            signal,
+            allocations = self.shared.allocations(),
+            timeout_s = self.current.drain_timeout.as_secs(),
+            "draining: new allocations are refused, existing ones relay until they end or the timeout"
+        );
+        loop {
+            let left = self.shared.allocations();
+            if left == 0 {
+                tracing::info!("drained: no allocation left");
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::info!(
+                    allocations = left,
+                    "drain timeout: ending the remaining allocations"
+                );
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(DRAIN_POLL) => {}
+                _ = term.recv() => { tracing::info!(allocations = left, "second signal: stopping now"); break; }
+                _ = int.recv() => { tracing::info!(allocations = left, "second signal: stopping now"); break; }
+                _ = hup.recv() => self.reload("SIGHUP"),
+            }
+        }
+    }
+}
