@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use veil_relay::config::RelayConfig;
 
@@ -24,6 +24,10 @@ pub(crate) struct CheckArgs {
     /// volumes of the cluster, not where the config is rendered. Their paths must be absolute.
     #[arg(long = "no-files")]
     no_files: bool,
+    /// Relay IP the relay gets as `--relay-ip` at run time (a Kubernetes pod passes the node's
+    /// or its own IP), repeatable; relay files only.
+    #[arg(long = "relay-ip", value_name = "IP")]
+    relay_ip: Vec<std::net::IpAddr>,
 }
 
 /// A placeholder secret standing in for unread secret files.
@@ -36,8 +40,11 @@ fn absolute(field: &str, p: &Path) -> Result<()> {
     Ok(())
 }
 
-fn check_relay(path: &Path, no_files: bool) -> Result<Vec<String>> {
+fn check_relay(path: &Path, no_files: bool, relay_ips: &[std::net::IpAddr]) -> Result<Vec<String>> {
     let mut cfg = RelayConfig::load(path)?;
+    if !relay_ips.is_empty() {
+        cfg.relay_ips = relay_ips.to_vec();
+    }
     if no_files {
         for f in &cfg.auth.secret_files {
             absolute("auth.secret_files", f)?;
@@ -83,10 +90,9 @@ pub(crate) fn run(args: CheckArgs) -> Result<()> {
     let mut failed = 0;
     for f in &args.files {
         let r = match args.kind {
-            Kind::Relay => check_relay(f, args.no_files),
+            Kind::Relay => check_relay(f, args.no_files, &args.relay_ip),
             Kind::Allocator => check_allocator(f, args.no_files),
-        }
-        .with_context(|| f.display().to_string());
+        };
         match r {
             Ok(warnings) => {
                 println!("{}: ok", f.display());
@@ -95,7 +101,12 @@ pub(crate) fn run(args: CheckArgs) -> Result<()> {
                 }
             }
             Err(e) => {
-                println!("{}: error: {e:#}", f.display());
+                // Parse errors already start with the file's name.
+                let msg = e.to_string();
+                let name = f.display().to_string();
+                let msg = msg.strip_prefix(&format!("{name}: ")).unwrap_or(&msg);
+                let msg = msg.strip_prefix("error: ").unwrap_or(msg);
+                println!("{name}: error: {msg}");
                 failed += 1;
             }
         }

@@ -122,6 +122,13 @@ pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// Escapes a label value (backslash, double quote, newline), as the text format requires.
+pub fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// Writes one sample; `labels` is `k="v",…` or empty.
 pub fn sample(out: &mut String, name: &str, labels: &str, v: impl std::fmt::Display) {
     if labels.is_empty() {
@@ -156,6 +163,23 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
         "veil_relay_allocation_capacity",
         "Allocations this node accepts at most.",
         core.config.total_quota as u64,
+    );
+    family(
+        &mut o,
+        "veil_relay_info",
+        "gauge",
+        "Always 1; labels: the zone the node serves (empty: none) and the version. Join on it to \
+         sum other series by zone.",
+    );
+    sample(
+        &mut o,
+        "veil_relay_info",
+        &format!(
+            "zone=\"{}\",version=\"{}\"",
+            label_value(core.config.zone.as_deref().unwrap_or("")),
+            env!("CARGO_PKG_VERSION")
+        ),
+        1,
     );
     g(
         &mut o,

@@ -1,0 +1,112 @@
+{{/* Names, labels and shared pieces. */}}
+
+{{- define "veil.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "veil.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains (include "veil.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "veil.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "veil.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "veil.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "veil.selector" -}}
+app.kubernetes.io/name: {{ include "veil.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "veil.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "veil.secretName" -}}
+{{- default (printf "%s-secrets" (include "veil.fullname" .)) .Values.secrets.existingSecret -}}
+{{- end -}}
+
+{{/* A relay pool's resource name: <fullname>-relay-<pool>. */}}
+{{- define "veil.relayName" -}}
+{{- printf "%s-relay-%s" (include "veil.fullname" .root) .pool.name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Container security: non-root, read-only root, no capability unless a port needs one. */}}
+{{- define "veil.containerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+capabilities:
+  drop: [ALL]
+  {{- if .bindLow }}
+  add: [NET_BIND_SERVICE]
+  {{- end }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* The relay config file of a pool, exactly in the format `veil relay --config` reads. The
+     relay IP comes at run time from --relay-ip (the node's or pod's IP). */}}
+{{- define "veil.relayConfig" -}}
+{{- $r := .root.Values.relay -}}
+{{- $shaping := dict "enabled" $r.shaping.enabled "padding" $r.shaping.padding "timing" $r.shaping.timing "cover" $r.shaping.cover "profiles" $r.shaping.profiles "queue_limit" $r.shaping.queueLimit -}}
+{{- $cfg := dict
+  "listen" (list (printf "0.0.0.0:%d" (int $r.turnPort)))
+  "port_range" (printf "%d-%d" (int $r.portRange.start) (int $r.portRange.end))
+  "realm" $r.realm
+  "zone" .pool.zone
+  "auth" (dict "secret_files" (list "/etc/veil/secrets/turn-secrets"))
+  "quotas" (dict "per_user" (int $r.quotas.perUser) "total" (int $r.quotas.total))
+  "peers" (dict "allow" $r.peers.allow "deny" $r.peers.deny)
+  "shaping" $shaping
+  "workers" (int $r.workers)
+  "admin" (printf "0.0.0.0:%d" (int $r.adminPort))
+  "log" (dict "format" $r.log.format "personal_data" $r.log.personalData)
+  "lifecycle" (dict "drain_timeout" (int $r.drainTimeout) "watch_interval" (int $r.watchInterval))
+-}}
+{{- if .pool.externalIP -}}
+{{- $_ := set $cfg "external_ips" (list .pool.externalIP) -}}
+{{- end -}}
+{{- toYaml $cfg -}}
+{{- end -}}
+
+{{/* The allocator config, exactly in the format `veil allocator --config` reads. */}}
+{{- define "veil.allocatorConfig" -}}
+{{- $a := .Values.allocator -}}
+{{- $zones := dict -}}
+{{- $relays := list -}}
+{{- range .Values.relay.pools -}}
+{{- $z := get $zones .zone | default (dict "relays" list) -}}
+{{- $_ := set $z "relays" (append $z.relays .name) -}}
+{{- $_ := set $zones .zone $z -}}
+{{- $entry := dict "name" .name "admin" (printf "%s.%s.svc.cluster.local:%d" (include "veil.relayName" (dict "root" $ "pool" .)) $.Release.Namespace (int $.Values.relay.adminPort)) "dns" true -}}
+{{- if hasKey . "latitude" }}{{ $_ := set $entry "latitude" .latitude }}{{ end -}}
+{{- if hasKey . "longitude" }}{{ $_ := set $entry "longitude" .longitude }}{{ end -}}
+{{- $relays = append $relays $entry -}}
+{{- end -}}
+{{- $cfg := dict
+  "listen" (printf "0.0.0.0:%d" (int $a.port))
+  "api_keys" $a.apiKeys
+  "secret_files" (list "/etc/veil/secrets/turn-secrets")
+  "ttl" (int $a.ttl)
+  "policy" (dict "zones" $zones "rules" $a.policy.rules "default" $a.policy.default)
+  "distance" (dict "ms_per_km" $a.distance.msPerKm "unknown_ms" $a.distance.unknownMs)
+  "relays" $relays
+  "trusted_proxies" $a.trustedProxies
+-}}
+{{- if $a.geoDb.enabled -}}
+{{- $_ := set $cfg "geo_db" (printf "/var/lib/veil/geo/%s" $a.geoDb.file) -}}
+{{- end -}}
+{{- toYaml $cfg -}}
+{{- end -}}

