@@ -76,6 +76,7 @@ fn setup() -> Bench {
     };
     let client = ClientKey {
         listener: 0,
+        transport: veil_relay::proto::server::Transport::Udp,
         addr: "192.0.2.1:40000".parse().unwrap(),
     };
     let nonce = nonces

@@ -56,6 +56,9 @@ impl Running {
     fn watched(&self) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = self.config_file.iter().cloned().collect();
         v.extend(self.current.secret_files.iter().cloned());
+        if let Some(tls) = &self.node.tls {
+            v.extend(tls.files().map(|p| p.to_path_buf()));
+        }
         v
     }
 
@@ -78,6 +81,12 @@ impl Running {
                 fields = ?fixed,
                 "these settings changed but take effect only at a restart; their old values stay"
             );
+        }
+        // The certificate: new handshakes use it; connections in progress keep theirs.
+        if let Some(tls) = &self.node.tls
+            && let Err(e) = tls.reload()
+        {
+            tracing::error!(error = %e, "TLS certificate not reloaded; the current one stays");
         }
         self.shared.replace_live(Live {
             credentials: next.credentials.clone(),

@@ -60,6 +60,22 @@ struct RelayArgs {
     /// UDP address to listen on, repeatable (default: 127.0.0.1:3478).
     #[arg(long, value_name = "ADDR")]
     listen: Vec<SocketAddr>,
+    /// TCP address for TURN over TCP, repeatable (default: none).
+    #[arg(long = "listen-tcp", value_name = "ADDR")]
+    listen_tcp: Vec<SocketAddr>,
+    /// TLS address for TURN over TLS (turns:), e.g. 0.0.0.0:5349 or 0.0.0.0:443, repeatable;
+    /// needs --tls-cert and --tls-key (default: none).
+    #[arg(long = "listen-tls", value_name = "ADDR")]
+    listen_tls: Vec<SocketAddr>,
+    /// PEM certificate chain for --listen-tls; reloaded when it changes.
+    #[arg(long = "tls-cert", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --listen-tls; reloaded when it changes.
+    #[arg(long = "tls-key", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Accept TLS 1.2 too (default: TLS 1.3 only).
+    #[arg(long = "tls12")]
+    tls12: bool,
     /// IP relayed sockets bind to, repeatable: one IPv4 and one IPv6 at most (default: the
     /// listen IPs).
     #[arg(long = "relay-ip", value_name = "IP")]
@@ -248,6 +264,21 @@ fn apply_flags(cfg: &mut RelayConfig, a: &RelayArgs) -> Result<()> {
     if !a.relay_ip.is_empty() {
         cfg.relay_ips = a.relay_ip.clone();
     }
+    if !a.listen_tcp.is_empty() {
+        cfg.listen_tcp = a.listen_tcp.clone();
+    }
+    if !a.listen_tls.is_empty() {
+        cfg.listen_tls = a.listen_tls.clone();
+    }
+    if let Some(p) = &a.tls_cert {
+        cfg.tls.cert = Some(p.clone());
+    }
+    if let Some(p) = &a.tls_key {
+        cfg.tls.key = Some(p.clone());
+    }
+    if a.tls12 {
+        cfg.tls.allow_tls12 = true;
+    }
     if !a.external_ip.is_empty() {
         cfg.external_ips = a.external_ip.clone();
     }
@@ -380,6 +411,8 @@ fn relay(args: RelayArgs) -> Result<()> {
         .collect();
     tracing::info!(
         listen = ?node.listen,
+        tcp = ?resolved.listen_tcp,
+        tls = ?resolved.listen_tls,
         relay = ?relays,
         ports = %resolved.port_range,
         workers = resolved.workers,
@@ -410,14 +443,7 @@ pub(crate) fn start_node(resolved: &veil_relay::config::Resolved) -> Result<(Nod
         resolved.filter.clone(),
         Redactor::new(resolved.log.personal_data),
     ));
-    let node = Node::start(
-        &resolved.listen,
-        resolved.workers,
-        shared.clone(),
-        resolved.port_range,
-        resolved.shaping.clone(),
-    )
-    .context("starting the relay")?;
+    let node = Node::start(resolved, shared.clone()).context("starting the relay")?;
     Ok((node, shared))
 }
 

@@ -304,3 +304,47 @@ fn uclient_channels_send_indications_and_ipv6_with_zero_loss() {
         .unwrap();
     assert!(!out.status.success(), "a wrong secret must not allocate");
 }
+
+#[test]
+fn uclient_over_tcp_and_tls_plain_and_shaped_with_zero_loss() {
+    require("turnutils_uclient");
+    require("turnutils_peer");
+    let quota = ["--allow-peer", "127.0.0.0/8", "--user-quota", "1000"];
+    let (_relay, tcp, tls) = common::start_stream_relay("18000-18999", &quota);
+    let (_peer, p) = start_peer("127.0.0.1");
+    // -t: TURN over TCP to the server (peers are still reached over UDP); -S: over TLS.
+    let (r, text) = uclient("127.0.0.21", tcp.port(), "127.0.0.1", p, &["-t"]);
+    assert_zero_loss("TCP, ChannelData", &r, &text);
+    let (r, text) = uclient("127.0.0.22", tcp.port(), "127.0.0.1", p, &["-t", "-s"]);
+    assert_zero_loss("TCP, Send/Data indications", &r, &text);
+    let (r, text) = uclient("127.0.0.23", tls.port(), "127.0.0.1", p, &["-t", "-S"]);
+    assert_zero_loss("TLS, ChannelData", &r, &text);
+
+    // Shaping on streams: ChannelData aligned to 4 and a filler Binding indication after each
+    // frame, 20 ms slots, cover in the gaps: uclient's stream parser takes it all.
+    let mut shaped_args = quota.to_vec();
+    shaped_args.extend([
+        "--pad-buckets",
+        "128,256,512,1200",
+        "--timing",
+        "slots:20ms",
+    ]);
+    shaped_args.extend(["--cover", "50:128"]);
+    let (_shaped, stcp, stls) = common::start_stream_relay("17000-17999", &shaped_args);
+    let (r, text) = uclient(
+        "127.0.0.24",
+        stcp.port(),
+        "127.0.0.1",
+        p,
+        &["-t", "-z", "60"],
+    );
+    assert_zero_loss("shaped TCP", &r, &text);
+    let (r, text) = uclient(
+        "127.0.0.25",
+        stls.port(),
+        "127.0.0.1",
+        p,
+        &["-t", "-S", "-s", "-z", "60"],
+    );
+    assert_zero_loss("shaped TLS, Data indications", &r, &text);
+}

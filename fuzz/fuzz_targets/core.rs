@@ -74,6 +74,7 @@ const SECRET: &[u8] = b"fuzz-secret";
 fn clients() -> [ClientKey; 3] {
     [40000, 40001, 40002].map(|p| ClientKey {
         listener: 0,
+        transport: veil_relay::proto::server::Transport::Udp,
         addr: SocketAddr::from(([192, 0, 2, 1], p)),
     })
 }

@@ -198,6 +198,12 @@ pub struct ShapingProfile {
 pub struct RelayConfig {
     /// UDP addresses clients reach the node on.
     pub listen: Vec<SocketAddr>,
+    /// TCP addresses for TURN over TCP; none by default.
+    pub listen_tcp: Vec<SocketAddr>,
+    /// TLS addresses for TURN over TLS (`turns:`), e.g. 5349 and 443; they need `tls`.
+    pub listen_tls: Vec<SocketAddr>,
+    pub tls: TlsConfig,
+    pub streams: StreamConfig,
     /// IPs relayed sockets bind to, at most one IPv4 and one IPv6. Empty: the listen IPs.
     pub relay_ips: Vec<IpAddr>,
     /// IPs advertised to clients instead of the relay IPs of the same family (1:1 NAT).
@@ -222,6 +228,56 @@ pub struct RelayConfig {
     pub software: Option<String>,
     pub log: LogConfig,
     pub lifecycle: Lifecycle,
+}
+
+/// The certificate for `listen_tls`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// Also accept TLS 1.2 (TLS 1.3 only by default).
+    pub allow_tls12: bool,
+}
+
+/// Limits of TCP and TLS connections.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Seconds for the TLS handshake and the first TURN message.
+    pub handshake_timeout: u32,
+    /// Seconds a connection without an allocation may stay silent.
+    pub idle_timeout: u32,
+    /// Connections the node holds at once.
+    pub max_connections: usize,
+    /// Connections one client IP may hold at once.
+    pub max_connections_per_ip: usize,
+    /// Bytes queued for one slow client before frames for it are dropped.
+    pub send_buffer: usize,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            handshake_timeout: 10,
+            idle_timeout: 60,
+            max_connections: 20_000,
+            max_connections_per_ip: 200,
+            send_buffer: 256 * 1024,
+        }
+    }
+}
+
+/// [`StreamConfig`], resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamLimits {
+    pub handshake_timeout: std::time::Duration,
+    pub idle_timeout: std::time::Duration,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub send_buffer: usize,
 }
 
 /// Shutdown and reload behaviour.
@@ -249,6 +305,10 @@ impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 3478))],
+            listen_tcp: vec![],
+            listen_tls: vec![],
+            tls: TlsConfig::default(),
+            streams: StreamConfig::default(),
             relay_ips: vec![],
             external_ips: vec![],
             port_range: PortRange {
@@ -299,6 +359,11 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
 #[derive(Debug)]
 pub struct Resolved {
     pub listen: Vec<SocketAddr>,
+    pub listen_tcp: Vec<SocketAddr>,
+    pub listen_tls: Vec<SocketAddr>,
+    /// The certificate and TLS settings, when `listen_tls` is set.
+    pub tls: Option<std::sync::Arc<crate::tls::TlsState>>,
+    pub streams: StreamLimits,
     pub server: ServerConfig,
     pub credentials: Credentials,
     pub filter: PeerFilter,
@@ -331,6 +396,11 @@ impl Resolved {
         };
         let (a, b) = (&self.server, &new.server);
         check(self.listen != new.listen, "listen");
+        check(
+            self.listen_tcp != new.listen_tcp || self.listen_tls != new.listen_tls,
+            "listen_tcp/listen_tls",
+        );
+        check(self.streams != new.streams, "streams");
         check(
             a.relay_v4 != b.relay_v4 || a.relay_v6 != b.relay_v6,
             "relay_ips/external_ips",
@@ -394,6 +464,40 @@ impl RelayConfig {
             return Err(invalid(
                 "listen",
                 "port 0 is not a TURN port; name one (3478 is standard)",
+            ));
+        }
+        for (field, list) in [
+            ("listen_tcp", &self.listen_tcp),
+            ("listen_tls", &self.listen_tls),
+        ] {
+            if list.iter().any(|l| l.port() == 0) {
+                return Err(invalid(field, "port 0 is not a TURN port"));
+            }
+        }
+        let tls = match (&self.tls.cert, &self.tls.key, self.listen_tls.is_empty()) {
+            (_, _, true) => None,
+            (Some(cert), Some(key), false) => Some(
+                crate::tls::TlsState::new(cert, key, self.tls.allow_tls12)
+                    .map_err(|e| invalid("tls", e))?,
+            ),
+            _ => {
+                return Err(invalid(
+                    "tls",
+                    "listen_tls needs tls.cert and tls.key (--tls-cert, --tls-key)",
+                ));
+            }
+        };
+        let st = &self.streams;
+        if st.handshake_timeout == 0 || st.idle_timeout == 0 {
+            return Err(invalid("streams", "timeouts must be >= 1 s"));
+        }
+        if st.max_connections == 0 || st.max_connections_per_ip == 0 {
+            return Err(invalid("streams", "connection caps must be >= 1"));
+        }
+        if st.send_buffer < 70_000 {
+            return Err(invalid(
+                "streams.send_buffer",
+                "at least 70000 bytes (one frame of the largest size)",
             ));
         }
         let pr = self.port_range;
@@ -598,6 +702,16 @@ impl RelayConfig {
         }
         Ok(Resolved {
             listen: self.listen.clone(),
+            listen_tcp: self.listen_tcp.clone(),
+            listen_tls: self.listen_tls.clone(),
+            tls,
+            streams: StreamLimits {
+                handshake_timeout: std::time::Duration::from_secs(st.handshake_timeout as u64),
+                idle_timeout: std::time::Duration::from_secs(st.idle_timeout as u64),
+                max_connections: st.max_connections,
+                max_connections_per_ip: st.max_connections_per_ip,
+                send_buffer: st.send_buffer,
+            },
             server,
             credentials: Credentials {
                 secrets,

@@ -25,11 +25,13 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::PortRange;
+mod stream;
+
+use crate::config::{PortRange, Resolved, StreamLimits};
 use crate::metrics::{IoStats, Reports, WorkerReport};
 use crate::proto::server::{
     Action, ClientKey, Delivery, Env, Family, HEADROOM, Now, Opened, PortPolicy, RelayId, Server,
-    Shared, TAILROOM,
+    Shared, TAILROOM, Transport,
 };
 use crate::shaping::{Decision, Policy, Shaper, ShapingStats};
 
@@ -76,6 +78,10 @@ pub struct NodeShared {
     pub epoch: Instant,
     /// Each worker's latest counters, for the metrics endpoint.
     pub reports: Arc<Reports>,
+    /// TCP/TLS connection limits, the TLS setup, and the connections held.
+    streams: StreamLimits,
+    tls: Option<Arc<crate::tls::TlsState>>,
+    conns: stream::ConnCount,
     ports: PortUse,
     reservations: Mutex<HashMap<[u8; 8], Reserved>>,
 }
@@ -83,16 +89,19 @@ pub struct NodeShared {
 impl NodeShared {
     fn new(
         core: Arc<Shared>,
-        port_range: PortRange,
+        resolved: &Resolved,
         shaping: watch::Receiver<Vec<Policy>>,
         workers: usize,
     ) -> Arc<Self> {
         Arc::new(NodeShared {
             core,
-            port_range,
+            port_range: resolved.port_range,
             shaping,
             epoch: Instant::now(),
             reports: Arc::new(Reports::new(workers)),
+            streams: resolved.streams,
+            tls: resolved.tls.clone(),
+            conns: stream::ConnCount::default(),
             ports: PortUse::default(),
             reservations: Mutex::default(),
         })
@@ -231,6 +240,8 @@ struct RelaySocket {
 struct Io {
     node: Arc<NodeShared>,
     listeners: Vec<Rc<UdpSocket>>,
+    /// Open TCP/TLS connections: what is queued for each client.
+    conns: HashMap<ClientKey, Rc<stream::Outbound>>,
     relays: HashMap<RelayId, RelaySocket>,
     me: Weak<RefCell<Worker>>,
     rng: Rng,
@@ -322,8 +333,18 @@ impl Io {
 }
 
 impl Io {
-    /// Sends a frame to a client from the listener socket it talks to, and counts it.
+    /// Sends a frame to a client: from the listener socket it talks to, or onto its
+    /// connection's queue; counts it.
     fn send_to_client(&mut self, client: ClientKey, frame: &[u8]) {
+        if client.transport.is_stream() {
+            if self.conns.get(&client).is_some_and(|c| c.push(frame)) {
+                self.stats.peer_to_client_packets += 1;
+                self.stats.peer_to_client_bytes += frame.len() as u64;
+            } else {
+                self.stats.stream_drops += 1;
+            }
+            return;
+        }
         let sent = self
             .listeners
             .get(client.listener as usize)
@@ -331,6 +352,20 @@ impl Io {
         if matches!(sent, Some(Ok(_))) {
             self.stats.peer_to_client_packets += 1;
             self.stats.peer_to_client_bytes += frame.len() as u64;
+        } else {
+            self.stats.dropped_sends += 1;
+        }
+    }
+
+    /// Sends a client's payload to a peer from the allocation's relayed socket, and counts it.
+    fn forward(&mut self, relay: RelayId, peer: SocketAddr, payload: &[u8]) {
+        let sent = self
+            .relays
+            .get(&relay)
+            .map(|r| r.socket.try_send_to(payload, peer));
+        if matches!(sent, Some(Ok(_))) {
+            self.stats.client_to_peer_packets += 1;
+            self.stats.client_to_peer_bytes += payload.len() as u64;
         } else {
             self.stats.dropped_sends += 1;
         }
@@ -479,8 +514,14 @@ async fn relay_task(worker: Weak<RefCell<Worker>>, id: RelayId, socket: Rc<UdpSo
                         continue;
                     };
                     let range = if shaping {
-                        let (decision, r) =
-                            shaper.submit_in(now.mono, client, profile, peer_buf, range);
+                        let (decision, r) = shaper.submit_in(
+                            now.mono,
+                            client,
+                            profile,
+                            client.transport.is_stream(),
+                            peer_buf,
+                            range,
+                        );
                         // Wake the shaper task if this frame (or a newly covered flow) needs it
                         // sooner than it planned.
                         let due = shaper.next_deadline();
@@ -520,6 +561,7 @@ async fn listener_task(worker: Rc<RefCell<Worker>>, index: u16, socket: Rc<UdpSo
                 Ok((n, from)) => {
                     let key = ClientKey {
                         listener: index,
+                        transport: Transport::Udp,
                         addr: from,
                     };
                     match w
@@ -533,17 +575,7 @@ async fn listener_task(worker: Rc<RefCell<Worker>>, index: u16, socket: Rc<UdpSo
                             }
                         }
                         Action::Forward { relay, peer, data } => {
-                            let len = data.len() as u64;
-                            let sent =
-                                w.io.relays
-                                    .get(&relay)
-                                    .map(|r| r.socket.try_send_to(&buf[data], peer));
-                            if matches!(sent, Some(Ok(_))) {
-                                w.io.stats.client_to_peer_packets += 1;
-                                w.io.stats.client_to_peer_bytes += len;
-                            } else {
-                                w.io.stats.dropped_sends += 1;
-                            }
+                            w.io.forward(relay, peer, &buf[data]);
                         }
                     }
                 }
@@ -570,6 +602,8 @@ async fn timer_task(worker: Rc<RefCell<Worker>>, node: Arc<NodeShared>, index: u
         w.shaper.housekeeping(Instant::now());
         node.expire_reservations(Instant::now());
         w.io.stats.relayed_sockets = w.io.relays.len() as u64;
+        w.io.stats.connections = [Transport::Tcp, Transport::Tls]
+            .map(|t| w.io.conns.keys().filter(|k| k.transport == t).count() as u64);
         node.reports.publish(
             index,
             WorkerReport {
@@ -631,10 +665,11 @@ async fn shaper_task(worker: Rc<RefCell<Worker>>, wake: Rc<tokio::sync::Notify>)
 }
 
 /// Runs one worker until `stop` turns true.
-pub fn run_worker(
+fn run_worker(
     index: usize,
     node: Arc<NodeShared>,
     listeners: Vec<std::net::UdpSocket>,
+    stream_listeners: Vec<(std::net::TcpListener, Transport)>,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -653,6 +688,7 @@ pub fn run_worker(
                 io: Io {
                     node: node.clone(),
                     listeners: socks.clone(),
+                    conns: HashMap::new(),
                     relays: HashMap::new(),
                     me: me.clone(),
                     rng: Rng::seeded(),
@@ -674,6 +710,16 @@ pub fn run_worker(
                 worker.clone(),
                 i as u16,
                 s.clone(),
+            )));
+        }
+        for (i, (l, transport)) in stream_listeners.into_iter().enumerate() {
+            let index = (socks.len() + i) as u16;
+            tasks.push(tokio::task::spawn_local(stream::accept_task(
+                Rc::downgrade(&worker),
+                node.clone(),
+                tokio::net::TcpListener::from_std(l)?,
+                index,
+                transport,
             )));
         }
         tasks.push(tokio::task::spawn_local(timer_task(
@@ -718,6 +764,8 @@ pub fn run_worker(
 /// A running node: its workers and the addresses it listens on.
 pub struct Node {
     pub listen: Vec<SocketAddr>,
+    /// The TLS setup, whose certificate a reload replaces.
+    pub tls: Option<Arc<crate::tls::TlsState>>,
     /// The workers' counters, for [`crate::metrics::render`].
     pub reports: Arc<Reports>,
     pub port_range: PortRange,
@@ -727,31 +775,40 @@ pub struct Node {
 }
 
 impl Node {
-    /// Binds every socket and starts `workers` worker threads.
-    pub fn start(
-        listen: &[SocketAddr],
-        workers: usize,
-        core: Arc<Shared>,
-        port_range: PortRange,
-        shaping: Vec<Policy>,
-    ) -> io::Result<Node> {
-        let per_worker = bind_listeners(listen, workers.max(1))?;
-        let (shaping, shaping_rx) = watch::channel(shaping);
-        let node = NodeShared::new(core, port_range, shaping_rx, workers.max(1));
+    /// Binds every socket of a resolved configuration and starts its worker threads.
+    pub fn start(resolved: &Resolved, core: Arc<Shared>) -> io::Result<Node> {
+        let workers = resolved.workers.max(1);
+        let per_worker = bind_listeners(&resolved.listen, workers)?;
+        let mut streams: Vec<Vec<(std::net::TcpListener, Transport)>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        for (list, t) in [
+            (&resolved.listen_tcp, Transport::Tcp),
+            (&resolved.listen_tls, Transport::Tls),
+        ] {
+            for addr in list {
+                for w in streams.iter_mut() {
+                    w.push((stream::bind_tcp(*addr)?, t));
+                }
+            }
+        }
+        let port_range = resolved.port_range;
+        let (shaping, shaping_rx) = watch::channel(resolved.shaping.clone());
+        let node = NodeShared::new(core, resolved, shaping_rx, workers);
         let reports = node.reports.clone();
         let (stop, stop_rx) = watch::channel(false);
         let mut threads = Vec::new();
-        for (i, socks) in per_worker.into_iter().enumerate() {
+        for (i, (socks, streams)) in per_worker.into_iter().zip(streams).enumerate() {
             let node = node.clone();
             let rx = stop_rx.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("veil-worker-{i}"))
-                    .spawn(move || run_worker(i, node, socks, rx))?,
+                    .spawn(move || run_worker(i, node, socks, streams, rx))?,
             );
         }
         Ok(Node {
-            listen: listen.to_vec(),
+            listen: resolved.listen.clone(),
+            tls: resolved.tls.clone(),
             stop,
             threads,
             reports,

@@ -37,3 +37,4 @@ pub mod metrics;
 pub mod privacy;
 pub mod proto;
 pub mod shaping;
+pub mod tls;

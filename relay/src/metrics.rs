@@ -8,7 +8,7 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::proto::server::{Occupancy, Refusal, Shared, Stats};
+use crate::proto::server::{Occupancy, Refusal, Shared, Stats, Transport};
 use crate::shaping::ShapingStats;
 
 /// What the driver counts per worker.
@@ -24,6 +24,14 @@ pub struct IoStats {
     pub dropped_sends: u64,
     /// Relayed sockets open on this worker.
     pub relayed_sockets: u64,
+    /// Frames for a TCP/TLS client dropped because its send queue was full (a slow reader).
+    pub stream_drops: u64,
+    /// TCP and TLS connections open now.
+    pub connections: [u64; 2],
+    /// Connections refused by the total or per-IP cap.
+    pub connections_refused: u64,
+    /// Connections closed for garbage, a failed TLS handshake or a timeout.
+    pub stream_errors: u64,
 }
 
 /// One worker's published counters.
@@ -87,10 +95,12 @@ impl Reports {
                 *a += b;
             }
             let o = &mut t.occupancy;
-            for f in 0..2 {
-                o.relayed[f] += r.occupancy.relayed[f];
-                o.permissions[f] += r.occupancy.permissions[f];
-                o.channels[f] += r.occupancy.channels[f];
+            for t in 0..3 {
+                for f in 0..2 {
+                    o.relayed[t][f] += r.occupancy.relayed[t][f];
+                    o.permissions[t][f] += r.occupancy.permissions[t][f];
+                    o.channels[t][f] += r.occupancy.channels[t][f];
+                }
             }
             c.peers_denied += r.core.peers_denied;
             c.malformed += r.core.malformed;
@@ -111,6 +121,12 @@ impl Reports {
             i.peer_to_client_bytes += r.io.peer_to_client_bytes;
             i.dropped_sends += r.io.dropped_sends;
             i.relayed_sockets += r.io.relayed_sockets;
+            i.stream_drops += r.io.stream_drops;
+            i.connections_refused += r.io.connections_refused;
+            i.stream_errors += r.io.stream_errors;
+            for (a, b) in i.connections.iter_mut().zip(r.io.connections) {
+                *a += b;
+            }
         }
         t
     }
@@ -206,8 +222,13 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
         ),
     ] {
         family(&mut o, name, "gauge", help);
-        for (f, v) in fam.iter().zip(v) {
-            sample(&mut o, name, &format!("transport=\"udp\",{f}"), v);
+        for (t, per_family) in [Transport::Udp, Transport::Tcp, Transport::Tls]
+            .into_iter()
+            .zip(v)
+        {
+            for (f, v) in fam.iter().zip(per_family) {
+                sample(&mut o, name, &format!("transport=\"{}\",{f}", t.label()), v);
+            }
         }
     }
     g(
@@ -326,6 +347,38 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
         "veil_relay_bytes_total",
         "direction=\"peer_to_client\"",
         t.io.peer_to_client_bytes,
+    );
+    family(
+        &mut o,
+        "veil_relay_connections",
+        "gauge",
+        "TCP and TLS client connections open, by transport.",
+    );
+    for (t, v) in ["tcp", "tls"].iter().zip(t.io.connections) {
+        sample(
+            &mut o,
+            "veil_relay_connections",
+            &format!("transport=\"{t}\""),
+            v,
+        );
+    }
+    c(
+        &mut o,
+        "veil_relay_connections_refused",
+        "Connections refused by the total or per-IP cap.",
+        t.io.connections_refused,
+    );
+    c(
+        &mut o,
+        "veil_relay_stream_errors",
+        "Connections closed for garbage, a failed TLS handshake, a missed deadline or a stalled write.",
+        t.io.stream_errors,
+    );
+    c(
+        &mut o,
+        "veil_relay_stream_drops",
+        "Frames for TCP/TLS clients dropped because the client did not read (send queue full).",
+        t.io.stream_drops,
     );
     c(
         &mut o,
@@ -512,7 +565,7 @@ mod tests {
         a.core.allocations_refused[Refusal::Draining as usize] = 2;
         a.core.auth_failures = 5;
         a.core.auth_expired = 1;
-        a.occupancy.channels = [3, 1];
+        a.occupancy.channels = [[3, 1], [0, 0], [0, 0]];
         let mut b = a;
         b.core.allocations_created = 4;
         r.publish(0, a);

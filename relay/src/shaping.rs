@@ -550,15 +550,17 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         buf: &mut [u8],
         frame: Range<usize>,
     ) -> (Decision, Range<usize>) {
-        self.submit_in(now, flow, 0, buf, frame)
+        self.submit_in(now, flow, 0, false, buf, frame)
     }
 
-    /// [`Shaper::submit`] under the flow's profile.
+    /// [`Shaper::submit`] under the flow's profile; `stream` for a TCP/TLS client, whose frames
+    /// are padded with a filler frame after them ([`pad_stream_frame`]) so stream framing holds.
     pub fn submit_in(
         &mut self,
         now: Instant,
         flow: K,
         profile: u8,
+        stream: bool,
         buf: &mut [u8],
         frame: Range<usize>,
     ) -> (Decision, Range<usize>) {
@@ -568,7 +570,19 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
             0
         };
         let before = frame.len();
-        let frame = pad_frame(&self.profiles[profile as usize].padding, buf, frame);
+        let padding = &self.profiles[profile as usize].padding;
+        let frame = if !stream {
+            pad_frame(padding, buf, frame)
+        } else if *padding == Padding::Off {
+            frame
+        } else {
+            let mut txid = [0u8; 12];
+            let r = self.random();
+            txid[..8].copy_from_slice(&r.to_le_bytes());
+            txid[8..].copy_from_slice(&(self.seq as u32).to_le_bytes());
+            let padding = &self.profiles[profile as usize].padding;
+            pad_stream_frame(padding, buf, frame, &txid)
+        };
         if frame.len() > before {
             self.stats.padded_frames += 1;
             self.stats.padding_bytes += (frame.len() - before) as u64;
@@ -1118,12 +1132,12 @@ mod tests {
         let now = epoch + Duration::from_millis(3);
         let f = channel_frame(&mut buf, 0, b"plain");
         assert_eq!(
-            s.submit_in(now, 1, 0, &mut buf, f),
+            s.submit_in(now, 1, 0, false, &mut buf, f),
             (Decision::SendNow, 0..9),
             "node policy: off"
         );
         let f = channel_frame(&mut buf, 0, b"voice");
-        let (d, r) = s.submit_in(now, 2, 1, &mut buf, f);
+        let (d, r) = s.submit_in(now, 2, 1, false, &mut buf, f);
         assert_eq!(
             (d, r.len()),
             (Decision::Queued, 128),
@@ -1131,7 +1145,10 @@ mod tests {
         );
         // An unknown profile index falls back to the node policy.
         let f = channel_frame(&mut buf, 0, b"x");
-        assert_eq!(s.submit_in(now, 3, 9, &mut buf, f).0, Decision::SendNow);
+        assert_eq!(
+            s.submit_in(now, 3, 9, false, &mut buf, f).0,
+            Decision::SendNow
+        );
     }
 
     #[test]

@@ -161,3 +161,45 @@ pub fn signal(child: &Child, name: &str) {
         .success();
     assert!(ok, "kill -{name} {}", child.id());
 }
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, written as PEM into `dir`: the
+/// (certificate, key) paths.
+pub fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("rcgen makes a certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+/// A relay as [`start_relay`] makes it, also listening for TURN over TCP and TLS (a self-signed
+/// certificate in its directory) on free loopback ports: the relay, its TCP and TLS addresses.
+pub fn start_stream_relay(ports: &str, extra: &[&str]) -> (Relay, SocketAddr, SocketAddr) {
+    let dir = std::env::temp_dir().join(format!("veil-tls-{}-{ports}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = self_signed(&dir);
+    let tcp = free_tcp_addr();
+    let tls = free_tcp_addr();
+    let mut args: Vec<String> = [
+        "--listen-tcp".to_string(),
+        tcp.to_string(),
+        "--listen-tls".into(),
+        tls.to_string(),
+        "--tls-cert".into(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+    ]
+    .into();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay = start_relay(ports, &args);
+    // The relay's temp dir holds the secrets; the certificate dir goes with the test process.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(tls).is_err() {
+        assert!(Instant::now() < deadline, "TLS listener {tls} not up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (relay, tcp, tls)
+}

@@ -2,6 +2,7 @@
 //! server state machine. Nothing here opens a socket or reads a clock; time is passed in.
 
 pub mod auth;
+pub mod framing;
 pub mod peer_filter;
 pub mod server;
 pub mod stun;

@@ -45,10 +45,38 @@ pub struct Now {
     pub unix: u64,
 }
 
-/// A client's 5-tuple as the driver sees it: which listener socket and the client's address.
+/// How a client reaches the relay. Relaying to peers is UDP whatever this is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Transport {
+    #[default]
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    /// TCP and TLS carry a byte stream: ChannelData is padded to 4 bytes (RFC 8656 §12.5) and
+    /// the allocation ends with the connection.
+    pub fn is_stream(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+}
+
+/// A client's 5-tuple as the driver sees it: which listener (socket, or accepted connection's
+/// listener), the transport and the client's address. A stream connection is unique by it
+/// while it lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClientKey {
     pub listener: u16,
+    pub transport: Transport,
     pub addr: SocketAddr,
 }
 
@@ -422,13 +450,13 @@ impl Refusal {
     }
 }
 
-/// What one worker holds right now, by address family (`[v4, v6]`): relayed addresses,
-/// permissions (by peer family) and channel bindings.
+/// What one worker holds right now, by client transport (`[udp, tcp, tls]`) and address family
+/// (`[v4, v6]`): relayed addresses, permissions (by peer family) and channel bindings.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Occupancy {
-    pub relayed: [u64; 2],
-    pub permissions: [u64; 2],
-    pub channels: [u64; 2],
+    pub relayed: [[u64; 2]; 3],
+    pub permissions: [[u64; 2]; 3],
+    pub channels: [[u64; 2]; 3],
 }
 
 /// One worker's TURN server.
@@ -486,14 +514,15 @@ impl Server {
     pub fn occupancy(&self) -> Occupancy {
         let mut o = Occupancy::default();
         for (_, a) in &self.allocs {
+            let t = a.client.transport as usize;
             for r in a.relays.iter().flatten() {
-                o.relayed[Family::of(r.advertised.ip()) as usize] += 1;
+                o.relayed[t][Family::of(r.advertised.ip()) as usize] += 1;
             }
             for p in &a.perms {
-                o.permissions[Family::of(p.ip) as usize] += 1;
+                o.permissions[t][Family::of(p.ip) as usize] += 1;
             }
             for c in &a.channels {
-                o.channels[Family::of(c.peer.ip()) as usize] += 1;
+                o.channels[t][Family::of(c.peer.ip()) as usize] += 1;
             }
         }
         o
@@ -537,6 +566,14 @@ impl Server {
             let next = a.next_deadline();
             a.scheduled = next;
             self.timers.push(Reverse((next, slot, generation)));
+        }
+    }
+
+    /// A stream client's connection closed: its allocation ends with it (RFC 8656 §3.1).
+    pub fn client_closed(&mut self, now: Now, client: &ClientKey, env: &mut impl Env) {
+        if let Some(&slot) = self.by_client.get(client) {
+            self.stats.allocations_deleted += 1;
+            self.delete(slot, now, env, "connection closed");
         }
     }
 
@@ -694,9 +731,17 @@ impl Server {
             let start = payload.start - 4;
             let hdr: &mut [u8; 4] = (&mut buf[start..payload.start]).try_into().ok()?;
             channel_data::write_header(hdr, c.number, len as u16);
+            // Over a stream the next frame starts on a 4-byte boundary (RFC 8656 §12.5).
+            let end = if a.client.transport.is_stream() {
+                let end = start + ((4 + len + 3) & !3);
+                buf[payload.end..end].fill(0);
+                end
+            } else {
+                payload.end
+            };
             return Some(Delivery {
                 client: a.client,
-                frame: start..payload.end,
+                frame: start..end,
                 profile: a.profile,
             });
         }

@@ -174,6 +174,7 @@ impl Client {
         Client {
             key: ClientKey {
                 listener: 0,
+                transport: Transport::Udp,
                 addr: SocketAddr::new("192.0.2.10".parse().unwrap(), port),
             },
             username,

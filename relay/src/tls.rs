@@ -1,0 +1,128 @@
+//! TLS for TURN over TLS (`turns:`, RFC 8656 §3.1): rustls with the ring provider, TLS 1.3 by
+//! default (1.2 only when configured), ALPN `stun.turn` (RFC 7443) selected when the client
+//! offers it and ignored otherwise, and a certificate that can be replaced while connections
+//! go on (new handshakes use the new one).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpStream;
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// The ALPN protocol id of STUN/TURN over TLS (RFC 7443).
+pub const ALPN_STUN_TURN: &[u8] = b"stun.turn";
+
+/// Reads a PEM certificate chain and its private key.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("unsupported private key: {e}"))?;
+    let ck = CertifiedKey::new(chain, signer);
+    ck.keys_match()
+        .map_err(|e| format!("certificate and key do not match: {e}"))?;
+    Ok(ck)
+}
+
+/// The certificate in force, swapped by [`TlsState::reload`].
+#[derive(Debug)]
+struct Resolver(RwLock<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// A node's TLS setup.
+pub struct TlsState {
+    cert: PathBuf,
+    key: PathBuf,
+    resolver: Arc<Resolver>,
+    /// For clients that offer `stun.turn`: it is selected.
+    with_alpn: Arc<rustls::ServerConfig>,
+    /// For clients that offer no ALPN or others (a browser's `turns:` on 443 may offer none):
+    /// nothing is selected, the handshake goes on.
+    without_alpn: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for TlsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsState")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl TlsState {
+    /// Loads the certificate and builds the configs; `tls12` also allows TLS 1.2.
+    pub fn new(cert: &Path, key: &Path, tls12: bool) -> Result<Arc<TlsState>, String> {
+        let ck = load_certified_key(cert, key)?;
+        let resolver = Arc::new(Resolver(RwLock::new(Arc::new(ck))));
+        let versions: &[&'static rustls::SupportedProtocolVersion] = if tls12 {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS13]
+        };
+        let build = |alpn: bool| -> Result<Arc<rustls::ServerConfig>, String> {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut c = rustls::ServerConfig::builder_with_provider(provider)
+                .with_protocol_versions(versions)
+                .map_err(|e| e.to_string())?
+                .with_no_client_auth()
+                .with_cert_resolver(resolver.clone());
+            if alpn {
+                c.alpn_protocols = vec![ALPN_STUN_TURN.to_vec()];
+            }
+            // No session tickets or resumption state kept per client beyond rustls' defaults.
+            Ok(Arc::new(c))
+        };
+        Ok(Arc::new(TlsState {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            with_alpn: build(true)?,
+            without_alpn: build(false)?,
+            resolver,
+        }))
+    }
+
+    /// The files to watch for changes.
+    pub fn files(&self) -> [&Path; 2] {
+        [&self.cert, &self.key]
+    }
+
+    /// Reads the certificate and key again; on error the current ones stay.
+    pub fn reload(&self) -> Result<(), String> {
+        let ck = load_certified_key(&self.cert, &self.key)?;
+        *self.resolver.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ck);
+        Ok(())
+    }
+
+    /// Runs the server handshake on an accepted connection.
+    pub async fn accept(&self, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+        let offers_turn = start
+            .client_hello()
+            .alpn()
+            .is_some_and(|mut protos| protos.any(|p| p == ALPN_STUN_TURN));
+        let config = if offers_turn {
+            self.with_alpn.clone()
+        } else {
+            self.without_alpn.clone()
+        };
+        start.into_stream(config).await
+    }
+}
