@@ -484,6 +484,19 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         *self = next;
     }
 
+    /// Pads a response to a TCP/TLS client under the node policy (a filler after it), so that
+    /// control traffic on a stream leaves at bucket sizes too. `buf` must have room after the
+    /// frame for the largest bucket.
+    pub fn pad_stream_reply(&mut self, buf: &mut [u8], frame: Range<usize>) -> Range<usize> {
+        if self.profiles[0].padding == Padding::Off {
+            return frame;
+        }
+        let mut txid = [0u8; 12];
+        let r = self.random();
+        txid[..8].copy_from_slice(&r.to_le_bytes());
+        pad_stream_frame(&self.profiles[0].padding, buf, frame, &txid)
+    }
+
     /// True if no profile shapes anything: the driver can skip the shaper.
     pub fn is_off(&self) -> bool {
         self.profiles.iter().all(Policy::is_off)

@@ -87,7 +87,10 @@ impl TlsState {
             if alpn {
                 c.alpn_protocols = vec![ALPN_STUN_TURN.to_vec()];
             }
-            // No session tickets or resumption state kept per client beyond rustls' defaults.
+            // No resumption: a ticket or session id would link a client's connections across
+            // networks, and a TURN connection lives long enough that a full handshake is cheap.
+            c.send_tls13_tickets = 0;
+            c.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
             Ok(Arc::new(c))
         };
         Ok(Arc::new(TlsState {

@@ -231,7 +231,8 @@ async fn read_side<R: AsyncRead>(
 ) -> bool {
     tokio::pin!(rd);
     let mut sb = StreamBuf::default();
-    let mut reply = vec![0u8; 2048];
+    // Room for a response and, when shaping, the filler up to the largest bucket.
+    let mut reply = vec![0u8; 2048 + crate::shaping::MAX_QUEUED_FRAME];
     let mut first = true;
     loop {
         let deadline = if first {
@@ -277,7 +278,8 @@ async fn read_side<R: AsyncRead>(
             {
                 Action::None => {}
                 Action::Reply(len) => {
-                    if !out.push(&reply[..len]) {
+                    let r = w.shaper.pad_stream_reply(&mut reply, 0..len);
+                    if !out.push(&reply[r]) {
                         w.io.stats.stream_drops += 1;
                     }
                 }

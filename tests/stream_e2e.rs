@@ -1,0 +1,547 @@
+//! TURN over TCP and TLS end to end: the real `veil relay` binary, the webrtc-rs `turn` client
+//! (a client we did not write) talking through a stream, and what a network observer of the TLS
+//! connection sees. Plus the stream path's robustness: garbage, silence, a client that never
+//! reads, connection caps. Everything stays on loopback.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::SECRET;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UdpSocket};
+use turn::client::{Client, ClientConfig};
+use veil_relay::proto::auth;
+use veil_relay::proto::framing::frame_len;
+use webrtc_util::Conn;
+
+fn credentials(id: &str) -> (String, String) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    auth::mint(SECRET.as_bytes(), now + 3600, Some(id))
+}
+
+/// Every byte the client reads off the wire, as an observer between client and relay sees it.
+#[derive(Default, Clone)]
+struct Wire(Arc<Mutex<Vec<u8>>>);
+
+/// A TCP stream that copies what it reads into a [`Wire`].
+struct Tapped {
+    inner: TcpStream,
+    wire: Wire,
+}
+
+impl AsyncRead for Tapped {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let new = buf.filled()[before..].to_vec();
+        self.wire.0.lock().unwrap().extend_from_slice(&new);
+        r
+    }
+}
+
+impl AsyncWrite for Tapped {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Gives the webrtc-rs client a stream as if it were a datagram socket: each `send_to` writes
+/// one frame (ChannelData padded to 4, RFC 8656 §12.5), each `recv_from` returns one frame.
+struct StreamConn {
+    reader: tokio::sync::Mutex<(Reader, Vec<u8>)>,
+    writer: tokio::sync::Mutex<Writer>,
+    server: SocketAddr,
+    local: SocketAddr,
+    /// Kinds of what arrived: (first two bytes, frame length).
+    received: Arc<Mutex<Vec<(u16, usize)>>>,
+}
+
+#[async_trait::async_trait]
+impl Conn for StreamConn {
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Ok(self.recv_from(buf).await?.0)
+    }
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        let mut guard = self.reader.lock().await;
+        let (rd, pending) = &mut *guard;
+        loop {
+            let n = frame_len(pending).map_err(|e| {
+                webrtc_util::Error::Other(format!("bad stream from the relay: {e}"))
+            })?;
+            if let Some(n) = n {
+                let frame: Vec<u8> = pending.drain(..n).collect();
+                self.received
+                    .lock()
+                    .unwrap()
+                    .push((u16::from_be_bytes([frame[0], frame[1]]), n));
+                buf[..n].copy_from_slice(&frame);
+                return Ok((n, self.server));
+            }
+            let mut chunk = [0u8; 4096];
+            let got = rd.read(&mut chunk).await?;
+            if got == 0 {
+                return Err(webrtc_util::Error::Other("relay closed the stream".into()));
+            }
+            pending.extend_from_slice(&chunk[..got]);
+        }
+    }
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        self.send_to(buf, self.server).await
+    }
+    async fn send_to(&self, buf: &[u8], _target: SocketAddr) -> webrtc_util::Result<usize> {
+        let mut frame = buf.to_vec();
+        if buf[0] >> 6 == 1 {
+            frame.resize((buf.len() + 3) & !3, 0);
+        }
+        let mut w = self.writer.lock().await;
+        w.write_all(&frame).await?;
+        w.flush().await?;
+        Ok(buf.len())
+    }
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.local)
+    }
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        Some(self.server)
+    }
+    async fn close(&self) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+/// Connects over TCP, or TLS trusting `cert` and offering ALPN `stun.turn`; returns the
+/// connection, what the observer sees, the frames' kinds and the negotiated ALPN.
+async fn connect(
+    server: SocketAddr,
+    tls_cert: Option<&std::path::Path>,
+) -> (
+    StreamConn,
+    Wire,
+    Arc<Mutex<Vec<(u16, usize)>>>,
+    Option<Vec<u8>>,
+) {
+    let tcp = TcpStream::connect(server).await.unwrap();
+    let local = tcp.local_addr().unwrap();
+    let wire = Wire::default();
+    let tapped = Tapped {
+        inner: tcp,
+        wire: wire.clone(),
+    };
+    let (reader, writer, alpn): (Reader, Writer, _) = match tls_cert {
+        None => {
+            let (r, w) = tokio::io::split(tapped);
+            (Box::new(r), Box::new(w), None)
+        }
+        Some(cert) => {
+            use tokio_rustls::rustls;
+            use tokio_rustls::rustls::pki_types::CertificateDer;
+            use tokio_rustls::rustls::pki_types::pem::PemObject;
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_file(cert).unwrap())
+                .unwrap();
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            cfg.alpn_protocols = vec![b"stun.turn".to_vec()];
+            let conn = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let s = conn.connect(name, tapped).await.expect("TLS handshake");
+            let alpn = s.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+            let version = s.get_ref().1.protocol_version();
+            assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_3));
+            let (r, w) = tokio::io::split(s);
+            (Box::new(r), Box::new(w), alpn)
+        }
+    };
+    let received = Arc::new(Mutex::new(Vec::new()));
+    (
+        StreamConn {
+            reader: tokio::sync::Mutex::new((reader, Vec::new())),
+            writer: tokio::sync::Mutex::new(writer),
+            server,
+            local,
+            received: received.clone(),
+        },
+        wire,
+        received,
+        alpn,
+    )
+}
+
+async fn client_over(conn: StreamConn, server: SocketAddr, id: &str) -> Client {
+    let (user, pass) = credentials(id);
+    let c = Client::new(ClientConfig {
+        stun_serv_addr: server.to_string(),
+        turn_serv_addr: server.to_string(),
+        username: user,
+        password: pass,
+        realm: String::new(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(conn),
+        vnet: None,
+    })
+    .await
+    .expect("client");
+    c.listen().await.expect("listen");
+    c
+}
+
+/// A UDP echo peer on loopback that stops after `limit` datagrams or 60 s.
+async fn echo_peer(limit: usize) -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = s.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        for _ in 0..limit {
+            let Ok(Ok((n, from))) = tokio::time::timeout_at(deadline, s.recv_from(&mut buf)).await
+            else {
+                break;
+            };
+            let _ = s.send_to(&buf[..n], from).await;
+        }
+    });
+    addr
+}
+
+/// Allocates, exchanges `n` messages of `size` bytes with an echo peer and closes the
+/// allocation.
+async fn exchange(client: &Client, n: usize, size: usize) {
+    let relay_conn = client.allocate().await.expect("allocate over the stream");
+    exchange_on(&relay_conn, n, size).await;
+    relay_conn.close().await.unwrap();
+}
+
+/// Exchanges `n` messages with a new echo peer (first by Send indication, then on the channel
+/// the client binds) and checks every echo.
+async fn exchange_on(relay_conn: &impl Conn, n: usize, size: usize) {
+    let peer = echo_peer(n).await;
+    let mut buf = vec![0u8; 2048];
+    for i in 0..n {
+        let mut msg = format!("message {i:04} ").into_bytes();
+        msg.resize(size, b'.');
+        relay_conn.send_to(&msg, peer).await.expect("send_to");
+        let (got, from) =
+            tokio::time::timeout(Duration::from_secs(5), relay_conn.recv_from(&mut buf))
+                .await
+                .expect("echo within 5 s")
+                .expect("recv");
+        assert_eq!(from, peer);
+        assert_eq!(&buf[..got], &msg[..], "message {i}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webrtc_rs_client_relays_over_tcp_and_tls() {
+    let (relay, tcp, tls) =
+        common::start_stream_relay("16000-16099", &["--allow-peer", "127.0.0.0/8"]);
+    let cert = std::env::temp_dir()
+        .join(format!("veil-tls-{}-16000-16099", std::process::id()))
+        .join("cert.pem");
+
+    let (conn, _, received, _) = connect(tcp, None).await;
+    let client = client_over(conn, tcp, "tcp-user").await;
+    exchange(&client, 30, 160).await;
+    client.close().await.unwrap();
+    let kinds = received.lock().unwrap().clone();
+    assert!(
+        kinds.iter().any(|(k, _)| k >> 14 == 1),
+        "echoes came back as ChannelData over TCP: {kinds:?}"
+    );
+    assert!(
+        kinds
+            .iter()
+            .filter(|(k, _)| k >> 14 == 1)
+            .all(|(_, n)| n % 4 == 0),
+        "ChannelData over a stream is padded to 4"
+    );
+
+    let (conn, _, _, alpn) = connect(tls, Some(&cert)).await;
+    assert_eq!(
+        alpn.as_deref(),
+        Some(&b"stun.turn"[..]),
+        "ALPN stun.turn selected"
+    );
+    let client = client_over(conn, tls, "tls-user").await;
+    exchange(&client, 30, 1000).await;
+    client.close().await.unwrap();
+    drop(relay);
+}
+
+/// TLS record lengths in a byte stream: (content type, length) of each record.
+fn tls_records(wire: &[u8]) -> Vec<(u8, usize)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 5 <= wire.len() {
+        let len = u16::from_be_bytes([wire[at + 3], wire[at + 4]]) as usize;
+        out.push((wire[at], len));
+        at += 5 + len;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shaped_tls_records_leave_at_bucket_sizes_and_break_nothing() {
+    const BUCKETS: [usize; 4] = [128, 256, 512, 1200];
+    let (_relay, _tcp, tls) = common::start_stream_relay(
+        "16100-16199",
+        &[
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--pad-buckets",
+            "128,256,512,1200",
+            "--timing",
+            "slots:20ms",
+            "--cover",
+            "50:128",
+        ],
+    );
+    let cert = std::env::temp_dir()
+        .join(format!("veil-tls-{}-16100-16199", std::process::id()))
+        .join("cert.pem");
+    let (conn, wire, received, _) = connect(tls, Some(&cert)).await;
+    let client = client_over(conn, tls, "shaped").await;
+    // Let the handshake's records go by; everything after is TURN.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let handshake_bytes = wire.0.lock().unwrap().len();
+    // Sizes of several buckets, and silences that cover fills.
+    let relay_conn = client.allocate().await.expect("allocate over TLS");
+    for (n, size) in [(10, 40), (10, 300), (5, 900)] {
+        exchange_on(&relay_conn, n, size).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    relay_conn.close().await.unwrap();
+    client.close().await.unwrap();
+    let wire = wire.0.lock().unwrap().clone();
+    let records = tls_records(&wire[handshake_bytes..]);
+    assert!(records.len() > 40, "{} records", records.len());
+    // TLS 1.3 adds a content-type byte and a 16-byte AEAD tag to each record.
+    let sizes: Vec<usize> = records.iter().map(|(_, n)| n - 17).collect();
+    let off: Vec<_> = sizes.iter().filter(|n| !BUCKETS.contains(n)).collect();
+    assert!(
+        off.is_empty(),
+        "every record after the handshake is a bucket size; these are not: {off:?} of {sizes:?}"
+    );
+    let kinds = received.lock().unwrap().clone();
+    let fillers = kinds.iter().filter(|(k, _)| *k == 0x0011).count();
+    assert!(
+        fillers > 0,
+        "filler/cover Binding indications reached the client and were ignored"
+    );
+    eprintln!(
+        "observed {} TLS records after the handshake: {:?}",
+        sizes.len(),
+        BUCKETS.map(|b| (b, sizes.iter().filter(|n| **n == b).count()))
+    );
+}
+
+fn read_until_closed(s: &mut StdTcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_silence_and_caps_close_connections_without_harm() {
+    let admin = common::free_tcp_addr();
+    let (_relay, tcp, tls) = common::start_stream_relay(
+        "16200-16299",
+        &[
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--admin",
+            &admin.to_string(),
+            "--config",
+            &{
+                let p = std::env::temp_dir()
+                    .join(format!("veil-stream-limits-{}.yaml", std::process::id()));
+                std::fs::write(
+                    &p,
+                    "streams: {handshake_timeout: 1, idle_timeout: 2, max_connections_per_ip: 4}\n",
+                )
+                .unwrap();
+                p.display().to_string()
+            },
+        ],
+    );
+    // Garbage (neither STUN nor ChannelData): closed at once.
+    let mut s = StdTcpStream::connect(tcp).unwrap();
+    s.write_all(&[0xC0; 64]).unwrap();
+    assert!(
+        read_until_closed(&mut s, Duration::from_secs(5)),
+        "garbage closes"
+    );
+    // A STUN header without the magic cookie (e.g. TLS on the TCP port): closed.
+    let mut s = StdTcpStream::connect(tcp).unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0x00, 0xC8, 0x01, 0x00, 0x00])
+        .unwrap();
+    assert!(
+        read_until_closed(&mut s, Duration::from_secs(5)),
+        "no cookie closes"
+    );
+    // Silence: no first message within the handshake deadline (1 s), TCP and TLS.
+    for addr in [tcp, tls] {
+        let t0 = Instant::now();
+        let mut s = StdTcpStream::connect(addr).unwrap();
+        assert!(
+            read_until_closed(&mut s, Duration::from_secs(5)),
+            "silence closes"
+        );
+        assert!(
+            t0.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+    // A half frame, then nothing: the deadline still closes it.
+    let mut s = StdTcpStream::connect(tcp).unwrap();
+    s.write_all(&[0x00, 0x01, 0x00, 0x08, 0x21, 0x12]).unwrap();
+    assert!(
+        read_until_closed(&mut s, Duration::from_secs(5)),
+        "partial frame closes"
+    );
+
+    // Per-IP cap 4: a fifth connection from the same IP is closed at once, the others live.
+    let held: Vec<StdTcpStream> = (0..4)
+        .map(|_| StdTcpStream::connect(tcp).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fifth = StdTcpStream::connect(tcp).unwrap();
+    assert!(
+        read_until_closed(&mut fifth, Duration::from_millis(800)),
+        "over the cap"
+    );
+    // Binding over one of the held connections still works.
+    let mut ok = held.into_iter().next().unwrap();
+    let mut req = [0u8; 20];
+    let n = veil_relay::proto::stun::Writer::new(
+        &mut req,
+        veil_relay::proto::stun::method::BINDING,
+        veil_relay::proto::stun::Class::Request,
+        &[3; 12],
+    )
+    .unwrap()
+    .finish();
+    ok.write_all(&req[..n]).unwrap();
+    ok.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut resp = [0u8; 256];
+    let got = ok.read(&mut resp).unwrap();
+    let m = veil_relay::proto::stun::Message::decode(&resp[..got]).expect("a STUN response");
+    assert_eq!(m.class, veil_relay::proto::stun::Class::Success);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, m) = common::http_get(admin, "/metrics");
+        let refused = common::metric(&m, "veil_relay_connections_refused_total").unwrap_or(0.0);
+        let errors = common::metric(&m, "veil_relay_stream_errors_total").unwrap_or(0.0);
+        if refused >= 1.0 && errors >= 5.0 {
+            assert!(!m.contains("127.0.0.1"), "no address in metrics");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "refused {refused}, errors {errors}:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_cannot_grow_the_relay() {
+    let admin = common::free_tcp_addr();
+    let (relay, tcp, _tls) = common::start_stream_relay(
+        "16300-16399",
+        &["--allow-peer", "127.0.0.0/8", "--admin", &admin.to_string()],
+    );
+    // An allocation over TCP whose client then stops reading, while a peer floods it.
+    let (conn, _, _, _) = connect(tcp, None).await;
+    let client = client_over(conn, tcp, "slow").await;
+    let relay_conn = client.allocate().await.expect("allocate");
+    let relayed = relay_conn.local_addr().unwrap();
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    relay_conn
+        .send_to(b"open the permission", peer.local_addr().unwrap())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(5), peer.recv_from(&mut buf)).await;
+    let rss = |pid: u32| -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap()
+    };
+    let pid = relay.child.id();
+    let before = rss(pid);
+    // The client task stays alive but nobody calls recv: the webrtc-rs client's own read loop
+    // does read, so stop it by closing the client's reading side first.
+    client.close().await.unwrap();
+    // 20 000 datagrams of 1 000 bytes (20 MB) at the relayed address, bounded in count.
+    let payload = vec![0x55u8; 1000];
+    for _ in 0..20_000 {
+        let _ = peer.send_to(&payload, relayed).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss(pid);
+    assert!(
+        after < before + 8 * 1024,
+        "RSS grew from {before} kB to {after} kB: the send queue must stay bounded"
+    );
+    // The frames that did not fit were dropped and counted (metrics are published each second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, m) = common::http_get(admin, "/metrics");
+        let drops = common::metric(&m, "veil_relay_stream_drops_total").unwrap_or(0.0);
+        if drops > 1000.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stream drops {drops}:\n{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
