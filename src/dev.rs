@@ -79,7 +79,7 @@ pub fn run(a: DevArgs) -> Result<()> {
             },
             peers: veil_relay::config::Peers {
                 allow: vec!["127.0.0.0/8".parse()?],
-                deny: vec![],
+                ..Default::default()
             },
             workers: a.workers,
             admin: Some(SocketAddr::from((lo, a.admin_port + i))),

@@ -310,8 +310,17 @@ fn uclient_over_tcp_and_tls_plain_and_shaped_with_zero_loss() {
     require("turnutils_uclient");
     require("turnutils_peer");
     let quota = ["--allow-peer", "127.0.0.0/8", "--user-quota", "1000"];
-    let (_relay, tcp, tls) = common::start_stream_relay("18000-18999", &quota);
+    let (relay, tcp, tls) = common::start_stream_relay("18000-18999", &quota);
     let (_peer, p) = start_peer("127.0.0.1");
+    // -y: uclient's clients talk to each other through their relayed addresses on this one
+    // node (relay to relay), as two browsers placed on one relay with relay-only ICE do.
+    let (r, text) = uclient("127.0.0.20", relay.addr.port(), "127.0.0.1", p, &["-y"]);
+    // (uclient rounds the client count up to whole pairs of its groups in this mode.)
+    assert!(
+        r.sent >= (CLIENTS * MESSAGES) as u64 && r.received == r.sent && r.lost == 0,
+        "relay to relay on one node: {r:?}\n{}",
+        tail(&text)
+    );
     // -t: TURN over TCP to the server (peers are still reached over UDP); -S: over TLS.
     let (r, text) = uclient("127.0.0.21", tcp.port(), "127.0.0.1", p, &["-t"]);
     assert_zero_loss("TCP, ChannelData", &r, &text);

@@ -119,13 +119,26 @@ impl Default for Quotas {
 }
 
 /// Which peers clients may reach, on top of the built-in deny list.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Peers {
     /// Ranges carved out of the deny list (e.g. an SFU on a private network).
     pub allow: Vec<Cidr>,
     /// Extra denied ranges, e.g. the other relays of the cluster.
     pub deny: Vec<Cidr>,
+    /// Allocations may reach each other's relayed addresses on this node (both parties of a
+    /// call on one relay with relay-only ICE need it); the listeners stay denied.
+    pub relay_to_relay: bool,
+}
+
+impl Default for Peers {
+    fn default() -> Self {
+        Peers {
+            allow: vec![],
+            deny: vec![],
+            relay_to_relay: true,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -633,11 +646,22 @@ impl RelayConfig {
             .flatten()
             .flat_map(|r| [r.bind, r.advertise])
             .collect();
-        let filter = PeerFilter::new(&self.peers.deny, &self.peers.allow).with_own_addresses(
-            &self.listen,
-            &own_ips,
-            (pr.start, pr.end),
-        );
+        // Our listeners, also as reached through the advertised (external) IPs.
+        let mut own_sockets: Vec<SocketAddr> = Vec::new();
+        for l in self
+            .listen
+            .iter()
+            .chain(&self.listen_tcp)
+            .chain(&self.listen_tls)
+        {
+            own_sockets.push(*l);
+            for ip in &own_ips {
+                own_sockets.push(SocketAddr::new(*ip, l.port()));
+            }
+        }
+        let filter = PeerFilter::new(&self.peers.deny, &self.peers.allow)
+            .with_own_addresses(&own_sockets, &own_ips, (pr.start, pr.end))
+            .relay_to_relay(self.peers.relay_to_relay);
         let server = ServerConfig {
             realm: self.realm.clone(),
             software: self.software.clone().filter(|s| !s.is_empty()),
@@ -917,6 +941,22 @@ mod tests {
         let r = c.resolve().unwrap();
         let v4 = r.server.relay_v4.unwrap();
         assert_eq!(v4.advertise, "93.184.216.1".parse::<IpAddr>().unwrap());
+        // The listener through the external IP is ours: denied.
+        assert!(
+            r.filter
+                .check("93.184.216.1:3478".parse().unwrap())
+                .is_err()
+        );
+        // Another allocation's relayed address on this node: reachable (relay_to_relay)...
+        assert!(
+            r.filter
+                .check("93.184.216.1:20500".parse().unwrap())
+                .is_ok()
+        );
+        // ...unless the operator turns it off.
+        let mut c = c.clone();
+        c.peers.relay_to_relay = false;
+        let r = c.resolve().unwrap();
         assert!(
             r.filter
                 .check("93.184.216.1:20500".parse().unwrap())

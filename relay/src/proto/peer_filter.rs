@@ -185,6 +185,9 @@ pub struct PeerFilter {
     /// Our relay IPs (bound and advertised) and the relayed port range on them.
     own_relay_ips: Vec<IpAddr>,
     relay_ports: (u16, u16),
+    /// Whether one allocation may reach another's relayed address on this node (see
+    /// [`PeerFilter::relay_to_relay`]).
+    relay_to_relay: bool,
 }
 
 impl PeerFilter {
@@ -209,6 +212,14 @@ impl PeerFilter {
         self.own_sockets = listeners.to_vec();
         self.own_relay_ips = relay_ips.iter().map(|ip| canonical(*ip)).collect();
         self.relay_ports = relay_ports;
+        self
+    }
+
+    /// Lets allocations reach each other's relayed addresses on this node: the two parties of
+    /// a call placed on one relay, both with relay-only ICE, need exactly that path. The
+    /// listeners stay denied; the relay IPs still go through the range rules.
+    pub fn relay_to_relay(mut self, allow: bool) -> Self {
+        self.relay_to_relay = allow;
         self
     }
 
@@ -243,7 +254,8 @@ impl PeerFilter {
             .own_sockets
             .iter()
             .any(|s| s.port() == port && (s.ip().is_unspecified() || canonical(s.ip()) == ip));
-        let relayed = port >= self.relay_ports.0
+        let relayed = !self.relay_to_relay
+            && port >= self.relay_ports.0
             && port <= self.relay_ports.1
             && self.own_relay_ips.contains(&ip);
         listener || relayed
@@ -388,6 +400,15 @@ mod tests {
         assert_eq!(f.check(sa("127.0.0.1:20500")), Err(Denied::OwnAddress));
         assert_eq!(f.check(sa("127.0.0.1:21000")), Ok(()));
         assert_eq!(f.check(sa("127.0.0.2:20500")), Ok(()));
+        // Relay to relay on this node: relayed ports open, listeners still denied.
+        let f = f.relay_to_relay(true);
+        assert_eq!(f.check(sa("127.0.0.1:20500")), Ok(()));
+        assert_eq!(f.check(sa("127.0.0.1:3478")), Err(Denied::OwnAddress));
+        // The range rules still apply to the relay's own IP.
+        let f = PeerFilter::new(&[], &[])
+            .with_own_addresses(&[], &["127.0.0.1".parse().unwrap()], (20000, 20999))
+            .relay_to_relay(true);
+        assert_eq!(f.check(sa("127.0.0.1:20500")), Err(Denied::Range));
     }
 
     #[test]
