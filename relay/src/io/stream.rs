@@ -278,7 +278,14 @@ async fn read_side<R: AsyncRead>(
             {
                 Action::None => {}
                 Action::Reply(len) => {
-                    let r = w.shaper.pad_stream_reply(&mut reply, 0..len);
+                    // Fillers only once the client holds an allocation: until a Binding or
+                    // Allocate success has crossed the connection, Chromium closes it on any
+                    // STUN type outside a short list, and a Binding indication is not on it.
+                    let r = if w.server.has_allocation(&key) {
+                        w.shaper.pad_stream_reply(&mut reply, 0..len)
+                    } else {
+                        0..len
+                    };
                     if !out.push(&reply[r]) {
                         w.io.stats.stream_drops += 1;
                     }
