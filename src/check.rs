@@ -53,6 +53,20 @@ fn check_relay(path: &Path, no_files: bool, relay_ips: &[std::net::IpAddr]) -> R
             cfg.auth.secret_files.clear();
             cfg.auth.secrets.push(PLACEHOLDER.into());
         }
+        // The certificate lives in a Secret too: check its paths, not its contents.
+        for (field, f) in [("tls.cert", &cfg.tls.cert), ("tls.key", &cfg.tls.key)] {
+            match f {
+                Some(p) => absolute(field, p)?,
+                None if !cfg.listen_tls.is_empty() => {
+                    bail!("{field}: required by listen_tls")
+                }
+                None => {}
+            }
+        }
+        if cfg.listen_tls.iter().any(|l| l.port() == 0) {
+            bail!("listen_tls: port 0 is not a TURN port");
+        }
+        cfg.listen_tls.clear();
     }
     Ok(cfg.resolve()?.warnings)
 }

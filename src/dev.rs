@@ -68,6 +68,7 @@ pub fn run(a: DevArgs) -> Result<()> {
     {
         let cfg = RelayConfig {
             listen: vec![SocketAddr::from((lo, a.turn_port + i))],
+            listen_tcp: vec![SocketAddr::from((lo, a.turn_port + i))],
             zone: Some(zone.into()),
             port_range: PortRange {
                 start: ports.0,
@@ -91,7 +92,7 @@ pub fn run(a: DevArgs) -> Result<()> {
             resolved.admin.unwrap_or(SocketAddr::from((lo, 0))),
             AdminState::new(
                 shared,
-                &node.listen,
+                &node.endpoints,
                 Some((node.reports.clone(), node.port_range.len())),
             ),
         ));
@@ -200,7 +201,7 @@ pub fn run(a: DevArgs) -> Result<()> {
             String::new(),
         ];
         for (i, (zone, name, _, _)) in ZONES.iter().enumerate() {
-            banner.push(format!("  relay      {name:<7} zone {zone:<5} {}  admin {}", uris[i], status[i]));
+            banner.push(format!("  relay      {name:<7} zone {zone:<5} {} (and tcp)  admin {}", uris[i], status[i]));
         }
         banner.extend([
             format!("  allocator  http://{api}   API key {api_key}"),

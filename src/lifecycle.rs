@@ -131,7 +131,7 @@ impl Running {
             Some(addr) => {
                 let state = AdminState::new(
                     self.shared.clone(),
-                    &self.node.listen,
+                    &self.node.endpoints,
                     Some((self.node.reports.clone(), self.node.port_range.len())),
                 );
                 let listener = rt

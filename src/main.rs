@@ -76,6 +76,9 @@ struct RelayArgs {
     /// Accept TLS 1.2 too (default: TLS 1.3 only).
     #[arg(long = "tls12")]
     tls12: bool,
+    /// Host name for advertised turns: URIs, matching the certificate (default: the IP).
+    #[arg(long = "tls-name", value_name = "NAME")]
+    tls_name: Option<String>,
     /// IP relayed sockets bind to, repeatable: one IPv4 and one IPv6 at most (default: the
     /// listen IPs).
     #[arg(long = "relay-ip", value_name = "IP")]
@@ -278,6 +281,9 @@ fn apply_flags(cfg: &mut RelayConfig, a: &RelayArgs) -> Result<()> {
     }
     if a.tls12 {
         cfg.tls.allow_tls12 = true;
+    }
+    if let Some(n) = &a.tls_name {
+        cfg.tls.name = Some(n.clone());
     }
     if !a.external_ip.is_empty() {
         cfg.external_ips = a.external_ip.clone();

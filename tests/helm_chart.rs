@@ -274,8 +274,38 @@ fn deployment_values_render_load_balancers_and_the_low_port() {
     assert_eq!(lb["spec"]["loadBalancerIP"], "203.0.113.30");
     assert_eq!(lb["spec"]["externalTrafficPolicy"], "Local");
     let ports = lb["spec"]["ports"].as_array().unwrap();
-    assert_eq!(ports.len(), 1 + 100, "TURN port and every relayed port");
-    assert_eq!(ports[0]["port"], 443);
+    let named: Vec<(&str, u64, &str)> = ports[..4]
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["port"].as_u64().unwrap(),
+                p["protocol"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        named,
+        [
+            ("turn-udp", 3478, "UDP"),
+            ("turn-tcp", 3478, "TCP"),
+            ("turns", 5349, "TCP"),
+            ("turns-443", 443, "TCP"),
+        ]
+    );
+    assert_eq!(ports.len(), 4 + 100, "TURN ports and every relayed port");
+    // The certificate Secret is mounted where the rendered config points.
+    let mounts = c["volumeMounts"].as_array().unwrap();
+    assert!(mounts.iter().any(|m| m["mountPath"] == "/etc/veil/tls"));
+    let vols = relay["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    assert!(
+        vols.iter()
+            .any(|v| v["secret"]["secretName"] == "veil-relay-tls")
+    );
+    let sysctls = &relay["spec"]["template"]["spec"]["securityContext"]["sysctls"];
+    assert_eq!(sysctls[0]["name"], "net.ipv4.ip_unprivileged_port_start");
     // The existing Secret is used, none is rendered for TURN secrets.
     assert!(
         kind(&docs, "Secret")
@@ -315,6 +345,7 @@ fn bad_values_are_refused_with_the_field_named() {
             "at most 500 ports",
         ),
         (vec!["relay.pools[0].externalIP="], ""),
+        (vec!["relay.tls.enabled=true"], "relay.tls.secretName"),
     ] {
         let out = helm_template(&["ci/daemonset-values.yaml"], &set);
         let err = String::from_utf8_lossy(&out.stderr);

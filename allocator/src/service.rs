@@ -904,7 +904,11 @@ mod tests {
         ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let state = AdminState::new(shared, &["127.0.0.1:3478".parse().unwrap()], None);
+        let endpoints = veil_relay::admin::Endpoints {
+            udp: vec!["127.0.0.1:3478".parse().unwrap()],
+            ..Default::default()
+        };
+        let state = AdminState::new(shared, &endpoints, None);
         tokio::spawn(async move { axum::serve(listener, router(state)).await });
 
         let dir = std::env::temp_dir().join(format!("veil-alloc-dns-{}", std::process::id()));

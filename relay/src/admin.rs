@@ -34,9 +34,39 @@ pub struct AdminState {
     metrics: Option<(Arc<Reports>, usize)>,
 }
 
-/// The URIs clients reach a node on: each listen address, with an unspecified IP replaced by the
-/// advertised relay IP of its family.
-pub fn turn_uris(listen: &[SocketAddr], cfg: &ServerConfig) -> Vec<String> {
+/// Where clients reach a node: its UDP, TCP and TLS listeners, and the host name of `turns:`
+/// URIs (it must match the certificate; none: the advertised IP).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+    pub tls_name: Option<String>,
+}
+
+/// The URIs clients reach a node on (RFC 7065): `turn:…?transport=udp` and `?transport=tcp` for
+/// each UDP and TCP listener, `turns:…?transport=tcp` for each TLS one. An unspecified listen IP
+/// is replaced by the advertised relay IP of its family.
+pub fn turn_uris(ep: &Endpoints, cfg: &ServerConfig) -> Vec<String> {
+    let mut v = uris_of(&ep.udp, cfg, "turn", "udp", None);
+    v.extend(uris_of(&ep.tcp, cfg, "turn", "tcp", None));
+    v.extend(uris_of(
+        &ep.tls,
+        cfg,
+        "turns",
+        "tcp",
+        ep.tls_name.as_deref(),
+    ));
+    v
+}
+
+fn uris_of(
+    listen: &[SocketAddr],
+    cfg: &ServerConfig,
+    scheme: &str,
+    transport: &str,
+    name: Option<&str>,
+) -> Vec<String> {
     listen
         .iter()
         .filter_map(|l| {
@@ -51,11 +81,15 @@ pub fn turn_uris(listen: &[SocketAddr], cfg: &ServerConfig) -> Vec<String> {
                 (true, Some(r)) => r.advertise,
                 (true, None) => return None,
             };
-            let host = match ip {
-                IpAddr::V4(v4) => v4.to_string(),
-                IpAddr::V6(v6) => format!("[{v6}]"),
+            let host = match (name, ip) {
+                (Some(n), _) => n.to_string(),
+                (None, IpAddr::V4(v4)) => v4.to_string(),
+                (None, IpAddr::V6(v6)) => format!("[{v6}]"),
             };
-            Some(format!("turn:{host}:{}?transport=udp", l.port()))
+            Some(format!(
+                "{scheme}:{host}:{}?transport={transport}",
+                l.port()
+            ))
         })
         .collect()
 }
@@ -65,10 +99,10 @@ impl AdminState {
     /// it also serves `/metrics`.
     pub fn new(
         core: Arc<Shared>,
-        listen: &[SocketAddr],
+        endpoints: &Endpoints,
         metrics: Option<(Arc<Reports>, usize)>,
     ) -> Arc<Self> {
-        let uris = turn_uris(listen, &core.config);
+        let uris = turn_uris(endpoints, &core.config);
         Arc::new(AdminState {
             core,
             uris,
@@ -160,18 +194,30 @@ mod tests {
             }),
             ..ServerConfig::default()
         };
-        let listen: Vec<SocketAddr> = vec![
-            "0.0.0.0:3478".parse().unwrap(),
-            "10.0.0.5:3479".parse().unwrap(),
-            "[::1]:3478".parse().unwrap(),
-        ];
+        let mut ep = Endpoints {
+            udp: vec![
+                "0.0.0.0:3478".parse().unwrap(),
+                "10.0.0.5:3479".parse().unwrap(),
+                "[::1]:3478".parse().unwrap(),
+            ],
+            tcp: vec!["0.0.0.0:3478".parse().unwrap()],
+            tls: vec!["0.0.0.0:443".parse().unwrap()],
+            tls_name: None,
+        };
         assert_eq!(
-            turn_uris(&listen, &cfg),
+            turn_uris(&ep, &cfg),
             vec![
                 "turn:203.0.113.5:3478?transport=udp",
                 "turn:203.0.113.5:3479?transport=udp",
-                "turn:[::1]:3478?transport=udp"
+                "turn:[::1]:3478?transport=udp",
+                "turn:203.0.113.5:3478?transport=tcp",
+                "turns:203.0.113.5:443?transport=tcp",
             ]
+        );
+        ep.tls_name = Some("relay-1.example.net".into());
+        assert_eq!(
+            turn_uris(&ep, &cfg)[4],
+            "turns:relay-1.example.net:443?transport=tcp"
         );
     }
 }

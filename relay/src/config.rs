@@ -253,6 +253,9 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
     /// Also accept TLS 1.2 (TLS 1.3 only by default).
     pub allow_tls12: bool,
+    /// Host name in the `turns:` URIs the node advertises (it must match the certificate);
+    /// none: the advertised IP.
+    pub name: Option<String>,
 }
 
 /// Limits of TCP and TLS connections.
@@ -376,6 +379,8 @@ pub struct Resolved {
     pub listen_tls: Vec<SocketAddr>,
     /// The certificate and TLS settings, when `listen_tls` is set.
     pub tls: Option<std::sync::Arc<crate::tls::TlsState>>,
+    /// Host name of `turns:` URIs.
+    pub tls_name: Option<String>,
     pub streams: StreamLimits,
     pub server: ServerConfig,
     pub credentials: Credentials,
@@ -729,6 +734,7 @@ impl RelayConfig {
             listen_tcp: self.listen_tcp.clone(),
             listen_tls: self.listen_tls.clone(),
             tls,
+            tls_name: self.tls.name.clone().filter(|n| !n.is_empty()),
             streams: StreamLimits {
                 handshake_timeout: std::time::Duration::from_secs(st.handshake_timeout as u64),
                 idle_timeout: std::time::Duration::from_secs(st.idle_timeout as u64),

@@ -764,6 +764,8 @@ fn run_worker(
 /// A running node: its workers and the addresses it listens on.
 pub struct Node {
     pub listen: Vec<SocketAddr>,
+    /// Where clients reach the node (for `/status`).
+    pub endpoints: crate::admin::Endpoints,
     /// The TLS setup, whose certificate a reload replaces.
     pub tls: Option<Arc<crate::tls::TlsState>>,
     /// The workers' counters, for [`crate::metrics::render`].
@@ -808,6 +810,12 @@ impl Node {
         }
         Ok(Node {
             listen: resolved.listen.clone(),
+            endpoints: crate::admin::Endpoints {
+                udp: resolved.listen.clone(),
+                tcp: resolved.listen_tcp.clone(),
+                tls: resolved.listen_tls.clone(),
+                tls_name: resolved.tls_name.clone(),
+            },
             tls: resolved.tls.clone(),
             stop,
             threads,

@@ -40,6 +40,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s-relay-%s" (include "veil.fullname" .root) .pool.name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The lowest port a relay listens on (NET_BIND_SERVICE below 1024). */}}
+{{- define "veil.relayLowPort" -}}
+{{- $r := .Values.relay -}}
+{{- $low := int $r.turnPort -}}
+{{- if and $r.tls.enabled (lt (int $r.tls.port) $low) }}{{ $low = int $r.tls.port }}{{ end -}}
+{{- if and $r.tls.enabled $r.tls.port443 (lt 443 $low) }}{{ $low = 443 }}{{ end -}}
+{{- $low -}}
+{{- end -}}
+
 {{/* Container security: non-root, read-only root, no capability unless a port needs one. */}}
 {{- define "veil.containerSecurity" -}}
 allowPrivilegeEscalation: false
@@ -77,6 +86,17 @@ seccompProfile:
 -}}
 {{- if .pool.externalIP -}}
 {{- $_ := set $cfg "external_ips" (list .pool.externalIP) -}}
+{{- end -}}
+{{- if $r.tcp.enabled -}}
+{{- $_ := set $cfg "listen_tcp" (list (printf "0.0.0.0:%d" (int $r.turnPort))) -}}
+{{- end -}}
+{{- if $r.tls.enabled -}}
+{{- $tls := list (printf "0.0.0.0:%d" (int $r.tls.port)) -}}
+{{- if $r.tls.port443 }}{{ $tls = append $tls "0.0.0.0:443" }}{{ end -}}
+{{- $_ := set $cfg "listen_tls" $tls -}}
+{{- $t := dict "cert" "/etc/veil/tls/tls.crt" "key" "/etc/veil/tls/tls.key" "allow_tls12" $r.tls.allowTls12 -}}
+{{- if $r.tls.name }}{{ $_ := set $t "name" $r.tls.name }}{{ end -}}
+{{- $_ := set $cfg "tls" $t -}}
 {{- end -}}
 {{- toYaml $cfg -}}
 {{- end -}}
