@@ -547,3 +547,56 @@ async fn a_client_that_never_reads_cannot_grow_the_relay() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_certificate_is_used_for_new_handshakes_while_connections_go_on() {
+    let admin = common::free_tcp_addr();
+    let (_relay, _tcp, tls) = common::start_stream_relay(
+        "16400-16499",
+        &[
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--admin",
+            &admin.to_string(),
+            "--watch-interval",
+            "1",
+        ],
+    );
+    let dir = std::env::temp_dir().join(format!("veil-tls-{}-16400-16499", std::process::id()));
+    let old_cert = dir.join("old-cert.pem");
+    std::fs::copy(dir.join("cert.pem"), &old_cert).unwrap();
+
+    // A call in progress over TLS with the first certificate.
+    let (conn, _, _, _) = connect(tls, Some(&old_cert)).await;
+    let client = client_over(conn, tls, "before-rotation").await;
+    let relay_conn = client.allocate().await.expect("allocate");
+    exchange_on(&relay_conn, 3, 100).await;
+
+    // The certificate files are replaced (as cert-manager renews a Secret).
+    let new_dir = std::env::temp_dir().join(format!("veil-tls-new-{}", std::process::id()));
+    std::fs::create_dir_all(&new_dir).unwrap();
+    let (new_cert, new_key) = common::self_signed(&new_dir);
+    std::fs::copy(&new_key, dir.join("key.pem")).unwrap();
+    std::fs::copy(&new_cert, dir.join("cert.pem")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, m) = common::http_get(admin, "/metrics");
+        if common::metric(&m, "veil_relay_config_reloads_total{result=\"success\"}")
+            .is_some_and(|v| v >= 1.0)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reload in 10 s:\n{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // New handshakes present the new certificate: a client trusting only it connects...
+    let (conn, _, _, _) = connect(tls, Some(&new_cert)).await;
+    let client2 = client_over(conn, tls, "after-rotation").await;
+    exchange(&client2, 3, 100).await;
+    client2.close().await.unwrap();
+    // ...and the connection made before the rotation still relays.
+    exchange_on(&relay_conn, 3, 100).await;
+    relay_conn.close().await.unwrap();
+    client.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(&new_dir);
+}
