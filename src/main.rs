@@ -3,9 +3,12 @@
 //! * `veil relay` runs a relay node (config file and/or flags; flags win).
 //! * `veil credentials` mints TURN REST API credentials from a secret file.
 
+mod batch;
 mod check;
 mod dev;
+mod forwarder;
 mod lifecycle;
+mod load;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -48,6 +51,12 @@ enum Command {
     /// Check relay or allocator config files as the binary would at start; exit 1 if any is
     /// invalid (for CI, and for rendered Helm values).
     CheckConfig(check::CheckArgs),
+    /// Drive a TURN server (veil or any other) with N clients exchanging packets with a local
+    /// echo peer; prints one summary line (offered/delivered packets/s, loss, RTT percentiles).
+    Load(load::LoadArgs),
+    /// A plain UDP forwarder (no TURN), the ceiling benches/load_vs_coturn.sh compares to.
+    #[command(hide = true)]
+    BenchForwarder(forwarder::ForwarderArgs),
 }
 
 /// Every setting of the config file, as flags; a flag overrides the file. Defaults are those of
@@ -253,6 +262,8 @@ fn main() {
         Command::Allocator(args) => allocator(args),
         Command::Dev(args) => dev::run(args),
         Command::CheckConfig(args) => check::run(args),
+        Command::Load(args) => load::run(args),
+        Command::BenchForwarder(args) => forwarder::run(args),
     };
     if let Err(e) = result {
         eprintln!("veil: {e:#}");
@@ -399,6 +410,8 @@ fn relay_config(args: &RelayArgs) -> Result<veil_relay::config::Resolved> {
 
 fn relay(args: RelayArgs) -> Result<()> {
     let resolved = relay_config(&args)?;
+    // One relayed socket per allocation: the soft descriptor limit (often 1024) is not enough.
+    let fds = batch::raise_fd_limit();
     init_logging(resolved.log.format);
     for w in &resolved.warnings {
         tracing::warn!("{w}");
@@ -422,6 +435,7 @@ fn relay(args: RelayArgs) -> Result<()> {
         relay = ?relays,
         ports = %resolved.port_range,
         workers = resolved.workers,
+        max_fds = fds,
         secrets = resolved.credentials.secrets.len(),
         padding = %resolved.shaping[0].padding,
         timing = %resolved.shaping[0].timing,

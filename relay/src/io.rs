@@ -41,6 +41,8 @@ const MAX_DATAGRAM: usize = 65_535;
 const BATCH: usize = 64;
 /// The longest the timer task sleeps, so reservations expire even on an idle worker.
 const MAX_TICK: Duration = Duration::from_secs(1);
+/// Socket buffer asked for on listener sockets.
+const LISTENER_BUFFER: usize = 4 << 20;
 /// Random ports tried before scanning the range.
 const RANDOM_TRIES: usize = 32;
 
@@ -206,6 +208,11 @@ pub fn bind_listeners(
         for w in per_worker.iter_mut() {
             let s = udp_socket(*addr, true)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            // Every client of the worker shares this socket: room for bursts (the kernel caps
+            // the request at net.core.rmem_max / wmem_max).
+            let s2 = socket2::SockRef::from(&s);
+            let _ = s2.set_recv_buffer_size(LISTENER_BUFFER);
+            let _ = s2.set_send_buffer_size(LISTENER_BUFFER);
             w.push(s);
         }
     }

@@ -1,0 +1,97 @@
+//! `veil bench-forwarder` (hidden): the machine's ceiling for a relay's work without TURN. It
+//! listens on one UDP socket; each client address gets its own upstream socket to `--to` (as
+//! each allocation gets a relayed socket), and what comes back on it goes to the client from
+//! the listening socket. recvmmsg/sendmmsg, one thread, no protocol, no checks.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::batch::{BATCH, Batch, Poll, raise_fd_limit};
+
+#[derive(Args)]
+pub(crate) struct ForwarderArgs {
+    /// Where clients send.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The peer every datagram is forwarded to.
+    #[arg(long)]
+    to: SocketAddr,
+    /// Seconds to run (it stops by itself).
+    #[arg(long, default_value_t = 600)]
+    seconds: u64,
+}
+
+pub(crate) fn run(a: ForwarderArgs) -> Result<()> {
+    raise_fd_limit();
+    let listener = UdpSocket::bind(a.listen).context("listen")?;
+    listener.set_nonblocking(true)?;
+    let mut poll = Poll::new()?;
+    poll.add(&listener, u64::MAX)?;
+    let mut upstream: Vec<(UdpSocket, SocketAddr)> = Vec::new();
+    let mut by_client: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut inb = Batch::default();
+    let mut to_peer = Batch::default();
+    let mut to_clients = Batch::default();
+    let end = Instant::now() + Duration::from_secs(a.seconds.min(3600));
+    let lfd = listener.as_raw_fd();
+    while Instant::now() < end {
+        let ready: Vec<u64> = poll.wait(100).collect();
+        for token in ready {
+            if token == u64::MAX {
+                loop {
+                    let n = inb.recv(lfd).unwrap_or(0);
+                    // Consecutive datagrams of one client leave in one sendmmsg.
+                    let mut current: Option<usize> = None;
+                    for k in 0..n {
+                        let Some(from) = inb.addr(k) else { continue };
+                        let idx = match by_client.get(&from) {
+                            Some(i) => *i,
+                            None => {
+                                let s = UdpSocket::bind(SocketAddr::new(a.listen.ip(), 0))?;
+                                s.set_nonblocking(true)?;
+                                poll.add(&s, upstream.len() as u64)?;
+                                upstream.push((s, from));
+                                by_client.insert(from, upstream.len() - 1);
+                                upstream.len() - 1
+                            }
+                        };
+                        if current.is_some_and(|c| c != idx) || to_peer.slot().is_none() {
+                            if let Some(c) = current {
+                                to_peer.send(upstream[c].0.as_raw_fd());
+                            }
+                        }
+                        current = Some(idx);
+                        to_peer.push(inb.get(k), a.to);
+                    }
+                    if let Some(c) = current {
+                        to_peer.send(upstream[c].0.as_raw_fd());
+                    }
+                    if n < BATCH {
+                        break;
+                    }
+                }
+            } else {
+                let (s, client) = &upstream[token as usize];
+                loop {
+                    let n = inb.recv(s.as_raw_fd()).unwrap_or(0);
+                    for k in 0..n {
+                        if !to_clients.push(inb.get(k), *client) {
+                            to_clients.send(lfd);
+                            to_clients.push(inb.get(k), *client);
+                        }
+                    }
+                    if n < BATCH {
+                        break;
+                    }
+                }
+                to_clients.send(lfd);
+            }
+        }
+    }
+    Ok(())
+}
