@@ -186,20 +186,7 @@ fn chromium_relays_data_channels_through_veil_over_udp_tcp_and_tls() {
 
     let ns = Netns::new();
     let _plain = relay(&ns, &dir, (3478, 5349), "20000-20999", &[]);
-    let _shaped = relay(
-        &ns,
-        &dir,
-        (3479, 5350),
-        "21000-21999",
-        &[
-            "--pad-buckets",
-            "128,256,512,1200",
-            "--timing",
-            "slots:20ms",
-            "--cover",
-            "50:128",
-        ],
-    );
+    let _shaped = relay(&ns, &dir, (3479, 5350), "21000-21999", &common::shaped(&[]));
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

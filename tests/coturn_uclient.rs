@@ -230,18 +230,7 @@ fn uclient_channels_send_indications_and_ipv6_with_zero_loss() {
     // between uclient's messages are discarded (received must equal sent exactly).
     let shaped = start_relay(
         "31000-31999",
-        &[
-            "--allow-peer",
-            "127.0.0.0/8",
-            "--user-quota",
-            "1000",
-            "--pad-buckets",
-            "128,256,512,1200",
-            "--timing",
-            "slots:20ms",
-            "--cover",
-            "50:128",
-        ],
+        &common::shaped(&["--allow-peer", "127.0.0.0/8", "--user-quota", "1000"]),
     );
     let (r, text) = uclient(
         "127.0.0.7",
@@ -331,15 +320,7 @@ fn uclient_over_tcp_and_tls_plain_and_shaped_with_zero_loss() {
 
     // Shaping on streams: ChannelData aligned to 4 and a filler Binding indication after each
     // frame, 20 ms slots, cover in the gaps: uclient's stream parser takes it all.
-    let mut shaped_args = quota.to_vec();
-    shaped_args.extend([
-        "--pad-buckets",
-        "128,256,512,1200",
-        "--timing",
-        "slots:20ms",
-    ]);
-    shaped_args.extend(["--cover", "50:128"]);
-    let (_shaped, stcp, stls) = common::start_stream_relay("17000-17999", &shaped_args);
+    let (_shaped, stcp, stls) = common::start_stream_relay("17000-17999", &common::shaped(&quota));
     let (r, text) = uclient(
         "127.0.0.24",
         stcp.port(),

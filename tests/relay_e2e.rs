@@ -446,16 +446,7 @@ fn binding_request_gets_our_address() {
 async fn shaping_pads_to_buckets_and_reclocks_to_slots() {
     let relay = start_relay(
         "30000-30999",
-        &[
-            "--allow-peer",
-            "127.0.0.0/8",
-            "--pad-buckets",
-            "128,256,512,1200",
-            "--timing",
-            "slots:20ms",
-            "--cover",
-            "50:128",
-        ],
+        &common::shaped(&["--allow-peer", "127.0.0.0/8"]),
     );
     let (user, pass) = rest_credentials(3600, "shaped");
     let (client, counts) = turn_client(&relay, &user, &pass).await;

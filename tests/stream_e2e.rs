@@ -323,16 +323,7 @@ async fn shaped_tls_records_leave_at_bucket_sizes_and_break_nothing() {
     const BUCKETS: [usize; 4] = [128, 256, 512, 1200];
     let (_relay, _tcp, tls) = common::start_stream_relay(
         "16100-16199",
-        &[
-            "--allow-peer",
-            "127.0.0.0/8",
-            "--pad-buckets",
-            "128,256,512,1200",
-            "--timing",
-            "slots:20ms",
-            "--cover",
-            "50:128",
-        ],
+        &common::shaped(&["--allow-peer", "127.0.0.0/8"]),
     );
     let cert = std::env::temp_dir()
         .join(format!("veil-tls-{}-16100-16199", std::process::id()))

@@ -203,3 +203,18 @@ pub fn start_stream_relay(ports: &str, extra: &[&str]) -> (Relay, SocketAddr, So
     }
     (relay, tcp, tls)
 }
+
+/// The shaping every shaped test relay runs with: padding to buckets, 20 ms slots, cover.
+pub const SHAPING: [&str; 6] = [
+    "--pad-buckets",
+    "128,256,512,1200",
+    "--timing",
+    "slots:20ms",
+    "--cover",
+    "50:128",
+];
+
+/// `base` followed by [`SHAPING`].
+pub fn shaped(base: &[&'static str]) -> Vec<&'static str> {
+    base.iter().chain(SHAPING.iter()).copied().collect()
+}
