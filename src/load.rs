@@ -84,6 +84,8 @@ struct Client {
     /// Where the payload starts in `template`.
     payload_at: usize,
     sent: u64,
+    /// Packets the kernel refused to send (counted in `sent`, not offered to the server).
+    failed: u64,
     /// A signed Refresh with LIFETIME 0, to delete the allocation at the end.
     goodbye: Option<Vec<u8>>,
 }
@@ -314,6 +316,7 @@ fn client_from(
         template,
         payload_at,
         sent: 0,
+        failed: 0,
         goodbye,
     };
     c.template[payload_at..payload_at + 4].copy_from_slice(MAGIC);
@@ -334,6 +337,7 @@ fn payload_of(raw: bool, d: &[u8]) -> Option<&[u8]> {
 /// What one client thread counted.
 struct ThreadReport {
     sent: u64,
+    failed: u64,
     received: u64,
     hist: Vec<u32>,
     overflow: u64,
@@ -384,7 +388,8 @@ fn run_clients(
                     out.push(&c.template, server);
                     c.sent += 1;
                 }
-                out.send(c.sock.as_raw_fd());
+                let pushed = out.count as u64;
+                c.failed += pushed - out.send(c.sock.as_raw_fd()) as u64;
             }
         }
         // Until the next send tick (1 ms), take what came back.
@@ -426,7 +431,8 @@ fn run_clients(
         }
     }
     Ok(ThreadReport {
-        sent: clients.iter().map(|c| c.sent).sum(),
+        failed: clients.iter().map(|c| c.failed).sum(),
+        sent: clients.iter().map(|c| c.sent - c.failed).sum(),
         received,
         hist,
         overflow,
@@ -611,10 +617,11 @@ pub(crate) fn run(args: LoadArgs) -> Result<()> {
     stop.store(true, Ordering::Relaxed);
     let echoed = echo_thread.join().unwrap_or(0);
     let mut hist = vec![0u32; HIST];
-    let (mut sent, mut received, mut overflow) = (0u64, 0u64, 0u64);
+    let (mut sent, mut received, mut overflow, mut failed) = (0u64, 0u64, 0u64, 0u64);
     for r in reports {
         let r = r?;
         sent += r.sent;
+        failed += r.failed;
         received += r.received;
         overflow += r.overflow;
         for (a, b) in hist.iter_mut().zip(&r.hist) {
@@ -631,6 +638,7 @@ pub(crate) fn run(args: LoadArgs) -> Result<()> {
     println!(
         "veil-load clients={ready} setup_failures={failures} size={} mode={} duration_s={secs} \
          offered_pps={:.0} delivered_pps={:.0} sent={sent} received={received} echoed={echoed} \
+         send_failed={failed} \
          loss_pct={loss:.3} rtt_p50_us={} rtt_p99_us={} rtt_p999_us={} setup_per_s={:.0}",
         args.size,
         if args.raw {

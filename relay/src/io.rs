@@ -563,7 +563,12 @@ async fn listener_task(worker: Rc<RefCell<Worker>>, index: u16, socket: Rc<UdpSo
         let w = &mut *w;
         let now = now();
         let mut next = first;
-        for _ in 0..BATCH {
+        for i in 0..BATCH {
+            // Read the next datagram only if this turn will process it: one read and not
+            // handled would be lost.
+            if i > 0 {
+                next = socket.try_recv_from(&mut buf);
+            }
             match next {
                 Ok((n, from)) => {
                     let key = ClientKey {
@@ -589,7 +594,6 @@ async fn listener_task(worker: Rc<RefCell<Worker>>, index: u16, socket: Rc<UdpSo
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {}
             }
-            next = socket.try_recv_from(&mut buf);
         }
     }
 }
