@@ -80,6 +80,8 @@ struct StreamConn {
     local: SocketAddr,
     /// Kinds of what arrived: (first two bytes, frame length).
     received: Arc<Mutex<Vec<(u16, usize)>>>,
+    /// While set, nothing is read from the stream (a client that stopped reading).
+    paused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[async_trait::async_trait]
@@ -91,6 +93,9 @@ impl Conn for StreamConn {
         Ok(self.recv_from(buf).await?.0)
     }
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        while self.paused.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let mut guard = self.reader.lock().await;
         let (rd, pending) = &mut *guard;
         loop {
@@ -152,7 +157,28 @@ async fn connect(
     Arc<Mutex<Vec<(u16, usize)>>>,
     Option<Vec<u8>>,
 ) {
-    let tcp = TcpStream::connect(server).await.unwrap();
+    connect_with(server, tls_cert, false).await
+}
+
+/// Connects over TCP (with a small receive buffer when `small_window`, so that a client that
+/// stops reading stalls the relay quickly), or TLS trusting `cert` and offering ALPN
+/// `stun.turn`; returns the connection, what the observer sees, the frames' kinds and the
+/// negotiated ALPN.
+async fn connect_with(
+    server: SocketAddr,
+    tls_cert: Option<&std::path::Path>,
+    small_window: bool,
+) -> (
+    StreamConn,
+    Wire,
+    Arc<Mutex<Vec<(u16, usize)>>>,
+    Option<Vec<u8>>,
+) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    if small_window {
+        sock.set_recv_buffer_size(4096).unwrap();
+    }
+    let tcp = sock.connect(server).await.unwrap();
     let local = tcp.local_addr().unwrap();
     let wire = Wire::default();
     let tapped = Tapped {
@@ -197,6 +223,7 @@ async fn connect(
             server,
             local,
             received: received.clone(),
+            paused: Arc::default(),
         },
         wire,
         received,
@@ -492,7 +519,8 @@ async fn a_client_that_never_reads_cannot_grow_the_relay() {
         &["--allow-peer", "127.0.0.0/8", "--admin", &admin.to_string()],
     );
     // An allocation over TCP whose client then stops reading, while a peer floods it.
-    let (conn, _, _, _) = connect(tcp, None).await;
+    let (conn, _, _, _) = connect_with(tcp, None, true).await;
+    let paused = conn.paused.clone();
     let client = client_over(conn, tcp, "slow").await;
     let relay_conn = client.allocate().await.expect("allocate");
     let relayed = relay_conn.local_addr().unwrap();
@@ -512,13 +540,17 @@ async fn a_client_that_never_reads_cannot_grow_the_relay() {
     };
     let pid = relay.child.id();
     let before = rss(pid);
-    // The client task stays alive but nobody calls recv: the webrtc-rs client's own read loop
-    // does read, so stop it by closing the client's reading side first.
-    client.close().await.unwrap();
-    // 20 000 datagrams of 1 000 bytes (20 MB) at the relayed address, bounded in count.
+    // The client stops reading; its 4 KiB window fills, then the relay's socket buffer, then
+    // the relay's send queue for it.
+    paused.store(true, std::sync::atomic::Ordering::Relaxed);
+    // 30 000 datagrams of 1 000 bytes (30 MB) at the relayed address, paced so that the relay
+    // takes them rather than its socket buffer dropping them; bounded in count.
     let payload = vec![0x55u8; 1000];
-    for _ in 0..20_000 {
+    for i in 0..30_000 {
         let _ = peer.send_to(&payload, relayed).await;
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss(pid);
