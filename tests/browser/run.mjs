@@ -50,12 +50,19 @@ async function relayChat(iceServers, n) {
   } finally {
     clearTimeout(timer);
   }
-  const stats = await a.getStats();
-  let pair = null;
-  stats.forEach((s) => {
-    if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
-  });
-  if (!pair) stats.forEach((s) => { if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s; });
+  // The selected pair can still show a check in flight right after the messages arrive; give
+  // its state up to 2 s to settle.
+  let stats, pair = null;
+  for (let i = 0; i < 20; i++) {
+    stats = await a.getStats();
+    pair = null;
+    stats.forEach((s) => {
+      if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
+    });
+    if (!pair) stats.forEach((s) => { if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s; });
+    if (pair && pair.state === 'succeeded') break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
   const local = pair && stats.get(pair.localCandidateId);
   const remote = pair && stats.get(pair.remoteCandidateId);
   a.close(); b.close();
