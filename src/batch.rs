@@ -105,6 +105,11 @@ impl Batch {
         from_storage(&self.addrs[i])
     }
 
+    /// True when no more datagram fits.
+    pub fn is_full(&self) -> bool {
+        self.count == BATCH
+    }
+
     /// Room for one more datagram to `to`: write it into the returned slice, then call
     /// [`Batch::commit`] with its length. None when the batch is full.
     pub fn slot(&mut self) -> Option<&mut [u8]> {
@@ -246,8 +251,9 @@ impl Poll {
         Ok(())
     }
 
-    /// Waits up to `timeout_ms` and returns the tokens of readable sockets.
-    pub fn wait(&mut self, timeout_ms: i32) -> impl Iterator<Item = u64> + '_ {
+    /// Waits up to `timeout_ms` and puts the tokens of readable sockets into `ready` (cleared
+    /// first; no allocation once it has grown).
+    pub fn wait(&mut self, timeout_ms: i32, ready: &mut Vec<u64>) {
         // SAFETY: the events buffer is valid for its length.
         let n = unsafe {
             libc::epoll_wait(
@@ -257,7 +263,8 @@ impl Poll {
                 timeout_ms,
             )
         };
-        self.events[..n.max(0) as usize].iter().map(|e| e.u64)
+        ready.clear();
+        ready.extend(self.events[..n.max(0) as usize].iter().map(|e| e.u64));
     }
 }
 

@@ -39,9 +39,10 @@ pub(crate) fn run(a: ForwarderArgs) -> Result<()> {
     let mut to_clients = Batch::default();
     let end = Instant::now() + Duration::from_secs(a.seconds.min(3600));
     let lfd = listener.as_raw_fd();
+    let mut ready = Vec::new();
     while Instant::now() < end {
-        let ready: Vec<u64> = poll.wait(100).collect();
-        for token in ready {
+        poll.wait(100, &mut ready);
+        for &token in &ready {
             if token == u64::MAX {
                 loop {
                     let n = inb.recv(lfd).unwrap_or(0);
@@ -60,7 +61,7 @@ pub(crate) fn run(a: ForwarderArgs) -> Result<()> {
                                 upstream.len() - 1
                             }
                         };
-                        if current.is_some_and(|c| c != idx) || to_peer.slot().is_none() {
+                        if current.is_some_and(|c| c != idx) || to_peer.is_full() {
                             if let Some(c) = current {
                                 to_peer.send(upstream[c].0.as_raw_fd());
                             }

@@ -429,7 +429,7 @@ fn relay(args: RelayArgs) -> Result<()> {
         })
         .collect();
     tracing::info!(
-        listen = ?node.listen,
+        listen = ?node.endpoints.udp,
         tcp = ?resolved.listen_tcp,
         tls = ?resolved.listen_tls,
         relay = ?relays,

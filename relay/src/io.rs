@@ -774,7 +774,6 @@ fn run_worker(
 
 /// A running node: its workers and the addresses it listens on.
 pub struct Node {
-    pub listen: Vec<SocketAddr>,
     /// Where clients reach the node (for `/status`).
     pub endpoints: crate::admin::Endpoints,
     /// The TLS setup, whose certificate a reload replaces.
@@ -820,7 +819,6 @@ impl Node {
             );
         }
         Ok(Node {
-            listen: resolved.listen.clone(),
             endpoints: crate::admin::Endpoints {
                 udp: resolved.listen.clone(),
                 tcp: resolved.listen_tcp.clone(),
