@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::batch::{BATCH, Batch, Poll, raise_fd_limit};
+use veil_relay::sys::{Epoll, SendQueue, raise_fd_limit};
+
+use crate::load::{BATCH, SLOT, batches};
 
 #[derive(Args)]
 pub(crate) struct ForwarderArgs {
@@ -26,73 +28,64 @@ pub(crate) struct ForwarderArgs {
     seconds: u64,
 }
 
+/// Token of the listening socket; upstream sockets use their index.
+const LISTENER: u64 = u64::MAX;
+
+/// Each round reads every ready socket once (one recvmmsg each); what goes to clients leaves
+/// in one sendmmsg per round, what goes upstream in one per client and round.
 pub(crate) fn run(a: ForwarderArgs) -> Result<()> {
     raise_fd_limit();
     let listener = UdpSocket::bind(a.listen).context("listen")?;
     listener.set_nonblocking(true)?;
-    let mut poll = Poll::new()?;
-    poll.add(&listener, u64::MAX)?;
+    let mut poll = Epoll::new(256)?;
+    poll.add(&listener, LISTENER)?;
     let mut upstream: Vec<(UdpSocket, SocketAddr)> = Vec::new();
     let mut by_client: HashMap<SocketAddr, usize> = HashMap::new();
-    let mut inb = Batch::default();
-    let mut to_peer = Batch::default();
-    let mut to_clients = Batch::default();
+    let (mut inb, mut to_peer) = batches();
+    let mut to_clients = SendQueue::new(4 * BATCH, 4 * BATCH * SLOT);
     let end = Instant::now() + Duration::from_secs(a.seconds.min(3600));
     let lfd = listener.as_raw_fd();
-    let mut ready = Vec::new();
     while Instant::now() < end {
-        poll.wait(100, &mut ready);
-        for &token in &ready {
-            if token == u64::MAX {
-                loop {
-                    let n = inb.recv(lfd).unwrap_or(0);
-                    // Consecutive datagrams of one client leave in one sendmmsg.
-                    let mut current: Option<usize> = None;
-                    for k in 0..n {
-                        let Some(from) = inb.addr(k) else { continue };
-                        let idx = match by_client.get(&from) {
-                            Some(i) => *i,
-                            None => {
-                                let s = UdpSocket::bind(SocketAddr::new(a.listen.ip(), 0))?;
-                                s.set_nonblocking(true)?;
-                                poll.add(&s, upstream.len() as u64)?;
-                                upstream.push((s, from));
-                                by_client.insert(from, upstream.len() - 1);
-                                upstream.len() - 1
-                            }
-                        };
-                        if current.is_some_and(|c| c != idx) || to_peer.is_full() {
-                            if let Some(c) = current {
-                                to_peer.send(upstream[c].0.as_raw_fd());
-                            }
+        for e in 0..poll.wait(100) {
+            let token = poll.token(e);
+            if token == LISTENER {
+                let n = inb.recv(lfd).unwrap_or(0);
+                // Consecutive datagrams of one client leave in one sendmmsg.
+                let mut current: Option<usize> = None;
+                for k in 0..n {
+                    let Some(from) = inb.addr(k) else { continue };
+                    let idx = match by_client.get(&from) {
+                        Some(i) => *i,
+                        None => {
+                            let s = UdpSocket::bind(SocketAddr::new(a.listen.ip(), 0))?;
+                            s.set_nonblocking(true)?;
+                            poll.add(&s, upstream.len() as u64)?;
+                            upstream.push((s, from));
+                            by_client.insert(from, upstream.len() - 1);
+                            upstream.len() - 1
                         }
-                        current = Some(idx);
-                        to_peer.push(inb.get(k), a.to);
-                    }
-                    if let Some(c) = current {
+                    };
+                    if let Some(c) = current.filter(|&c| c != idx) {
                         to_peer.send(upstream[c].0.as_raw_fd());
                     }
-                    if n < BATCH {
-                        break;
-                    }
+                    current = Some(idx);
+                    to_peer.push(inb.get(k), a.to);
+                }
+                if let Some(c) = current {
+                    to_peer.send(upstream[c].0.as_raw_fd());
                 }
             } else {
                 let (s, client) = &upstream[token as usize];
-                loop {
-                    let n = inb.recv(s.as_raw_fd()).unwrap_or(0);
-                    for k in 0..n {
-                        if !to_clients.push(inb.get(k), *client) {
-                            to_clients.send(lfd);
-                            to_clients.push(inb.get(k), *client);
-                        }
-                    }
-                    if n < BATCH {
-                        break;
+                let n = inb.recv(s.as_raw_fd()).unwrap_or(0);
+                for k in 0..n {
+                    if !to_clients.push(inb.get(k), *client) {
+                        to_clients.send(lfd);
+                        to_clients.push(inb.get(k), *client);
                     }
                 }
-                to_clients.send(lfd);
             }
         }
+        to_clients.send(lfd);
     }
     Ok(())
 }

@@ -22,7 +22,7 @@ use veil_relay::proto::stun::{
     self, Class, Integrity, Message, Writer, attr, channel_data, method,
 };
 
-use crate::batch::{BATCH, Batch, Poll, raise_fd_limit};
+use veil_relay::sys::{Epoll, RecvBatch, SendQueue, raise_fd_limit};
 
 #[derive(Args, Clone)]
 pub(crate) struct LoadArgs {
@@ -74,6 +74,17 @@ const MAGIC: &[u8; 4] = b"VLD1";
 const CHANNEL: u16 = 0x4000;
 /// Round-trip histogram resolution: 1 µs buckets up to 1 s.
 const HIST: usize = 1_000_000;
+/// Datagrams moved per system call at most, and the largest one handled.
+pub(crate) const BATCH: usize = 64;
+pub(crate) const SLOT: usize = 2048;
+
+/// A receive batch and a send queue of [`BATCH`] datagrams of up to [`SLOT`] bytes.
+pub(crate) fn batches() -> (RecvBatch, SendQueue) {
+    (
+        RecvBatch::new(BATCH, SLOT, 0, 0),
+        SendQueue::new(BATCH, BATCH * SLOT),
+    )
+}
 
 /// One client after setup.
 struct Client {
@@ -349,15 +360,13 @@ fn run_clients(
     start: Instant,
     first: u32,
 ) -> Result<ThreadReport> {
-    let mut poll = Poll::new()?;
+    let mut poll = Epoll::new(256)?;
     for (i, c) in clients.iter().enumerate() {
         poll.add(&c.sock, i as u64)?;
     }
     let mut hist = vec![0u32; HIST];
     let mut received = 0u64;
-    let mut out = Batch::default();
-    let mut inb = Batch::default();
-    let mut ready = Vec::new();
+    let (mut inb, mut out) = batches();
     let duration = Duration::from_secs_f64(args.duration);
     let drain = Duration::from_millis(500);
     let rate = args.rate as f64;
@@ -389,14 +398,12 @@ fn run_clients(
                     out.push(&c.template, server);
                     c.sent += 1;
                 }
-                let pushed = out.count as u64;
-                c.failed += pushed - out.send(c.sock.as_raw_fd()) as u64;
+                c.failed += out.send(c.sock.as_raw_fd()).dropped as u64;
             }
         }
         // Until the next send tick (1 ms), take what came back.
-        poll.wait(1, &mut ready);
-        for &token in &ready {
-            let c = &clients[token as usize];
+        for k in 0..poll.wait(1) {
+            let c = &clients[poll.token(k) as usize];
             loop {
                 let n = inb.recv(c.sock.as_raw_fd()).unwrap_or(0);
                 let t_now = start.elapsed().as_nanos() as u64;
@@ -440,15 +447,12 @@ fn run_clients(
 
 /// The echo peer: whatever arrives goes back to where it came from, in batches.
 fn echo(sock: UdpSocket, stop: Arc<AtomicBool>) -> u64 {
-    let mut poll = Poll::new().expect("epoll");
+    let mut poll = Epoll::new(1).expect("epoll");
     poll.add(&sock, 0).expect("epoll add");
-    let mut inb = Batch::default();
-    let mut out = Batch::default();
+    let (mut inb, mut out) = batches();
     let mut echoed = 0u64;
-    let mut ready = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        poll.wait(50, &mut ready);
-        if ready.is_empty() {
+        if poll.wait(50) == 0 {
             continue;
         }
         loop {
@@ -458,7 +462,7 @@ fn echo(sock: UdpSocket, stop: Arc<AtomicBool>) -> u64 {
                     out.push(inb.get(k), from);
                 }
             }
-            echoed += out.send(sock.as_raw_fd()) as u64;
+            echoed += out.send(sock.as_raw_fd()).packets as u64;
             if n < BATCH {
                 break;
             }

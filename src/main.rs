@@ -3,7 +3,6 @@
 //! * `veil relay` runs a relay node (config file and/or flags; flags win).
 //! * `veil credentials` mints TURN REST API credentials from a secret file.
 
-mod batch;
 mod check;
 mod dev;
 mod forwarder;
@@ -411,7 +410,7 @@ fn relay_config(args: &RelayArgs) -> Result<veil_relay::config::Resolved> {
 fn relay(args: RelayArgs) -> Result<()> {
     let resolved = relay_config(&args)?;
     // One relayed socket per allocation: the soft descriptor limit (often 1024) is not enough.
-    let fds = batch::raise_fd_limit();
+    let fds = veil_relay::sys::raise_fd_limit();
     init_logging(resolved.log.format);
     for w in &resolved.warnings {
         tracing::warn!("{w}");

@@ -1,11 +1,19 @@
-//! The UDP driver: owns every socket, feeds the sans-I/O core and executes what it returns.
+//! The driver: owns every socket, feeds the sans-I/O core and executes what it returns.
 //!
 //! Each worker is an OS thread running a current-thread tokio runtime. It has its own
 //! SO_REUSEPORT socket on every listen address (the kernel hashes a client's 4-tuple to one
 //! of them, so a client always reaches the same worker) and owns the relayed sockets of the
 //! allocations it created. A worker's state sits in an `Rc<RefCell<_>>` that only its own
 //! tasks touch: a packet crosses no lock and no channel between receive and send, and nothing
-//! is allocated per packet (each task reuses one buffer; the core writes headers in place).
+//! is allocated per packet (the core writes headers in place, in preallocated batches).
+//!
+//! The UDP plane (listeners and relayed sockets) does not go through tokio's reactor one
+//! socket at a time: the worker keeps its own level-triggered epoll set of them, and tokio
+//! waits on that set's fd as one source. Each round asks the set which sockets are ready and
+//! reads each with one `recvmmsg`; what goes to UDP clients is queued per listener and leaves
+//! with one `sendmmsg` at the end of the round. A relayed socket costs no task and no buffer.
+//! What goes to peers leaves with one `sendto` each: every allocation has its own socket, and
+//! `sendmmsg` batches only within a socket.
 //!
 //! Shared between workers, and touched only when allocations are created or deleted: the
 //! quota counters in [`Shared`], the count of relayed sockets, and the table of sockets held
@@ -15,15 +23,17 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::os::fd::AsRawFd;
+
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::UdpSocket;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 mod stream;
 
@@ -34,11 +44,25 @@ use crate::proto::server::{
     Shared, TAILROOM, Transport,
 };
 use crate::shaping::{Decision, Policy, Shaper, ShapingStats};
+use crate::sys::{Epoll, RecvBatch, SendQueue};
 
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
-/// Datagrams drained from a socket per wake-up before yielding to other sockets.
-const BATCH: usize = 64;
+/// Datagrams read from a listener per round (one `recvmmsg`).
+const CLIENT_BATCH: usize = 64;
+/// Datagrams read from a relayed socket per round: a socket carries one allocation's peers,
+/// and a level-triggered set reports it again next round if more wait.
+const PEER_BATCH: usize = 16;
+/// Ready sockets reported per round.
+const EVENTS: usize = 256;
+/// Rounds run before the plane yields to the worker's other tasks (timers, TCP/TLS).
+const ROUNDS_PER_YIELD: usize = 4;
+/// Datagrams queued per listener before a `sendmmsg`, and the bytes they may take.
+const SEND_QUEUE: usize = 64;
+const SEND_ARENA: usize = 128 << 10;
+/// Epoll tokens of listeners count down from here; relayed sockets use their [`RelayId`],
+/// whose slot bits never reach these values.
+const LISTENER_TOKEN: u64 = u64::MAX;
 /// The longest the timer task sleeps, so reservations expire even on an idle worker.
 const MAX_TICK: Duration = Duration::from_secs(1);
 /// Socket buffer asked for on listener sockets.
@@ -238,19 +262,25 @@ impl Rng {
 }
 
 struct RelaySocket {
-    socket: Rc<UdpSocket>,
+    socket: std::net::UdpSocket,
     family: Family,
-    task: JoinHandle<()>,
+}
+
+/// A UDP listener and what waits to leave it.
+struct Listener {
+    socket: std::net::UdpSocket,
+    out: SendQueue,
 }
 
 /// The I/O half of a worker: its sockets. Implements [`Env`] for the core.
 struct Io {
     node: Arc<NodeShared>,
-    listeners: Vec<Rc<UdpSocket>>,
+    /// Listeners and relayed sockets, watched together.
+    epoll: Epoll,
+    listeners: Vec<Listener>,
     /// Open TCP/TLS connections: what is queued for each client.
     conns: HashMap<ClientKey, Rc<stream::Outbound>>,
     relays: HashMap<RelayId, RelaySocket>,
-    me: Weak<RefCell<Worker>>,
     rng: Rng,
     stats: IoStats,
 }
@@ -258,9 +288,13 @@ struct Io {
 struct Worker {
     server: Server,
     io: Io,
-    /// The one buffer every relayed socket of this worker reads into, with room for the core
-    /// to frame the payload in place.
-    peer_buf: Vec<u8>,
+    /// What clients sent to a listener, one round's batch.
+    client_rx: RecvBatch,
+    /// Where the core writes a reply to a client.
+    reply: Vec<u8>,
+    /// What peers sent to one relayed socket, each datagram with room for the core to frame it
+    /// and the shaper to pad it in place.
+    peer_rx: RecvBatch,
     /// Padding and re-clocking of the relay → client leg.
     shaper: Shaper<ClientKey>,
     /// Wakes the shaper task when a frame is due earlier than it planned.
@@ -315,33 +349,22 @@ impl Io {
     fn adopt(
         &mut self,
         id: RelayId,
-        sock: std::net::UdpSocket,
+        socket: std::net::UdpSocket,
         family: Family,
     ) -> Option<SocketAddr> {
-        let bound = sock.local_addr().ok()?;
-        let socket = match UdpSocket::from_std(sock) {
-            Ok(s) => Rc::new(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot register a relayed socket");
-                return None;
-            }
-        };
-        let task = tokio::task::spawn_local(relay_task(self.me.clone(), id, socket.clone()));
-        self.relays.insert(
-            id,
-            RelaySocket {
-                socket,
-                family,
-                task,
-            },
-        );
+        let bound = socket.local_addr().ok()?;
+        if let Err(e) = self.epoll.add(&socket, id.0) {
+            tracing::warn!(error = %e, "cannot watch a relayed socket");
+            return None;
+        }
+        self.relays.insert(id, RelaySocket { socket, family });
         Some(bound)
     }
 }
 
 impl Io {
-    /// Sends a frame to a client: from the listener socket it talks to, or onto its
-    /// connection's queue; counts it.
+    /// Sends a frame to a client: queued on the listener socket it talks to (leaving at the
+    /// next [`Io::flush`]), or onto its connection's queue; counts it.
     fn send_to_client(&mut self, client: ClientKey, frame: &[u8]) {
         if client.transport.is_stream() {
             if self.conns.get(&client).is_some_and(|c| c.push(frame)) {
@@ -352,14 +375,55 @@ impl Io {
             }
             return;
         }
-        let sent = self
-            .listeners
-            .get(client.listener as usize)
-            .map(|l| l.try_send_to(frame, client.addr));
-        if matches!(sent, Some(Ok(_))) {
+        let index = client.listener as usize;
+        let Some(l) = self.listeners.get_mut(index) else {
+            self.stats.dropped_sends += 1;
+            return;
+        };
+        if l.out.push(frame, client.addr) {
+            return;
+        }
+        self.flush_listener(index);
+        let l = &mut self.listeners[index];
+        if l.out.push(frame, client.addr) {
+            return;
+        }
+        // Larger than the whole queue: on its own.
+        if l.socket.send_to(frame, client.addr).is_ok() {
             self.stats.peer_to_client_packets += 1;
             self.stats.peer_to_client_bytes += frame.len() as u64;
         } else {
+            self.stats.dropped_sends += 1;
+        }
+    }
+
+    fn flush_listener(&mut self, index: usize) {
+        let l = &mut self.listeners[index];
+        if l.out.is_empty() {
+            return;
+        }
+        let sent = l.out.send(l.socket.as_raw_fd());
+        self.stats.peer_to_client_packets += sent.packets as u64;
+        self.stats.peer_to_client_bytes += sent.bytes as u64;
+        self.stats.dropped_sends += sent.dropped as u64;
+    }
+
+    /// Sends what is queued for UDP clients. Every task that may queue calls it before it
+    /// gives the thread back.
+    fn flush(&mut self) {
+        for i in 0..self.listeners.len() {
+            self.flush_listener(i);
+        }
+    }
+
+    /// Sends a reply from a listener at once (control traffic is rare; it does not wait for
+    /// the round's batch).
+    fn reply(&mut self, index: usize, to: SocketAddr, reply: &[u8]) {
+        let ok = self
+            .listeners
+            .get(index)
+            .is_some_and(|l| l.socket.send_to(reply, to).is_ok());
+        if !ok {
             self.stats.dropped_sends += 1;
         }
     }
@@ -369,7 +433,7 @@ impl Io {
         let sent = self
             .relays
             .get(&relay)
-            .map(|r| r.socket.try_send_to(payload, peer));
+            .map(|r| r.socket.send_to(payload, peer));
         if matches!(sent, Some(Ok(_))) {
             self.stats.client_to_peer_packets += 1;
             self.stats.client_to_peer_bytes += payload.len() as u64;
@@ -482,118 +546,168 @@ impl Env for Io {
 
     fn close_relay(&mut self, id: RelayId) {
         if let Some(r) = self.relays.remove(&id) {
-            r.task.abort();
+            let _ = self.epoll.remove(&r.socket);
             self.give_port_slot(r.family);
         }
     }
 }
 
-/// Receives what peers send to one relayed socket and hands it to the core. The task owns no
-/// buffer: it waits for readiness and then reads into the worker's single peer buffer, so an
-/// allocation costs a socket and a small task, not 64 KiB.
-async fn relay_task(worker: Weak<RefCell<Worker>>, id: RelayId, socket: Rc<UdpSocket>) {
-    loop {
-        if socket.readable().await.is_err() {
-            return;
+impl Worker {
+    /// One round of the UDP plane: reads every ready socket once, then sends what is queued
+    /// for clients. False when no socket was ready.
+    fn udp_round(&mut self) -> bool {
+        let ready = self.io.epoll.wait(0);
+        if ready == 0 {
+            return false;
         }
-        let Some(w) = worker.upgrade() else { return };
-        let mut w = w.borrow_mut();
+        let now = now();
+        for k in 0..ready {
+            let token = self.io.epoll.token(k);
+            let listener = LISTENER_TOKEN - token;
+            if listener < self.io.listeners.len() as u64 {
+                self.from_clients(now, listener as usize);
+            } else {
+                self.from_peers(now, RelayId(token));
+            }
+        }
+        self.io.flush();
+        true
+    }
+
+    /// Handles a batch of what clients sent to listener `index`.
+    fn from_clients(&mut self, now: Now, index: usize) {
         let Worker {
             server,
-            io: sockets,
-            peer_buf,
+            io,
+            client_rx,
+            reply,
+            ..
+        } = self;
+        let n = match client_rx.recv(io.listeners[index].socket.as_raw_fd()) {
+            Ok(n) => n,
+            // An ICMP error reported on the socket; the datagrams behind it wait for the next
+            // round (the set reports the socket again).
+            Err(_) => return,
+        };
+        for i in 0..n {
+            let Some(from) = client_rx.addr(i) else {
+                continue;
+            };
+            let key = ClientKey {
+                listener: index as u16,
+                transport: Transport::Udp,
+                addr: from,
+            };
+            let datagram = client_rx.get(i);
+            match server.handle_client(now, key, datagram, reply, io) {
+                Action::None => {}
+                Action::Reply(len) => io.reply(index, from, &reply[..len]),
+                Action::Forward { relay, peer, data } => io.forward(relay, peer, &datagram[data]),
+            }
+        }
+    }
+
+    /// Handles a batch of what peers sent to one relayed socket.
+    fn from_peers(&mut self, now: Now, id: RelayId) {
+        let Worker {
+            server,
+            io,
+            peer_rx,
             shaper,
             shaper_wake,
             shaper_armed,
-        } = &mut *w;
-        let end = peer_buf.len() - TAILROOM;
-        let now = now();
+            ..
+        } = self;
+        // A socket closed earlier in this round: its event is stale.
+        let Some(r) = io.relays.get(&id) else {
+            return;
+        };
+        let Ok(n) = peer_rx.recv(r.socket.as_raw_fd()) else {
+            return;
+        };
         let shaping = !shaper.is_off();
-        for _ in 0..BATCH {
-            match socket.try_recv_from(&mut peer_buf[HEADROOM..end]) {
-                Ok((n, peer)) => {
-                    let Some(Delivery {
-                        client,
-                        frame: range,
-                        profile,
-                    }) = server.handle_peer(now, id, peer, peer_buf, HEADROOM..HEADROOM + n)
-                    else {
-                        continue;
-                    };
-                    let range = if shaping {
-                        let (decision, r) = shaper.submit_in(
-                            now.mono,
-                            client,
-                            profile,
-                            client.transport.is_stream(),
-                            peer_buf,
-                            range,
-                        );
-                        // Wake the shaper task if this frame (or a newly covered flow) needs it
-                        // sooner than it planned.
-                        let due = shaper.next_deadline();
-                        if due.is_some() && (shaper_armed.is_none() || due < *shaper_armed) {
-                            *shaper_armed = due;
-                            shaper_wake.notify_one();
-                        }
-                        match decision {
-                            Decision::SendNow => r,
-                            Decision::Queued => continue,
-                        }
-                    } else {
-                        range
-                    };
-                    sockets.send_to_client(client, &peer_buf[range]);
+        for i in 0..n {
+            let Some(peer) = peer_rx.addr(i) else {
+                continue;
+            };
+            let (buf, payload) = peer_rx.slot_mut(i);
+            let Some(Delivery {
+                client,
+                frame: range,
+                profile,
+            }) = server.handle_peer(now, id, peer, buf, payload)
+            else {
+                continue;
+            };
+            let range = if shaping {
+                let (decision, r) = shaper.submit_in(
+                    now.mono,
+                    client,
+                    profile,
+                    client.transport.is_stream(),
+                    buf,
+                    range,
+                );
+                // Wake the shaper task if this frame (or a newly covered flow) needs it sooner
+                // than it planned.
+                let due = shaper.next_deadline();
+                if due.is_some() && (shaper_armed.is_none() || due < *shaper_armed) {
+                    *shaper_armed = due;
+                    shaper_wake.notify_one();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // ICMP errors surface as receive errors on Linux; nothing to do.
-                Err(_) => {}
-            }
+                match decision {
+                    Decision::SendNow => r,
+                    Decision::Queued => continue,
+                }
+            } else {
+                range
+            };
+            io.send_to_client(client, &buf[range]);
         }
     }
 }
 
-/// Receives what clients send to one listener socket.
-async fn listener_task(worker: Rc<RefCell<Worker>>, index: u16, socket: Rc<UdpSocket>) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut out = vec![0u8; 2048];
+/// Runs the UDP plane: waits until a socket of the set is ready, then runs rounds until none
+/// is (or yields after [`ROUNDS_PER_YIELD`] so timers and TCP/TLS get their turn).
+async fn udp_task(worker: Rc<RefCell<Worker>>) {
+    // tokio watches a duplicate of the set's fd: the same set, owned by the registration.
+    let registered = worker
+        .borrow()
+        .io
+        .epoll
+        .duplicate_fd()
+        // SAFETY: the AsyncFd owns this fd; it stays open and the same until the AsyncFd drops.
+        .and_then(|fd| unsafe {
+            AsyncFd::register_with_interest(fd, Interest::READABLE).map_err(|e| e.into())
+        });
+    let set = match registered {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot wait on the UDP sockets; this worker relays no UDP");
+            return;
+        }
+    };
     loop {
-        let first = socket.recv_from(&mut buf).await;
-        let mut w = worker.borrow_mut();
-        let w = &mut *w;
-        let now = now();
-        let mut next = first;
-        for i in 0..BATCH {
-            // Read the next datagram only if this turn will process it: one read and not
-            // handled would be lost.
-            if i > 0 {
-                next = socket.try_recv_from(&mut buf);
-            }
-            match next {
-                Ok((n, from)) => {
-                    let key = ClientKey {
-                        listener: index,
-                        transport: Transport::Udp,
-                        addr: from,
-                    };
-                    match w
-                        .server
-                        .handle_client(now, key, &buf[..n], &mut out, &mut w.io)
-                    {
-                        Action::None => {}
-                        Action::Reply(len) => {
-                            if socket.try_send_to(&out[..len], from).is_err() {
-                                w.io.stats.dropped_sends += 1;
-                            }
-                        }
-                        Action::Forward { relay, peer, data } => {
-                            w.io.forward(relay, peer, &buf[data]);
-                        }
-                    }
+        let Ok(mut guard) = set.readable().await else {
+            return;
+        };
+        let mut idle = false;
+        {
+            let mut w = worker.borrow_mut();
+            for _ in 0..ROUNDS_PER_YIELD {
+                if !w.udp_round() {
+                    idle = true;
+                    break;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {}
             }
+        }
+        if idle {
+            // Nothing was ready after the last round; tokio polls the set again before it
+            // runs this task, so a datagram that arrives now still wakes it.
+            guard.clear_ready();
+        } else {
+            drop(guard);
+            tokio::task::yield_now().await;
         }
     }
 }
@@ -610,6 +724,7 @@ async fn timer_task(worker: Rc<RefCell<Worker>>, node: Arc<NodeShared>, index: u
         let mut w = worker.borrow_mut();
         let w = &mut *w;
         w.server.handle_timeout(now(), &mut w.io);
+        w.io.flush();
         w.shaper.housekeeping(Instant::now());
         node.expire_reservations(Instant::now());
         w.io.stats.relayed_sockets = w.io.relays.len() as u64;
@@ -641,6 +756,7 @@ async fn reload_task(worker: Rc<RefCell<Worker>>, mut policies: watch::Receiver<
         shaper.set_profiles(Instant::now(), next, |client, frame| {
             sockets.send_to_client(client, frame)
         });
+        sockets.flush();
         shaper_wake.notify_one();
     }
 }
@@ -671,6 +787,7 @@ async fn shaper_task(worker: Rc<RefCell<Worker>>, wake: Rc<tokio::sync::Notify>)
         let now = Instant::now();
         shaper.pop_due(now, &mut send);
         shaper.cover_due(now, |k| server.has_allocation(k), &mut send);
+        sockets.flush();
         *shaper_armed = shaper.next_deadline();
     }
 }
@@ -688,43 +805,42 @@ fn run_worker(
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
+        let epoll = Epoll::new(EVENTS)?;
+        let udp_listeners = listeners.len();
         let mut socks = Vec::new();
-        for l in listeners {
-            socks.push(Rc::new(UdpSocket::from_std(l)?));
+        for (i, socket) in listeners.into_iter().enumerate() {
+            epoll.add(&socket, LISTENER_TOKEN - i as u64)?;
+            socks.push(Listener {
+                socket,
+                out: SendQueue::new(SEND_QUEUE, SEND_ARENA),
+            });
         }
         let wake = Rc::new(tokio::sync::Notify::new());
-        let worker = Rc::new_cyclic(|me| {
-            RefCell::new(Worker {
-                server: Server::new(node.core.clone()),
-                io: Io {
-                    node: node.clone(),
-                    listeners: socks.clone(),
-                    conns: HashMap::new(),
-                    relays: HashMap::new(),
-                    me: me.clone(),
-                    rng: Rng::seeded(),
-                    stats: IoStats::default(),
-                },
-                peer_buf: vec![0u8; HEADROOM + MAX_DATAGRAM + TAILROOM],
-                shaper: Shaper::with_profiles(
-                    node.shaping.borrow().clone(),
-                    node.epoch,
-                    Rng::seeded().next(),
-                ),
-                shaper_wake: wake.clone(),
-                shaper_armed: None,
-            })
-        });
-        let mut tasks = Vec::new();
-        for (i, s) in socks.iter().enumerate() {
-            tasks.push(tokio::task::spawn_local(listener_task(
-                worker.clone(),
-                i as u16,
-                s.clone(),
-            )));
-        }
+        let worker = Rc::new(RefCell::new(Worker {
+            server: Server::new(node.core.clone()),
+            io: Io {
+                node: node.clone(),
+                epoll,
+                listeners: socks,
+                conns: HashMap::new(),
+                relays: HashMap::new(),
+                rng: Rng::seeded(),
+                stats: IoStats::default(),
+            },
+            client_rx: RecvBatch::new(CLIENT_BATCH, MAX_DATAGRAM, 0, 0),
+            reply: vec![0u8; 2048],
+            peer_rx: RecvBatch::new(PEER_BATCH, MAX_DATAGRAM, HEADROOM, TAILROOM),
+            shaper: Shaper::with_profiles(
+                node.shaping.borrow().clone(),
+                node.epoch,
+                Rng::seeded().next(),
+            ),
+            shaper_wake: wake.clone(),
+            shaper_armed: None,
+        }));
+        let mut tasks = vec![tokio::task::spawn_local(udp_task(worker.clone()))];
         for (i, (l, transport)) in stream_listeners.into_iter().enumerate() {
-            let index = (socks.len() + i) as u16;
+            let index = (udp_listeners + i) as u16;
             tasks.push(tokio::task::spawn_local(stream::accept_task(
                 Rc::downgrade(&worker),
                 node.clone(),

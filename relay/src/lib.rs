@@ -37,4 +37,5 @@ pub mod metrics;
 pub mod privacy;
 pub mod proto;
 pub mod shaping;
+pub mod sys;
 pub mod tls;

@@ -1,0 +1,593 @@
+//! Batched UDP I/O and a small epoll set: what the relay's UDP plane, the load generator and
+//! the reference forwarder use to move many datagrams per system call.
+//!
+//! * [`RecvBatch`] receives up to N datagrams with one `recvmmsg`, each into its own slot with
+//!   room before and after it, so the relay can frame and pad a payload in place.
+//! * [`SendQueue`] collects datagrams for one socket, packed into one arena, and sends them
+//!   with `sendmmsg`; one bad destination costs that datagram, not the rest of the batch.
+//! * [`Epoll`] is a level-triggered epoll set of sockets keyed by a `u64` token. Its own fd is
+//!   pollable, so a tokio runtime can wait on the whole set as one source.
+//!
+//! Nothing here allocates after construction.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::ops::Range;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Writes `addr` as a C socket address.
+pub fn to_storage(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+            let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            sin6.sin6_flowinfo = a.flowinfo();
+            sin6.sin6_scope_id = a.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+/// Reads a C socket address the kernel wrote; None for a family other than IPv4/IPv6.
+pub fn from_storage(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match ss.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in for AF_INET.
+            let sin = unsafe { &*(ss as *const _ as *const libc::sockaddr_in) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                u32::from_be(sin.sin_addr.s_addr).into(),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6 for AF_INET6.
+            let sin6 = unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                sin6.sin6_addr.s6_addr.into(),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn empty_iovec() -> libc::iovec {
+    libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }
+}
+
+fn empty_mmsghdr() -> libc::mmsghdr {
+    // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
+    unsafe { MaybeUninit::zeroed().assume_init() }
+}
+
+/// Up to `slots` received datagrams, each in a slot of `headroom + max + tailroom` bytes.
+pub struct RecvBatch {
+    buf: Box<[u8]>,
+    stride: usize,
+    headroom: usize,
+    max: usize,
+    addrs: Box<[libc::sockaddr_storage]>,
+    lens: Box<[usize]>,
+    truncated: Box<[bool]>,
+    iovs: Box<[libc::iovec]>,
+    hdrs: Box<[libc::mmsghdr]>,
+    count: usize,
+}
+
+impl RecvBatch {
+    /// Room for `slots` datagrams of up to `max` bytes, with `headroom` bytes free before each
+    /// and `tailroom` after it. Pages of the slots are touched only as datagrams fill them.
+    pub fn new(slots: usize, max: usize, headroom: usize, tailroom: usize) -> RecvBatch {
+        let slots = slots.max(1);
+        let stride = headroom + max + tailroom;
+        RecvBatch {
+            buf: vec![0u8; slots * stride].into_boxed_slice(),
+            stride,
+            headroom,
+            max,
+            // SAFETY: all-zero is a valid sockaddr_storage.
+            addrs: vec![unsafe { std::mem::zeroed() }; slots].into_boxed_slice(),
+            lens: vec![0; slots].into_boxed_slice(),
+            truncated: vec![false; slots].into_boxed_slice(),
+            iovs: (0..slots).map(|_| empty_iovec()).collect(),
+            hdrs: (0..slots).map(|_| empty_mmsghdr()).collect(),
+            count: 0,
+        }
+    }
+
+    /// Slots in the batch: the most one [`RecvBatch::recv`] returns.
+    pub fn capacity(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Datagrams held since the last receive.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Receives what is waiting on `fd`, up to the capacity, without blocking. Ok(0) when
+    /// nothing is; errors other than "would block" (an ICMP error reported on the socket) are
+    /// returned and the batch is empty.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let slots = self.capacity();
+        for i in 0..slots {
+            self.iovs[i] = libc::iovec {
+                iov_base: self.buf[i * self.stride + self.headroom..]
+                    .as_mut_ptr()
+                    .cast(),
+                iov_len: self.max,
+            };
+            let h = &mut self.hdrs[i];
+            h.msg_len = 0;
+            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+        }
+        // SAFETY: every header points into buffers owned by self that outlive the call, and
+        // each iovec lies inside its slot.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                slots as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        self.count = 0;
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        let n = n as usize;
+        for i in 0..n {
+            self.lens[i] = (self.hdrs[i].msg_len as usize).min(self.max);
+            self.truncated[i] = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        }
+        self.count = n;
+        Ok(n)
+    }
+
+    /// The payload of datagram `i`.
+    pub fn get(&self, i: usize) -> &[u8] {
+        let at = i * self.stride + self.headroom;
+        &self.buf[at..at + self.lens[i]]
+    }
+
+    /// Datagram `i`'s whole slot and where its payload lies in it: the room around the payload
+    /// is the caller's to write (framing, padding).
+    pub fn slot_mut(&mut self, i: usize) -> (&mut [u8], Range<usize>) {
+        let at = i * self.stride;
+        let payload = self.headroom..self.headroom + self.lens[i];
+        (&mut self.buf[at..at + self.stride], payload)
+    }
+
+    /// Who sent datagram `i`.
+    pub fn addr(&self, i: usize) -> Option<SocketAddr> {
+        from_storage(&self.addrs[i])
+    }
+
+    /// True when datagram `i` was longer than a slot and lost its end.
+    pub fn truncated(&self, i: usize) -> bool {
+        self.truncated[i]
+    }
+}
+
+/// What a [`SendQueue::send`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Datagrams and bytes the kernel took.
+    pub packets: usize,
+    pub bytes: usize,
+    /// Datagrams dropped: the socket buffer was full, or the destination was refused.
+    pub dropped: usize,
+}
+
+/// Datagrams waiting to leave one socket, packed back to back in one arena.
+pub struct SendQueue {
+    arena: Box<[u8]>,
+    used: usize,
+    spans: Box<[(u32, u32)]>,
+    addrs: Box<[libc::sockaddr_storage]>,
+    addr_lens: Box<[libc::socklen_t]>,
+    iovs: Box<[libc::iovec]>,
+    hdrs: Box<[libc::mmsghdr]>,
+    count: usize,
+}
+
+impl SendQueue {
+    /// Room for `max` datagrams totalling `arena` bytes.
+    pub fn new(max: usize, arena: usize) -> SendQueue {
+        let max = max.max(1);
+        SendQueue {
+            arena: vec![0u8; arena].into_boxed_slice(),
+            used: 0,
+            spans: vec![(0, 0); max].into_boxed_slice(),
+            // SAFETY: all-zero is a valid sockaddr_storage.
+            addrs: vec![unsafe { std::mem::zeroed() }; max].into_boxed_slice(),
+            addr_lens: vec![0; max].into_boxed_slice(),
+            iovs: (0..max).map(|_| empty_iovec()).collect(),
+            hdrs: (0..max).map(|_| empty_mmsghdr()).collect(),
+            count: 0,
+        }
+    }
+
+    /// Datagrams queued.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// True when no other datagram may be queued.
+    pub fn is_full(&self) -> bool {
+        self.count == self.spans.len() || self.used == self.arena.len()
+    }
+
+    /// True when a datagram of `len` bytes fits.
+    pub fn fits(&self, len: usize) -> bool {
+        self.count < self.spans.len() && self.used + len <= self.arena.len()
+    }
+
+    /// The free room of the arena: write a datagram at its start, then [`SendQueue::commit`]
+    /// it. None when no datagram may be queued.
+    pub fn room(&mut self) -> Option<&mut [u8]> {
+        (self.count < self.spans.len()).then(|| &mut self.arena[self.used..])
+    }
+
+    /// Queues the `len` bytes written at the start of [`SendQueue::room`] for `to`.
+    pub fn commit(&mut self, len: usize, to: SocketAddr) {
+        let i = self.count;
+        debug_assert!(i < self.spans.len() && self.used + len <= self.arena.len());
+        let len = len.min(self.arena.len() - self.used);
+        self.spans[i] = (self.used as u32, len as u32);
+        let (ss, sl) = to_storage(to);
+        self.addrs[i] = ss;
+        self.addr_lens[i] = sl;
+        self.used += len;
+        self.count += 1;
+    }
+
+    /// Queues a copy of `data` for `to`; false (nothing queued) when it does not fit.
+    pub fn push(&mut self, data: &[u8], to: SocketAddr) -> bool {
+        if !self.fits(data.len()) {
+            return false;
+        }
+        self.arena[self.used..self.used + data.len()].copy_from_slice(data);
+        self.commit(data.len(), to);
+        true
+    }
+
+    /// Sends everything queued from `fd` and empties the queue. A datagram the kernel refuses
+    /// (unreachable, not permitted) is dropped alone; when the socket buffer is full, the rest
+    /// is dropped, as a full buffer drops a datagram.
+    pub fn send(&mut self, fd: RawFd) -> Sent {
+        let total = self.count;
+        let mut out = Sent::default();
+        for i in 0..total {
+            let (at, len) = self.spans[i];
+            self.iovs[i] = libc::iovec {
+                iov_base: self.arena[at as usize..].as_mut_ptr().cast(),
+                iov_len: len as usize,
+            };
+            let h = &mut self.hdrs[i];
+            h.msg_len = 0;
+            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = self.addr_lens[i];
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+        }
+        let mut done = 0;
+        while done < total {
+            // SAFETY: only prepared headers are passed; they point into self's buffers.
+            let n = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.hdrs[done..].as_mut_ptr(),
+                    (total - done) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                for i in done..done + n as usize {
+                    out.bytes += self.spans[i].1 as usize;
+                }
+                done += n as usize;
+                out.packets += n as usize;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => break,
+                _ if e.raw_os_error() == Some(libc::ENOBUFS) => break,
+                // This datagram's destination was refused: skip it, send the rest.
+                _ => {
+                    out.dropped += 1;
+                    done += 1;
+                }
+            }
+        }
+        out.dropped += total - done;
+        self.count = 0;
+        self.used = 0;
+        out
+    }
+}
+
+/// A level-triggered epoll set; each socket is registered with a `u64` token.
+pub struct Epoll {
+    fd: OwnedFd,
+    events: Box<[libc::epoll_event]>,
+    ready: usize,
+}
+
+impl Epoll {
+    /// An epoll set that reports up to `max_events` ready sockets per wait.
+    pub fn new(max_events: usize) -> io::Result<Epoll> {
+        // SAFETY: plain syscall.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Epoll {
+            // SAFETY: a fresh fd that nothing else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; max_events.max(1)]
+                .into_boxed_slice(),
+            ready: 0,
+        })
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: valid fds and event pointer.
+        let rc = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut ev) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A second fd for the same set (to hand to a reactor that wants to own what it watches).
+    pub fn duplicate_fd(&self) -> io::Result<OwnedFd> {
+        self.fd.try_clone()
+    }
+
+    /// Watches `sock` for datagrams to read.
+    pub fn add(&self, sock: &impl AsRawFd, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, sock.as_raw_fd(), token)
+    }
+
+    /// Stops watching `sock` (closing it does as well).
+    pub fn remove(&self, sock: &impl AsRawFd) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_DEL, sock.as_raw_fd(), 0)
+    }
+
+    /// Waits up to `timeout_ms` (0: only look; -1: forever) and returns how many sockets are
+    /// ready; read their tokens with [`Epoll::token`].
+    pub fn wait(&mut self, timeout_ms: i32) -> usize {
+        // SAFETY: the events buffer is valid for its length.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.len() as libc::c_int,
+                timeout_ms,
+            )
+        };
+        self.ready = n.max(0) as usize;
+        self.ready
+    }
+
+    /// The token of the `i`-th ready socket of the last wait.
+    pub fn token(&self, i: usize) -> u64 {
+        self.events[..self.ready][i].u64
+    }
+}
+
+impl AsRawFd for Epoll {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit (a relay holds a socket per
+/// allocation); returns the limit in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    lim.rlim_cur
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::time::{Duration, Instant};
+
+    fn pair() -> (UdpSocket, UdpSocket) {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.set_nonblocking(true).unwrap();
+        (a, b)
+    }
+
+    fn drain(rx: &mut RecvBatch, fd: RawFd, want: usize) -> Vec<(Vec<u8>, SocketAddr)> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while got.len() < want && Instant::now() < deadline {
+            let n = rx.recv(fd).unwrap();
+            for i in 0..n {
+                got.push((rx.get(i).to_vec(), rx.addr(i).unwrap()));
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn a_batch_of_mixed_sizes_crosses_with_addresses_and_order() {
+        let (a, b) = pair();
+        let (aa, ba) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let mut q = SendQueue::new(16, 8192);
+        let sizes = [1usize, 100, 1200, 3, 0, 1500];
+        for (i, &n) in sizes.iter().enumerate() {
+            assert!(q.push(&vec![i as u8; n], ba));
+        }
+        assert_eq!(q.len(), sizes.len());
+        let sent = q.send(a.as_raw_fd());
+        assert_eq!(
+            sent,
+            Sent {
+                packets: sizes.len(),
+                bytes: sizes.iter().sum(),
+                dropped: 0
+            }
+        );
+        assert!(q.is_empty());
+        let mut rx = RecvBatch::new(4, 2048, 48, 4);
+        let got = drain(&mut rx, b.as_raw_fd(), sizes.len());
+        assert_eq!(got.len(), sizes.len());
+        for (i, (data, from)) in got.iter().enumerate() {
+            assert_eq!(*from, aa);
+            assert_eq!(data, &vec![i as u8; sizes[i]]);
+        }
+        assert_eq!(rx.recv(b.as_raw_fd()).unwrap(), 0, "nothing more");
+    }
+
+    #[test]
+    fn the_queue_refuses_what_does_not_fit_and_room_commit_queues_in_place() {
+        let mut q = SendQueue::new(2, 100);
+        assert!(!q.push(&[0; 101], "127.0.0.1:9".parse().unwrap()));
+        let room = q.room().unwrap();
+        assert_eq!(room.len(), 100);
+        room[..60].fill(7);
+        q.commit(60, "127.0.0.1:9".parse().unwrap());
+        assert!(!q.fits(41));
+        assert!(q.fits(40));
+        assert!(q.push(&[1; 40], "127.0.0.1:9".parse().unwrap()));
+        assert!(q.is_full());
+        assert!(q.room().is_none());
+    }
+
+    #[test]
+    fn a_refused_destination_costs_one_datagram_not_the_batch() {
+        let (a, b) = pair();
+        let ba = b.local_addr().unwrap();
+        let mut q = SendQueue::new(8, 4096);
+        assert!(q.push(b"first", ba));
+        // An IPv6 destination on an IPv4 socket: the kernel refuses this one datagram.
+        assert!(q.push(b"bad", "[::1]:9".parse().unwrap()));
+        assert!(q.push(b"third", ba));
+        let sent = q.send(a.as_raw_fd());
+        assert_eq!(sent.packets, 2);
+        assert_eq!(sent.dropped, 1);
+        let mut rx = RecvBatch::new(8, 64, 0, 0);
+        let got: Vec<_> = drain(&mut rx, b.as_raw_fd(), 2)
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
+        assert_eq!(got, vec![b"first".to_vec(), b"third".to_vec()]);
+    }
+
+    #[test]
+    fn slots_keep_their_room_and_long_datagrams_are_marked() {
+        let (a, b) = pair();
+        let ba = b.local_addr().unwrap();
+        a.send_to(&[9u8; 10], ba).unwrap();
+        a.send_to(&[8u8; 100], ba).unwrap();
+        let mut rx = RecvBatch::new(2, 64, 8, 4);
+        let mut seen = 0;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while seen < 2 && Instant::now() < deadline {
+            let n = rx.recv(b.as_raw_fd()).unwrap();
+            for i in 0..n {
+                let truncated = rx.truncated(i);
+                let (slot, payload) = rx.slot_mut(i);
+                assert_eq!(slot.len(), 8 + 64 + 4);
+                assert_eq!(payload.start, 8);
+                if seen == 0 {
+                    assert_eq!(&slot[payload], &[9u8; 10]);
+                    assert!(!truncated);
+                } else {
+                    assert_eq!(payload.len(), 64, "cut at the slot");
+                    assert!(truncated);
+                }
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 2);
+    }
+
+    #[test]
+    fn epoll_reports_the_tokens_of_readable_sockets_until_drained() {
+        let (a, b) = pair();
+        let (_c, d) = pair();
+        let mut ep = Epoll::new(8).unwrap();
+        ep.add(&b, 7).unwrap();
+        ep.add(&d, 9).unwrap();
+        assert_eq!(ep.wait(0), 0);
+        a.send_to(b"x", b.local_addr().unwrap()).unwrap();
+        assert_eq!(ep.wait(1000), 1);
+        assert_eq!(ep.token(0), 7);
+        // Level-triggered: still ready until read.
+        assert_eq!(ep.wait(0), 1);
+        let mut rx = RecvBatch::new(4, 64, 0, 0);
+        assert_eq!(rx.recv(b.as_raw_fd()).unwrap(), 1);
+        assert_eq!(ep.wait(0), 0);
+        ep.remove(&b).unwrap();
+        a.send_to(b"y", b.local_addr().unwrap()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(ep.wait(0), 0, "removed sockets are not reported");
+    }
+}
