@@ -565,9 +565,9 @@ impl Worker {
             let token = self.io.epoll.token(k);
             let listener = LISTENER_TOKEN - token;
             if listener < self.io.listeners.len() as u64 {
-                self.from_clients(now, listener as usize);
+                self.read_clients(now, listener as usize);
             } else {
-                self.from_peers(now, RelayId(token));
+                self.read_peers(now, RelayId(token));
             }
         }
         self.io.flush();
@@ -575,7 +575,7 @@ impl Worker {
     }
 
     /// Handles a batch of what clients sent to listener `index`.
-    fn from_clients(&mut self, now: Now, index: usize) {
+    fn read_clients(&mut self, now: Now, index: usize) {
         let Worker {
             server,
             io,
@@ -608,7 +608,7 @@ impl Worker {
     }
 
     /// Handles a batch of what peers sent to one relayed socket.
-    fn from_peers(&mut self, now: Now, id: RelayId) {
+    fn read_peers(&mut self, now: Now, id: RelayId) {
         let Worker {
             server,
             io,
