@@ -5,7 +5,7 @@
 //! `cargo bench -p veil-relay --bench hot_path`.
 
 use std::hint::black_box;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,11 +29,17 @@ struct NoSockets {
 }
 
 impl Env for NoSockets {
-    fn open_relay(&mut self, id: RelayId, ip: IpAddr, _: PortPolicy, _: bool) -> Option<Opened> {
+    fn open_relay(
+        &mut self,
+        id: RelayId,
+        on: &[RelayAddr],
+        _: PortPolicy,
+        _: bool,
+    ) -> Option<Opened> {
         self.last = Some(id);
         self.port = self.port.wrapping_add(1).max(20000);
         Some(Opened {
-            bound: SocketAddr::new(ip, self.port),
+            bound: SocketAddr::new(on.first()?.bind, self.port),
             reservation: None,
         })
     }
@@ -56,10 +62,13 @@ struct Bench {
 fn setup() -> Bench {
     let cfg = ServerConfig {
         realm: REALM.into(),
-        relay_v4: Some(RelayAddr {
-            bind: "127.0.0.1".parse().unwrap(),
-            advertise: "127.0.0.1".parse().unwrap(),
-        }),
+        relays: [
+            vec![RelayAddr {
+                bind: "127.0.0.1".parse().unwrap(),
+                advertise: "127.0.0.1".parse().unwrap(),
+            }],
+            vec![],
+        ],
         user_quota: u32::MAX,
         total_quota: u32::MAX,
         ..ServerConfig::default()

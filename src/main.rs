@@ -87,8 +87,8 @@ struct RelayArgs {
     /// Host name for advertised turns: URIs, matching the certificate (default: the IP).
     #[arg(long = "tls-name", value_name = "NAME")]
     tls_name: Option<String>,
-    /// IP relayed sockets bind to, repeatable: one IPv4 and one IPv6 at most (default: the
-    /// listen IPs).
+    /// IP relayed sockets bind to, repeatable (default: the listen IPs). Each IP has the whole
+    /// port range: several of a family let the node hold more allocations.
     #[arg(long = "relay-ip", value_name = "IP")]
     relay_ip: Vec<IpAddr>,
     /// IP advertised to clients instead of the relay IP of its family, for 1:1 NAT (default:
@@ -416,7 +416,9 @@ fn relay(args: RelayArgs) -> Result<()> {
         tracing::warn!("{w}");
     }
     let (node, shared_for_admin) = start_node(&resolved)?;
-    let relays: Vec<String> = [resolved.server.relay_v4, resolved.server.relay_v6]
+    let relays: Vec<String> = resolved
+        .server
+        .relays
         .iter()
         .flatten()
         .map(|r| {

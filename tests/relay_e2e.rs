@@ -1127,3 +1127,56 @@ fn a_backlog_larger_than_a_batch_loses_nothing() {
     }
     assert_eq!(seen.len(), N as usize, "every queued request was answered");
 }
+
+/// Two relay IPs double what a port range holds: allocations spread over both (the least used
+/// first), the node refuses with 508 only when both ranges are full, and data crosses an
+/// allocation on the second IP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_relay_ips_multiply_the_port_range() {
+    let relay = start_relay(
+        "19500-19503",
+        &[
+            "--relay-ip",
+            "127.0.0.1",
+            "--relay-ip",
+            "127.0.0.2",
+            "--allow-peer",
+            "127.0.0.0/8",
+        ],
+    );
+    let mut held = Vec::new();
+    for i in 0..8 {
+        let (user, pass) = rest_credentials(3600, &format!("ips-{i}"));
+        let (client, _) = turn_client(&relay, &user, &pass).await;
+        let conn = client.allocate().await.expect("a port on one of the IPs");
+        held.push((client, conn));
+    }
+    let mut per_ip = std::collections::BTreeMap::new();
+    for (_, conn) in &held {
+        let a = conn.local_addr().expect("relayed address");
+        assert!((19500..=19503).contains(&a.port()), "{a}");
+        *per_ip.entry(a.ip().to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        per_ip,
+        [("127.0.0.1".to_string(), 4), ("127.0.0.2".to_string(), 4)].into(),
+        "4 ports on each IP"
+    );
+    let (user, pass) = rest_credentials(3600, "ips-9");
+    let (client, _) = turn_client(&relay, &user, &pass).await;
+    let e = client.allocate().await.err().expect("both ranges are full");
+    assert!(err_code(&e).contains("508"), "{e}");
+    client.close().await.unwrap();
+
+    let (peer, _, echo) = echo_peer(1).await;
+    let (_, on_second) = held
+        .iter()
+        .find(|(_, c)| c.local_addr().unwrap().ip().to_string() == "127.0.0.2")
+        .unwrap();
+    round_trip(on_second, peer, b"through the second relay IP").await;
+    assert_eq!(echo.await.unwrap(), 1);
+    for (client, conn) in held {
+        conn.close().await.unwrap();
+        client.close().await.unwrap();
+    }
+}

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 
 use crate::metrics::Reports;
-use crate::proto::server::{ServerConfig, Shared};
+use crate::proto::server::{Family, ServerConfig, Shared};
 
 /// What `/status` reports.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -70,16 +70,15 @@ fn uris_of(
     listen
         .iter()
         .filter_map(|l| {
-            let relay = if l.is_ipv4() {
-                cfg.relay_v4
+            let relays = &cfg.relays[Family::of(l.ip()) as usize];
+            let ip = if l.ip().is_unspecified() {
+                relays.first()?.advertise
             } else {
-                cfg.relay_v6
-            };
-            let ip = match (l.ip().is_unspecified(), relay) {
-                (false, Some(r)) if r.bind == l.ip() => r.advertise,
-                (false, _) => l.ip(),
-                (true, Some(r)) => r.advertise,
-                (true, None) => return None,
+                // A listener on a relay IP is reached through that IP's advertised address.
+                relays
+                    .iter()
+                    .find(|r| r.bind == l.ip())
+                    .map_or(l.ip(), |r| r.advertise)
             };
             let host = match (name, ip) {
                 (Some(n), _) => n.to_string(),
@@ -184,14 +183,16 @@ mod tests {
     #[test]
     fn uris_use_advertised_addresses() {
         let cfg = ServerConfig {
-            relay_v4: Some(RelayAddr {
-                bind: "10.0.0.5".parse().unwrap(),
-                advertise: "203.0.113.5".parse().unwrap(),
-            }),
-            relay_v6: Some(RelayAddr {
-                bind: "::1".parse().unwrap(),
-                advertise: "::1".parse().unwrap(),
-            }),
+            relays: [
+                vec![RelayAddr {
+                    bind: "10.0.0.5".parse().unwrap(),
+                    advertise: "203.0.113.5".parse().unwrap(),
+                }],
+                vec![RelayAddr {
+                    bind: "::1".parse().unwrap(),
+                    advertise: "::1".parse().unwrap(),
+                }],
+            ],
             ..ServerConfig::default()
         };
         let mut ep = Endpoints {

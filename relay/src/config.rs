@@ -217,9 +217,12 @@ pub struct RelayConfig {
     pub listen_tls: Vec<SocketAddr>,
     pub tls: TlsConfig,
     pub streams: StreamConfig,
-    /// IPs relayed sockets bind to, at most one IPv4 and one IPv6. Empty: the listen IPs.
+    /// IPs relayed sockets bind to. Empty: the listen IPs. Several of a family multiply the
+    /// allocations the node can hold (each IP has the whole port range); allocations go to
+    /// the least used.
     pub relay_ips: Vec<IpAddr>,
-    /// IPs advertised to clients instead of the relay IPs of the same family (1:1 NAT).
+    /// IPs advertised to clients instead of the relay IPs (1:1 NAT): none, or per family as
+    /// many as relay IPs, paired in order.
     pub external_ips: Vec<IpAddr>,
     /// Ports of relayed sockets.
     pub port_range: PortRange,
@@ -419,10 +422,7 @@ impl Resolved {
             "listen_tcp/listen_tls",
         );
         check(self.streams != new.streams, "streams");
-        check(
-            a.relay_v4 != b.relay_v4 || a.relay_v6 != b.relay_v6,
-            "relay_ips/external_ips",
-        );
+        check(a.relays != b.relays, "relay_ips/external_ips");
         check(self.port_range != new.port_range, "port_range");
         check(a.realm != b.realm, "realm");
         check(a.zone != b.zone, "zone");
@@ -566,34 +566,39 @@ impl RelayConfig {
         } else {
             self.relay_ips.clone()
         };
-        let pick = |ips: &[IpAddr],
-                    v4: bool,
-                    field: &'static str|
-         -> Result<Option<IpAddr>, ConfigError> {
-            let mut it = ips.iter().filter(|ip| ip.is_ipv4() == v4);
-            let first = it.next().copied();
-            if it.next().is_some() {
-                return Err(invalid(field, "at most one IPv4 and one IPv6 address"));
-            }
-            if first.is_some_and(|ip| ip.is_unspecified()) {
-                return Err(invalid(field, "must be a specific address"));
-            }
-            Ok(first)
-        };
-        let mut relays = [None, None];
+        let pick =
+            |ips: &[IpAddr], v4: bool, field: &'static str| -> Result<Vec<IpAddr>, ConfigError> {
+                let of: Vec<IpAddr> = ips
+                    .iter()
+                    .copied()
+                    .filter(|ip| ip.is_ipv4() == v4)
+                    .collect();
+                if of.iter().any(|ip| ip.is_unspecified()) {
+                    return Err(invalid(field, "must be specific addresses"));
+                }
+                if of.iter().enumerate().any(|(i, ip)| of[..i].contains(ip)) {
+                    return Err(invalid(field, "lists an address twice"));
+                }
+                Ok(of)
+            };
+        let mut relays: [Vec<RelayAddr>; 2] = [Vec::new(), Vec::new()];
         for (i, v4) in [true, false].into_iter().enumerate() {
-            let bind = pick(&relay_ips, v4, "relay_ips")?;
+            let binds = pick(&relay_ips, v4, "relay_ips")?;
             let ext = pick(&self.external_ips, v4, "external_ips")?;
-            if ext.is_some() && bind.is_none() {
+            if !ext.is_empty() && ext.len() != binds.len() {
                 return Err(invalid(
                     "external_ips",
-                    "an external IP needs a relay IP of its family",
+                    "give none, or one per relay IP of the same family (paired in order)",
                 ));
             }
-            relays[i] = bind.map(|bind| RelayAddr {
-                bind,
-                advertise: ext.unwrap_or(bind),
-            });
+            relays[i] = binds
+                .iter()
+                .enumerate()
+                .map(|(k, &bind)| RelayAddr {
+                    bind,
+                    advertise: ext.get(k).copied().unwrap_or(bind),
+                })
+                .collect();
         }
 
         // Secrets.
@@ -670,8 +675,7 @@ impl RelayConfig {
         let server = ServerConfig {
             realm: self.realm.clone(),
             software: self.software.clone().filter(|s| !s.is_empty()),
-            relay_v4: relays[0],
-            relay_v6: relays[1],
+            relays,
             default_lifetime: l.default_allocation,
             max_lifetime: l.max_allocation,
             permission_lifetime: l.permission,
@@ -832,7 +836,7 @@ mod tests {
         c.auth.secrets = vec!["0123456789abcdef0123".into()];
         let r = c.resolve().unwrap();
         assert_eq!(
-            r.server.relay_v4.unwrap().bind,
+            r.server.relays[0][0].bind,
             "127.0.0.1".parse::<IpAddr>().unwrap()
         );
         assert_eq!(r.server.default_lifetime, 600);
@@ -868,8 +872,12 @@ mod tests {
                 "relay_ips",
             ),
             (
-                "relay_ips: [127.0.0.1, 127.0.0.2]\nauth: {secrets: [s]}\n",
+                "relay_ips: [127.0.0.1, 127.0.0.1]\nauth: {secrets: [s]}\n",
                 "relay_ips",
+            ),
+            (
+                "relay_ips: [127.0.0.1, 127.0.0.2]\nexternal_ips: [203.0.113.1]\nauth: {secrets: [s]}\n",
+                "external_ips",
             ),
             ("listen: [127.0.0.1:3478]\n", "auth"),
             (
@@ -930,6 +938,38 @@ mod tests {
     }
 
     #[test]
+    fn several_relay_ips_pair_with_external_ips_in_order_per_family() {
+        let c = RelayConfig::from_yaml(
+            "relay_ips: [10.0.0.1, '::1', 10.0.0.2]\n\
+             external_ips: [203.0.113.1, 203.0.113.2]\n\
+             auth: {secrets: [0123456789abcdef]}\n",
+            "test",
+        )
+        .unwrap();
+        let r = c.resolve().unwrap();
+        let pairs = |f: usize| -> Vec<(String, String)> {
+            r.server.relays[f]
+                .iter()
+                .map(|a| (a.bind.to_string(), a.advertise.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            pairs(0),
+            [("10.0.0.1", "203.0.113.1"), ("10.0.0.2", "203.0.113.2")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        assert_eq!(pairs(1), [("::1".to_string(), "::1".to_string())]);
+        // Every relay IP and advertised IP is the node's own: its listener is denied on each.
+        for ip in ["10.0.0.2", "203.0.113.2"] {
+            assert!(
+                r.filter
+                    .check(format!("{ip}:3478").parse().unwrap())
+                    .is_err()
+            );
+        }
+    }
+
+    #[test]
     fn external_ip_is_advertised_and_denied_as_a_peer() {
         let c = RelayConfig {
             listen: vec!["127.0.0.1:3478".parse().unwrap()],
@@ -945,7 +985,7 @@ mod tests {
             ..Default::default()
         };
         let r = c.resolve().unwrap();
-        let v4 = r.server.relay_v4.unwrap();
+        let v4 = r.server.relays[0][0];
         assert_eq!(v4.advertise, "93.184.216.1".parse::<IpAddr>().unwrap());
         // The listener through the external IP is ours: denied.
         assert!(

@@ -40,8 +40,8 @@ mod stream;
 use crate::config::{PortRange, Resolved, StreamLimits};
 use crate::metrics::{IoStats, Reports, WorkerReport};
 use crate::proto::server::{
-    Action, ClientKey, Delivery, Env, Family, HEADROOM, Now, Opened, PortPolicy, RelayId, Server,
-    Shared, TAILROOM, Transport,
+    Action, ClientKey, Delivery, Env, Family, HEADROOM, Now, Opened, PortPolicy, RelayAddr,
+    RelayId, Server, Shared, TAILROOM, Transport,
 };
 use crate::shaping::{Decision, Policy, Shaper, ShapingStats};
 use crate::sys::{Epoll, RecvBatch, SendQueue};
@@ -81,15 +81,42 @@ pub fn now() -> Now {
     }
 }
 
-/// Relayed sockets bound per family, across workers, for a fast 508 when the range is full.
-#[derive(Default)]
+/// Relayed sockets bound per relay IP, across workers: a fast 508 when every IP's range is
+/// full, and the least used IP for the next allocation.
 struct PortUse {
-    in_use: [AtomicUsize; 2],
+    in_use: Vec<(IpAddr, AtomicUsize)>,
+}
+
+impl PortUse {
+    fn of(&self, ip: IpAddr) -> Option<&AtomicUsize> {
+        self.in_use.iter().find(|(i, _)| *i == ip).map(|(_, n)| n)
+    }
+
+    /// Takes a port of `ip`'s budget; false when its range is used up.
+    fn take(&self, ip: IpAddr, cap: usize) -> bool {
+        self.of(ip).is_some_and(|n| {
+            n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok()
+        })
+    }
+
+    fn release(&self, ip: IpAddr) {
+        if let Some(n) = self.of(ip) {
+            let _ = n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+    }
+
+    fn used(&self, ip: IpAddr) -> usize {
+        self.of(ip)
+            .map_or(usize::MAX, |n| n.load(Ordering::Relaxed))
+    }
 }
 
 struct Reserved {
     socket: std::net::UdpSocket,
-    family: Family,
+    ip: IpAddr,
     expires: Instant,
 }
 
@@ -128,7 +155,15 @@ impl NodeShared {
             streams: resolved.streams,
             tls: resolved.tls.clone(),
             conns: stream::ConnCount::default(),
-            ports: PortUse::default(),
+            ports: PortUse {
+                in_use: resolved
+                    .server
+                    .relays
+                    .iter()
+                    .flatten()
+                    .map(|r| (r.bind, AtomicUsize::new(0)))
+                    .collect(),
+            },
             reservations: Mutex::default(),
         })
     }
@@ -137,27 +172,15 @@ impl NodeShared {
         self.reservations.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn release_port(&self, f: Family) {
-        let _ =
-            self.ports.in_use[f as usize]
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-    }
-
     /// Closes reserved sockets nobody claimed in time.
     fn expire_reservations(&self, now: Instant) {
-        let mut expired = [0usize; 2];
         self.reservations().retain(|_, v| {
             let keep = v.expires > now;
             if !keep {
-                expired[v.family as usize] += 1;
+                self.ports.release(v.ip);
             }
             keep
         });
-        for (f, n) in [Family::V4, Family::V6].into_iter().zip(expired) {
-            for _ in 0..n {
-                self.release_port(f);
-            }
-        }
     }
 }
 
@@ -263,7 +286,8 @@ impl Rng {
 
 struct RelaySocket {
     socket: std::net::UdpSocket,
-    family: Family,
+    /// The relay IP whose port budget it holds.
+    ip: IpAddr,
 }
 
 /// A UDP listener and what waits to leave it.
@@ -303,22 +327,13 @@ struct Worker {
 }
 
 impl Io {
-    fn family_slot(&self, f: Family) -> &AtomicUsize {
-        &self.node.ports.in_use[f as usize]
+    /// Takes a port of `ip`'s budget; false if its range is used up.
+    fn take_port_slot(&self, ip: IpAddr) -> bool {
+        self.node.ports.take(ip, self.node.port_range.len())
     }
 
-    /// Takes a port slot of the family's budget, or None if the range is used up.
-    fn take_port_slot(&self, f: Family) -> bool {
-        let cap = self.node.port_range.len();
-        self.family_slot(f)
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < cap).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    fn give_port_slot(&self, f: Family) {
-        self.node.release_port(f);
+    fn give_port_slot(&self, ip: IpAddr) {
+        self.node.ports.release(ip);
     }
 
     /// Binds a socket on `ip` at a port of the range that satisfies `pred`.
@@ -346,18 +361,19 @@ impl Io {
         None
     }
 
-    fn adopt(
-        &mut self,
-        id: RelayId,
-        socket: std::net::UdpSocket,
-        family: Family,
-    ) -> Option<SocketAddr> {
+    fn adopt(&mut self, id: RelayId, socket: std::net::UdpSocket) -> Option<SocketAddr> {
         let bound = socket.local_addr().ok()?;
         if let Err(e) = self.epoll.add(&socket, id.0) {
             tracing::warn!(error = %e, "cannot watch a relayed socket");
             return None;
         }
-        self.relays.insert(id, RelaySocket { socket, family });
+        self.relays.insert(
+            id,
+            RelaySocket {
+                socket,
+                ip: bound.ip(),
+            },
+        );
         Some(bound)
     }
 }
@@ -443,23 +459,17 @@ impl Io {
     }
 }
 
-impl Env for Io {
-    fn open_relay(
-        &mut self,
-        id: RelayId,
-        ip: IpAddr,
-        policy: PortPolicy,
-        df: bool,
-    ) -> Option<Opened> {
-        let fam = Family::of(ip);
-        if !self.take_port_slot(fam) {
+impl Io {
+    /// Opens a relayed socket on `ip` (see [`Env::open_relay`]).
+    fn open_on(&mut self, id: RelayId, ip: IpAddr, policy: PortPolicy, df: bool) -> Option<Opened> {
+        if !self.take_port_slot(ip) {
             return None;
         }
         let (sock, reservation) = match policy {
             PortPolicy::Any => match self.bind_in_range(ip, false) {
                 Some(s) => (s, None),
                 None => {
-                    self.give_port_slot(fam);
+                    self.give_port_slot(ip);
                     return None;
                 }
             },
@@ -476,14 +486,14 @@ impl Env for Io {
                     let Ok(port) = s.local_addr().map(|a| a.port()) else {
                         continue;
                     };
-                    if port == self.node.port_range.end || !self.take_port_slot(fam) {
+                    if port == self.node.port_range.end || !self.take_port_slot(ip) {
                         continue;
                     }
                     match udp_socket(SocketAddr::new(ip, port + 1), false) {
                         Ok(next) => {
                             let mut token = [0u8; 8];
                             if getrandom::fill(&mut token).is_err() {
-                                self.give_port_slot(fam);
+                                self.give_port_slot(ip);
                                 continue;
                             }
                             let expires = Instant::now()
@@ -492,20 +502,20 @@ impl Env for Io {
                                 token,
                                 Reserved {
                                     socket: next,
-                                    family: fam,
+                                    ip,
                                     expires,
                                 },
                             );
                             found = Some((s, Some(token)));
                             break;
                         }
-                        Err(_) => self.give_port_slot(fam),
+                        Err(_) => self.give_port_slot(ip),
                     }
                 }
                 match found {
                     Some(f) => f,
                     None => {
-                        self.give_port_slot(fam);
+                        self.give_port_slot(ip);
                         return None;
                     }
                 }
@@ -514,13 +524,39 @@ impl Env for Io {
         if let Err(e) = set_dont_fragment(&sock, ip.is_ipv6(), df) {
             tracing::debug!(error = %e, "cannot set the DF policy on a relayed socket");
         }
-        match self.adopt(id, sock, fam) {
+        match self.adopt(id, sock) {
             Some(bound) => Some(Opened { bound, reservation }),
             None => {
-                self.give_port_slot(fam);
+                self.give_port_slot(ip);
                 None
             }
         }
+    }
+}
+
+impl Env for Io {
+    fn open_relay(
+        &mut self,
+        id: RelayId,
+        on: &[RelayAddr],
+        policy: PortPolicy,
+        df: bool,
+    ) -> Option<Opened> {
+        // The least used IP first; the next when one has no free port.
+        let mut tried = 0u64;
+        for _ in 0..on.len().min(64) {
+            let (k, r) = on
+                .iter()
+                .enumerate()
+                .take(64)
+                .filter(|(k, _)| tried & (1 << k) == 0)
+                .min_by_key(|(_, r)| self.node.ports.used(r.bind))?;
+            tried |= 1 << k;
+            if let Some(o) = self.open_on(id, r.bind, policy, df) {
+                return Some(o);
+            }
+        }
+        None
     }
 
     fn claim_reservation(
@@ -530,16 +566,14 @@ impl Env for Io {
         df: bool,
     ) -> Option<SocketAddr> {
         let r = self.node.reservations().remove(&token)?;
-        let addr = r.socket.local_addr().ok()?;
-        let fam = Family::of(addr.ip());
         if r.expires <= Instant::now() {
-            self.give_port_slot(fam);
+            self.give_port_slot(r.ip);
             return None;
         }
-        let _ = set_dont_fragment(&r.socket, addr.is_ipv6(), df);
-        let bound = self.adopt(ids[fam as usize], r.socket, fam);
+        let _ = set_dont_fragment(&r.socket, r.ip.is_ipv6(), df);
+        let bound = self.adopt(ids[Family::of(r.ip) as usize], r.socket);
         if bound.is_none() {
-            self.give_port_slot(fam);
+            self.give_port_slot(r.ip);
         }
         bound
     }
@@ -547,7 +581,7 @@ impl Env for Io {
     fn close_relay(&mut self, id: RelayId) {
         if let Some(r) = self.relays.remove(&id) {
             let _ = self.epoll.remove(&r.socket);
-            self.give_port_slot(r.family);
+            self.give_port_slot(r.ip);
         }
     }
 }

@@ -139,8 +139,10 @@ pub struct ServerConfig {
     pub realm: String,
     /// SOFTWARE attribute value; none by default (it tells attackers the version).
     pub software: Option<String>,
-    pub relay_v4: Option<RelayAddr>,
-    pub relay_v6: Option<RelayAddr>,
+    /// Relay addresses per family (indexed by [`Family`]). A family without any is not
+    /// offered (440); with several, allocations spread across them, so a node relays more
+    /// allocations than one address has ports.
+    pub relays: [Vec<RelayAddr>; 2],
     /// Lifetime granted when the client asks for none (RFC 8656: 600 s).
     pub default_lifetime: u32,
     /// Longest lifetime granted (default 3600 s).
@@ -168,8 +170,7 @@ impl Default for ServerConfig {
         ServerConfig {
             realm: "veil".into(),
             software: None,
-            relay_v4: None,
-            relay_v6: None,
+            relays: [Vec::new(), Vec::new()],
             default_lifetime: 600,
             max_lifetime: 3600,
             permission_lifetime: 300,
@@ -298,11 +299,12 @@ pub struct Opened {
 
 /// The socket operations the core asks of its driver.
 pub trait Env {
-    /// Opens a relayed UDP socket on `ip` within the port range; None if no port is free.
+    /// Opens a relayed UDP socket on one of `on` (the driver picks the least used) within the
+    /// port range; None if no port is free on any.
     fn open_relay(
         &mut self,
         id: RelayId,
-        ip: IpAddr,
+        on: &[RelayAddr],
         policy: PortPolicy,
         dont_fragment: bool,
     ) -> Option<Opened>;
@@ -1064,11 +1066,7 @@ impl Server {
             Some(Ok(f)) => f,
             None => Family::V4,
         };
-        let relay_of = |f: Family| match f {
-            Family::V4 => cfg.relay_v4,
-            Family::V6 => cfg.relay_v6,
-        };
-        if token.is_none() && relay_of(primary).is_none() {
+        if token.is_none() && cfg.relays[primary as usize].is_empty() {
             return self.error(out, m, 440, seal);
         }
         let Some(lifetime) = m.u32_of(m.lifetime).transpose().ok() else {
@@ -1120,8 +1118,10 @@ impl Server {
         let mut reservation = None;
         let mut v6_failed = false;
         let advertise = |bound: SocketAddr| {
-            let fam = Family::of(bound.ip());
-            let ip = relay_of(fam).map_or(bound.ip(), |r| r.advertise);
+            let ip = cfg.relays[Family::of(bound.ip()) as usize]
+                .iter()
+                .find(|r| r.bind == bound.ip())
+                .map_or(bound.ip(), |r| r.advertise);
             SocketAddr::new(ip, bound.port())
         };
         if let Some(t) = token {
@@ -1150,8 +1150,7 @@ impl Server {
                 None => PortPolicy::Any,
             };
             let id = RelayId::new(slot, generation, primary);
-            let r = relay_of(primary)?;
-            match env.open_relay(id, r.bind, policy, df) {
+            match env.open_relay(id, &cfg.relays[primary as usize], policy, df) {
                 Some(o) => {
                     relays[primary as usize] = Some(Relayed {
                         id,
@@ -1167,9 +1166,7 @@ impl Server {
             }
             if additional.is_some() {
                 let id = RelayId::new(slot, generation, Family::V6);
-                match relay_of(Family::V6)
-                    .and_then(|r| env.open_relay(id, r.bind, PortPolicy::Any, df))
-                {
+                match env.open_relay(id, &cfg.relays[Family::V6 as usize], PortPolicy::Any, df) {
                     Some(o) => {
                         relays[1] = Some(Relayed {
                             id,

@@ -25,10 +25,11 @@ impl Env for FakeEnv {
     fn open_relay(
         &mut self,
         id: RelayId,
-        ip: IpAddr,
+        on: &[RelayAddr],
         policy: PortPolicy,
         df: bool,
     ) -> Option<Opened> {
+        let ip = on.first()?.bind;
         if self.exhausted || (ip.is_ipv6() && self.v6_broken) {
             return None;
         }
@@ -72,14 +73,16 @@ impl Env for FakeEnv {
 fn config() -> ServerConfig {
     ServerConfig {
         realm: REALM.into(),
-        relay_v4: Some(RelayAddr {
-            bind: "127.0.0.1".parse().unwrap(),
-            advertise: "203.0.113.5".parse().unwrap(),
-        }),
-        relay_v6: Some(RelayAddr {
-            bind: "::1".parse().unwrap(),
-            advertise: "::1".parse().unwrap(),
-        }),
+        relays: [
+            vec![RelayAddr {
+                bind: "127.0.0.1".parse().unwrap(),
+                advertise: "203.0.113.5".parse().unwrap(),
+            }],
+            vec![RelayAddr {
+                bind: "::1".parse().unwrap(),
+                advertise: "::1".parse().unwrap(),
+            }],
+        ],
         user_quota: 3,
         total_quota: 5,
         ..ServerConfig::default()
@@ -1244,7 +1247,7 @@ fn address_families() {
 
     // No IPv6 relay configured: 440 for REQUESTED-ADDRESS-FAMILY IPv6.
     let mut cfg = config();
-    cfg.relay_v6 = None;
+    cfg.relays[1].clear();
     let mut s = server_with(cfg);
     let mut c = Client::rest(40002, "c");
     let r = c.allocate(
