@@ -34,7 +34,7 @@ const LISTENER: u64 = u64::MAX;
 /// Each round reads every ready socket once (one recvmmsg each); what goes to clients leaves
 /// in one sendmmsg per round, what goes upstream in one per client and round.
 pub(crate) fn run(a: ForwarderArgs) -> Result<()> {
-    raise_fd_limit();
+    raise_fd_limit(100_000);
     let listener = UdpSocket::bind(a.listen).context("listen")?;
     listener.set_nonblocking(true)?;
     let mut poll = Epoll::new(256)?;

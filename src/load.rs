@@ -37,7 +37,7 @@ pub(crate) struct LoadArgs {
     user: Option<String>,
     #[arg(long, requires = "user")]
     password: Option<String>,
-    /// Clients, each with its own socket and allocation (at most 15000).
+    /// Clients, each with its own socket and allocation (at most 60000).
     #[arg(long, default_value_t = 10)]
     clients: usize,
     /// Packets per second each client sends.
@@ -489,8 +489,8 @@ fn percentile(hist: &[u32], total: u64, q: f64) -> Option<usize> {
 }
 
 pub(crate) fn run(args: LoadArgs) -> Result<()> {
-    if args.clients == 0 || args.clients > 15_000 {
-        bail!("--clients: 1 to 15000");
+    if args.clients == 0 || args.clients > 60_000 {
+        bail!("--clients: 1 to 60000");
     }
     if !(24..=1400).contains(&args.size) {
         bail!("--size: 24 to 1400 bytes");
@@ -506,7 +506,7 @@ pub(crate) fn run(args: LoadArgs) -> Result<()> {
         bail!("credentials: --secret-file, or --user and --password");
     }
     let threads = args.threads.clamp(1, 16).min(args.clients);
-    let limit = raise_fd_limit();
+    let limit = raise_fd_limit(args.clients as u64 + 64);
     if (limit as usize) < args.clients + 64 {
         bail!(
             "{} clients need {} open files; the limit is {limit}",

@@ -409,11 +409,38 @@ fn relay_config(args: &RelayArgs) -> Result<veil_relay::config::Resolved> {
 
 fn relay(args: RelayArgs) -> Result<()> {
     let resolved = relay_config(&args)?;
-    // One relayed socket per allocation: the soft descriptor limit (often 1024) is not enough.
-    let fds = veil_relay::sys::raise_fd_limit();
+    // One relayed socket per allocation (a dual-stack one holds two) and one per TCP/TLS
+    // connection: the soft descriptor limit (often 1024) is not enough.
+    let streams = if resolved.listen_tcp.is_empty() && resolved.listen_tls.is_empty() {
+        0
+    } else {
+        resolved.streams.max_connections as u64
+    };
+    let wanted = resolved.server.total_quota as u64 + streams + 1024;
+    let fds = veil_relay::sys::raise_fd_limit(wanted);
+    // What the node can hold: its quota, its relay ports, its descriptors.
+    let ips = resolved
+        .server
+        .relays
+        .iter()
+        .map(Vec::len)
+        .max()
+        .unwrap_or(0) as u64;
+    let ports = resolved.port_range.len() as u64 * ips;
+    let capacity = (resolved.server.total_quota as u64)
+        .min(ports)
+        .min(fds.saturating_sub(streams + 1024));
     init_logging(resolved.log.format);
     for w in &resolved.warnings {
         tracing::warn!("{w}");
+    }
+    if fds < wanted {
+        tracing::warn!(
+            "the open-file limit ({fds}) is below what quotas.total and the connection cap need \
+             ({wanted}); allocations past about {} will get 508. Raise it (systemd LimitNOFILE, \
+             ulimit -n, the container runtime) or run with CAP_SYS_RESOURCE",
+            fds.saturating_sub(streams + 1024)
+        );
     }
     let (node, shared_for_admin) = start_node(&resolved)?;
     let relays: Vec<String> = resolved
@@ -437,6 +464,7 @@ fn relay(args: RelayArgs) -> Result<()> {
         ports = %resolved.port_range,
         workers = resolved.workers,
         max_fds = fds,
+        capacity,
         secrets = resolved.credentials.secrets.len(),
         padding = %resolved.shaping[0].padding,
         timing = %resolved.shaping[0].timing,

@@ -307,6 +307,8 @@ struct Io {
     relays: HashMap<RelayId, RelaySocket>,
     rng: Rng,
     stats: IoStats,
+    /// Whether a failure to open relayed sockets was logged.
+    warned_bind: bool,
 }
 
 struct Worker {
@@ -341,21 +343,38 @@ impl Io {
         let PortRange { start, end } = self.node.port_range;
         let span = (end - start) as u64 + 1;
         let ok = |p: u16| !even || p % 2 == 0;
-        for _ in 0..RANDOM_TRIES {
-            let p = start + (self.rng.next() % span) as u16;
-            if ok(p)
-                && let Ok(s) = udp_socket(SocketAddr::new(ip, p), false)
-            {
-                return Some(s);
-            }
-        }
+        // Only a taken port is worth trying the next one; out of descriptors or buffers, no
+        // port will do (and scanning the whole range per Allocate would burn the worker).
+        let bind = |p: u16| match udp_socket(SocketAddr::new(ip, p), false) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => Ok(None),
+            Err(e) => Err(e),
+        };
+        // Random ports first, then a scan of the range from a random offset.
         let offset = self.rng.next() % span;
-        for i in 0..span {
-            let p = start + ((offset + i) % span) as u16;
-            if ok(p)
-                && let Ok(s) = udp_socket(SocketAddr::new(ip, p), false)
-            {
-                return Some(s);
+        for k in 0..RANDOM_TRIES as u64 + span {
+            let i = if k < RANDOM_TRIES as u64 {
+                self.rng.next() % span
+            } else {
+                (offset + k) % span
+            };
+            let p = start + i as u16;
+            if !ok(p) {
+                continue;
+            }
+            match bind(p) {
+                Ok(Some(s)) => return Some(s),
+                Ok(None) => {}
+                Err(e) => {
+                    if !self.warned_bind {
+                        self.warned_bind = true;
+                        tracing::warn!(
+                            error = %e,
+                            "cannot open relayed sockets; allocations get 508 (said once per worker)"
+                        );
+                    }
+                    return None;
+                }
             }
         }
         None
@@ -860,6 +879,7 @@ fn run_worker(
                 relays: HashMap::new(),
                 rng: Rng::seeded(),
                 stats: IoStats::default(),
+                warned_bind: false,
             },
             client_rx: RecvBatch::new(CLIENT_BATCH, MAX_DATAGRAM, 0, 0),
             reply: vec![0u8; 2048],

@@ -433,18 +433,41 @@ impl AsRawFd for Epoll {
     }
 }
 
-/// Raises the soft limit on open files to the hard limit (a relay holds a socket per
-/// allocation); returns the limit in force.
-pub fn raise_fd_limit() -> u64 {
+/// Raises the limit on open files for a process that holds a socket per allocation: to
+/// `want` when the process may raise its hard limit (CAP_SYS_RESOURCE, up to
+/// `fs.nr_open`), else the soft limit to the hard one. Returns the limit in force.
+pub fn raise_fd_limit(want: u64) -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: valid pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    if lim.rlim_max < want {
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(lim.rlim_max);
+        let to = want.min(nr_open).max(lim.rlim_max);
+        let higher = libc::rlimit {
+            rlim_cur: to,
+            rlim_max: to,
+        };
+        // SAFETY: valid pointer; refused (EPERM) without the capability, which is fine.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &higher) } == 0 {
+            return to;
+        }
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: valid pointer; raising the soft limit up to the hard one is always allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return lim.rlim_max;
         }
     }
     lim.rlim_cur
