@@ -1180,3 +1180,43 @@ async fn several_relay_ips_multiply_the_port_range() {
         client.close().await.unwrap();
     }
 }
+
+/// A second relay started on a port a running one listens on fails at once with a clear
+/// error, instead of joining its SO_REUSEPORT group and taking part of its clients; the first
+/// keeps answering.
+#[test]
+fn a_second_relay_on_the_same_port_refuses_to_start() {
+    let relay = start_relay("19600-19699", &[]);
+    let secrets = relay.dir.0.join("secrets");
+    let mut second = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["relay", "--listen", &relay.addr.to_string()])
+        .args(["--port-range", "19700-19799", "--admin", "127.0.0.1:0"])
+        .arg("--auth-secret-file")
+        .arg(&secrets)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("veil runs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the second relay must exit with an error, not run: {status:?} {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("udp {}", relay.addr)) && stderr.contains("another process"),
+        "{stderr}"
+    );
+    common::wait_ready(relay.addr);
+}

@@ -252,6 +252,9 @@ pub fn bind_listeners(
 ) -> io::Result<Vec<Vec<std::net::UdpSocket>>> {
     let mut per_worker: Vec<Vec<std::net::UdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
     for addr in listen {
+        if addr.port() != 0 {
+            port_is_free(*addr, Type::DGRAM)?;
+        }
         for w in per_worker.iter_mut() {
             let s = udp_socket(*addr, true)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
@@ -264,6 +267,37 @@ pub fn bind_listeners(
         }
     }
     Ok(per_worker)
+}
+
+/// Fails when another process listens on `addr`. SO_REUSEPORT, which spreads a node's
+/// clients over its workers, would otherwise let a second relay (same user) bind the same
+/// port silently and take part of the clients. A socket bound without it fails where any
+/// other socket is bound; it is closed before the workers bind theirs.
+pub(crate) fn port_is_free(addr: SocketAddr, ty: Type) -> io::Result<()> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, ty, None)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    if ty == Type::STREAM {
+        // Connections of an earlier run in TIME_WAIT do not count; a listener does.
+        s.set_reuse_address(true)?;
+    }
+    let proto = if ty == Type::STREAM { "tcp" } else { "udp" };
+    s.bind(&addr.into()).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {proto} {addr}: another process listens there"),
+            )
+        } else {
+            io::Error::new(e.kind(), format!("cannot listen on {proto} {addr}: {e}"))
+        }
+    })
 }
 
 /// A tiny xorshift generator for port choice (not security-relevant: the kernel's bind is
@@ -968,6 +1002,9 @@ impl Node {
             (&resolved.listen_tls, Transport::Tls),
         ] {
             for addr in list {
+                if addr.port() != 0 {
+                    port_is_free(*addr, Type::STREAM)?;
+                }
                 for w in streams.iter_mut() {
                     w.push((stream::bind_tcp(*addr)?, t));
                 }
