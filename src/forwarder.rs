@@ -35,8 +35,12 @@ const LISTENER: u64 = u64::MAX;
 /// in one sendmmsg per round, what goes upstream in one per client and round.
 pub(crate) fn run(a: ForwarderArgs) -> Result<()> {
     raise_fd_limit(100_000);
-    let listener = UdpSocket::bind(a.listen).context("listen")?;
-    listener.set_nonblocking(true)?;
+    // The listening socket is set up exactly as a relay's (buffers, SO_REUSEPORT).
+    let listener = veil_relay::io::bind_listeners(&[a.listen], 1)
+        .context("listen")?
+        .pop()
+        .and_then(|mut w| w.pop())
+        .context("listen")?;
     let mut poll = Epoll::new(256)?;
     poll.add(&listener, LISTENER)?;
     let mut upstream: Vec<(UdpSocket, SocketAddr)> = Vec::new();

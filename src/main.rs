@@ -416,9 +416,7 @@ fn relay(args: RelayArgs) -> Result<()> {
     } else {
         resolved.streams.max_connections as u64
     };
-    let wanted = resolved.server.total_quota as u64 + streams + 1024;
-    let fds = veil_relay::sys::raise_fd_limit(wanted);
-    // What the node can hold: its quota, its relay ports, its descriptors.
+    // What the node can hold: its quota, its relay ports (per IP), its descriptors.
     let ips = resolved
         .server
         .relays
@@ -427,6 +425,8 @@ fn relay(args: RelayArgs) -> Result<()> {
         .max()
         .unwrap_or(0) as u64;
     let ports = resolved.port_range.len() as u64 * ips;
+    let wanted = (resolved.server.total_quota as u64).min(ports) + streams + 1024;
+    let fds = veil_relay::sys::raise_fd_limit(wanted);
     let capacity = (resolved.server.total_quota as u64)
         .min(ports)
         .min(fds.saturating_sub(streams + 1024));
@@ -436,9 +436,10 @@ fn relay(args: RelayArgs) -> Result<()> {
     }
     if fds < wanted {
         tracing::warn!(
-            "the open-file limit ({fds}) is below what quotas.total and the connection cap need \
-             ({wanted}); allocations past about {} will get 508. Raise it (systemd LimitNOFILE, \
-             ulimit -n, the container runtime) or run with CAP_SYS_RESOURCE",
+            "the open-file limit ({fds}) is below what the quota, the relay ports and the \
+             connection cap need ({wanted}); allocations past about {} will get 508. Raise it \
+             (systemd LimitNOFILE, ulimit -n, the container runtime) or run with \
+             CAP_SYS_RESOURCE",
             fds.saturating_sub(streams + 1024)
         );
     }
