@@ -8,10 +8,11 @@
 //! is allocated per packet (the core writes headers in place, in preallocated batches).
 //!
 //! The UDP plane (listeners and relayed sockets) does not go through tokio's reactor one
-//! socket at a time: the worker keeps its own level-triggered epoll set of them, and tokio
-//! waits on that set's fd as one source. Each round asks the set which sockets are ready and
-//! reads each with one `recvmmsg`; what goes to UDP clients is queued per listener and leaves
-//! with one `sendmmsg` at the end of the round. A relayed socket costs no task and no buffer.
+//! socket at a time: the worker keeps its own edge-triggered epoll set of them, and tokio
+//! waits on that set's fd as one source. Each round asks the set which sockets received
+//! datagrams and reads each with one `recvmmsg` (a socket whose batch came back full is read
+//! again next round); what goes to UDP clients is queued per listener and leaves with one
+//! `sendmmsg` at the end of the round. A relayed socket costs no task and no buffer.
 //! What goes to peers leaves with one `sendto` each: every allocation has its own socket, and
 //! `sendmmsg` batches only within a socket.
 //!
@@ -51,7 +52,7 @@ const MAX_DATAGRAM: usize = 65_535;
 /// Datagrams read from a listener per round (one `recvmmsg`).
 const CLIENT_BATCH: usize = 64;
 /// Datagrams read from a relayed socket per round: a socket carries one allocation's peers,
-/// and a level-triggered set reports it again next round if more wait.
+/// and one whose batch came back full is read again next round.
 const PEER_BATCH: usize = 16;
 /// Ready sockets reported per round.
 const EVENTS: usize = 256;
@@ -355,6 +356,9 @@ struct Worker {
     /// What peers sent to one relayed socket, each datagram with room for the core to frame it
     /// and the shaper to pad it in place.
     peer_rx: RecvBatch,
+    /// Tokens of sockets whose last batch came back full: read again next round (the set is
+    /// edge-triggered).
+    unread: Vec<u64>,
     /// Padding and re-clocking of the relay → client leg.
     shaper: Shaper<ClientKey>,
     /// Wakes the shaper task when a frame is due earlier than it planned.
@@ -416,7 +420,7 @@ impl Io {
 
     fn adopt(&mut self, id: RelayId, socket: std::net::UdpSocket) -> Option<SocketAddr> {
         let bound = socket.local_addr().ok()?;
-        if let Err(e) = self.epoll.add(&socket, id.0) {
+        if let Err(e) = self.epoll.add_edge(&socket, id.0) {
             tracing::warn!(error = %e, "cannot watch a relayed socket");
             return None;
         }
@@ -644,25 +648,44 @@ impl Worker {
     /// for clients. False when no socket was ready.
     fn udp_round(&mut self) -> bool {
         let ready = self.io.epoll.wait(0);
-        if ready == 0 {
+        if ready == 0 && self.unread.is_empty() {
             return false;
         }
         let now = now();
+        // Sockets left with datagrams last round go first (the set reports a socket only when
+        // datagrams arrive; it is read until a batch comes back short). Those still full are
+        // noted after them, and the old entries dropped at the end.
+        let pending = self.unread.len();
+        for i in 0..pending {
+            let token = self.unread[i];
+            self.read(now, token, pending);
+        }
         for k in 0..ready {
             let token = self.io.epoll.token(k);
-            let listener = LISTENER_TOKEN - token;
-            if listener < self.io.listeners.len() as u64 {
-                self.read_clients(now, listener as usize);
-            } else {
-                self.read_peers(now, RelayId(token));
-            }
+            self.read(now, token, pending);
         }
+        self.unread.drain(..pending);
         self.io.flush();
         true
     }
 
-    /// Handles a batch of what clients sent to listener `index`.
-    fn read_clients(&mut self, now: Now, index: usize) {
+    /// Reads one batch from the socket named by an epoll token, and notes it (once, after
+    /// `from`) when it may hold more.
+    fn read(&mut self, now: Now, token: u64, from: usize) {
+        let listener = LISTENER_TOKEN - token;
+        let full = if listener < self.io.listeners.len() as u64 {
+            self.read_clients(now, listener as usize)
+        } else {
+            self.read_peers(now, RelayId(token))
+        };
+        if full && !self.unread[from..].contains(&token) {
+            self.unread.push(token);
+        }
+    }
+
+    /// Handles a batch of what clients sent to listener `index`. True when the socket may hold
+    /// more (a full batch, or an error ahead of datagrams).
+    fn read_clients(&mut self, now: Now, index: usize) -> bool {
         let Worker {
             server,
             io,
@@ -672,9 +695,8 @@ impl Worker {
         } = self;
         let n = match client_rx.recv(io.listeners[index].socket.as_raw_fd()) {
             Ok(n) => n,
-            // An ICMP error reported on the socket; the datagrams behind it wait for the next
-            // round (the set reports the socket again).
-            Err(_) => return,
+            // An ICMP error reported on the socket; the datagrams behind it are read next round.
+            Err(_) => return true,
         };
         for i in 0..n {
             let Some(from) = client_rx.addr(i) else {
@@ -692,10 +714,11 @@ impl Worker {
                 Action::Forward { relay, peer, data } => io.forward(relay, peer, &datagram[data]),
             }
         }
+        n == client_rx.capacity()
     }
 
-    /// Handles a batch of what peers sent to one relayed socket.
-    fn read_peers(&mut self, now: Now, id: RelayId) {
+    /// Handles a batch of what peers sent to one relayed socket; true when it may hold more.
+    fn read_peers(&mut self, now: Now, id: RelayId) -> bool {
         let Worker {
             server,
             io,
@@ -707,10 +730,10 @@ impl Worker {
         } = self;
         // A socket closed earlier in this round: its event is stale.
         let Some(r) = io.relays.get(&id) else {
-            return;
+            return false;
         };
         let Ok(n) = peer_rx.recv(r.socket.as_raw_fd()) else {
-            return;
+            return true;
         };
         let shaping = !shaper.is_off();
         for i in 0..n {
@@ -751,6 +774,7 @@ impl Worker {
             };
             io.send_to_client(client, &buf[range]);
         }
+        n == peer_rx.capacity()
     }
 }
 
@@ -896,7 +920,7 @@ fn run_worker(
         let udp_listeners = listeners.len();
         let mut socks = Vec::new();
         for (i, socket) in listeners.into_iter().enumerate() {
-            epoll.add(&socket, LISTENER_TOKEN - i as u64)?;
+            epoll.add_edge(&socket, LISTENER_TOKEN - i as u64)?;
             socks.push(Listener {
                 socket,
                 out: SendQueue::new(SEND_QUEUE, SEND_ARENA),
@@ -918,6 +942,7 @@ fn run_worker(
             client_rx: RecvBatch::new(CLIENT_BATCH, MAX_DATAGRAM, 0, 0),
             reply: vec![0u8; 2048],
             peer_rx: RecvBatch::new(PEER_BATCH, MAX_DATAGRAM, HEADROOM, TAILROOM),
+            unread: Vec::with_capacity(EVENTS),
             shaper: Shaper::with_profiles(
                 node.shaping.borrow().clone(),
                 node.epoch,

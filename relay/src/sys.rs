@@ -5,7 +5,7 @@
 //!   room before and after it, so the relay can frame and pad a payload in place.
 //! * [`SendQueue`] collects datagrams for one socket, packed into one arena, and sends them
 //!   with `sendmmsg`; one bad destination costs that datagram, not the rest of the batch.
-//! * [`Epoll`] is a level-triggered epoll set of sockets keyed by a `u64` token. Its own fd is
+//! * [`Epoll`] is an epoll set of sockets keyed by a `u64` token. Its own fd is
 //!   pollable, so a tokio runtime can wait on the whole set as one source.
 //!
 //! Nothing here allocates after construction.
@@ -352,7 +352,7 @@ impl SendQueue {
     }
 }
 
-/// A level-triggered epoll set; each socket is registered with a `u64` token.
+/// An epoll set; each socket is registered with a `u64` token, level- or edge-triggered.
 pub struct Epoll {
     fd: OwnedFd,
     events: Box<[libc::epoll_event]>,
@@ -376,9 +376,9 @@ impl Epoll {
         })
     }
 
-    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64) -> io::Result<()> {
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, flags: u32) -> io::Result<()> {
         let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
+            events: libc::EPOLLIN as u32 | flags,
             u64: token,
         };
         // SAFETY: valid fds and event pointer.
@@ -395,14 +395,25 @@ impl Epoll {
         self.fd.try_clone()
     }
 
-    /// Watches `sock` for datagrams to read.
+    /// Watches `sock` for datagrams to read: reported at every wait while some are waiting.
     pub fn add(&self, sock: &impl AsRawFd, token: u64) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, sock.as_raw_fd(), token)
+        self.ctl(libc::EPOLL_CTL_ADD, sock.as_raw_fd(), token, 0)
+    }
+
+    /// Watches `sock` edge-triggered: reported once when datagrams arrive; the caller reads
+    /// until it has seen the socket empty (a batch that came back short) before it may wait.
+    pub fn add_edge(&self, sock: &impl AsRawFd, token: u64) -> io::Result<()> {
+        self.ctl(
+            libc::EPOLL_CTL_ADD,
+            sock.as_raw_fd(),
+            token,
+            libc::EPOLLET as u32,
+        )
     }
 
     /// Stops watching `sock` (closing it does as well).
     pub fn remove(&self, sock: &impl AsRawFd) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_DEL, sock.as_raw_fd(), 0)
+        self.ctl(libc::EPOLL_CTL_DEL, sock.as_raw_fd(), 0, 0)
     }
 
     /// Waits up to `timeout_ms` (0: only look; -1: forever) and returns how many sockets are
@@ -612,5 +623,24 @@ mod tests {
         a.send_to(b"y", b.local_addr().unwrap()).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(ep.wait(0), 0, "removed sockets are not reported");
+    }
+
+    #[test]
+    fn edge_triggered_sockets_are_reported_once_per_arrival() {
+        let (a, b) = pair();
+        let mut ep = Epoll::new(8).unwrap();
+        ep.add_edge(&b, 3).unwrap();
+        a.send_to(b"x", b.local_addr().unwrap()).unwrap();
+        assert_eq!(ep.wait(1000), 1);
+        assert_eq!(ep.token(0), 3);
+        assert_eq!(
+            ep.wait(0),
+            0,
+            "not again while nothing new arrives, even unread"
+        );
+        a.send_to(b"y", b.local_addr().unwrap()).unwrap();
+        assert_eq!(ep.wait(1000), 1, "a new arrival reports it again");
+        let mut rx = RecvBatch::new(4, 64, 0, 0);
+        assert_eq!(rx.recv(b.as_raw_fd()).unwrap(), 2);
     }
 }
