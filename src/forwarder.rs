@@ -31,8 +31,9 @@ pub(crate) struct ForwarderArgs {
 /// Token of the listening socket; upstream sockets use their index.
 const LISTENER: u64 = u64::MAX;
 
-/// Each round reads every ready socket once (one recvmmsg each); what goes to clients leaves
-/// in one sendmmsg per round, what goes upstream in one per client and round.
+/// Each round drains every socket that received (edge-triggered, one recvmmsg per batch);
+/// what goes to clients leaves in one sendmmsg per round, what goes upstream in one per
+/// client and batch.
 pub(crate) fn run(a: ForwarderArgs) -> Result<()> {
     raise_fd_limit(100_000);
     // The listening socket is set up exactly as a relay's (buffers, SO_REUSEPORT).
@@ -42,7 +43,7 @@ pub(crate) fn run(a: ForwarderArgs) -> Result<()> {
         .and_then(|mut w| w.pop())
         .context("listen")?;
     let mut poll = Epoll::new(256)?;
-    poll.add(&listener, LISTENER)?;
+    poll.add_edge(&listener, LISTENER)?;
     let mut upstream: Vec<(UdpSocket, SocketAddr)> = Vec::new();
     let mut by_client: HashMap<SocketAddr, usize> = HashMap::new();
     let (mut inb, mut to_peer) = batches();
@@ -53,38 +54,48 @@ pub(crate) fn run(a: ForwarderArgs) -> Result<()> {
         for e in 0..poll.wait(100) {
             let token = poll.token(e);
             if token == LISTENER {
-                let n = inb.recv(lfd).unwrap_or(0);
-                // Consecutive datagrams of one client leave in one sendmmsg.
-                let mut current: Option<usize> = None;
-                for k in 0..n {
-                    let Some(from) = inb.addr(k) else { continue };
-                    let idx = match by_client.get(&from) {
-                        Some(i) => *i,
-                        None => {
-                            let s = UdpSocket::bind(SocketAddr::new(a.listen.ip(), 0))?;
-                            s.set_nonblocking(true)?;
-                            poll.add(&s, upstream.len() as u64)?;
-                            upstream.push((s, from));
-                            by_client.insert(from, upstream.len() - 1);
-                            upstream.len() - 1
+                loop {
+                    let n = inb.recv(lfd).unwrap_or(0);
+                    // Consecutive datagrams of one client leave in one sendmmsg.
+                    let mut current: Option<usize> = None;
+                    for k in 0..n {
+                        let Some(from) = inb.addr(k) else { continue };
+                        let idx = match by_client.get(&from) {
+                            Some(i) => *i,
+                            None => {
+                                let s = UdpSocket::bind(SocketAddr::new(a.listen.ip(), 0))?;
+                                s.set_nonblocking(true)?;
+                                poll.add_edge(&s, upstream.len() as u64)?;
+                                upstream.push((s, from));
+                                by_client.insert(from, upstream.len() - 1);
+                                upstream.len() - 1
+                            }
+                        };
+                        if let Some(c) = current.filter(|&c| c != idx) {
+                            to_peer.send(upstream[c].0.as_raw_fd());
                         }
-                    };
-                    if let Some(c) = current.filter(|&c| c != idx) {
+                        current = Some(idx);
+                        to_peer.push(inb.get(k), a.to);
+                    }
+                    if let Some(c) = current {
                         to_peer.send(upstream[c].0.as_raw_fd());
                     }
-                    current = Some(idx);
-                    to_peer.push(inb.get(k), a.to);
-                }
-                if let Some(c) = current {
-                    to_peer.send(upstream[c].0.as_raw_fd());
+                    if n < BATCH {
+                        break;
+                    }
                 }
             } else {
                 let (s, client) = &upstream[token as usize];
-                let n = inb.recv(s.as_raw_fd()).unwrap_or(0);
-                for k in 0..n {
-                    if !to_clients.push(inb.get(k), *client) {
-                        to_clients.send(lfd);
-                        to_clients.push(inb.get(k), *client);
+                loop {
+                    let n = inb.recv(s.as_raw_fd()).unwrap_or(0);
+                    for k in 0..n {
+                        if !to_clients.push(inb.get(k), *client) {
+                            to_clients.send(lfd);
+                            to_clients.push(inb.get(k), *client);
+                        }
+                    }
+                    if n < BATCH {
+                        break;
                     }
                 }
             }
