@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
@@ -780,24 +780,7 @@ impl Worker {
 
 /// Runs the UDP plane: waits until a socket of the set is ready, then runs rounds until none
 /// is (or yields after [`ROUNDS_PER_YIELD`] so timers and TCP/TLS get their turn).
-async fn udp_task(worker: Rc<RefCell<Worker>>) {
-    // tokio watches a duplicate of the set's fd: the same set, owned by the registration.
-    let registered = worker
-        .borrow()
-        .io
-        .epoll
-        .duplicate_fd()
-        // SAFETY: the AsyncFd owns this fd; it stays open and the same until the AsyncFd drops.
-        .and_then(|fd| unsafe {
-            AsyncFd::register_with_interest(fd, Interest::READABLE).map_err(|e| e.into())
-        });
-    let set = match registered {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot wait on the UDP sockets; this worker relays no UDP");
-            return;
-        }
-    };
+async fn udp_task(worker: Rc<RefCell<Worker>>, set: AsyncFd<OwnedFd>) {
     loop {
         let Ok(mut guard) = set.readable().await else {
             return;
@@ -951,7 +934,19 @@ fn run_worker(
             shaper_wake: wake.clone(),
             shaper_armed: None,
         }));
-        let mut tasks = vec![tokio::task::spawn_local(udp_task(worker.clone()))];
+        // tokio watches a duplicate of the set's fd: the same set, owned by the registration.
+        // Without it the worker does not start (and its listeners close), rather than hold
+        // sockets nobody reads.
+        let set = worker
+            .borrow()
+            .io
+            .epoll
+            .duplicate_fd()
+            // SAFETY: the AsyncFd owns this fd; it stays open and the same until it drops.
+            .and_then(|fd| unsafe {
+                AsyncFd::register_with_interest(fd, Interest::READABLE).map_err(|e| e.into())
+            })?;
+        let mut tasks = vec![tokio::task::spawn_local(udp_task(worker.clone(), set))];
         for (i, (l, transport)) in stream_listeners.into_iter().enumerate() {
             let index = (udp_listeners + i) as u16;
             tasks.push(tokio::task::spawn_local(stream::accept_task(
