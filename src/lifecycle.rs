@@ -30,6 +30,9 @@ pub(crate) struct Running {
     pub reload: Box<dyn Fn() -> Result<Resolved>>,
     /// The config file, watched with the secret files.
     pub config_file: Option<PathBuf>,
+    /// The admin endpoint's socket, bound before the workers start: once the relay answers
+    /// clients, its probes and metrics answer too.
+    pub admin: Option<std::net::TcpListener>,
 }
 
 /// Modification time and length of each watched file (None when unreadable), to notice changes.
@@ -126,17 +129,21 @@ impl Running {
             }
         };
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        let admin = match self.current.admin {
+        let admin = match self.admin.take() {
             None => None,
-            Some(addr) => {
+            Some(listener) => {
                 let state = AdminState::new(
                     self.shared.clone(),
                     &self.node.endpoints,
                     Some((self.node.reports.clone(), self.node.port_range.len())),
                 );
-                let listener = rt
-                    .block_on(tokio::net::TcpListener::bind(addr))
-                    .with_context(|| format!("admin endpoint on {addr}"))?;
+                let addr = listener.local_addr()?;
+                listener.set_nonblocking(true)?;
+                let listener = {
+                    let _in_runtime = rt.enter();
+                    tokio::net::TcpListener::from_std(listener)
+                        .with_context(|| format!("admin endpoint on {addr}"))?
+                };
                 tracing::info!(%addr, "admin endpoint ready");
                 Some(rt.spawn(veil_relay::admin::serve(listener, state, async {
                     let _ = admin_stopped.await;

@@ -427,9 +427,10 @@ fn relay(args: RelayArgs) -> Result<()> {
     let ports = resolved.port_range.len() as u64 * ips;
     let wanted = (resolved.server.total_quota as u64).min(ports) + streams + 1024;
     let fds = veil_relay::sys::raise_fd_limit(wanted);
+    // Relayed sockets and connections share the descriptors (1024 kept for the rest).
     let capacity = (resolved.server.total_quota as u64)
         .min(ports)
-        .min(fds.saturating_sub(streams + 1024));
+        .min(fds.saturating_sub(1024));
     init_logging(resolved.log.format);
     for w in &resolved.warnings {
         tracing::warn!("{w}");
@@ -437,12 +438,19 @@ fn relay(args: RelayArgs) -> Result<()> {
     if fds < wanted {
         tracing::warn!(
             "the open-file limit ({fds}) is below what the quota, the relay ports and the \
-             connection cap need ({wanted}); allocations past about {} will get 508. Raise it \
+             connection cap could use ({wanted}): past about {} relayed sockets and TCP/TLS \
+             connections together, allocations get 508 and connections are refused. Raise it \
              (systemd LimitNOFILE, ulimit -n, the container runtime) or run with \
              CAP_SYS_RESOURCE",
-            fds.saturating_sub(streams + 1024)
+            fds.saturating_sub(1024)
         );
     }
+    let admin = resolved
+        .admin
+        .map(|addr| {
+            std::net::TcpListener::bind(addr).with_context(|| format!("admin endpoint on {addr}"))
+        })
+        .transpose()?;
     let (node, shared_for_admin) = start_node(&resolved)?;
     let relays: Vec<String> = resolved
         .server
@@ -480,6 +488,7 @@ fn relay(args: RelayArgs) -> Result<()> {
         current: resolved,
         reload: Box::new(move || relay_config(&args)),
         config_file,
+        admin,
     }
     .run()
 }
