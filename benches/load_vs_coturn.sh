@@ -99,8 +99,12 @@ for size in 160 1200; do
     t1=$(cpu_ticks "$SERVER_PID")
     got=$(echo "$line" | field received)
     CPU[$kind,$size]=$(awk "BEGIN{printf \"%.2f\", ($t1-$t0)*10000/($got>0?$got:1)}")  # µs (100 Hz ticks)
-    line=$(load "$kind" $CLIENTS "$half" "$size" 5)
-    P99[$kind,$size]=$(echo "$line" | field rtt_p99_us)
+    p99s=()
+    for _ in $(seq "$REPEATS"); do
+      p99s+=("$(load "$kind" $CLIENTS "$half" "$size" 5 | field rtt_p99_us)")
+    done
+    P99[$kind,$size]=$(median "${p99s[@]}")
+    echo "$kind size=$size p99 samples: ${p99s[*]}" >>"$OUT/summary.txt"
     echo "$kind size=$size cpu@${common}x$CLIENTS=${CPU[$kind,$size]}us/rt p99@${half}x$CLIENTS=${P99[$kind,$size]}us" | tee -a "$OUT/summary.txt"
     stop_server
   done
