@@ -7,9 +7,9 @@
 # echo peer) is pinned to CPU 1. Everything stays on 127.0.0.1. For payloads of 160 and 1200
 # bytes it reports, per server: the highest offered rate (a step list) delivered with at most
 # 0.01 % loss (median of the repeats), the server's CPU time per relayed round trip at a common
-# load, the p99 round trip at 50 % of veil's ceiling, and the server's resident memory per idle
-# allocation at 1 000 and 10 000 allocations. Needs: coturn (turnserver), taskset, a release
-# build (made here). Prints a table; raw lines go to $OUT (default /tmp/veil-bench).
+# load, the p99 round trip at 50 % of veil's ceiling (median of the repeats), and the server's
+# resident memory per idle allocation at 1 000 and 10 000 allocations (and veil's at 19 500 on
+# two relay IPs). Needs: coturn (turnserver), taskset, a release build (made here). Prints a table; raw lines go to $OUT (default /tmp/veil-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEP=${1:-3}
