@@ -274,7 +274,7 @@ pub fn bind_listeners(
 /// clients over its workers, would otherwise let a second relay (same user) bind the same
 /// port silently and take part of the clients. A socket bound without it fails where any
 /// other socket is bound; it is closed before the workers bind theirs.
-pub(crate) fn port_is_free(addr: SocketAddr, ty: Type) -> io::Result<()> {
+fn port_is_free(addr: SocketAddr, ty: Type) -> io::Result<()> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {

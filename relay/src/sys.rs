@@ -88,9 +88,10 @@ pub struct RecvBatch {
     max: usize,
     addrs: Box<[libc::sockaddr_storage]>,
     lens: Box<[usize]>,
-    truncated: Box<[bool]>,
     iovs: Box<[libc::iovec]>,
+    /// Point into `buf`, `addrs` and `iovs`, set once: boxed slices never move.
     hdrs: Box<[libc::mmsghdr]>,
+    /// Datagrams the last receive returned (their address lengths to restore).
     count: usize,
 }
 
@@ -100,7 +101,7 @@ impl RecvBatch {
     pub fn new(slots: usize, max: usize, headroom: usize, tailroom: usize) -> RecvBatch {
         let slots = slots.max(1);
         let stride = headroom + max + tailroom;
-        RecvBatch {
+        let mut b = RecvBatch {
             buf: vec![0u8; slots * stride].into_boxed_slice(),
             stride,
             headroom,
@@ -108,11 +109,21 @@ impl RecvBatch {
             // SAFETY: all-zero is a valid sockaddr_storage.
             addrs: vec![unsafe { std::mem::zeroed() }; slots].into_boxed_slice(),
             lens: vec![0; slots].into_boxed_slice(),
-            truncated: vec![false; slots].into_boxed_slice(),
             iovs: (0..slots).map(|_| empty_iovec()).collect(),
             hdrs: (0..slots).map(|_| empty_mmsghdr()).collect(),
-            count: 0,
+            count: slots,
+        };
+        for i in 0..slots {
+            b.iovs[i] = libc::iovec {
+                iov_base: b.buf[i * stride + headroom..].as_mut_ptr().cast(),
+                iov_len: max,
+            };
+            let h = &mut b.hdrs[i].msg_hdr;
+            h.msg_name = (&mut b.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_iov = &mut b.iovs[i];
+            h.msg_iovlen = 1;
         }
+        b
     }
 
     /// Slots in the batch: the most one [`RecvBatch::recv`] returns.
@@ -120,36 +131,14 @@ impl RecvBatch {
         self.lens.len()
     }
 
-    /// Datagrams held since the last receive.
-    pub fn len(&self) -> usize {
-        self.count
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
     /// Receives what is waiting on `fd`, up to the capacity, without blocking. Ok(0) when
     /// nothing is; errors other than "would block" (an ICMP error reported on the socket) are
     /// returned and the batch is empty.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         let slots = self.capacity();
-        for i in 0..slots {
-            self.iovs[i] = libc::iovec {
-                iov_base: self.buf[i * self.stride + self.headroom..]
-                    .as_mut_ptr()
-                    .cast(),
-                iov_len: self.max,
-            };
-            let h = &mut self.hdrs[i];
-            h.msg_len = 0;
-            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+        // The kernel wrote the address lengths of what it returned; nothing else changes.
+        for h in &mut self.hdrs[..self.count] {
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
-            h.msg_hdr.msg_iov = &mut self.iovs[i];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
-            h.msg_hdr.msg_flags = 0;
         }
         // SAFETY: every header points into buffers owned by self that outlive the call, and
         // each iovec lies inside its slot.
@@ -162,8 +151,8 @@ impl RecvBatch {
                 std::ptr::null_mut(),
             )
         };
-        self.count = 0;
         if n < 0 {
+            self.count = 0;
             let e = io::Error::last_os_error();
             return if e.kind() == io::ErrorKind::WouldBlock {
                 Ok(0)
@@ -173,8 +162,8 @@ impl RecvBatch {
         }
         let n = n as usize;
         for i in 0..n {
+            // A datagram longer than a slot is cut at the slot (the kernel reports its length).
             self.lens[i] = (self.hdrs[i].msg_len as usize).min(self.max);
-            self.truncated[i] = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         }
         self.count = n;
         Ok(n)
@@ -198,11 +187,6 @@ impl RecvBatch {
     pub fn addr(&self, i: usize) -> Option<SocketAddr> {
         from_storage(&self.addrs[i])
     }
-
-    /// True when datagram `i` was longer than a slot and lost its end.
-    pub fn truncated(&self, i: usize) -> bool {
-        self.truncated[i]
-    }
 }
 
 /// What a [`SendQueue::send`] did.
@@ -219,10 +203,9 @@ pub struct Sent {
 pub struct SendQueue {
     arena: Box<[u8]>,
     used: usize,
-    spans: Box<[(u32, u32)]>,
     addrs: Box<[libc::sockaddr_storage]>,
-    addr_lens: Box<[libc::socklen_t]>,
     iovs: Box<[libc::iovec]>,
+    /// Point into `addrs` and `iovs`, set once: boxed slices never move.
     hdrs: Box<[libc::mmsghdr]>,
     count: usize,
 }
@@ -231,64 +214,45 @@ impl SendQueue {
     /// Room for `max` datagrams totalling `arena` bytes.
     pub fn new(max: usize, arena: usize) -> SendQueue {
         let max = max.max(1);
-        SendQueue {
+        let mut q = SendQueue {
             arena: vec![0u8; arena].into_boxed_slice(),
             used: 0,
-            spans: vec![(0, 0); max].into_boxed_slice(),
             // SAFETY: all-zero is a valid sockaddr_storage.
             addrs: vec![unsafe { std::mem::zeroed() }; max].into_boxed_slice(),
-            addr_lens: vec![0; max].into_boxed_slice(),
             iovs: (0..max).map(|_| empty_iovec()).collect(),
             hdrs: (0..max).map(|_| empty_mmsghdr()).collect(),
             count: 0,
+        };
+        for i in 0..max {
+            let h = &mut q.hdrs[i].msg_hdr;
+            h.msg_name = (&mut q.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_iov = &mut q.iovs[i];
+            h.msg_iovlen = 1;
         }
-    }
-
-    /// Datagrams queued.
-    pub fn len(&self) -> usize {
-        self.count
+        q
     }
 
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
 
-    /// True when no other datagram may be queued.
-    pub fn is_full(&self) -> bool {
-        self.count == self.spans.len() || self.used == self.arena.len()
-    }
-
-    /// True when a datagram of `len` bytes fits.
-    pub fn fits(&self, len: usize) -> bool {
-        self.count < self.spans.len() && self.used + len <= self.arena.len()
-    }
-
-    /// The free room of the arena: write a datagram at its start, then [`SendQueue::commit`]
-    /// it. None when no datagram may be queued.
-    pub fn room(&mut self) -> Option<&mut [u8]> {
-        (self.count < self.spans.len()).then(|| &mut self.arena[self.used..])
-    }
-
-    /// Queues the `len` bytes written at the start of [`SendQueue::room`] for `to`.
-    pub fn commit(&mut self, len: usize, to: SocketAddr) {
-        let i = self.count;
-        debug_assert!(i < self.spans.len() && self.used + len <= self.arena.len());
-        let len = len.min(self.arena.len() - self.used);
-        self.spans[i] = (self.used as u32, len as u32);
-        let (ss, sl) = to_storage(to);
-        self.addrs[i] = ss;
-        self.addr_lens[i] = sl;
-        self.used += len;
-        self.count += 1;
-    }
-
     /// Queues a copy of `data` for `to`; false (nothing queued) when it does not fit.
     pub fn push(&mut self, data: &[u8], to: SocketAddr) -> bool {
-        if !self.fits(data.len()) {
+        let i = self.count;
+        if i == self.hdrs.len() || self.used + data.len() > self.arena.len() {
             return false;
         }
-        self.arena[self.used..self.used + data.len()].copy_from_slice(data);
-        self.commit(data.len(), to);
+        let slot = &mut self.arena[self.used..self.used + data.len()];
+        slot.copy_from_slice(data);
+        self.iovs[i] = libc::iovec {
+            iov_base: slot.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        let (ss, sl) = to_storage(to);
+        self.addrs[i] = ss;
+        self.hdrs[i].msg_hdr.msg_namelen = sl;
+        self.used += data.len();
+        self.count += 1;
         true
     }
 
@@ -298,22 +262,6 @@ impl SendQueue {
     pub fn send(&mut self, fd: RawFd) -> Sent {
         let total = self.count;
         let mut out = Sent::default();
-        for i in 0..total {
-            let (at, len) = self.spans[i];
-            self.iovs[i] = libc::iovec {
-                iov_base: self.arena[at as usize..].as_mut_ptr().cast(),
-                iov_len: len as usize,
-            };
-            let h = &mut self.hdrs[i];
-            h.msg_len = 0;
-            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_hdr.msg_namelen = self.addr_lens[i];
-            h.msg_hdr.msg_iov = &mut self.iovs[i];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
-            h.msg_hdr.msg_flags = 0;
-        }
         let mut done = 0;
         while done < total {
             // SAFETY: only prepared headers are passed; they point into self's buffers.
@@ -327,7 +275,7 @@ impl SendQueue {
             };
             if n > 0 {
                 for i in done..done + n as usize {
-                    out.bytes += self.spans[i].1 as usize;
+                    out.bytes += self.iovs[i].iov_len;
                 }
                 done += n as usize;
                 out.packets += n as usize;
@@ -518,7 +466,7 @@ mod tests {
         for (i, &n) in sizes.iter().enumerate() {
             assert!(q.push(&vec![i as u8; n], ba));
         }
-        assert_eq!(q.len(), sizes.len());
+        assert!(!q.is_empty());
         let sent = q.send(a.as_raw_fd());
         assert_eq!(
             sent,
@@ -540,18 +488,15 @@ mod tests {
     }
 
     #[test]
-    fn the_queue_refuses_what_does_not_fit_and_room_commit_queues_in_place() {
+    fn the_queue_refuses_what_does_not_fit_in_count_or_bytes() {
+        let to = "127.0.0.1:9".parse().unwrap();
         let mut q = SendQueue::new(2, 100);
-        assert!(!q.push(&[0; 101], "127.0.0.1:9".parse().unwrap()));
-        let room = q.room().unwrap();
-        assert_eq!(room.len(), 100);
-        room[..60].fill(7);
-        q.commit(60, "127.0.0.1:9".parse().unwrap());
-        assert!(!q.fits(41));
-        assert!(q.fits(40));
-        assert!(q.push(&[1; 40], "127.0.0.1:9".parse().unwrap()));
-        assert!(q.is_full());
-        assert!(q.room().is_none());
+        assert!(!q.push(&[0; 101], to));
+        assert!(q.is_empty());
+        assert!(q.push(&[7; 60], to));
+        assert!(!q.push(&[1; 41], to), "41 bytes do not fit in the 40 left");
+        assert!(q.push(&[1; 40], to));
+        assert!(!q.push(&[], to), "two datagrams at most");
     }
 
     #[test]
@@ -575,7 +520,7 @@ mod tests {
     }
 
     #[test]
-    fn slots_keep_their_room_and_long_datagrams_are_marked() {
+    fn slots_keep_their_room_and_long_datagrams_are_cut_at_the_slot() {
         let (a, b) = pair();
         let ba = b.local_addr().unwrap();
         a.send_to(&[9u8; 10], ba).unwrap();
@@ -586,16 +531,13 @@ mod tests {
         while seen < 2 && Instant::now() < deadline {
             let n = rx.recv(b.as_raw_fd()).unwrap();
             for i in 0..n {
-                let truncated = rx.truncated(i);
                 let (slot, payload) = rx.slot_mut(i);
                 assert_eq!(slot.len(), 8 + 64 + 4);
                 assert_eq!(payload.start, 8);
                 if seen == 0 {
                     assert_eq!(&slot[payload], &[9u8; 10]);
-                    assert!(!truncated);
                 } else {
-                    assert_eq!(payload.len(), 64, "cut at the slot");
-                    assert!(truncated);
+                    assert_eq!(&slot[payload], &[8u8; 64], "cut at the slot");
                 }
                 seen += 1;
             }
