@@ -599,21 +599,11 @@ impl Env for Io {
         policy: PortPolicy,
         df: bool,
     ) -> Option<Opened> {
-        // The least used IP first; the next when one has no free port.
-        let mut tried = 0u64;
-        for _ in 0..on.len().min(64) {
-            let (k, r) = on
-                .iter()
-                .enumerate()
-                .take(64)
-                .filter(|(k, _)| tried & (1 << k) == 0)
-                .min_by_key(|(_, r)| self.node.ports.used(r.bind))?;
-            tried |= 1 << k;
-            if let Some(o) = self.open_on(id, r.bind, policy, df) {
-                return Some(o);
-            }
-        }
-        None
+        // The least used IP first; the others in order when it has no free port.
+        let first = on.iter().min_by_key(|r| self.node.ports.used(r.bind))?;
+        std::iter::once(first)
+            .chain(on.iter().filter(|r| !std::ptr::eq(*r, first)))
+            .find_map(|r| self.open_on(id, r.bind, policy, df))
     }
 
     fn claim_reservation(
