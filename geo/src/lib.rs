@@ -6,11 +6,18 @@
 //!   swaps in a changed file without dropping lookups.
 //! * [`demo_db`] writes a small demonstration DB that maps loopback sub-ranges to countries, so
 //!   `veil dev` works with no download and no licence key. It knows nothing about real addresses.
-//! * [`policy`] holds zones and residency rules (which zones may carry which clients), validated at
-//!   load, and the distance estimate between a client and a relay.
+//!   A record's missing continent and coordinates are filled from the embedded ISO 3166 table
+//!   ([`countries`]); the DB's own data wins where it has it. [`GeoDb::survey`] tells what a DB
+//!   carries, so a policy that cannot match with it is refused at start.
+//! * [`policy`] holds zones and residency rules (which zones may carry which clients: by CIDR,
+//!   subdivision, country, jurisdiction group or continent), validated at load, and the distance
+//!   estimate between a client and a relay. [`jurisdictions`] holds the built-in groups (EU, EEA,
+//!   EFTA) as dated data.
 //!
 //! What this crate must never do: log or keep the addresses it is asked about.
 
+pub mod countries;
+pub mod jurisdictions;
 pub mod policy;
 
 use std::fmt;
@@ -50,13 +57,100 @@ impl fmt::Debug for Code {
     }
 }
 
+/// An ISO 3166-2 subdivision: the country and its 1–3 character subdivision code (`US-CA`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Subdivision {
+    pub country: Code,
+    code: [u8; 3],
+    len: u8,
+}
+
+impl Subdivision {
+    /// Parses `CC-XXX` (1–3 letters or digits after the dash), upper-casing it.
+    pub fn parse(s: &str) -> Option<Subdivision> {
+        let (c, sub) = s.split_once('-')?;
+        Self::new(Code::parse(c)?, sub)
+    }
+
+    /// A subdivision of `country` with code `sub` (`CA` for California).
+    pub fn new(country: Code, sub: &str) -> Option<Subdivision> {
+        let b = sub.as_bytes();
+        if b.is_empty() || b.len() > 3 || !b.iter().all(u8::is_ascii_alphanumeric) {
+            return None;
+        }
+        let mut code = [0u8; 3];
+        for (d, s) in code.iter_mut().zip(b) {
+            *d = s.to_ascii_uppercase();
+        }
+        Some(Subdivision {
+            country,
+            code,
+            len: b.len() as u8,
+        })
+    }
+}
+
+impl fmt::Display for Subdivision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sub = std::str::from_utf8(&self.code[..self.len as usize]).unwrap_or("?");
+        write!(f, "{}-{sub}", self.country)
+    }
+}
+
+impl fmt::Debug for Subdivision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
 /// What a lookup knows about an address.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Location {
     pub country: Option<Code>,
     pub continent: Option<Code>,
-    /// Latitude and longitude in degrees, when the DB has them (City DBs).
+    /// Latitude and longitude in degrees: the DB's (City DBs), else the country's representative
+    /// point from the embedded table.
     pub coords: Option<(f64, f64)>,
+    /// The first-level subdivision, when the DB has one (GeoIP2 City: `subdivisions[0]`).
+    pub subdivision: Option<Subdivision>,
+    /// Which facts came from the embedded table rather than the DB.
+    pub filled: Filled,
+}
+
+/// Facts of a [`Location`] filled from the embedded ISO 3166 table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filled {
+    pub continent: bool,
+    pub coords: bool,
+}
+
+impl Location {
+    /// Fills a missing continent and coordinates from the country, when the country is known to
+    /// the embedded table. What the DB gave stays.
+    pub fn fill_from_table(mut self) -> Location {
+        let Some(c) = self.country.and_then(countries::country) else {
+            return self;
+        };
+        if self.continent.is_none() {
+            self.continent = Some(c.continent);
+            self.filled.continent = true;
+        }
+        if self.coords.is_none() {
+            self.coords = Some(c.point);
+            self.filled.coords = true;
+        }
+        self
+    }
+}
+
+/// What a sample of a DB's records carries: which facts the DB itself has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Survey {
+    pub sampled: u32,
+    pub with_country: u32,
+    pub with_continent: u32,
+    pub with_coords: u32,
+    pub with_subdivision: u32,
 }
 
 /// Why a DB cannot be used.
@@ -82,6 +176,12 @@ struct Named<'a> {
 }
 
 #[derive(Deserialize)]
+struct Sub<'a> {
+    #[serde(borrow, default)]
+    iso_code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
 struct Loc {
     latitude: Option<f64>,
     longitude: Option<f64>,
@@ -96,6 +196,8 @@ struct Record<'a> {
     continent: Option<Named<'a>>,
     #[serde(default)]
     location: Option<Loc>,
+    #[serde(borrow, default)]
+    subdivisions: Option<Vec<Sub<'a>>>,
     #[serde(borrow, default)]
     country_code: Option<&'a str>,
     #[serde(default)]
@@ -157,26 +259,72 @@ impl GeoDb {
         &self.origin
     }
 
-    /// Looks an address up. Unknown addresses and undecodable records give an empty location.
+    /// Looks an address up: the DB's facts, with a missing continent and coordinates filled from
+    /// the embedded country table. Unknown addresses and undecodable records give an empty
+    /// location (nothing is filled without a country).
     pub fn lookup(&self, ip: IpAddr) -> Location {
+        self.lookup_raw(ip).fill_from_table()
+    }
+
+    /// What the DB itself says about an address, nothing filled.
+    pub fn lookup_raw(&self, ip: IpAddr) -> Location {
         let Ok(result) = self.reader.lookup(ip) else {
             return Location::default();
         };
         let Ok(Some(r)) = result.decode::<Record>() else {
             return Location::default();
         };
-        let country = r
+        r.location()
+    }
+
+    /// Samples the DB's records — the first `per_block` networks of every IPv4 /8 and of every
+    /// IPv6 /12 in 2000::/3 — and counts which facts they carry. Cheap (a few thousand decodes),
+    /// and enough to tell a schema: a DB that has a field has it on most records.
+    pub fn survey(&self, per_block: usize) -> Survey {
+        let mut s = Survey::default();
+        let mut blocks: Vec<String> = (0..=255u32).map(|a| format!("{a}.0.0.0/8")).collect();
+        if self.reader.metadata().ip_version == 6 {
+            blocks.extend(
+                (0x200..0x400u32)
+                    .step_by(1)
+                    .map(|b| format!("{:x}::/12", b << 4)),
+            );
+        }
+        for b in blocks {
+            let Ok(net) = b.parse() else { continue };
+            let Ok(iter) = self.reader.within(net, Default::default()) else {
+                continue;
+            };
+            for item in iter.take(per_block) {
+                let Ok(Some(r)) = item.and_then(|l| l.decode::<Record>()) else {
+                    continue;
+                };
+                let loc = r.location();
+                s.sampled += 1;
+                s.with_country += u32::from(loc.country.is_some());
+                s.with_continent += u32::from(loc.continent.is_some());
+                s.with_coords += u32::from(loc.coords.is_some());
+                s.with_subdivision += u32::from(loc.subdivision.is_some());
+            }
+        }
+        s
+    }
+}
+
+impl Record<'_> {
+    fn location(self) -> Location {
+        let country = self
             .country
             .as_ref()
             .and_then(|c| c.iso_code)
-            .or(r.country_code)
+            .or(self.country_code)
             .and_then(Code::parse);
-        let continent = r
+        let continent = self
             .continent
             .as_ref()
             .and_then(|c| c.code)
             .and_then(Code::parse);
-        let coords = match (r.location, r.latitude, r.longitude) {
+        let coords = match (self.location, self.latitude, self.longitude) {
             (
                 Some(Loc {
                     latitude: Some(a),
@@ -189,10 +337,18 @@ impl GeoDb {
             _ => None,
         }
         .filter(|(a, o)| a.is_finite() && o.is_finite() && a.abs() <= 90.0 && o.abs() <= 180.0);
+        let subdivision = country.zip(
+            self.subdivisions
+                .as_ref()
+                .and_then(|v| v.first())
+                .and_then(|s| s.iso_code),
+        );
         Location {
             country,
             continent,
             coords,
+            subdivision: subdivision.and_then(|(c, s)| Subdivision::new(c, s)),
+            filled: Filled::default(),
         }
     }
 }
@@ -330,16 +486,80 @@ mod tests {
         )
         .unwrap();
         let db = GeoDb::from_bytes(w.to_bytes().unwrap(), "test").unwrap();
-        let nl = db.lookup(ip("203.0.113.9"));
+        let nl = db.lookup_raw(ip("203.0.113.9"));
         assert_eq!(
             (nl.country, nl.continent, nl.coords),
-            (Code::parse("NL"), None, None)
+            (Code::parse("NL"), None, None),
+            "the DB itself has neither continent nor coordinates"
+        );
+        let nl = db.lookup(ip("203.0.113.9"));
+        assert_eq!(nl.continent, Code::parse("EU"), "filled from the table");
+        assert_eq!(
+            nl.coords,
+            Some((52.37, 4.90)),
+            "the country's representative point"
+        );
+        assert_eq!(
+            nl.filled,
+            Filled {
+                continent: true,
+                coords: true
+            }
         );
         let se = db.lookup(ip("2001:db8::5"));
         assert_eq!(
-            (se.country, se.coords),
-            (Code::parse("SE"), Some((59.3, 18.1)))
+            (se.country, se.coords, se.filled.coords),
+            (Code::parse("SE"), Some((59.3, 18.1)), false),
+            "the DB's own coordinates win"
         );
+        let s = db.survey(10);
+        assert_eq!(
+            (s.sampled, s.with_country, s.with_continent, s.with_coords),
+            (2, 2, 0, 1)
+        );
+    }
+
+    /// GeoIP2 City records: the first subdivision, and nothing filled where the DB has it all.
+    #[test]
+    fn subdivisions_are_read_and_unknown_stays_unknown() {
+        let mut w = mmdb_writer::Writer::new("GeoIP2-City-test");
+        w.insert_value(
+            "198.51.100.0/24".parse::<ipnet::IpNet>().unwrap(),
+            Value::map([
+                ("country", Value::map([("iso_code", Value::from("US"))])),
+                ("continent", Value::map([("code", Value::from("NA"))])),
+                (
+                    "subdivisions",
+                    Value::Array(vec![Value::map([("iso_code", Value::from("ca"))])]),
+                ),
+                (
+                    "location",
+                    Value::map([
+                        ("latitude", Value::Double(37.77)),
+                        ("longitude", Value::Double(-122.42)),
+                    ]),
+                ),
+            ]),
+        )
+        .unwrap();
+        w.insert_value(
+            "192.0.2.0/24".parse::<ipnet::IpNet>().unwrap(),
+            Value::map([("country_code", Value::from("ZZ"))]),
+        )
+        .unwrap();
+        let db = GeoDb::from_bytes(w.to_bytes().unwrap(), "test").unwrap();
+        let sf = db.lookup(ip("198.51.100.7"));
+        assert_eq!(sf.subdivision, Subdivision::parse("US-CA"));
+        assert_eq!(sf.subdivision.unwrap().to_string(), "US-CA");
+        assert_eq!(sf.filled, Filled::default());
+        let zz = db.lookup(ip("192.0.2.1"));
+        assert_eq!(
+            (zz.continent, zz.coords),
+            (None, None),
+            "a code the table does not know fills nothing"
+        );
+        assert_eq!(db.lookup(ip("10.0.0.1")), Location::default());
+        assert_eq!(db.survey(5).with_subdivision, 1);
     }
 
     #[test]

@@ -1,9 +1,22 @@
 //! Data-residency zones and rules, and the distance estimate between a client and a relay.
 //!
-//! A zone is a named set of relays. A rule maps clients — by CIDR (private networks), country or
-//! continent — to the zones allowed to carry them; a default rule covers everyone else. The most
-//! specific rule wins: CIDR (longest prefix), then country, then continent, then the default.
-//! The policy is checked at load: unknown or empty zones and overlapping rules are errors.
+//! A zone is a named set of relays. A rule maps clients — by CIDR (private networks),
+//! subdivision (`US-CA`, from City DBs), country, jurisdiction group (built-in `EU`, `EEA`,
+//! `EFTA`, or the operator's own `groups`) or continent — to the zones allowed to carry them.
+//!
+//! The most specific rule wins, in this order:
+//! 1. `cidr` (the longest prefix),
+//! 2. `subdivision`,
+//! 3. `country`,
+//! 4. `group` (the group with the fewest members; two matching groups of the same size with
+//!    different zones are refused at load as ambiguous),
+//! 5. `continent`,
+//! 6. clients whose country the DB does not know: `unknown` (a zone list, or `refuse`), when set,
+//! 7. `default`.
+//!
+//! The policy is checked at load: unknown or empty zones, codes that are not ISO 3166-1 (with a
+//! hint: `UK` is `GB`), unknown groups and overlapping rules are errors; [`Policy::check_db`]
+//! refuses a policy whose rules cannot match with the loaded DB.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -11,7 +24,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::{Code, Location};
+use crate::{Code, Location, Subdivision, Survey, countries, jurisdictions};
 
 /// A zone: the relays (by name) that may carry its clients' media, and where they are.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -27,6 +40,10 @@ pub struct Match {
     pub country: Option<String>,
     pub continent: Option<String>,
     pub cidr: Option<IpNet>,
+    /// A built-in jurisdiction group (`EU`, `EEA`, `EFTA`) or one of the policy's `groups`.
+    pub group: Option<String>,
+    /// An ISO 3166-2 subdivision, `US-CA`; needs a DB with subdivisions (GeoIP2 City).
+    pub subdivision: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,19 +55,37 @@ pub struct Rule {
     pub zones: Vec<String>,
 }
 
+/// What to do with a client whose country the DB does not know (and no CIDR rule covers).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Unknown {
+    /// Place it in these zones.
+    Zones(Vec<String>),
+    /// `refuse`: answer 451 rather than guess (fail closed).
+    Word(String),
+}
+
 /// The policy file's shape.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     pub zones: BTreeMap<String, Zone>,
+    /// Operator-defined country groups (`dach: [DE, AT, CH]`), matched by `group:`.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub rules: Vec<Rule>,
-    /// Zones for clients no rule matches (and clients the DB does not know).
+    /// Zones for clients no rule matches (and, unless `unknown` is set, clients the DB cannot
+    /// place).
     pub default: Vec<String>,
+    /// Clients the DB cannot place: a zone list, or `refuse`. Unset: `default`.
+    #[serde(default)]
+    pub unknown: Option<Unknown>,
 }
 
 /// What is wrong with a policy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PolicyError {
     #[error("zone `{0}` has no relays")]
     EmptyZone(String),
@@ -58,40 +93,109 @@ pub enum PolicyError {
     UnknownZone { rule: String, zone: String },
     #[error("{0}: allows no zone")]
     NoZones(String),
-    #[error("{0}: must match exactly one of country, continent or cidr")]
+    #[error("{0}: must match exactly one of cidr, subdivision, country, group or continent")]
     BadMatch(String),
-    #[error("{0}: not a two-letter code")]
-    BadCode(String),
+    #[error("{rule}: `{code}` is not {what}{hint}")]
+    BadCode {
+        rule: String,
+        code: String,
+        what: &'static str,
+        hint: String,
+    },
+    #[error("{rule}: no group `{group}` (built-in: EU, EEA, EFTA; or define it under `groups`)")]
+    UnknownGroup { rule: String, group: String },
+    #[error("groups.{0}: {1}")]
+    BadGroup(String, String),
     #[error("{a} and {b} overlap")]
     Overlap { a: String, b: String },
+    #[error("{a} and {b} both match {country} with groups of the same size: ambiguous")]
+    AmbiguousGroups {
+        a: String,
+        b: String,
+        country: String,
+    },
     #[error("relay `{0}` is in more than one zone")]
     RelayInTwoZones(String),
+    #[error("unknown: expected a zone list or `refuse`, got `{0}`")]
+    BadUnknown(String),
+    #[error("{rule} can never match with {db}: {why}")]
+    CannotMatch {
+        rule: String,
+        db: String,
+        why: String,
+    },
 }
 
-enum Key {
-    Cidr(IpNet),
-    Country(Code),
-    Continent(Code),
+/// What the policy decided for a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict<'a> {
+    /// These zones may carry the client; `rule` names the rule that decided.
+    Zones { zones: &'a [String], rule: &'a str },
+    /// The DB cannot place the client and the policy says `unknown: refuse`.
+    Refuse,
+}
+
+impl<'a> Verdict<'a> {
+    /// The allowed zones; none when refused.
+    pub fn zones(&self) -> &'a [String] {
+        match self {
+            Verdict::Zones { zones, .. } => zones,
+            Verdict::Refuse => &[],
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum UnknownAction {
+    Default,
+    Zones(Vec<String>),
+    Refuse,
+}
+
+/// A rule's zones and its description for messages.
+#[derive(Clone, Debug)]
+struct Target {
+    zones: Vec<String>,
+    rule: String,
 }
 
 /// A checked policy, ready for lookups.
 #[derive(Clone, Debug)]
 pub struct Policy {
     zones: BTreeMap<String, Zone>,
-    cidrs: Vec<(IpNet, Vec<String>)>,
-    countries: BTreeMap<Code, Vec<String>>,
-    continents: BTreeMap<Code, Vec<String>>,
-    default: Vec<String>,
+    cidrs: Vec<(IpNet, Target)>,
+    subdivisions: BTreeMap<Subdivision, Target>,
+    countries: BTreeMap<Code, Target>,
+    /// Every member of a group rule: the most specific (smallest) group holding the country.
+    grouped: BTreeMap<Code, Target>,
+    continents: BTreeMap<Code, Target>,
+    default: Target,
+    unknown: UnknownAction,
+    unknown_target: Target,
 }
 
 fn describe(i: usize, m: &Match) -> String {
     let what = m
         .cidr
         .map(|c| format!("cidr {c}"))
+        .or(m.subdivision.as_ref().map(|c| format!("subdivision {c}")))
         .or(m.country.as_ref().map(|c| format!("country {c}")))
+        .or(m.group.as_ref().map(|c| format!("group {c}")))
         .or(m.continent.as_ref().map(|c| format!("continent {c}")))
         .unwrap_or_else(|| "empty match".into());
     format!("rules[{i}] ({what})")
+}
+
+/// An ISO 3166-1 country of the embedded table, or an error naming the rule.
+fn iso_country(rule: &str, s: &str) -> Result<Code, PolicyError> {
+    Code::parse(s)
+        .filter(|c| countries::country(*c).is_some())
+        .ok_or_else(|| PolicyError::BadCode {
+            rule: rule.into(),
+            code: s.into(),
+            what: "an ISO 3166-1 alpha-2 country code",
+            hint: countries::hint(s).map_or(String::new(), |h| format!(" ({h})")),
+        })
 }
 
 impl Policy {
@@ -121,86 +225,279 @@ impl Policy {
             }
         };
         check_zones("default", &cfg.default)?;
+        let unknown = match &cfg.unknown {
+            None => UnknownAction::Default,
+            Some(Unknown::Word(w)) if w == "refuse" => UnknownAction::Refuse,
+            Some(Unknown::Word(w)) => return Err(PolicyError::BadUnknown(w.clone())),
+            Some(Unknown::Zones(z)) => {
+                check_zones("unknown", z)?;
+                UnknownAction::Zones(z.clone())
+            }
+        };
+        // Groups: the operator's, checked, and the built-in ones.
+        let mut groups: BTreeMap<String, BTreeSet<Code>> = BTreeMap::new();
+        for (name, members) in &cfg.groups {
+            if jurisdictions::builtin(name).is_some() {
+                return Err(PolicyError::BadGroup(
+                    name.clone(),
+                    "is a built-in group's name".into(),
+                ));
+            }
+            if members.is_empty() {
+                return Err(PolicyError::BadGroup(name.clone(), "has no members".into()));
+            }
+            let mut set = BTreeSet::new();
+            for m in members {
+                set.insert(iso_country(&format!("groups.{name}"), m)?);
+            }
+            groups.insert(name.clone(), set);
+        }
+        let default = Target {
+            zones: cfg.default.clone(),
+            rule: "default".into(),
+        };
+        let unknown_target = match &unknown {
+            UnknownAction::Zones(z) => Target {
+                zones: z.clone(),
+                rule: "unknown".into(),
+            },
+            _ => default.clone(),
+        };
         let mut p = Policy {
             zones: cfg.zones.clone(),
             cidrs: Vec::new(),
+            subdivisions: BTreeMap::new(),
             countries: BTreeMap::new(),
+            grouped: BTreeMap::new(),
             continents: BTreeMap::new(),
-            default: cfg.default.clone(),
+            default,
+            unknown,
+            unknown_target,
         };
-        let mut owner: BTreeMap<String, String> = BTreeMap::new();
+        let mut group_rules: Vec<(String, BTreeSet<Code>, Vec<String>)> = Vec::new();
+        let mut seen_groups: BTreeMap<String, String> = BTreeMap::new();
         for (i, r) in cfg.rules.iter().enumerate() {
             let name = describe(i, &r.matches);
             check_zones(&name, &r.zones)?;
             let m = &r.matches;
-            let set = [m.cidr.is_some(), m.country.is_some(), m.continent.is_some()];
+            let set = [
+                m.cidr.is_some(),
+                m.subdivision.is_some(),
+                m.country.is_some(),
+                m.group.is_some(),
+                m.continent.is_some(),
+            ];
             if set.iter().filter(|b| **b).count() != 1 {
                 return Err(PolicyError::BadMatch(name));
             }
-            let code =
-                |s: &String| Code::parse(s).ok_or_else(|| PolicyError::BadCode(name.clone()));
-            let key = match (m.cidr, &m.country, &m.continent) {
-                (Some(c), _, _) => Key::Cidr(c.trunc()),
-                (_, Some(c), _) => Key::Country(code(c)?),
-                (_, _, Some(c)) => Key::Continent(code(c)?),
-                _ => return Err(PolicyError::BadMatch(name)),
+            let target = Target {
+                zones: r.zones.clone(),
+                rule: name.clone(),
             };
-            let zones = r.zones.clone();
-            match key {
-                Key::Cidr(net) => {
-                    if let Some((other, _)) = p
-                        .cidrs
-                        .iter()
-                        .find(|(o, _)| o.contains(&net) || net.contains(o))
-                    {
-                        return Err(PolicyError::Overlap {
-                            a: owner[&other.to_string()].clone(),
-                            b: name,
-                        });
-                    }
-                    owner.insert(net.to_string(), name);
-                    p.cidrs.push((net, zones));
+            let overlap = |a: &Target, b: String| PolicyError::Overlap {
+                a: a.rule.clone(),
+                b,
+            };
+            if let Some(net) = m.cidr.map(|c| c.trunc()) {
+                if let Some((_, other)) = p
+                    .cidrs
+                    .iter()
+                    .find(|(o, _)| o.contains(&net) || net.contains(o))
+                {
+                    return Err(overlap(other, name));
                 }
-                Key::Country(c) => {
-                    if p.countries.insert(c, zones).is_some() {
-                        return Err(PolicyError::Overlap {
-                            a: owner[&format!("country {c}")].clone(),
-                            b: name,
-                        });
-                    }
-                    owner.insert(format!("country {c}"), name);
+                p.cidrs.push((net, target));
+            } else if let Some(s) = &m.subdivision {
+                let sub = s
+                    .split_once('-')
+                    .and_then(|(c, rest)| {
+                        let c = iso_country(&name, c).ok()?;
+                        Subdivision::new(c, rest)
+                    })
+                    .ok_or_else(|| PolicyError::BadCode {
+                        rule: name.clone(),
+                        code: s.clone(),
+                        what: "an ISO 3166-2 subdivision code",
+                        hint: " (country-subdivision, e.g. US-CA)".into(),
+                    })?;
+                if let Some(other) = p.subdivisions.get(&sub) {
+                    return Err(overlap(other, name));
                 }
-                Key::Continent(c) => {
-                    if p.continents.insert(c, zones).is_some() {
-                        return Err(PolicyError::Overlap {
-                            a: owner[&format!("continent {c}")].clone(),
-                            b: name,
+                p.subdivisions.insert(sub, target);
+            } else if let Some(c) = &m.country {
+                let c = iso_country(&name, c)?;
+                if let Some(other) = p.countries.get(&c) {
+                    return Err(overlap(other, name));
+                }
+                p.countries.insert(c, target);
+            } else if let Some(g) = &m.group {
+                let members: BTreeSet<Code> = match (groups.get(g), jurisdictions::builtin(g)) {
+                    (Some(set), _) => set.clone(),
+                    (None, Some(list)) => list.iter().filter_map(|c| Code::parse(c)).collect(),
+                    (None, None) => {
+                        return Err(PolicyError::UnknownGroup {
+                            rule: name,
+                            group: g.clone(),
                         });
                     }
-                    owner.insert(format!("continent {c}"), name);
+                };
+                if let Some(other) = seen_groups.insert(g.clone(), name.clone()) {
+                    return Err(PolicyError::Overlap { a: other, b: name });
+                }
+                group_rules.push((name, members, r.zones.clone()));
+            } else if let Some(c) = &m.continent {
+                let c = Code::parse(c)
+                    .filter(|c| countries::is_continent(*c))
+                    .ok_or_else(|| PolicyError::BadCode {
+                        rule: name.clone(),
+                        code: c.clone(),
+                        what: "a continent code",
+                        hint: " (AF, AN, AS, EU, NA, OC, SA)".into(),
+                    })?;
+                if let Some(other) = p.continents.get(&c) {
+                    return Err(overlap(other, name));
+                }
+                p.continents.insert(c, target);
+            }
+        }
+        // Per country, the smallest group that holds it.
+        let mut by_group: BTreeMap<Code, (usize, usize)> = BTreeMap::new();
+        for (gi, (name, members, zones)) in group_rules.iter().enumerate() {
+            for c in members {
+                match by_group.get(c).copied() {
+                    Some((size, other)) if size == members.len() => {
+                        if group_rules[other].2 != *zones {
+                            return Err(PolicyError::AmbiguousGroups {
+                                a: group_rules[other].0.clone(),
+                                b: name.clone(),
+                                country: c.to_string(),
+                            });
+                        }
+                    }
+                    Some((size, _)) if size < members.len() => {}
+                    _ => {
+                        by_group.insert(*c, (members.len(), gi));
+                        p.grouped.insert(
+                            *c,
+                            Target {
+                                zones: zones.clone(),
+                                rule: name.clone(),
+                            },
+                        );
+                    }
                 }
             }
         }
         Ok(p)
     }
 
-    /// The zones allowed to carry a client at `ip` located at `loc`.
-    pub fn allowed_zones(&self, ip: IpAddr, loc: &Location) -> &[String] {
-        if let Some((_, z)) = self
+    /// What the policy allows for a client at `ip` located at `loc`.
+    pub fn decide(&self, ip: IpAddr, loc: &Location) -> Verdict<'_> {
+        fn found(t: &Target) -> Verdict<'_> {
+            Verdict::Zones {
+                zones: &t.zones,
+                rule: &t.rule,
+            }
+        }
+        if let Some((_, t)) = self
             .cidrs
             .iter()
             .filter(|(n, _)| n.contains(&ip))
             .max_by_key(|(n, _)| n.prefix_len())
         {
-            return z;
+            return found(t);
         }
-        if let Some(z) = loc.country.and_then(|c| self.countries.get(&c)) {
-            return z;
+        if let Some(t) = loc.subdivision.and_then(|s| self.subdivisions.get(&s)) {
+            return found(t);
         }
-        if let Some(z) = loc.continent.and_then(|c| self.continents.get(&c)) {
-            return z;
+        if let Some(t) = loc.country.and_then(|c| self.countries.get(&c)) {
+            return found(t);
         }
-        &self.default
+        if let Some(t) = loc.country.and_then(|c| self.grouped.get(&c)) {
+            return found(t);
+        }
+        if let Some(t) = loc.continent.and_then(|c| self.continents.get(&c)) {
+            return found(t);
+        }
+        if loc.country.is_none() {
+            return match self.unknown {
+                UnknownAction::Refuse => Verdict::Refuse,
+                _ => found(&self.unknown_target),
+            };
+        }
+        found(&self.default)
+    }
+
+    /// The zones allowed to carry a client; empty when the policy refuses it.
+    pub fn allowed_zones(&self, ip: IpAddr, loc: &Location) -> &[String] {
+        self.decide(ip, loc).zones()
+    }
+
+    /// Checks the policy against what a DB carries ([`crate::GeoDb::survey`]): a rule that can
+    /// never match with it is an error naming the rule. Returns notes worth logging (facts
+    /// filled from the embedded table).
+    pub fn check_db(&self, survey: &Survey, db: &str) -> Result<Vec<String>, PolicyError> {
+        let cannot = |rule: &str, why: &str| PolicyError::CannotMatch {
+            rule: rule.into(),
+            db: db.into(),
+            why: why.into(),
+        };
+        let mut notes = Vec::new();
+        if survey.sampled == 0 {
+            return Err(cannot("every rule", "no record could be read"));
+        }
+        let geo_rules = self
+            .subdivisions
+            .values()
+            .chain(self.countries.values())
+            .chain(self.grouped.values())
+            .chain(self.continents.values())
+            .next();
+        if survey.with_country == 0 && survey.with_continent == 0 {
+            if let Some(t) = geo_rules {
+                return Err(cannot(
+                    &t.rule,
+                    "no sampled record has a country or continent",
+                ));
+            }
+        } else if survey.with_country == 0
+            && let Some(t) = self
+                .subdivisions
+                .values()
+                .chain(self.countries.values())
+                .chain(self.grouped.values())
+                .next()
+        {
+            return Err(cannot(&t.rule, "no sampled record has a country"));
+        }
+        if survey.with_subdivision == 0
+            && let Some(t) = self.subdivisions.values().next()
+        {
+            return Err(cannot(
+                &t.rule,
+                "its records have no subdivisions (a GeoIP2 City DB has them)",
+            ));
+        }
+        if survey.with_continent == 0 && !self.continents.is_empty() {
+            notes.push(format!(
+                "{db} has no continents: continent rules use the embedded ISO 3166 table"
+            ));
+        }
+        if survey.with_coords == 0 {
+            notes.push(format!(
+                "{db} has no coordinates: distances use each country's representative point"
+            ));
+        }
+        match self.unknown {
+            UnknownAction::Refuse => notes.push("clients the DB cannot place are refused".into()),
+            UnknownAction::Zones(_) => {}
+            UnknownAction::Default => notes.push(format!(
+                "clients the DB cannot place get the default zones {:?} (set policy.unknown to \
+                 a zone list or `refuse` to decide otherwise)",
+                self.default.zones
+            )),
+        }
+        Ok(notes)
     }
 
     /// The zone a relay belongs to.
@@ -302,7 +599,7 @@ default: [us, eu]
         Location {
             country: Code::parse(country),
             continent: Code::parse(continent),
-            coords: None,
+            ..Location::default()
         }
     }
 
@@ -364,7 +661,43 @@ default: [us, eu]
             ),
             (
                 "zones: {eu: {relays: [a]}}\nrules: [{match: {country: DEU}, zones: [eu]}]\ndefault: [eu]\n",
-                "two-letter",
+                "`DEU` is not an ISO 3166-1 alpha-2 country code",
+            ),
+            (
+                "zones: {eu: {relays: [a]}}\nrules: [{match: {country: UK}, zones: [eu]}]\ndefault: [eu]\n",
+                "rules[0] (country UK): `UK` is not an ISO 3166-1 alpha-2 country code (the United Kingdom is GB)",
+            ),
+            (
+                "zones: {eu: {relays: [a]}}\nrules: [{match: {continent: XX}, zones: [eu]}]\ndefault: [eu]\n",
+                "not a continent code",
+            ),
+            (
+                "zones: {eu: {relays: [a]}}\nrules: [{match: {group: EUROPE}, zones: [eu]}]\ndefault: [eu]\n",
+                "rules[0] (group EUROPE): no group `EUROPE`",
+            ),
+            (
+                "zones: {eu: {relays: [a]}}\ngroups: {EU: [DE]}\ndefault: [eu]\n",
+                "groups.EU: is a built-in group's name",
+            ),
+            (
+                "zones: {eu: {relays: [a]}}\ngroups: {uk: [UK]}\ndefault: [eu]\n",
+                "groups.uk: `UK` is not an ISO",
+            ),
+            (
+                "zones: {eu: {relays: [a]}, x: {relays: [b]}}\ngroups: {ab: [DE, FR], cd: [DE, IT]}\nrules: [{match: {group: ab}, zones: [eu]}, {match: {group: cd}, zones: [x]}]\ndefault: [eu]\n",
+                "rules[0] (group ab) and rules[1] (group cd) both match DE with groups of the same size: ambiguous",
+            ),
+            (
+                "zones: {eu: {relays: [a]}}\nrules: [{match: {subdivision: US-CALIF}, zones: [eu]}]\ndefault: [eu]\n",
+                "ISO 3166-2",
+            ),
+            (
+                "zones: {eu: {relays: [a]}}\ndefault: [eu]\nunknown: reject\n",
+                "expected a zone list or `refuse`",
+            ),
+            (
+                "zones: {eu: {relays: [a]}}\ndefault: [eu]\nunknown: [mars]\n",
+                "unknown: unknown zone `mars`",
             ),
             (
                 "zones: {eu: {relays: [a]}, us: {relays: [a]}}\ndefault: [eu]\n",
@@ -375,6 +708,128 @@ default: [us, eu]
             let e = policy(yaml).unwrap_err().to_string();
             assert!(e.contains(want), "{yaml:?}: {e}");
         }
+    }
+
+    /// Jurisdictions are not continents: the EU group separates Germany from Switzerland,
+    /// Norway (EEA, not EU), the UK and Russia, whatever continent the DB says.
+    #[test]
+    fn jurisdiction_groups_beat_continents_and_the_smallest_group_wins() {
+        let p = policy(
+            "zones:\n  eu: {relays: [fra-1]}\n  eea: {relays: [osl-1]}\n  ch: {relays: [zrh-1]}\n  \
+             uk: {relays: [lon-1]}\n  dach: {relays: [muc-1]}\n  other: {relays: [iad-1]}\n\
+             groups: {dach: [DE, AT, CH], britain: [GB, GG, JE, IM]}\n\
+             rules:\n  - {match: {group: EU}, zones: [eu]}\n  - {match: {group: EEA}, zones: [eea, eu]}\n  \
+             - {match: {country: CH}, zones: [ch]}\n  - {match: {group: britain}, zones: [uk]}\n  \
+             - {match: {group: dach}, zones: [dach]}\n  - {match: {continent: EU}, zones: [other]}\n\
+             default: [other]\n",
+        )
+        .unwrap();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let decide = |c: &str| p.decide(ip, &loc(c, "EU"));
+        assert_eq!(
+            decide("DE"),
+            Verdict::Zones {
+                zones: &["dach".to_string()],
+                rule: "rules[4] (group dach)"
+            },
+            "dach (3 members) is more specific than the EU (34)"
+        );
+        assert_eq!(decide("FR").zones(), ["eu"]);
+        assert_eq!(decide("GF").zones(), ["eu"], "French Guiana is in the EU");
+        assert_eq!(decide("NO").zones(), ["eea", "eu"], "Norway: EEA, not EU");
+        assert_eq!(decide("CH").zones(), ["ch"], "a country rule beats a group");
+        assert_eq!(decide("AT").zones(), ["dach"]);
+        assert_eq!(decide("GB").zones(), ["uk"]);
+        assert_eq!(decide("RU").zones(), ["other"], "continent EU, not the EU");
+        assert_eq!(decide("UA").zones(), ["other"]);
+        assert_eq!(
+            p.decide(ip, &loc("JP", "AS")),
+            Verdict::Zones {
+                zones: &["other".to_string()],
+                rule: "default"
+            }
+        );
+    }
+
+    #[test]
+    fn subdivision_beats_country_and_unknown_can_refuse() {
+        let p = policy(
+            "zones: {ca: {relays: [sfo-1]}, us: {relays: [iad-1]}, any: {relays: [x-1]}}\n\
+             rules:\n  - {match: {subdivision: us-ca}, zones: [ca]}\n  - {match: {country: US}, zones: [us]}\n\
+             default: [any]\nunknown: refuse\n",
+        )
+        .unwrap();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut sf = loc("US", "NA");
+        sf.subdivision = crate::Subdivision::parse("US-CA");
+        assert_eq!(p.decide(ip, &sf).zones(), ["ca"]);
+        assert_eq!(p.decide(ip, &loc("US", "NA")).zones(), ["us"]);
+        assert_eq!(
+            p.decide(ip, &loc("BR", "SA")).zones(),
+            ["any"],
+            "known: default"
+        );
+        assert_eq!(p.decide(ip, &Location::default()), Verdict::Refuse);
+        assert!(p.allowed_zones(ip, &Location::default()).is_empty());
+        // A CIDR rule still places a client the DB does not know.
+        let p = policy(
+            "zones: {lan: {relays: [l-1]}, any: {relays: [x-1]}}\n\
+             rules: [{match: {cidr: 10.0.0.0/8}, zones: [lan]}]\ndefault: [any]\nunknown: [lan]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            p.decide("10.1.2.3".parse().unwrap(), &Location::default())
+                .zones(),
+            ["lan"]
+        );
+        assert_eq!(
+            p.decide(ip, &Location::default()),
+            Verdict::Zones {
+                zones: &["lan".to_string()],
+                rule: "unknown"
+            }
+        );
+    }
+
+    #[test]
+    fn a_policy_that_cannot_match_the_db_is_refused() {
+        let flat = Survey {
+            sampled: 100,
+            with_country: 98,
+            ..Survey::default()
+        };
+        let p = policy(POLICY).unwrap();
+        let notes = p.check_db(&flat, "flat.mmdb").unwrap();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("continent rules use the embedded")),
+            "{notes:?}"
+        );
+        assert!(
+            notes.iter().any(|n| n.contains("representative point")),
+            "{notes:?}"
+        );
+        let sub = policy(
+            "zones: {ca: {relays: [a]}}\nrules: [{match: {subdivision: US-CA}, zones: [ca]}]\ndefault: [ca]\n",
+        )
+        .unwrap();
+        let e = sub.check_db(&flat, "flat.mmdb").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "rules[0] (subdivision US-CA) can never match with flat.mmdb: its records have no \
+             subdivisions (a GeoIP2 City DB has them)"
+        );
+        let asn_only = Survey {
+            sampled: 100,
+            ..Survey::default()
+        };
+        let e = p.check_db(&asn_only, "asn.mmdb").unwrap_err().to_string();
+        assert!(
+            e.contains("no sampled record has a country or continent"),
+            "{e}"
+        );
+        assert!(p.check_db(&Survey::default(), "empty").is_err());
     }
 
     #[test]
