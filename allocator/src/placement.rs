@@ -10,11 +10,16 @@
 //!    replica puts both parties of a call on the same relay whenever that relay is eligible for
 //!    both, without shared state.
 //! 4. Backup: the next best eligible relay other than the primary.
+//!
+//! A call placed as a call ([`place_call`]) takes the zones allowed for both parties: when a relay
+//! there is eligible, both get the one with the least total cost; otherwise each party is placed
+//! in its own zones and the call is a cross-zone call. A party joining an earlier placement
+//! ([`place_joining`]) gets the first party's relay, or its zone, when its own rule allows it.
 
 use std::net::IpAddr;
 
 use veil_geo::Location;
-use veil_geo::policy::{DistanceModel, Policy};
+use veil_geo::policy::{DistanceModel, Policy, Verdict};
 
 /// What the allocator knows about one relay.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,9 +57,29 @@ pub struct Placement {
 
 /// Why no relay can be offered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PlacementError {
     #[error("no relay in the allowed zones {zones:?} is healthy and has room")]
     NoRelayInAllowedZones { zones: Vec<String> },
+    #[error("the geo DB cannot place this client and the policy refuses unknown clients")]
+    LocationUnknown,
+}
+
+/// Where the parties of a call go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallPlacement {
+    /// Both parties on one relay (`primary`), in a zone allowed for both.
+    Shared(Placement),
+    /// No relay is allowed and available for both: each party in its own zones.
+    Split(Placement, Placement),
+}
+
+/// The earlier party of a call, as a join token carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Joined<'a> {
+    pub call: &'a str,
+    pub zone: &'a str,
+    pub relay: &'a str,
 }
 
 /// Tuning of the score.
@@ -99,6 +124,64 @@ fn rendezvous(call_id: &str, relay: &RelayView) -> f64 {
     relay.capacity.max(1) as f64 / -u.ln()
 }
 
+/// The zones the policy allows for a client, or why none.
+fn allowed<'p>(
+    client: &ClientFacts<'_>,
+    policy: &'p Policy,
+) -> Result<&'p [String], PlacementError> {
+    match policy.decide(client.ip, &client.location) {
+        Verdict::Zones { zones, .. } => Ok(zones),
+        Verdict::Refuse => Err(PlacementError::LocationUnknown),
+    }
+}
+
+/// Relays of `zones` that may take a client now.
+fn eligible(relays: &[RelayView], zones: &[String]) -> Vec<usize> {
+    relays
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| zones.contains(&r.zone) && r.healthy && !r.draining && r.has_room())
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn load_ms(r: &RelayView, scoring: &Scoring) -> f64 {
+    scoring.load_penalty_ms * (r.load as f64 / r.capacity.max(1) as f64)
+}
+
+/// `eligible` sorted by `cost` (ties broken by name, so replicas agree).
+fn ranked(
+    eligible: &[usize],
+    relays: &[RelayView],
+    cost: impl Fn(&RelayView) -> f64,
+) -> Vec<usize> {
+    let mut by_score: Vec<(f64, usize)> = eligible.iter().map(|&i| (cost(&relays[i]), i)).collect();
+    by_score.sort_by(|a, b| {
+        a.0.total_cmp(&b.0)
+            .then(relays[a.1].name.cmp(&relays[b.1].name))
+    });
+    by_score.into_iter().map(|(_, i)| i).collect()
+}
+
+/// The eligible relay with the highest rendezvous score for `call`.
+fn rendezvous_pick(call: &str, eligible: &[usize], relays: &[RelayView]) -> Option<usize> {
+    eligible
+        .iter()
+        .map(|&i| (rendezvous(call, &relays[i]), i))
+        .max_by(|a, b| {
+            a.0.total_cmp(&b.0)
+                .then(relays[a.1].name.cmp(&relays[b.1].name))
+        })
+        .map(|(_, i)| i)
+}
+
+fn with_backup(primary: usize, by_score: &[usize]) -> Placement {
+    Placement {
+        primary,
+        backup: by_score.iter().copied().find(|i| *i != primary),
+    }
+}
+
 /// Chooses a primary and a backup relay for a client.
 pub fn place(
     client: &ClientFacts<'_>,
@@ -106,43 +189,88 @@ pub fn place(
     policy: &Policy,
     scoring: &Scoring,
 ) -> Result<Placement, PlacementError> {
-    let allowed = policy.allowed_zones(client.ip, &client.location);
-    let eligible: Vec<usize> = relays
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| allowed.contains(&r.zone) && r.healthy && !r.draining && r.has_room())
-        .map(|(i, _)| i)
-        .collect();
+    let zones = allowed(client, policy)?;
+    place_in(client, zones, relays, scoring)
+}
+
+fn place_in(
+    client: &ClientFacts<'_>,
+    zones: &[String],
+    relays: &[RelayView],
+    scoring: &Scoring,
+) -> Result<Placement, PlacementError> {
+    let eligible = eligible(relays, zones);
     if eligible.is_empty() {
         return Err(PlacementError::NoRelayInAllowedZones {
-            zones: allowed.to_vec(),
+            zones: zones.to_vec(),
         });
     }
-    let score = |i: usize| {
-        let r = &relays[i];
-        let load = r.load as f64 / r.capacity.max(1) as f64;
-        scoring.distance.cost_ms(&client.location, &r.location) + scoring.load_penalty_ms * load
-    };
-    // Score each relay once, then sort (ties broken by name, so replicas agree).
-    let mut by_score: Vec<(f64, usize)> = eligible.iter().map(|&i| (score(i), i)).collect();
-    by_score.sort_by(|a, b| {
-        a.0.total_cmp(&b.0)
-            .then(relays[a.1].name.cmp(&relays[b.1].name))
+    let by_score = ranked(&eligible, relays, |r| {
+        scoring.distance.cost_ms(&client.location, &r.location) + load_ms(r, scoring)
     });
-    let by_score: Vec<usize> = by_score.into_iter().map(|(_, i)| i).collect();
-    let primary = match client.call_id {
-        Some(call) => eligible
-            .iter()
-            .map(|&i| (rendezvous(call, &relays[i]), i))
-            .max_by(|a, b| {
-                a.0.total_cmp(&b.0)
-                    .then(relays[a.1].name.cmp(&relays[b.1].name))
-            })
-            .map_or(by_score[0], |(_, i)| i),
-        None => by_score[0],
-    };
-    let backup = by_score.iter().copied().find(|i| *i != primary);
-    Ok(Placement { primary, backup })
+    let primary = client
+        .call_id
+        .and_then(|call| rendezvous_pick(call, &eligible, relays))
+        .unwrap_or(by_score[0]);
+    Ok(with_backup(primary, &by_score))
+}
+
+/// Places both parties of a call: on one relay allowed for both (least total cost) when there
+/// is one, else each in its own zones. Either party refused or without a relay is an error.
+pub fn place_call(
+    a: &ClientFacts<'_>,
+    b: &ClientFacts<'_>,
+    relays: &[RelayView],
+    policy: &Policy,
+    scoring: &Scoring,
+) -> Result<CallPlacement, PlacementError> {
+    let (za, zb) = (allowed(a, policy)?, allowed(b, policy)?);
+    let both: Vec<String> = za.iter().filter(|z| zb.contains(z)).cloned().collect();
+    let shared = eligible(relays, &both);
+    if !shared.is_empty() {
+        let by_score = ranked(&shared, relays, |r| {
+            scoring.distance.cost_ms(&a.location, &r.location)
+                + scoring.distance.cost_ms(&b.location, &r.location)
+                + load_ms(r, scoring)
+        });
+        return Ok(CallPlacement::Shared(with_backup(by_score[0], &by_score)));
+    }
+    Ok(CallPlacement::Split(
+        place_in(a, za, relays, scoring)?,
+        place_in(b, zb, relays, scoring)?,
+    ))
+}
+
+/// Places a party joining an earlier placement: the first party's relay when this party's rule
+/// allows its zone and the relay can take it, another relay of that zone when it cannot, and
+/// otherwise this party's own placement (a cross-zone call: `.1` is true).
+pub fn place_joining(
+    client: &ClientFacts<'_>,
+    joined: &Joined<'_>,
+    relays: &[RelayView],
+    policy: &Policy,
+    scoring: &Scoring,
+) -> Result<(Placement, bool), PlacementError> {
+    let zones = allowed(client, policy)?;
+    if zones.iter().any(|z| z == joined.zone) {
+        let zone = [joined.zone.to_string()];
+        let in_zone = eligible(relays, &zone);
+        if !in_zone.is_empty() {
+            let by_score = ranked(&in_zone, relays, |r| {
+                scoring.distance.cost_ms(&client.location, &r.location) + load_ms(r, scoring)
+            });
+            let primary = in_zone
+                .iter()
+                .copied()
+                .find(|&i| relays[i].name == joined.relay)
+                .or_else(|| rendezvous_pick(joined.call, &in_zone, relays))
+                .unwrap_or(by_score[0]);
+            return Ok((with_backup(primary, &by_score), false));
+        }
+    }
+    let p = place_in(client, zones, relays, scoring)?;
+    let cross = relays[p.primary].zone != joined.zone;
+    Ok((p, cross))
 }
 
 #[cfg(test)]
@@ -193,6 +321,7 @@ mod tests {
                 country: Code::parse(country),
                 continent: Code::parse(continent),
                 coords: Some(coords),
+                ..Location::default()
             },
             call_id: None,
         }
@@ -277,6 +406,79 @@ mod tests {
         }
         assert_eq!(used.len(), 3, "calls spread over the EU relays: {used:?}");
         assert!(used.values().all(|n| *n > 60), "{used:?}");
+    }
+
+    /// A call as a call: one relay allowed for both when there is one (the least total
+    /// distance), else each party in its own zones.
+    #[test]
+    fn calls_share_a_zone_when_the_policies_allow_one() {
+        let p = policy();
+        let s = Scoring::default();
+        let r = relays();
+        let berlin = client("DE", "EU", (52.52, 13.40));
+        let nyc = client("US", "NA", (40.71, -74.01));
+        let tokyo = client("JP", "AS", (35.68, 139.69));
+        // DE: [eu]; US: [us, eu]: both in the EU.
+        match place_call(&berlin, &nyc, &r, &p, &s).unwrap() {
+            CallPlacement::Shared(pl) => {
+                assert_eq!(r[pl.primary].zone, "eu");
+                // Berlin–Frankfurt 424 km + Frankfurt–New York 6 200 km beats Berlin–Paris 878 km
+                // + Paris–New York 5 837 km.
+                assert!(
+                    r[pl.primary].name.starts_with("fra"),
+                    "least total distance"
+                );
+                assert_eq!(r[pl.backup.unwrap()].zone, "eu");
+            }
+            other => panic!("{other:?}"),
+        }
+        // DE: [eu]; JP (default): [us]: no zone for both.
+        match place_call(&berlin, &tokyo, &r, &p, &s).unwrap() {
+            CallPlacement::Split(a, b) => {
+                assert_eq!(
+                    (r[a.primary].zone.as_str(), r[b.primary].zone.as_str()),
+                    ("eu", "us")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // The shared zone down: each in its own (the US party to the US).
+        let mut eu_down = relays();
+        for x in eu_down.iter_mut().filter(|x| x.zone == "eu") {
+            x.healthy = false;
+        }
+        assert!(
+            matches!(
+                place_call(&berlin, &nyc, &eu_down, &p, &s),
+                Err(PlacementError::NoRelayInAllowedZones { .. })
+            ),
+            "the German party has nowhere to go: an error, not a US relay"
+        );
+    }
+
+    #[test]
+    fn a_joining_party_gets_the_first_partys_relay_when_its_rule_allows() {
+        let p = policy();
+        let s = Scoring::default();
+        let r = relays();
+        let nyc = client("US", "NA", (40.71, -74.01));
+        let tokyo = client("JP", "AS", (35.68, 139.69));
+        let joined = Joined {
+            call: "c1",
+            zone: "eu",
+            relay: "fra-2",
+        };
+        let (pl, cross) = place_joining(&nyc, &joined, &r, &p, &s).unwrap();
+        assert_eq!((r[pl.primary].name.as_str(), cross), ("fra-2", false));
+        // That relay draining: another of the same zone.
+        let mut d = relays();
+        d[1].draining = true;
+        let (pl, cross) = place_joining(&nyc, &joined, &d, &p, &s).unwrap();
+        assert_eq!((r[pl.primary].zone.as_str(), cross), ("eu", false));
+        assert_ne!(r[pl.primary].name, "fra-2", "never a draining relay");
+        // JP may not use the EU: its own zone, a cross-zone call.
+        let (pl, cross) = place_joining(&tokyo, &joined, &r, &p, &s).unwrap();
+        assert_eq!((r[pl.primary].zone.as_str(), cross), ("us", true));
     }
 
     /// With load reported back, placements share out in proportion to capacity (±10 %).

@@ -1,19 +1,27 @@
 //! The allocator service: configuration, the relay registry (health polling) and the HTTP API.
 //!
-//! * `POST /v1/ice-servers` `{call_id?, ttl?, user?, client_ip?}` → an `RTCConfiguration`-shaped
-//!   answer: `{"iceServers": [{urls, username, credential}], "iceTransportPolicy": "relay",
-//!   "expiresAt", "zone"}`.
+//! * `POST /v1/ice-servers` `{call_id?, ttl?, user?, client_ip?, join?}` → an
+//!   `RTCConfiguration`-shaped answer: `{"iceServers": [{urls, username, credential}],
+//!   "iceTransportPolicy": "relay", "expiresAt", "zone", "joinToken"}`; with `join` (another
+//!   party's `joinToken`) also `crossZone`.
+//! * `POST /v1/calls` `{call_id?, ttl?, parties: [{client_ip, user?}, {client_ip, user?}]}` (backend
+//!   keys) → `{"crossZone", "zones", "parties": [answer, answer]}`: one relay allowed for both
+//!   parties when there is one, else each in its own zones.
 //! * `GET /turn?service=turn&username=U` → the TURN REST API draft's `{username, password, ttl,
 //!   uris}`.
-//! * `GET /v1/audit?from=&to=` → placements per (client region, zone) per hour: counts only.
-//! * `GET /healthz`.
+//! * `GET /v1/audit?from=&to=&format=json|csv` → placements per (client country, zone) and
+//!   cross-zone calls per zone pair, per hour: counts only.
+//! * `GET /healthz`, `GET /metrics`.
+//!
+//! A client the geo DB cannot place gets `451 location_unknown` when the policy says
+//! `unknown: refuse`; no relay of an allowed zone available is `503 no_relay`.
 //!
 //! Callers authenticate with a bearer API key. The client address is the connection's; a backend
 //! key may pass `client_ip` for its user, and `X-Forwarded-For` is honoured only from configured
 //! trusted proxies. Client addresses are used for the decision and forgotten: never logged, never
 //! stored.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -29,10 +37,16 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use veil_geo::policy::{DistanceModel, Policy, PolicyConfig};
 use veil_geo::{GeoDb, Location, ReloadingGeo};
+
+use crate::audit::{AuditLog, country_label};
+use crate::join::{self, JoinClaims};
 use veil_relay::admin::Status;
 use veil_relay::proto::auth;
 
-use crate::placement::{ClientFacts, RelayView, Scoring, place};
+use crate::placement::{
+    CallPlacement, ClientFacts, Joined, Placement, PlacementError, RelayView, Scoring, place,
+    place_call, place_joining,
+};
 
 /// One relay the allocator knows of.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -90,6 +104,10 @@ pub struct AllocatorConfig {
     pub down_after: u32,
     #[serde(default = "default_up")]
     pub up_after: u32,
+    /// Hours of hourly audit buckets kept in memory for `/v1/audit` (Prometheus keeps the
+    /// running totals for as long as it retains data).
+    #[serde(default = "default_audit_hours")]
+    pub audit_retention_hours: u64,
 }
 
 fn default_listen() -> SocketAddr {
@@ -106,6 +124,9 @@ fn default_down() -> u32 {
 }
 fn default_up() -> u32 {
     2
+}
+fn default_audit_hours() -> u64 {
+    168
 }
 
 /// What is wrong with the allocator's configuration: the relay's error type, so both name the
@@ -157,9 +178,6 @@ impl Tracked {
     }
 }
 
-/// Placements per (hour, client region, zone).
-type Audit = BTreeMap<(u64, String, String), u64>;
-
 /// The running service's state.
 pub struct App {
     cfg: AllocatorConfig,
@@ -168,8 +186,10 @@ pub struct App {
     /// The signing secret: the first of `secret_files`, read again at every registry poll so a
     /// rotated Secret takes effect without a restart.
     secret: RwLock<Vec<u8>>,
+    /// The signing secret before the last rotation: join tokens it signed stay valid.
+    previous_secret: RwLock<Option<Vec<u8>>>,
     relays: RwLock<Vec<Tracked>>,
-    audit: Mutex<Audit>,
+    audit: Mutex<AuditLog>,
     metrics: Mutex<Metrics>,
 }
 
@@ -180,6 +200,14 @@ struct Metrics {
     placed: BTreeMap<String, u64>,
     /// Requests no allowed zone could serve.
     refused: u64,
+    /// Requests refused because the DB cannot place the client (`unknown: refuse`).
+    unplaceable: u64,
+    /// Lookups whose continent / coordinates came from the embedded table.
+    filled_continent: u64,
+    filled_coords: u64,
+    /// Calls placed as calls (`/v1/calls` or a join), by outcome.
+    calls_shared_zone: u64,
+    calls_cross_zone: u64,
     /// Placement latency histogram buckets (seconds), and sum.
     latency: [u64; 6],
     latency_sum: f64,
@@ -187,6 +215,13 @@ struct Metrics {
     minted: u64,
     /// Times the signing secret changed on disk and was taken up.
     secret_reloads: u64,
+}
+
+/// Checks that the policy can match with a DB: the DB's notes, or the reason it cannot.
+fn check_policy_against(policy: &Policy, db: &GeoDb) -> Result<Vec<String>, String> {
+    policy
+        .check_db(&db.survey(8), db.origin())
+        .map_err(|e| e.to_string())
 }
 
 /// The first secret of the first file that holds one.
@@ -252,19 +287,34 @@ impl App {
                 ReloadingGeo::fixed(GeoDb::demo().map_err(|e| invalid("geo_db", e.to_string()))?)
             }
         };
+        {
+            let db = geo.get();
+            let notes = check_policy_against(&policy, &db).map_err(|e| invalid("policy", e))?;
+            for n in notes {
+                tracing::info!(db = db.origin(), "{n}");
+            }
+        }
+        if cfg.audit_retention_hours == 0 || cfg.audit_retention_hours > 24 * 366 {
+            return Err(invalid(
+                "audit_retention_hours",
+                "between 1 and 8784 hours".into(),
+            ));
+        }
         let relays = cfg
             .relays
             .iter()
             .filter(|e| !e.dns)
             .map(|e| Tracked::new(e.name.clone(), e.clone(), &policy))
             .collect();
+        let audit = Mutex::new(AuditLog::new(cfg.audit_retention_hours));
         Ok(Arc::new(App {
             cfg,
             policy,
             geo,
             secret: RwLock::new(secret),
+            previous_secret: RwLock::new(None),
             relays: RwLock::new(relays),
-            audit: Mutex::default(),
+            audit,
             metrics: Mutex::default(),
         }))
     }
@@ -336,17 +386,19 @@ impl App {
     }
 
     fn allocate(&self, ip: IpAddr, req: &IceRequest) -> Result<IceAnswer, ApiError> {
+        self.timed(|| self.allocate_inner(ip, req))
+    }
+
+    /// Runs a placement, recording its latency and why it was refused.
+    fn timed<T>(&self, f: impl FnOnce() -> Result<T, ApiError>) -> Result<T, ApiError> {
         let started = std::time::Instant::now();
-        let result = self.allocate_inner(ip, req);
+        let result = f();
         let secs = started.elapsed().as_secs_f64();
         let mut m = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
         match &result {
-            Ok(a) => {
-                *m.placed.entry(a.zone.clone()).or_insert(0) += 1;
-                m.minted += a.ice_servers.len() as u64;
-            }
             Err(ApiError(_, "no_relay", _)) => m.refused += 1,
-            Err(_) => {}
+            Err(ApiError(_, "location_unknown", _)) => m.unplaceable += 1,
+            _ => {}
         }
         let i = LATENCY_BOUNDS
             .iter()
@@ -380,6 +432,42 @@ impl App {
         );
         let _ = writeln!(o, "# TYPE veil_allocator_residency_refusals_total counter");
         let _ = writeln!(o, "veil_allocator_residency_refusals_total {}", m.refused);
+        let _ = writeln!(
+            o,
+            "# HELP veil_allocator_unplaceable_total Requests refused because the geo DB cannot place the client (policy unknown: refuse)."
+        );
+        let _ = writeln!(o, "# TYPE veil_allocator_unplaceable_total counter");
+        let _ = writeln!(o, "veil_allocator_unplaceable_total {}", m.unplaceable);
+        let _ = writeln!(
+            o,
+            "# HELP veil_allocator_location_filled_total Lookups whose continent or coordinates came from the embedded country table, not the DB."
+        );
+        let _ = writeln!(o, "# TYPE veil_allocator_location_filled_total counter");
+        let _ = writeln!(
+            o,
+            "veil_allocator_location_filled_total{{fact=\"continent\"}} {}",
+            m.filled_continent
+        );
+        let _ = writeln!(
+            o,
+            "veil_allocator_location_filled_total{{fact=\"coordinates\"}} {}",
+            m.filled_coords
+        );
+        let _ = writeln!(
+            o,
+            "# HELP veil_allocator_calls_total Calls placed as calls (/v1/calls or a join token), by whether both parties share a zone."
+        );
+        let _ = writeln!(o, "# TYPE veil_allocator_calls_total counter");
+        let _ = writeln!(
+            o,
+            "veil_allocator_calls_total{{placement=\"same_zone\"}} {}",
+            m.calls_shared_zone
+        );
+        let _ = writeln!(
+            o,
+            "veil_allocator_calls_total{{placement=\"cross_zone\"}} {}",
+            m.calls_cross_zone
+        );
         let _ = writeln!(
             o,
             "# HELP veil_allocator_credentials_minted_total TURN credentials handed out."
@@ -456,12 +544,39 @@ impl App {
             );
         }
         drop(relays);
+        self.audit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .render(&mut o);
         veil_relay::metrics::process(&mut o);
         o
     }
 
-    fn allocate_inner(&self, ip: IpAddr, req: &IceRequest) -> Result<IceAnswer, ApiError> {
+    /// Geolocates a client (counting what came from the embedded table).
+    fn locate(&self, ip: IpAddr) -> Location {
         let location = self.geo.get().lookup(ip);
+        if location.filled.continent || location.filled.coords {
+            let mut m = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+            m.filled_continent += u64::from(location.filled.continent);
+            m.filled_coords += u64::from(location.filled.coords);
+        }
+        location
+    }
+
+    fn scoring(&self) -> Scoring {
+        Scoring {
+            distance: self.cfg.distance.clone(),
+            ..Scoring::default()
+        }
+    }
+
+    fn allocate_inner(&self, ip: IpAddr, req: &IceRequest) -> Result<IceAnswer, ApiError> {
+        let now = unix_now();
+        let joined = match &req.join {
+            Some(token) => Some(self.verify_join(token, now)?),
+            None => None,
+        };
+        let location = self.locate(ip);
         let relays = self.relays.read().unwrap_or_else(|e| e.into_inner());
         let views: Vec<RelayView> = relays.iter().map(|t| t.view.clone()).collect();
         let facts = ClientFacts {
@@ -469,26 +584,134 @@ impl App {
             location,
             call_id: req.call_id.as_deref(),
         };
-        let scoring = Scoring {
-            distance: self.cfg.distance.clone(),
-            ..Scoring::default()
+        let scoring = self.scoring();
+        let (placement, cross) = match &joined {
+            Some(j) => {
+                let hint = Joined {
+                    call: &j.call,
+                    zone: &j.zone,
+                    relay: &j.relay,
+                };
+                let (p, cross) = place_joining(&facts, &hint, &views, &self.policy, &scoring)
+                    .map_err(placement_error)?;
+                (p, Some(cross))
+            }
+            None => (
+                place(&facts, &views, &self.policy, &scoring).map_err(placement_error)?,
+                None,
+            ),
         };
-        let placement = place(&facts, &views, &self.policy, &scoring)
-            .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, "no_relay", e.to_string()))?;
+        let call = match (&joined, &req.call_id) {
+            (Some(j), _) => j.call.clone(),
+            (None, Some(c)) => c.clone(),
+            (None, None) => random_id(),
+        };
+        let mut answer = self.answer(
+            &relays,
+            placement,
+            &location,
+            req.ttl,
+            req.user.as_deref(),
+            &call,
+            now,
+        )?;
+        drop(relays);
+        if let (Some(j), Some(cross)) = (&joined, cross) {
+            answer.cross_zone = Some(cross);
+            self.record_call(now, &j.zone, &answer.zone);
+        }
+        Ok(answer)
+    }
+
+    /// Counts a call whose parties were placed in zones `a` and `b`.
+    fn record_call(&self, now: u64, a: &str, b: &str) {
+        let mut m = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        if a == b {
+            m.calls_shared_zone += 1;
+        } else {
+            m.calls_cross_zone += 1;
+            drop(m);
+            self.audit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .cross_zone_call(now, a, b);
+        }
+    }
+
+    fn verify_join(&self, token: &str, now: u64) -> Result<JoinClaims, ApiError> {
+        let current = self
+            .secret
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let previous = self
+            .previous_secret
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let secrets = std::iter::once(current.as_slice()).chain(previous.as_deref());
+        join::verify(secrets, token, now)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_join_token", e.to_string()))
+    }
+
+    /// Places both parties of a call.
+    fn place_call(&self, ips: [IpAddr; 2], req: &CallRequest) -> Result<CallAnswer, ApiError> {
+        let now = unix_now();
+        let locations = ips.map(|ip| self.locate(ip));
+        let relays = self.relays.read().unwrap_or_else(|e| e.into_inner());
+        let views: Vec<RelayView> = relays.iter().map(|t| t.view.clone()).collect();
+        let facts = |i: usize| ClientFacts {
+            ip: ips[i],
+            location: locations[i],
+            call_id: None,
+        };
+        let placed = place_call(&facts(0), &facts(1), &views, &self.policy, &self.scoring())
+            .map_err(placement_error)?;
+        let (pa, pb) = match placed {
+            CallPlacement::Shared(p) => (p, p),
+            CallPlacement::Split(a, b) => (a, b),
+        };
+        let call = req.call_id.clone().unwrap_or_else(random_id);
+        let parties = [(pa, 0), (pb, 1)]
+            .into_iter()
+            .map(|(p, i)| {
+                let user = req.parties[i].user.as_deref();
+                self.answer(&relays, p, &locations[i], req.ttl, user, &call, now)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(relays);
+        let zones = [parties[0].zone.clone(), parties[1].zone.clone()];
+        self.record_call(now, &zones[0], &zones[1]);
+        Ok(CallAnswer {
+            cross_zone: zones[0] != zones[1],
+            zones,
+            parties,
+        })
+    }
+
+    /// Mints the credential and the answer for one placed party, and records the placement.
+    #[allow(clippy::too_many_arguments)]
+    fn answer(
+        &self,
+        relays: &[Tracked],
+        placement: Placement,
+        location: &Location,
+        ttl: Option<u64>,
+        user: Option<&str>,
+        call: &str,
+        now: u64,
+    ) -> Result<IceAnswer, ApiError> {
         let primary = &relays[placement.primary];
         let zone = primary.view.zone.clone();
-        let ttl = req.ttl.unwrap_or(self.cfg.ttl).clamp(60, self.cfg.ttl);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let user = match &req.user {
+        let ttl = ttl.unwrap_or(self.cfg.ttl).clamp(60, self.cfg.ttl);
+        let user = match user {
             Some(u)
                 if !u.is_empty()
                     && u.len() <= 64
                     && u.bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
             {
-                u.clone()
+                u.to_string()
             }
             Some(_) => {
                 return Err(ApiError(
@@ -500,10 +723,21 @@ impl App {
             None => random_id(),
         };
         let username = auth::username_with_claims(now + ttl, &user, &[("z", &zone)]);
-        let (username, password) = {
-            let secret = self.secret.read().unwrap_or_else(|e| e.into_inner());
-            auth::mint_username(&secret, username)
-        };
+        let secret = self
+            .secret
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (username, password) = auth::mint_username(&secret, username);
+        let join_token = join::issue(
+            &secret,
+            &JoinClaims {
+                exp: now + ttl,
+                call: call.to_string(),
+                zone: zone.clone(),
+                relay: primary.view.name.clone(),
+            },
+        );
         let mut urls = primary.uris.clone();
         if let Some(b) = placement.backup
             && relays[b].view.zone == zone
@@ -511,15 +745,15 @@ impl App {
             // A backup in the same zone accepts the same credential.
             urls.extend(relays[b].uris.iter().cloned());
         }
-        let region = location
-            .country
-            .map_or_else(|| "unknown".to_string(), |c| c.to_string());
-        *self
-            .audit
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((now / 3600 * 3600, region, zone.clone()))
-            .or_insert(0) += 1;
+        self.audit.lock().unwrap_or_else(|e| e.into_inner()).placed(
+            now,
+            &country_label(location),
+            &zone,
+        );
+        let mut m = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        *m.placed.entry(zone.clone()).or_insert(0) += 1;
+        m.minted += 1;
+        drop(m);
         Ok(IceAnswer {
             ice_servers: vec![IceServer {
                 urls,
@@ -529,6 +763,8 @@ impl App {
             ice_transport_policy: "relay",
             expires_at: now + ttl,
             zone,
+            join_token,
+            cross_zone: None,
         })
     }
 
@@ -583,8 +819,12 @@ impl App {
             Ok(new) => {
                 let mut cur = self.secret.write().unwrap_or_else(|e| e.into_inner());
                 if *cur != new {
-                    *cur = new;
+                    let old = std::mem::replace(&mut *cur, new);
                     drop(cur);
+                    *self
+                        .previous_secret
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(old);
                     self.metrics
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -642,8 +882,13 @@ impl App {
                 }
             }
         }
-        if let Err(e) = self.geo.reload_if_changed() {
-            tracing::warn!(error = %e, "geo DB reload failed; keeping the previous one");
+        match self
+            .geo
+            .reload_if_changed_checked(|db| check_policy_against(&self.policy, db).map(drop))
+        {
+            Ok(true) => tracing::info!(db = self.geo.get().origin(), "geo DB reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "geo DB reload refused; keeping the previous one"),
         }
     }
 }
@@ -659,6 +904,24 @@ fn metric_name(name: &str) -> String {
             format!("{pool}/{:08x}", h as u32)
         }
         None => name.to_string(),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The API's answer to a placement that cannot be made.
+fn placement_error(e: PlacementError) -> ApiError {
+    match e {
+        PlacementError::LocationUnknown => ApiError(
+            StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+            "location_unknown",
+            e.to_string(),
+        ),
+        e => ApiError(StatusCode::SERVICE_UNAVAILABLE, "no_relay", e.to_string()),
     }
 }
 
@@ -699,6 +962,33 @@ pub struct IceRequest {
     pub client_ip: Option<String>,
     /// Accepted for forward compatibility; only UDP exists today.
     pub transports: Option<Vec<String>>,
+    /// Another party's `joinToken`: place this party with that one where its rule allows.
+    pub join: Option<String>,
+}
+
+/// `POST /v1/calls`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallRequest {
+    pub call_id: Option<String>,
+    pub ttl: Option<u64>,
+    pub parties: Vec<Party>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Party {
+    pub client_ip: String,
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallAnswer {
+    /// The parties were placed in different zones (no relay allowed for both was available).
+    pub cross_zone: bool,
+    pub zones: [String; 2],
+    pub parties: Vec<IceAnswer>,
 }
 
 #[derive(Debug, Serialize)]
@@ -715,6 +1005,11 @@ pub struct IceAnswer {
     pub ice_transport_policy: &'static str,
     pub expires_at: u64,
     pub zone: String,
+    /// Pass as `join` with another party's request to place it with this one.
+    pub join_token: String,
+    /// With `join`: whether this party had to be placed in another zone than the first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cross_zone: Option<bool>,
 }
 
 async fn ice_servers(
@@ -732,6 +1027,41 @@ async fn ice_servers(
     };
     let ip = app.client_ip(peer, &headers, key, req.client_ip.as_deref())?;
     app.allocate(ip, &req).map(Json)
+}
+
+async fn calls(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<CallAnswer>, ApiError> {
+    let key = app.authorize(&headers)?;
+    if !key.backend {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only backend keys may place calls (they name both parties' addresses)".into(),
+        ));
+    }
+    let req: CallRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    let [a, b] = req.parties.as_slice() else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "parties: exactly two".into(),
+        ));
+    };
+    let parse = |p: &Party| {
+        p.client_ip.parse::<IpAddr>().map_err(|_| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "parties[].client_ip is not an IP address".into(),
+            )
+        })
+    };
+    let ips = [parse(a)?, parse(b)?];
+    app.timed(|| app.place_call(ips, &req)).map(Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -773,33 +1103,38 @@ async fn turn_rest(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AuditQuery {
     from: Option<u64>,
     to: Option<u64>,
+    format: Option<String>,
 }
 
 async fn audit(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Query(q): Query<AuditQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     app.authorize(&headers)?;
     let (from, to) = (q.from.unwrap_or(0), q.to.unwrap_or(u64::MAX));
-    let audit = app.audit.lock().unwrap_or_else(|e| e.into_inner());
-    let mut totals: HashMap<(String, String), u64> = HashMap::new();
-    for ((hour, region, zone), n) in audit.iter() {
-        if *hour >= from / 3600 * 3600 && *hour <= to {
-            *totals.entry((region.clone(), zone.clone())).or_insert(0) += n;
-        }
+    let report = app
+        .audit
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .report(from, to);
+    match q.format.as_deref() {
+        None | Some("json") => Ok(Json(report).into_response()),
+        Some("csv") => Ok((
+            [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            report.to_csv(),
+        )
+            .into_response()),
+        Some(_) => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "format: json or csv".into(),
+        )),
     }
-    let mut rows: Vec<_> = totals
-        .into_iter()
-        .map(|((region, zone), n)| serde_json::json!({"client_region": region, "zone": zone, "placements": n}))
-        .collect();
-    rows.sort_by_key(|r| r.to_string());
-    Ok(Json(
-        serde_json::json!({"from": from, "to": to, "flows": rows}),
-    ))
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
@@ -827,6 +1162,7 @@ async fn not_found() -> ApiError {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/ice-servers", post(ice_servers))
+        .route("/v1/calls", post(calls))
         .route("/turn", get(turn_rest))
         .route("/v1/audit", get(audit))
         .route("/healthz", get(healthz))
@@ -995,6 +1331,201 @@ mod tests {
             "{m}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An app on the demo DB (127.0.1.x DE, 127.0.2.x US, 127.0.3.x JP) with relays marked up
+    /// by hand, no polling.
+    fn app_with(policy: &str, relays: &[(&str, &str)]) -> Result<Arc<App>, ConfigError> {
+        let dir =
+            std::env::temp_dir().join(format!("veil-alloc-{}-{}", std::process::id(), random_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("s"), "secret-0123456789abcdef\n").unwrap();
+        let mut cfg: AllocatorConfig =
+            serde_saphyr::from_str(include_str!("../allocator.example.yaml")).unwrap();
+        cfg.secret_files = vec![dir.join("s")];
+        cfg.policy = serde_saphyr::from_str(policy).unwrap();
+        cfg.relays = relays
+            .iter()
+            .map(|(name, _)| RelayEntry {
+                name: name.to_string(),
+                admin: "127.0.0.1:9".into(),
+                dns: false,
+                latitude: None,
+                longitude: None,
+            })
+            .collect();
+        let app = App::new(cfg)?;
+        std::fs::remove_dir_all(&dir).unwrap();
+        for (i, t) in app.relays.write().unwrap().iter_mut().enumerate() {
+            t.view.healthy = true;
+            t.view.capacity = 100;
+            t.uris = vec![format!("turn:127.0.0.1:{}?transport=udp", 3478 + i)];
+            assert_eq!(t.view.zone, relays[i].1);
+        }
+        Ok(app)
+    }
+
+    const CALL_POLICY: &str = "zones:\n  eu: {relays: [eu-1, eu-2]}\n  us: {relays: [us-1]}\n  \
+        apac: {relays: [apac-1]}\nrules:\n  - {match: {group: EU}, zones: [eu]}\n  \
+        - {match: {country: US}, zones: [us, eu]}\n  - {match: {country: JP}, zones: [apac]}\n\
+        default: [us]\nunknown: refuse\n";
+    const CALL_RELAYS: &[(&str, &str)] = &[
+        ("eu-1", "eu"),
+        ("eu-2", "eu"),
+        ("us-1", "us"),
+        ("apac-1", "apac"),
+    ];
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn calls_joins_and_the_cross_border_record() {
+        let app = app_with(CALL_POLICY, CALL_RELAYS).unwrap();
+        let req = CallRequest {
+            parties: vec![Party::default(), Party::default()],
+            ..CallRequest::default()
+        };
+        // DE [eu] and US [us, eu]: one EU relay for both.
+        let c = app
+            .place_call([ip("127.0.1.5"), ip("127.0.2.5")], &req)
+            .unwrap();
+        assert!(!c.cross_zone);
+        assert_eq!(c.zones, ["eu", "eu"]);
+        assert_eq!(
+            c.parties[0].ice_servers[0].urls[0], c.parties[1].ice_servers[0].urls[0],
+            "the same relay"
+        );
+        // DE [eu] and JP [apac]: each in its own zone, recorded once.
+        let c = app
+            .place_call([ip("127.0.1.5"), ip("127.0.3.5")], &req)
+            .unwrap();
+        assert!(c.cross_zone);
+        assert_eq!(c.zones, ["eu", "apac"]);
+        let report = app.audit.lock().unwrap().report(0, u64::MAX);
+        assert_eq!(report.cross_zone_calls.len(), 1);
+        assert_eq!(
+            (
+                report.cross_zone_calls[0].zone_a.as_str(),
+                report.cross_zone_calls[0].zone_b.as_str(),
+                report.cross_zone_calls[0].count
+            ),
+            ("apac", "eu", 1)
+        );
+
+        // Join tokens: the US party joins the German one's relay; the Japanese one cannot.
+        let first = app
+            .allocate(ip("127.0.1.9"), &IceRequest::default())
+            .unwrap();
+        let join = |who: &str| {
+            app.allocate(
+                ip(who),
+                &IceRequest {
+                    join: Some(first.join_token.clone()),
+                    ..IceRequest::default()
+                },
+            )
+        };
+        let us = join("127.0.2.9").unwrap();
+        assert_eq!(us.cross_zone, Some(false));
+        assert_eq!(us.ice_servers[0].urls[0], first.ice_servers[0].urls[0]);
+        assert!(us.ice_servers[0].username.ends_with(";z=eu"));
+        let jp = join("127.0.3.9").unwrap();
+        assert_eq!((jp.zone.as_str(), jp.cross_zone), ("apac", Some(true)));
+        let mut forged = first.join_token.clone();
+        forged.push('A');
+        let e = app
+            .allocate(
+                ip("127.0.2.9"),
+                &IceRequest {
+                    join: Some(forged),
+                    ..IceRequest::default()
+                },
+            )
+            .unwrap_err();
+        assert_eq!((e.0, e.1), (StatusCode::BAD_REQUEST, "bad_join_token"));
+
+        // A client the DB cannot place: 451, counted, not placed anywhere.
+        let e = app
+            .allocate(ip("203.0.113.7"), &IceRequest::default())
+            .unwrap_err();
+        assert_eq!(
+            (e.0, e.1),
+            (
+                StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+                "location_unknown"
+            )
+        );
+
+        let report = app.audit.lock().unwrap().report(0, u64::MAX);
+        let placed = |c: &str, z: &str| {
+            report
+                .placements
+                .iter()
+                .filter(|r| r.country == c && r.zone == z)
+                .map(|r| r.count)
+                .sum::<u64>()
+        };
+        assert_eq!(placed("DE", "eu"), 3);
+        assert_eq!(placed("US", "eu"), 2);
+        assert_eq!(placed("JP", "apac"), 2);
+        assert_eq!(placed("unknown", "eu") + placed("unknown", "us"), 0);
+        assert_eq!(
+            report.cross_zone_calls[0].count, 2,
+            "the join across zones too"
+        );
+        let m = app.render_metrics();
+        for want in [
+            "veil_allocator_cross_zone_calls_total{zone_a=\"apac\",zone_b=\"eu\"} 2\n",
+            "veil_allocator_placements_by_country_total{country=\"DE\",zone=\"eu\"} 3\n",
+            "veil_allocator_calls_total{placement=\"same_zone\"} 2\n",
+            "veil_allocator_calls_total{placement=\"cross_zone\"} 2\n",
+            "veil_allocator_unplaceable_total 1\n",
+        ] {
+            assert!(m.contains(want), "{want}in\n{m}");
+        }
+        let csv = report.to_csv();
+        assert!(csv.contains(",placement,DE,eu,,3\n"), "{csv}");
+        assert!(
+            !csv.contains("127.") && !m.contains("127.0.1"),
+            "no address"
+        );
+    }
+
+    #[test]
+    fn draining_relays_get_nothing_and_a_dead_zone_never_spills() {
+        let app = app_with(CALL_POLICY, CALL_RELAYS).unwrap();
+        app.relays.write().unwrap()[0].view.draining = true;
+        for _ in 0..20 {
+            let a = app
+                .allocate(ip("127.0.1.5"), &IceRequest::default())
+                .unwrap();
+            assert_eq!(
+                a.ice_servers[0].urls[0],
+                "turn:127.0.0.1:3479?transport=udp"
+            );
+        }
+        app.relays.write().unwrap()[1].view.healthy = false;
+        let e = app
+            .allocate(ip("127.0.1.5"), &IceRequest::default())
+            .unwrap_err();
+        assert_eq!((e.0, e.1), (StatusCode::SERVICE_UNAVAILABLE, "no_relay"));
+    }
+
+    #[test]
+    fn a_policy_the_db_cannot_serve_is_refused_at_start() {
+        let e = app_with(
+            "zones: {ca: {relays: [us-1]}}\nrules: [{match: {subdivision: US-CA}, zones: [ca]}]\ndefault: [ca]\n",
+            &[("us-1", "ca")],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("policy") && e.contains("rules[0] (subdivision US-CA) can never match"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -430,6 +430,16 @@ impl ReloadingGeo {
     /// Reloads if the file changed. Ok(true) if a new version is in use; a broken new file keeps
     /// the old version and returns the error.
     pub fn reload_if_changed(&self) -> Result<bool, GeoError> {
+        self.reload_if_changed_checked(|_| Ok(()))
+    }
+
+    /// As [`ReloadingGeo::reload_if_changed`], but a new version is taken only if `check`
+    /// accepts it (e.g. the residency policy can still match with it); a refused one keeps the
+    /// old version and is retried when the file changes again.
+    pub fn reload_if_changed_checked(
+        &self,
+        check: impl FnOnce(&GeoDb) -> Result<(), String>,
+    ) -> Result<bool, GeoError> {
         let Some(path) = &self.path else {
             return Ok(false);
         };
@@ -437,9 +447,14 @@ impl ReloadingGeo {
         if stamp == *self.stamp.read().unwrap_or_else(|e| e.into_inner()) {
             return Ok(false);
         }
-        let db = GeoDb::open(path)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(db);
+        // Whatever happens, this version of the file has been looked at.
         *self.stamp.write().unwrap_or_else(|e| e.into_inner()) = stamp;
+        let db = GeoDb::open(path)?;
+        check(&db).map_err(|message| GeoError::Format {
+            path: path.display().to_string(),
+            message,
+        })?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(db);
         Ok(true)
     }
 }
@@ -606,6 +621,22 @@ mod tests {
             geo.get().lookup(ip("127.0.1.1")).country,
             Code::parse("AT"),
             "the old version stays"
+        );
+        assert!(
+            !geo.reload_if_changed().unwrap(),
+            "a broken file is tried once"
+        );
+        std::fs::write(&path, demo_db().unwrap()).unwrap();
+        f.set_modified(t + std::time::Duration::from_secs(2))
+            .unwrap();
+        let e = geo
+            .reload_if_changed_checked(|_| Err("the policy cannot match".into()))
+            .unwrap_err();
+        assert!(e.to_string().contains("the policy cannot match"), "{e}");
+        assert_eq!(
+            geo.get().lookup(ip("127.0.1.1")).country,
+            Code::parse("AT"),
+            "a refused version is not taken"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
