@@ -1,8 +1,9 @@
 //! `veil dev`: a local cluster in one command, on loopback, with nothing to download.
 //!
 //! Three relay nodes (zones `eu`, `us`, `apac` on TURN ports P, P+1, P+2), each with its admin
-//! endpoint, and an allocator whose residency policy sends European clients to `eu`, Asian and
-//! Oceanian ones to `apac` and everyone else to `us`, geolocating with the embedded demo DB
+//! endpoint, and an allocator whose residency policy sends clients in the EU (the jurisdiction,
+//! not the continent) to `eu`, Asian and Oceanian ones to `apac` and everyone else to `us`,
+//! geolocating with the embedded demo DB
 //! (127.0.1.0/24 is DE, 127.0.2.0/24 US, 127.0.3.0/24 JP, ...). A fresh random REST secret and
 //! API key are made for the run. It prints a banner for people and `VEIL_*=` lines for scripts.
 //! Loopback peers are allowed so local echo peers work.
@@ -48,6 +49,18 @@ fn random_hex(n: usize) -> String {
     // The OS RNG; a failure leaves zeros, which the length checks still accept for a dev run.
     let _ = getrandom::fill(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A UDP port p on 127.0.0.1 for the example echo peer: p and p + 1 free now (coturn's uclient
+/// sends its RTCP leg to the peer's port + 1), and neither a TURN port of the cluster. A port that
+/// binds is free: the relays' sockets would make the bind fail.
+fn free_peer_port(turn_port: u16) -> u16 {
+    let free = |p: u16| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok();
+    let turn = turn_port..turn_port.saturating_add(ZONES.len() as u16);
+    (turn_port.saturating_add(10)..u16::MAX - 1)
+        .chain(10_000..turn_port)
+        .find(|p| !turn.contains(p) && !turn.contains(&(p + 1)) && free(*p) && free(p + 1))
+        .unwrap_or(0)
 }
 
 pub fn run(a: DevArgs) -> Result<()> {
@@ -127,17 +140,28 @@ pub fn run(a: DevArgs) -> Result<()> {
                     )
                 })
                 .collect(),
-            rules: [("EU", "eu"), ("AS", "apac"), ("OC", "apac")]
-                .into_iter()
-                .map(|(continent, zone)| Rule {
-                    matches: Match {
-                        continent: Some(continent.into()),
-                        ..Match::default()
-                    },
-                    zones: vec![zone.into()],
-                })
-                .collect(),
+            groups: Default::default(),
+            rules: std::iter::once(Rule {
+                matches: Match {
+                    group: Some("EU".into()),
+                    ..Match::default()
+                },
+                zones: vec!["eu".into()],
+            })
+            .chain(
+                [("AS", "apac"), ("OC", "apac")]
+                    .into_iter()
+                    .map(|(continent, zone)| Rule {
+                        matches: Match {
+                            continent: Some(continent.into()),
+                            ..Match::default()
+                        },
+                        zones: vec![zone.into()],
+                    }),
+            )
+            .collect(),
             default: vec!["us".into()],
+            unknown: None,
         },
         distance: DistanceModel::default(),
         relays: ZONES
@@ -149,6 +173,7 @@ pub fn run(a: DevArgs) -> Result<()> {
         poll_interval_ms: 500,
         down_after: 3,
         up_after: 1,
+        audit_retention_hours: 24,
     };
     let app = App::new(cfg)?;
 
@@ -182,6 +207,7 @@ pub fn run(a: DevArgs) -> Result<()> {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         let t0 = a.turn_port;
+        let peer = free_peer_port(t0);
         let secret = secret_file.display();
         let uris: Vec<String> = (0..ZONES.len() as u16).map(|i| format!("turn:127.0.0.1:{}?transport=udp", t0 + i)).collect();
         let status: Vec<String> =
@@ -196,8 +222,8 @@ pub fn run(a: DevArgs) -> Result<()> {
         let mut banner = vec![
             String::new(),
             "veil dev: a local cluster on loopback. Demo geo DB (loopback only): 127.0.1.x DE, 127.0.2.x US,".into(),
-            "127.0.3.x JP, 127.0.4.x BR, 127.0.5.x AU, 127.0.6.x ZA, 127.0.7.x FR. Europe -> eu, Asia/Oceania -> apac,".into(),
-            "everyone else -> us.".into(),
+            "127.0.3.x JP, 127.0.4.x BR, 127.0.5.x AU, 127.0.6.x ZA, 127.0.7.x FR. The EU (member states) -> eu,".into(),
+            "Asia/Oceania -> apac, everyone else -> us.".into(),
             String::new(),
         ];
         for (i, (zone, name, _, _)) in ZONES.iter().enumerate() {
@@ -208,15 +234,24 @@ pub fn run(a: DevArgs) -> Result<()> {
             format!("  secret     {secret}"),
             format!("  sample eu credential (1 h): username {}  password {}", sample.0, sample.1),
             String::new(),
-            "Ask for an ICE config for a German client:".into(),
+            "Ask for an ICE config for a German client (its username ends in ;z=eu):".into(),
             format!(
                 "  curl -s -H 'Authorization: Bearer {api_key}' -d '{{\"client_ip\":\"127.0.1.5\"}}' http://{api}/v1/ice-servers"
             ),
+            "Place a call between a German and a Japanese client (no zone allowed for both: crossZone):".into(),
+            format!(
+                "  curl -s -H 'Authorization: Bearer {api_key}' -d '{{\"parties\":[{{\"client_ip\":\"127.0.1.5\"}},{{\"client_ip\":\"127.0.3.5\"}}]}}' http://{api}/v1/calls"
+            ),
+            "The cross-border record (counts per client country and zone, cross-zone calls), as CSV:".into(),
+            format!("  veil audit --allocator http://{api} --key {api_key} --format csv"),
             String::new(),
-            "Relay with coturn's client through the eu relay (apt-get install coturn); the eu relay".into(),
-            "only takes credentials whose username carries the claim ;z=eu:".into(),
-            "  turnutils_peer -L 127.0.0.1 -p 3480 &".into(),
-            format!("  turnutils_uclient -W $(cat {secret}) -u 'dev-user;z=eu' -e 127.0.0.1 -r 3480 -p {t0} 127.0.0.1"),
+            "Relay with coturn's client through the eu relay (apt-get install coturn), using the".into(),
+            "username and credential of the ICE config above; the us relay refuses the same credential".into(),
+            format!("(-p {}: \"Cannot complete Allocation\"), as every relay takes only its own zone's:", t0 + 1),
+            format!("  turnutils_peer -L 127.0.0.1 -p {peer} &"),
+            format!("  turnutils_uclient -u '<username>' -w '<credential>' -e 127.0.0.1 -r {peer} -p {t0} 127.0.0.1"),
+            "or mint a credential from the secret:".into(),
+            format!("  turnutils_uclient -W $(cat {secret}) -u 'dev-user;z=eu' -e 127.0.0.1 -r {peer} -p {t0} 127.0.0.1"),
             String::new(),
             "Ctrl-C stops everything.".into(),
             String::new(),
@@ -228,6 +263,7 @@ pub fn run(a: DevArgs) -> Result<()> {
                 "VEIL_METRICS_URLS={},http://{api}/metrics",
                 status.iter().map(|u| u.replace("/status", "/metrics")).collect::<Vec<_>>().join(",")
             ),
+            format!("VEIL_PEER_PORT={peer}"),
             format!("VEIL_SECRET_FILE={secret}"),
         ]);
         println!("{}", banner.join("\n"));

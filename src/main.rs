@@ -3,6 +3,7 @@
 //! * `veil relay` runs a relay node (config file and/or flags; flags win).
 //! * `veil credentials` mints TURN REST API credentials from a secret file.
 
+mod audit;
 mod check;
 mod dev;
 mod forwarder;
@@ -53,6 +54,9 @@ enum Command {
     /// Drive a TURN server (veil or any other) with N clients exchanging packets with a local
     /// echo peer; prints one summary line (offered/delivered packets/s, loss, RTT percentiles).
     Load(load::LoadArgs),
+    /// Print the allocator's cross-border record for a period (placements per client country and
+    /// zone, cross-zone calls per zone pair, per hour) as CSV or JSON.
+    Audit(audit::AuditArgs),
     /// A plain UDP forwarder (no TURN), the ceiling benches/load_vs_coturn.sh compares to.
     #[command(hide = true)]
     BenchForwarder(forwarder::ForwarderArgs),
@@ -263,6 +267,7 @@ fn main() {
         Command::CheckConfig(args) => check::run(args),
         Command::Load(args) => load::run(args),
         Command::BenchForwarder(args) => forwarder::run(args),
+        Command::Audit(args) => audit::run(args),
     };
     if let Err(e) = result {
         eprintln!("veil: {e:#}");

@@ -277,6 +277,23 @@ impl GeoDb {
         r.location()
     }
 
+    /// Every network of the DB with what the DB itself says of it (nothing filled), in address
+    /// order; networks without data and undecodable records are skipped. For tests and tools:
+    /// a Country DB has about a million networks.
+    pub fn networks(&self) -> impl Iterator<Item = (ipnet::IpNet, Location)> + '_ {
+        self.reader
+            .networks(Default::default())
+            .into_iter()
+            .flatten()
+            .filter_map(|item| {
+                let l = item.ok()?;
+                let net = l.network().ok()?;
+                let net = ipnet::IpNet::new(net.ip(), net.prefix()).ok()?;
+                let r = l.decode::<Record>().ok()??;
+                Some((net, r.location()))
+            })
+    }
+
     /// Samples the DB's records — the first `per_block` networks of every IPv4 /8 and of every
     /// IPv6 /12 in 2000::/3 — and counts which facts they carry. Cheap (a few thousand decodes),
     /// and enough to tell a schema: a DB that has a field has it on most records.
