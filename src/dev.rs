@@ -51,11 +51,15 @@ fn random_hex(n: usize) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// A UDP port p on 127.0.0.1 for the example echo peer: p and p + 1 free now (coturn's uclient
-/// sends its RTCP leg to the peer's port + 1), and neither a TURN port of the cluster. A port that
-/// binds is free: the relays' sockets would make the bind fail.
+/// A port p on 127.0.0.1 for the example echo peer: p and p + 1 free now for UDP and TCP (coturn's
+/// uclient sends its RTCP leg to the peer's port + 1; the relays refuse peers on any port one of
+/// their own UDP or TCP listeners uses, admin and allocator ports included), and neither a TURN
+/// port of the cluster. A port that binds is free: the cluster's sockets would make it fail.
 fn free_peer_port(turn_port: u16) -> u16 {
-    let free = |p: u16| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok();
+    let free = |p: u16| {
+        std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+    };
     let turn = turn_port..turn_port.saturating_add(ZONES.len() as u16);
     (turn_port.saturating_add(10)..u16::MAX - 1)
         .chain(10_000..turn_port)
@@ -247,7 +251,7 @@ pub fn run(a: DevArgs) -> Result<()> {
             String::new(),
             "Relay with coturn's client through the eu relay (apt-get install coturn), using the".into(),
             "username and credential of the ICE config above; the us relay refuses the same credential".into(),
-            format!("(-p {}: \"Cannot complete Allocation\"), as every relay takes only its own zone's:", t0 + 1),
+            format!("(-p {}: \"error 403 (Forbidden)\"), as every relay takes only its own zone's:", t0 + 1),
             format!("  turnutils_peer -L 127.0.0.1 -p {peer} &"),
             format!("  turnutils_uclient -u '<username>' -w '<credential>' -e 127.0.0.1 -r {peer} -p {t0} 127.0.0.1"),
             "or mint a credential from the secret:".into(),

@@ -281,30 +281,120 @@ async fn allocator_places_by_residency_and_relays_enforce_it() {
             .starts_with("turn:127.0.0.1:")
     );
 
-    // Audit: counts per (client region, zone), nothing else.
+    // A call as a call: a German party may only use eu, a US party only us: each in its own
+    // zone, and the call counted as cross-zone.
+    let (st, body) = http(
+        alloc,
+        "POST",
+        "/v1/calls",
+        Some(KEY),
+        "{\"parties\":[{\"client_ip\":\"127.0.1.30\"},{\"client_ip\":\"127.0.2.30\"}]}",
+    );
+    assert_eq!(st, 200, "{body}");
+    let call = json(&body);
+    assert_eq!(call["crossZone"], true, "{call}");
+    assert_eq!(call["zones"], serde_json::json!(["eu", "us"]));
+    // Two German parties: one relay.
+    let (st, body) = http(
+        alloc,
+        "POST",
+        "/v1/calls",
+        Some(KEY),
+        "{\"parties\":[{\"client_ip\":\"127.0.1.31\"},{\"client_ip\":\"127.0.7.31\"}]}",
+    );
+    let call = json(&body);
+    assert_eq!((st, &call["crossZone"]), (200, &serde_json::json!(false)));
+    assert_eq!(
+        call["parties"][0]["iceServers"][0]["urls"][0],
+        call["parties"][1]["iceServers"][0]["urls"][0]
+    );
+    let (st, body) = http(
+        alloc,
+        "POST",
+        "/v1/calls",
+        Some(WEB_KEY),
+        "{\"parties\":[]}",
+    );
+    assert_eq!((st, json(&body)["code"].as_str()), (403, Some("forbidden")));
+    let (st, body) = http(
+        alloc,
+        "POST",
+        "/v1/calls",
+        Some(KEY),
+        "{\"parties\":[{\"client_ip\":\"127.0.1.31\"}]}",
+    );
+    assert_eq!(
+        (st, json(&body)["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+
+    // Audit: counts per (client country, zone) and cross-zone calls, nothing else.
     let (st, body) = http(alloc, "GET", "/v1/audit", Some(KEY), "");
     assert_eq!(st, 200);
-    let flows = json(&body)["flows"].as_array().unwrap().clone();
-    let count = |region: &str, zone: &str| {
-        flows
-            .iter()
-            .find(|f| f["client_region"] == region && f["zone"] == zone)
-            .and_then(|f| f["placements"].as_u64())
-            .unwrap_or(0)
+    let report = json(&body);
+    let rows = report["placements"].as_array().unwrap().clone();
+    let count = |country: &str, zone: &str| {
+        rows.iter()
+            .filter(|f| f["country"] == country && f["zone"] == zone)
+            .filter_map(|f| f["count"].as_u64())
+            .sum::<u64>()
     };
     assert!(
-        count("DE", "eu") >= 2 && count("US", "us") >= 2 && count("FR", "eu") >= 1,
-        "{flows:?}"
+        count("DE", "eu") >= 4 && count("US", "us") >= 3 && count("FR", "eu") >= 2,
+        "{rows:?}"
     );
     assert_eq!(
         count("DE", "us"),
         0,
         "no German client was ever placed in the US"
     );
+    assert_eq!(
+        report["cross_zone_calls"],
+        serde_json::json!([{"hour": report["cross_zone_calls"][0]["hour"], "zone_a": "eu", "zone_b": "us", "count": 1}]),
+        "the split call, counted once"
+    );
     assert!(
         !body.contains("127.0."),
         "the audit holds no address: {body}"
     );
+    let (st, csv) = http(alloc, "GET", "/v1/audit?format=csv", Some(KEY), "");
+    assert_eq!(st, 200);
+    assert!(
+        csv.starts_with("hour_start,kind,country,zone,other_zone,count\n"),
+        "{csv}"
+    );
+    assert!(csv.contains(",cross_zone_call,,eu,us,1\n"), "{csv}");
+    // The same report through `veil audit`.
+    let out = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args([
+            "audit",
+            "--allocator",
+            &format!("http://{alloc}"),
+            "--key",
+            KEY,
+            "--from",
+            "1h",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), csv);
+    let out = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args([
+            "audit",
+            "--allocator",
+            &format!("http://{alloc}"),
+            "--key",
+            "wrong-key-0123456789",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 
     // Metrics: placements by zone, relays up, promtool-clean, no addresses.
     let (st, metrics) = http(alloc, "GET", "/metrics", None, "");
@@ -374,11 +464,15 @@ async fn allocator_places_by_residency_and_relays_enforce_it() {
     drop(us1);
 }
 
-/// `veil dev`: one command brings up two zoned relays and an allocator; a German client's ICE
-/// config works with the webrtc-rs client.
+/// `veil dev` as a newcomer meets it: the commands its banner prints are run as printed (the
+/// curl lines, coturn's peer and uclient with the ICE config's credential, `veil audit`). The
+/// German client's credential relays through the eu relay and is refused by the us relay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn veil_dev_runs_a_working_cluster() {
     use std::io::BufRead;
+    common::require("turnutils_uclient");
+    common::require("turnutils_peer");
+    common::require("curl");
     let turn = loop {
         let p = common::free_udp_port();
         if p < 65000 && (1..3).all(|i| std::net::UdpSocket::bind(("127.0.0.1", p + i)).is_ok()) {
@@ -408,12 +502,18 @@ async fn veil_dev_runs_a_working_cluster() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let dev = Allocator(child);
-    // The machine-readable lines.
+    // The printed commands and the machine-readable lines.
     let mut vars = std::collections::HashMap::new();
+    let mut commands = Vec::new();
     for line in std::io::BufReader::new(stdout).lines() {
         let line = line.unwrap();
         if let Some((k, v)) = line.split_once('=').filter(|(k, _)| k.starts_with("VEIL_")) {
             vars.insert(k.to_string(), v.to_string());
+        }
+        for tool in ["curl ", "turnutils_peer ", "turnutils_uclient ", "veil "] {
+            if let Some(cmd) = line.strip_prefix("  ").filter(|l| l.starts_with(tool)) {
+                commands.push(cmd.to_string());
+            }
         }
         if line.starts_with("VEIL_SECRET_FILE=") {
             break;
@@ -430,39 +530,139 @@ async fn veil_dev_runs_a_working_cluster() {
         4,
         "three relays and the allocator"
     );
-    let api: SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
+    let peer: u16 = vars["VEIL_PEER_PORT"].parse().unwrap();
+    assert!(
+        !(turn..turn + 3).contains(&peer) && !(turn..turn + 3).contains(&(peer + 1)),
+        "the example peer port {peer} is not a TURN port of the cluster"
+    );
+    let find = |prefix: &str| {
+        commands
+            .iter()
+            .filter(|c| c.starts_with(prefix))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let sh = |cmd: &str| {
+        Command::new("sh")
+            .args(["-c", cmd])
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    std::path::Path::new(env!("CARGO_BIN_EXE_veil"))
+                        .parent()
+                        .unwrap()
+                        .display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .output()
+            .unwrap()
+    };
+
+    // The first curl line: an ICE config for a German client (retried until the first poll).
+    let curls = find("curl ");
+    assert_eq!(curls.len(), 2, "{commands:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     let answer = loop {
-        let (st, body) = http(
-            api,
-            "POST",
-            "/v1/ice-servers",
-            Some(&key),
-            "{\"client_ip\":\"127.0.1.5\"}",
-        );
-        if st == 200 {
-            break json(&body);
+        let out = sh(&curls[0]);
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            && v["zone"] == "eu"
+        {
+            break v;
         }
         assert!(
             Instant::now() < deadline,
-            "no placement in 10 s: {st} {body}"
+            "no placement in 10 s: {}",
+            String::from_utf8_lossy(&out.stdout)
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(answer["zone"], "eu");
     assert_eq!(
         answer["iceServers"][0]["urls"][0],
         format!("turn:127.0.0.1:{turn}?transport=udp")
     );
+    let user = answer["iceServers"][0]["username"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pass = answer["iceServers"][0]["credential"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(user.ends_with(";z=eu"), "{user}");
+    // The second: a call between DE and JP, no zone allowed for both.
+    let call: serde_json::Value = serde_json::from_slice(&sh(&curls[1]).stdout).unwrap();
+    assert_eq!(call["crossZone"], true, "{call}");
+    assert_eq!(call["zones"], serde_json::json!(["eu", "apac"]));
+
+    // The webrtc-rs client with that credential.
     let fake = Relay {
         child: Command::new("true").spawn().unwrap(),
         addr: format!("127.0.0.1:{turn}").parse().unwrap(),
         dir: common::TempDir(std::env::temp_dir().join("veil-dev-test-unused")),
     };
-    let user = answer["iceServers"][0]["username"].as_str().unwrap();
-    let pass = answer["iceServers"][0]["credential"].as_str().unwrap();
-    allocate_with(&fake, user, pass)
+    allocate_with(&fake, &user, &pass)
         .await
         .expect("the dev cluster relays");
+
+    // coturn's peer and uclient, as printed, with the ICE config's username and credential.
+    let peer_cmd = find("turnutils_peer ");
+    assert_eq!(peer_cmd.len(), 1);
+    let peer_cmd = peer_cmd[0].trim_end_matches('&').trim().to_string();
+    let args: Vec<&str> = peer_cmd.split_whitespace().collect();
+    let _peer = Allocator(
+        Command::new(args[0])
+            .args(&args[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let uclients = find("turnutils_uclient ");
+    assert_eq!(uclients.len(), 2, "{commands:?}");
+    let with_answer = uclients[0]
+        .replace("<username>", &user)
+        .replace("<credential>", &pass);
+    let run = |cmd: &str| {
+        let out = sh(&format!("timeout 60 {cmd}"));
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, text) = run(&with_answer);
+    assert!(ok, "{with_answer}\n{text}");
+    assert!(text.contains("Total lost packets 0"), "{text}");
+    // The same credential on the us relay: refused.
+    let on_us = with_answer.replace(&format!("-p {turn} "), &format!("-p {} ", turn + 1));
+    assert_ne!(on_us, with_answer);
+    let (ok, text) = run(&on_us);
+    assert!(
+        !ok && text.contains("error 403 (Forbidden)"),
+        "{on_us}\n{text}"
+    );
+    // The -W line mints its own eu credential.
+    let (ok, text) = run(&uclients[1]);
+    assert!(ok, "{}\n{text}", uclients[1]);
+
+    // `veil audit` as printed.
+    let audit = find("veil audit");
+    assert_eq!(audit.len(), 1);
+    let out = sh(&audit[0]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(csv.contains(",placement,DE,eu,,"), "{csv}");
+    assert!(csv.contains(",cross_zone_call,,apac,eu,1\n"), "{csv}");
+    assert!(!key.is_empty());
     drop(dev);
 }

@@ -15,19 +15,6 @@ use common::{SECRET, start_relay};
 const CLIENTS: u32 = 50;
 const MESSAGES: u32 = 20;
 
-fn require(tool: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "{tool} not found: this interop suite needs Debian's coturn package \
-         (`apt-get install coturn`; .ci/run installs it)"
-    );
-}
-
 struct Peer(Child);
 
 impl Drop for Peer {
@@ -187,8 +174,8 @@ fn report_parser_reads_uclient_summary() {
 
 #[test]
 fn uclient_channels_send_indications_and_ipv6_with_zero_loss() {
-    require("turnutils_uclient");
-    require("turnutils_peer");
+    common::require("turnutils_uclient");
+    common::require("turnutils_peer");
     let relay = start_relay(
         "28000-29999",
         &[
@@ -296,8 +283,8 @@ fn uclient_channels_send_indications_and_ipv6_with_zero_loss() {
 
 #[test]
 fn uclient_over_tcp_and_tls_plain_and_shaped_with_zero_loss() {
-    require("turnutils_uclient");
-    require("turnutils_peer");
+    common::require("turnutils_uclient");
+    common::require("turnutils_peer");
     let quota = ["--allow-peer", "127.0.0.0/8", "--user-quota", "1000"];
     let (relay, tcp, tls) = common::start_stream_relay("18000-18999", &quota);
     let (_peer, p) = start_peer("127.0.0.1");

@@ -218,3 +218,17 @@ pub const SHAPING: [&str; 6] = [
 pub fn shaped(base: &[&'static str]) -> Vec<&'static str> {
     base.iter().chain(SHAPING.iter()).copied().collect()
 }
+
+/// Fails loudly when an external tool a suite needs is missing (never a silent pass).
+pub fn require(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{tool} not found: this suite needs Debian's coturn package \
+         (`apt-get install coturn`; .ci/run installs it)"
+    );
+}

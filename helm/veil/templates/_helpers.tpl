@@ -120,10 +120,11 @@ seccompProfile:
   "api_keys" $a.apiKeys
   "secret_files" (list "/etc/veil/secrets/turn-secrets")
   "ttl" (int $a.ttl)
-  "policy" (dict "zones" $zones "rules" $a.policy.rules "default" $a.policy.default)
+  "policy" (dict "zones" $zones "groups" ($a.policy.groups | default dict) "rules" $a.policy.rules "default" $a.policy.default "unknown" $a.policy.unknown)
   "distance" (dict "ms_per_km" $a.distance.msPerKm "unknown_ms" $a.distance.unknownMs)
   "relays" $relays
   "trusted_proxies" $a.trustedProxies
+  "audit_retention_hours" (int ($a.auditRetentionHours | default 168))
 -}}
 {{- if $a.geoDb.enabled -}}
 {{- $_ := set $cfg "geo_db" (printf "/var/lib/veil/geo/%s" $a.geoDb.file) -}}
