@@ -92,6 +92,17 @@ fn ice(alloc: SocketAddr, ip: &str, call: Option<&str>) -> (u16, serde_json::Val
     (st, json(&body))
 }
 
+/// The username and credential of an ICE answer.
+fn credential(answer: &serde_json::Value) -> (String, String) {
+    let s = &answer["iceServers"][0];
+    let text = |k: &str| {
+        s[k].as_str()
+            .unwrap_or_else(|| panic!("no {k}: {answer}"))
+            .to_string()
+    };
+    (text("username"), text("credential"))
+}
+
 /// Which relay (by name) the first URI of an answer points at.
 fn relay_of(answer: &serde_json::Value, relays: &[(&str, u16)]) -> String {
     let url = answer["iceServers"][0]["urls"][0]
@@ -197,14 +208,7 @@ async fn allocator_places_by_residency_and_relays_enforce_it() {
     assert_eq!(de["iceTransportPolicy"], "relay");
     let de_relay = relay_of(&de, &names);
     assert!(de_relay.starts_with("eu-"), "{de}");
-    let user = de["iceServers"][0]["username"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let pass = de["iceServers"][0]["credential"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (user, pass) = credential(&de);
     assert!(user.ends_with(";z=eu"), "{user}");
 
     // The credential works on its zone's relay and is refused by the other zone's.
@@ -261,6 +265,12 @@ async fn allocator_places_by_residency_and_relays_enforce_it() {
     );
     let (st, _) = http(alloc, "POST", "/v1/ice-servers", Some(KEY), "{not json");
     assert_eq!(st, 400);
+    let (st, body) = ice(alloc, "127.0.1.1", Some(&"c".repeat(129)));
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (400, Some("bad_request")),
+        "call_id bounded"
+    );
 
     // The TURN REST API draft's shape.
     let (st, body) = http(
@@ -582,14 +592,7 @@ async fn veil_dev_runs_a_working_cluster() {
         answer["iceServers"][0]["urls"][0],
         format!("turn:127.0.0.1:{turn}?transport=udp")
     );
-    let user = answer["iceServers"][0]["username"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let pass = answer["iceServers"][0]["credential"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (user, pass) = credential(&answer);
     assert!(user.ends_with(";z=eu"), "{user}");
     // The second: a call between DE and JP, no zone allowed for both.
     let call: serde_json::Value = serde_json::from_slice(&sh(&curls[1]).stdout).unwrap();

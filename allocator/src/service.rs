@@ -217,6 +217,19 @@ struct Metrics {
     secret_reloads: u64,
 }
 
+/// One counter family in the Prometheus text format: `series` are (labels without braces, value).
+fn counter(o: &mut String, name: &str, help: &str, series: &[(&str, u64)]) {
+    use std::fmt::Write;
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (labels, v) in series {
+        if labels.is_empty() {
+            let _ = writeln!(o, "{name} {v}");
+        } else {
+            let _ = writeln!(o, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
 /// Checks that the policy can match with a DB: the DB's notes, or the reason it cannot.
 fn check_policy_against(policy: &Policy, db: &GeoDb) -> Result<Vec<String>, String> {
     policy
@@ -432,41 +445,29 @@ impl App {
         );
         let _ = writeln!(o, "# TYPE veil_allocator_residency_refusals_total counter");
         let _ = writeln!(o, "veil_allocator_residency_refusals_total {}", m.refused);
-        let _ = writeln!(
-            o,
-            "# HELP veil_allocator_unplaceable_total Requests refused because the geo DB cannot place the client (policy unknown: refuse)."
+        counter(
+            &mut o,
+            "veil_allocator_unplaceable_total",
+            "Requests refused because the geo DB cannot place the client (policy unknown: refuse).",
+            &[("", m.unplaceable)],
         );
-        let _ = writeln!(o, "# TYPE veil_allocator_unplaceable_total counter");
-        let _ = writeln!(o, "veil_allocator_unplaceable_total {}", m.unplaceable);
-        let _ = writeln!(
-            o,
-            "# HELP veil_allocator_location_filled_total Lookups whose continent or coordinates came from the embedded country table, not the DB."
+        counter(
+            &mut o,
+            "veil_allocator_location_filled_total",
+            "Lookups whose continent or coordinates came from the embedded country table, not the DB.",
+            &[
+                ("fact=\"continent\"", m.filled_continent),
+                ("fact=\"coordinates\"", m.filled_coords),
+            ],
         );
-        let _ = writeln!(o, "# TYPE veil_allocator_location_filled_total counter");
-        let _ = writeln!(
-            o,
-            "veil_allocator_location_filled_total{{fact=\"continent\"}} {}",
-            m.filled_continent
-        );
-        let _ = writeln!(
-            o,
-            "veil_allocator_location_filled_total{{fact=\"coordinates\"}} {}",
-            m.filled_coords
-        );
-        let _ = writeln!(
-            o,
-            "# HELP veil_allocator_calls_total Calls placed as calls (/v1/calls or a join token), by whether both parties share a zone."
-        );
-        let _ = writeln!(o, "# TYPE veil_allocator_calls_total counter");
-        let _ = writeln!(
-            o,
-            "veil_allocator_calls_total{{placement=\"same_zone\"}} {}",
-            m.calls_shared_zone
-        );
-        let _ = writeln!(
-            o,
-            "veil_allocator_calls_total{{placement=\"cross_zone\"}} {}",
-            m.calls_cross_zone
+        counter(
+            &mut o,
+            "veil_allocator_calls_total",
+            "Calls placed as calls (/v1/calls or a join token), by whether both parties share a zone.",
+            &[
+                ("placement=\"same_zone\"", m.calls_shared_zone),
+                ("placement=\"cross_zone\"", m.calls_cross_zone),
+            ],
         );
         let _ = writeln!(
             o,
@@ -1025,8 +1026,21 @@ async fn ice_servers(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?
     };
+    check_call_id(req.call_id.as_deref())?;
     let ip = app.client_ip(peer, &headers, key, req.client_ip.as_deref())?;
     app.allocate(ip, &req).map(Json)
+}
+
+/// A call id travels in join tokens: bounded, so a token always fits their size limit.
+fn check_call_id(id: Option<&str>) -> Result<(), ApiError> {
+    match id {
+        Some(c) if c.is_empty() || c.len() > 128 => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "call_id: 1-128 characters".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 async fn calls(
@@ -1060,6 +1074,7 @@ async fn calls(
             )
         })
     };
+    check_call_id(req.call_id.as_deref())?;
     let ips = [parse(a)?, parse(b)?];
     app.timed(|| app.place_call(ips, &req)).map(Json)
 }
@@ -1213,6 +1228,9 @@ mod tests {
             (cfg.ttl, cfg.poll_interval_ms, cfg.down_after, cfg.up_after),
             (600, 1000, 3, 2)
         );
+        assert_eq!(cfg.audit_retention_hours, 168);
+        assert_eq!(cfg.policy.unknown, None, "unset: the default zones");
+        assert!(cfg.policy.groups.is_empty());
         let policy = Policy::new(cfg.policy.clone()).expect("the example policy is valid");
         for r in &cfg.relays {
             assert!(policy.zone_of(&r.name).is_some(), "{} is in a zone", r.name);
