@@ -452,3 +452,60 @@ fn the_country_table_agrees_with_maxmind() {
         "{checked} countries with enough City records"
     );
 }
+
+/// US states are not countries: a subdivision rule works with a City DB (GeoIP2 schema, which
+/// has ISO 3166-2 subdivisions) and is refused at start, naming the rule, with country-only DBs
+/// where it could never match.
+#[test]
+fn subdivision_rules_need_a_city_db_and_say_so() {
+    let p = policy(
+        "zones: {ca: {relays: [us-sfo]}, us: {relays: [us-iad]}}\n\
+         rules:\n  - {match: {subdivision: US-CA}, zones: [ca]}\n  - {match: {country: US}, zones: [us]}\n\
+         default: [us]\n",
+    );
+    let city = open(GEOIP2_CITY);
+    p.check_db(&city.survey(8), city.origin())
+        .expect("a City DB has subdivisions");
+    for rel in [FLAT, GEOIP2] {
+        let db = open(rel);
+        let e = p
+            .check_db(&db.survey(8), db.origin())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("rules[0] (subdivision US-CA) can never match with"),
+            "{rel}: {e}"
+        );
+    }
+    // Californian and other US addresses from the City DB's own networks.
+    let (mut ca, mut other) = (Vec::new(), Vec::new());
+    for (net, loc) in city.networks().take(400_000) {
+        match (
+            loc.country.map(|c| c.to_string()),
+            loc.subdivision.map(|s| s.to_string()),
+        ) {
+            (Some(c), Some(s)) if c == "US" && s == "US-CA" && ca.len() < 20 => {
+                ca.push(middle(&net))
+            }
+            (Some(c), Some(s)) if c == "US" && s != "US-CA" && other.len() < 20 => {
+                other.push(middle(&net))
+            }
+            _ => {}
+        }
+        if ca.len() == 20 && other.len() == 20 {
+            break;
+        }
+    }
+    assert!(
+        ca.len() >= 5 && other.len() >= 5,
+        "{} / {}",
+        ca.len(),
+        other.len()
+    );
+    for ip in &ca {
+        assert_eq!(p.decide(*ip, &city.lookup(*ip)).zones(), ["ca"], "{ip}");
+    }
+    for ip in &other {
+        assert_eq!(p.decide(*ip, &city.lookup(*ip)).zones(), ["us"], "{ip}");
+    }
+}
