@@ -6,19 +6,19 @@
 //! that the fuzzer reaches allocation states without having to forge an HMAC.
 #![no_main]
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use veil_relay::privacy::Redactor;
-use veil_relay::proto::auth::{self, Credentials, Key, NonceKey};
-use veil_relay::proto::peer_filter::PeerFilter;
-use veil_relay::proto::server::{
+use veil_proto::privacy::Redactor;
+use veil_proto::auth::{self, Credentials, Key, NonceKey};
+use veil_proto::peer_filter::PeerFilter;
+use veil_proto::server::{
     Action, ClientKey, Env, HEADROOM, Now, Opened, PortPolicy, RelayAddr, RelayId, Server,
     ServerConfig, Shared, TAILROOM,
 };
-use veil_relay::proto::stun::{Class, Integrity, Writer, attr, method};
+use veil_proto::stun::{Class, Integrity, Writer, attr, method};
 
 #[derive(Default)]
 struct FakeEnv {
@@ -30,10 +30,11 @@ impl Env for FakeEnv {
     fn open_relay(
         &mut self,
         id: RelayId,
-        ip: IpAddr,
+        on: &[RelayAddr],
         policy: PortPolicy,
         _: bool,
     ) -> Option<Opened> {
+        let ip = on.first()?.bind;
         if self.open.len() > 64 {
             return None;
         }
@@ -74,7 +75,7 @@ const SECRET: &[u8] = b"fuzz-secret";
 fn clients() -> [ClientKey; 3] {
     [40000, 40001, 40002].map(|p| ClientKey {
         listener: 0,
-        transport: veil_relay::proto::server::Transport::Udp,
+        transport: veil_proto::server::Transport::Udp,
         addr: SocketAddr::from(([192, 0, 2, 1], p)),
     })
 }
@@ -103,14 +104,16 @@ fn seed_allocate(nonces: &NonceKey) -> Vec<u8> {
 fuzz_target!(|data: &[u8]| {
     let cfg = ServerConfig {
         realm: "fuzz".into(),
-        relay_v4: Some(RelayAddr {
-            bind: "127.0.0.1".parse().unwrap(),
-            advertise: "127.0.0.1".parse().unwrap(),
-        }),
-        relay_v6: Some(RelayAddr {
-            bind: "::1".parse().unwrap(),
-            advertise: "::1".parse().unwrap(),
-        }),
+        relays: [
+            vec![RelayAddr {
+                bind: "127.0.0.1".parse().unwrap(),
+                advertise: "127.0.0.1".parse().unwrap(),
+            }],
+            vec![RelayAddr {
+                bind: "::1".parse().unwrap(),
+                advertise: "::1".parse().unwrap(),
+            }],
+        ],
         user_quota: 4,
         total_quota: 8,
         ..ServerConfig::default()

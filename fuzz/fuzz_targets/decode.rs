@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use veil_relay::proto::stun::{Message, channel_data};
+use veil_proto::stun::{Message, channel_data};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(m) = Message::decode(data) {

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use veil_relay::proto::framing::{StreamBuf, frame_len};
+use veil_proto::framing::{StreamBuf, frame_len};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, stream)) = data.split_first() else {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use veil_relay::shaping::{Padding, pad_frame, pad_stream_frame};
+use veil_proto::shaping::{Padding, pad_frame, pad_stream_frame};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 3 {

@@ -54,7 +54,7 @@ impl fmt::Display for PortRange {
     }
 }
 
-serde_via_str!(PortRange);
+veil_proto::serde_via_str!(PortRange);
 
 /// Credentials: TURN REST API secrets (several at once for rotation) and, for local development
 /// only, fixed users.
@@ -157,10 +157,6 @@ pub struct LogConfig {
     /// carry only keyed hashes whose key rotates daily.
     pub personal_data: bool,
 }
-
-serde_via_str!(Padding);
-serde_via_str!(Timing);
-serde_via_str!(Cover);
 
 /// Traffic shaping of the relay → client leg (see the README for what each mode protects).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -810,8 +810,7 @@ mod tests {
         let user = std::str::from_utf8(m.value_of(m.username).unwrap()).unwrap();
         assert_eq!(user, "\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}");
         // The RFC's password is "TheMatrIX" after SASLprep of "The<U+00AD>M<U+00AA>trIX".
-        let key =
-            crate::proto::auth::long_term_key_md5(user.as_bytes(), b"example.org", b"TheMatrIX");
+        let key = crate::auth::long_term_key_md5(user.as_bytes(), b"example.org", b"TheMatrIX");
         assert_eq!(m.verify_integrity(&key), Some(Integrity::Sha1));
     }
 

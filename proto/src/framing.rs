@@ -104,13 +104,13 @@ impl StreamBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::stun::{Class, Writer, method};
+    use crate::stun::{Class, Writer, method};
 
     fn stun(txid: u8, data_len: usize) -> Vec<u8> {
         let mut b = vec![0u8; 2048];
         let mut w = Writer::new(&mut b, method::BINDING, Class::Request, &[txid; 12]).unwrap();
         if data_len > 0 {
-            w.attr(crate::proto::stun::attr::SOFTWARE, &vec![b'x'; data_len])
+            w.attr(crate::stun::attr::SOFTWARE, &vec![b'x'; data_len])
                 .unwrap();
         }
         let n = w.finish();

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::proto::stun::{decode_xor_address, error_code_of, find_attr};
+use crate::stun::{decode_xor_address, error_code_of, find_attr};
 
 const REALM: &str = "test.veil";
 const SECRET: &[u8] = b"current-secret";

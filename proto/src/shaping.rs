@@ -26,7 +26,7 @@ use std::ops::Range;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use crate::proto::stun::{self, attr};
+use crate::stun::{self, attr};
 
 /// The comprehension-optional attribute veil pads Data indications with (zero bytes). In the
 /// 0xC000–0xFFFF range; clients ignore comprehension-optional attributes they do not know.
@@ -749,10 +749,15 @@ pub fn next_slot(epoch: Instant, interval: Duration, now: Instant) -> Instant {
     epoch + Duration::from_nanos((slots * step) as u64)
 }
 
+// Written in YAML as their flag syntax (`128,256,512`, `slots:20ms`, `50:128`).
+serde_via_str!(Padding);
+serde_via_str!(Timing);
+serde_via_str!(Cover);
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::stun::{Class, Message, Writer, channel_data, method};
+    use crate::stun::{Class, Message, Writer, channel_data, method};
 
     #[test]
     fn bucket_choice() {

@@ -304,7 +304,7 @@ impl NonceKey {
         }
         let expiry = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
         let mac = self.mac(expiry, listener, client);
-        if !crate::proto::stun::ct_eq(&mac, &raw[4..NONCE_RAW_LEN]) {
+        if !crate::stun::ct_eq(&mac, &raw[4..NONCE_RAW_LEN]) {
             return Err(NonceError::Malformed);
         }
         if (expiry as u64) < unix_now {
