@@ -11,9 +11,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use veil_proto::privacy::Redactor;
 use veil_proto::auth::{self, Credentials, Key, NonceKey};
 use veil_proto::peer_filter::PeerFilter;
+use veil_proto::privacy::Redactor;
 use veil_proto::server::{
     Action, ClientKey, Env, HEADROOM, Now, Opened, PortPolicy, RelayAddr, RelayId, Server,
     ServerConfig, Shared, TAILROOM,
