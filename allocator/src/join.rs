@@ -84,7 +84,7 @@ pub fn verify<'a>(
     }
     let ok = secrets.into_iter().any(|s| {
         let want = hmac::sign(&key(s), &payload);
-        veil_relay::proto::stun::ct_eq(&want.as_ref()[..MAC_LEN], &tag)
+        veil_proto::stun::ct_eq(&want.as_ref()[..MAC_LEN], &tag)
     });
     if !ok {
         return Err(JoinError::BadMac);

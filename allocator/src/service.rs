@@ -40,8 +40,8 @@ use veil_geo::{GeoDb, Location, ReloadingGeo};
 
 use crate::audit::{AuditLog, country_label};
 use crate::join::{self, JoinClaims};
+use veil_proto::auth;
 use veil_relay::admin::Status;
-use veil_relay::proto::auth;
 
 use crate::placement::{
     CallPlacement, ClientFacts, Joined, Placement, PlacementError, RelayView, Scoring, place,
@@ -347,7 +347,7 @@ impl App {
         self.cfg
             .api_keys
             .iter()
-            .find(|k| veil_relay::proto::stun::ct_eq(k.key.as_bytes(), token.as_bytes()))
+            .find(|k| veil_proto::stun::ct_eq(k.key.as_bytes(), token.as_bytes()))
             .ok_or_else(|| {
                 ApiError(
                     StatusCode::UNAUTHORIZED,
@@ -1241,8 +1241,8 @@ mod tests {
     /// address, in the pool's zone; an in-process relay admin endpoint answers.
     #[tokio::test]
     async fn dns_pools_become_relays() {
+        use veil_proto::auth::{Credentials, NonceKey};
         use veil_relay::admin::{AdminState, router};
-        use veil_relay::proto::auth::{Credentials, NonceKey};
         use veil_relay::proto::peer_filter::PeerFilter;
         use veil_relay::proto::server::{ServerConfig, Shared};
 
