@@ -212,6 +212,8 @@ pub fn run(a: DevArgs) -> Result<()> {
         }
         let t0 = a.turn_port;
         let peer = free_peer_port(t0);
+        // This binary's own path, so the printed command works without `veil` on PATH.
+        let exe = std::env::current_exe().map_or_else(|_| "veil".to_string(), |p| p.display().to_string());
         let secret = secret_file.display();
         let uris: Vec<String> = (0..ZONES.len() as u16).map(|i| format!("turn:127.0.0.1:{}?transport=udp", t0 + i)).collect();
         let status: Vec<String> =
@@ -247,7 +249,7 @@ pub fn run(a: DevArgs) -> Result<()> {
                 "  curl -s -H 'Authorization: Bearer {api_key}' -d '{{\"parties\":[{{\"client_ip\":\"127.0.1.5\"}},{{\"client_ip\":\"127.0.3.5\"}}]}}' http://{api}/v1/calls"
             ),
             "The cross-border record (counts per client country and zone, cross-zone calls), as CSV:".into(),
-            format!("  veil audit --allocator http://{api} --key {api_key} --format csv"),
+            format!("  {exe} audit --allocator http://{api} --key {api_key} --format csv"),
             String::new(),
             "Relay with coturn's client through the eu relay (apt-get install coturn), using the".into(),
             "username and credential of the ICE config above; the us relay refuses the same credential".into(),

@@ -520,7 +520,12 @@ async fn veil_dev_runs_a_working_cluster() {
         if let Some((k, v)) = line.split_once('=').filter(|(k, _)| k.starts_with("VEIL_")) {
             vars.insert(k.to_string(), v.to_string());
         }
-        for tool in ["curl ", "turnutils_peer ", "turnutils_uclient ", "veil "] {
+        for tool in [
+            "curl ",
+            "turnutils_peer ",
+            "turnutils_uclient ",
+            env!("CARGO_BIN_EXE_veil"),
+        ] {
             if let Some(cmd) = line.strip_prefix("  ").filter(|l| l.starts_with(tool)) {
                 commands.push(cmd.to_string());
             }
@@ -655,7 +660,7 @@ async fn veil_dev_runs_a_working_cluster() {
     assert!(ok, "{}\n{text}", uclients[1]);
 
     // `veil audit` as printed.
-    let audit = find("veil audit");
+    let audit = find(&format!("{} audit", env!("CARGO_BIN_EXE_veil")));
     assert_eq!(audit.len(), 1);
     let out = sh(&audit[0]);
     assert!(
