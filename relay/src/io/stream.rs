@@ -234,6 +234,8 @@ async fn read_side<R: AsyncRead>(
     // Room for a response and, when shaping, the filler up to the largest bucket.
     let mut reply = vec![0u8; 2048 + crate::shaping::MAX_QUEUED_FRAME];
     let mut first = true;
+    // Whether this connection has held an allocation: from then on every answer is padded.
+    let mut padded = false;
     loop {
         let deadline = if first {
             node.streams.handshake_timeout
@@ -281,7 +283,11 @@ async fn read_side<R: AsyncRead>(
                     // Fillers only once the client holds an allocation: until a Binding or
                     // Allocate success has crossed the connection, Chromium closes it on any
                     // STUN type outside a short list, and a Binding indication is not on it.
-                    let r = if w.server.has_allocation(&key) {
+                    // Once the connection has held one, every later answer is padded too: the
+                    // one to the deallocating Refresh, and a 437 to its retransmission, would
+                    // otherwise leave at their own sizes.
+                    padded |= w.server.has_allocation(&key);
+                    let r = if padded {
                         w.shaper.pad_stream_reply(&mut reply, 0..len)
                     } else {
                         0..len
