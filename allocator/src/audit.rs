@@ -19,6 +19,25 @@ use std::fmt::Write;
 use serde::Serialize;
 use veil_geo::{Location, countries};
 
+/// One counter family in the Prometheus text format: `series` are (labels without braces, or
+/// empty for none; value).
+pub(crate) fn counter<L: std::fmt::Display>(
+    o: &mut String,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, u64)>,
+) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (labels, v) in series {
+        let labels = labels.to_string();
+        if labels.is_empty() {
+            let _ = writeln!(o, "{name} {v}");
+        } else {
+            let _ = writeln!(o, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
 /// The label for a client's country: an ISO code the table knows, else `unknown`.
 pub fn country_label(loc: &Location) -> String {
     loc.country
@@ -161,31 +180,22 @@ impl AuditLog {
 
     /// The running totals in the Prometheus text format.
     pub fn render(&self, o: &mut String) {
-        let _ = writeln!(
+        counter(
             o,
-            "# HELP veil_allocator_placements_by_country_total Clients placed, by client country (ISO 3166-1, or unknown) and zone."
+            "veil_allocator_placements_by_country_total",
+            "Clients placed, by client country (ISO 3166-1, or unknown) and zone.",
+            self.placement_totals
+                .iter()
+                .map(|((c, z), n)| (format!("country=\"{c}\",zone=\"{z}\""), *n)),
         );
-        let _ = writeln!(
+        counter(
             o,
-            "# TYPE veil_allocator_placements_by_country_total counter"
+            "veil_allocator_cross_zone_calls_total",
+            "Calls whose parties were placed in different zones, by zone pair (sorted).",
+            self.cross_zone_totals
+                .iter()
+                .map(|((a, b), n)| (format!("zone_a=\"{a}\",zone_b=\"{b}\""), *n)),
         );
-        for ((c, z), n) in &self.placement_totals {
-            let _ = writeln!(
-                o,
-                "veil_allocator_placements_by_country_total{{country=\"{c}\",zone=\"{z}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP veil_allocator_cross_zone_calls_total Calls whose parties were placed in different zones, by zone pair (sorted)."
-        );
-        let _ = writeln!(o, "# TYPE veil_allocator_cross_zone_calls_total counter");
-        for ((a, b), n) in &self.cross_zone_totals {
-            let _ = writeln!(
-                o,
-                "veil_allocator_cross_zone_calls_total{{zone_a=\"{a}\",zone_b=\"{b}\"}} {n}"
-            );
-        }
     }
 }
 

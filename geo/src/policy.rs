@@ -145,13 +145,6 @@ impl<'a> Verdict<'a> {
     }
 }
 
-#[derive(Clone, Debug)]
-enum UnknownAction {
-    Default,
-    Zones(Vec<String>),
-    Refuse,
-}
-
 /// A rule's zones and its description for messages.
 #[derive(Clone, Debug)]
 struct Target {
@@ -170,8 +163,9 @@ pub struct Policy {
     grouped: BTreeMap<Code, Target>,
     continents: BTreeMap<Code, Target>,
     default: Target,
-    unknown: UnknownAction,
-    unknown_target: Target,
+    /// Where clients the DB cannot place go (`default` unless the policy says otherwise);
+    /// `None`: refused.
+    unknown: Option<Target>,
 }
 
 fn describe(i: usize, m: &Match) -> String {
@@ -225,13 +219,20 @@ impl Policy {
             }
         };
         check_zones("default", &cfg.default)?;
+        let default = Target {
+            zones: cfg.default.clone(),
+            rule: "default".into(),
+        };
         let unknown = match &cfg.unknown {
-            None => UnknownAction::Default,
-            Some(Unknown::Word(w)) if w == "refuse" => UnknownAction::Refuse,
+            None => Some(default.clone()),
+            Some(Unknown::Word(w)) if w == "refuse" => None,
             Some(Unknown::Word(w)) => return Err(PolicyError::BadUnknown(w.clone())),
             Some(Unknown::Zones(z)) => {
                 check_zones("unknown", z)?;
-                UnknownAction::Zones(z.clone())
+                Some(Target {
+                    zones: z.clone(),
+                    rule: "unknown".into(),
+                })
             }
         };
         // Groups: the operator's, checked, and the built-in ones.
@@ -252,17 +253,6 @@ impl Policy {
             }
             groups.insert(name.clone(), set);
         }
-        let default = Target {
-            zones: cfg.default.clone(),
-            rule: "default".into(),
-        };
-        let unknown_target = match &unknown {
-            UnknownAction::Zones(z) => Target {
-                zones: z.clone(),
-                rule: "unknown".into(),
-            },
-            _ => default.clone(),
-        };
         let mut p = Policy {
             zones: cfg.zones.clone(),
             cidrs: Vec::new(),
@@ -272,7 +262,6 @@ impl Policy {
             continents: BTreeMap::new(),
             default,
             unknown,
-            unknown_target,
         };
         let mut group_rules: Vec<(String, BTreeSet<Code>, Vec<String>)> = Vec::new();
         let mut seen_groups: BTreeMap<String, String> = BTreeMap::new();
@@ -308,12 +297,8 @@ impl Policy {
                 }
                 p.cidrs.push((net, target));
             } else if let Some(s) = &m.subdivision {
-                let sub = s
-                    .split_once('-')
-                    .and_then(|(c, rest)| {
-                        let c = iso_country(&name, c).ok()?;
-                        Subdivision::new(c, rest)
-                    })
+                let sub = Subdivision::parse(s)
+                    .filter(|sub| countries::country(sub.country).is_some())
                     .ok_or_else(|| PolicyError::BadCode {
                         rule: name.clone(),
                         code: s.clone(),
@@ -360,34 +345,38 @@ impl Policy {
                 p.continents.insert(c, target);
             }
         }
-        // Per country, the smallest group that holds it.
-        let mut by_group: BTreeMap<Code, (usize, usize)> = BTreeMap::new();
+        // Per country, the smallest group rule that holds it.
+        let mut smallest: BTreeMap<Code, usize> = BTreeMap::new();
         for (gi, (name, members, zones)) in group_rules.iter().enumerate() {
             for c in members {
-                match by_group.get(c).copied() {
-                    Some((size, other)) if size == members.len() => {
-                        if group_rules[other].2 != *zones {
-                            return Err(PolicyError::AmbiguousGroups {
-                                a: group_rules[other].0.clone(),
-                                b: name.clone(),
-                                country: c.to_string(),
-                            });
-                        }
+                match smallest.get(c).map(|&o| (o, group_rules[o].1.len())) {
+                    Some((o, size)) if size == members.len() && group_rules[o].2 != *zones => {
+                        return Err(PolicyError::AmbiguousGroups {
+                            a: group_rules[o].0.clone(),
+                            b: name.clone(),
+                            country: c.to_string(),
+                        });
                     }
-                    Some((size, _)) if size < members.len() => {}
+                    Some((_, size)) if size <= members.len() => {}
                     _ => {
-                        by_group.insert(*c, (members.len(), gi));
-                        p.grouped.insert(
-                            *c,
-                            Target {
-                                zones: zones.clone(),
-                                rule: name.clone(),
-                            },
-                        );
+                        smallest.insert(*c, gi);
                     }
                 }
             }
         }
+        p.grouped = smallest
+            .into_iter()
+            .map(|(c, gi)| {
+                let (rule, _, zones) = &group_rules[gi];
+                (
+                    c,
+                    Target {
+                        zones: zones.clone(),
+                        rule: rule.clone(),
+                    },
+                )
+            })
+            .collect();
         Ok(p)
     }
 
@@ -420,10 +409,7 @@ impl Policy {
             return found(t);
         }
         if loc.country.is_none() {
-            return match self.unknown {
-                UnknownAction::Refuse => Verdict::Refuse,
-                _ => found(&self.unknown_target),
-            };
+            return self.unknown.as_ref().map_or(Verdict::Refuse, found);
         }
         found(&self.default)
     }
@@ -446,29 +432,21 @@ impl Policy {
         if survey.sampled == 0 {
             return Err(cannot("every rule", "no record could be read"));
         }
-        let geo_rules = self
+        let mut needs_country = self
             .subdivisions
             .values()
             .chain(self.countries.values())
-            .chain(self.grouped.values())
-            .chain(self.continents.values())
-            .next();
-        if survey.with_country == 0 && survey.with_continent == 0 {
-            if let Some(t) = geo_rules {
-                return Err(cannot(
-                    &t.rule,
-                    "no sampled record has a country or continent",
-                ));
+            .chain(self.grouped.values());
+        if survey.with_country == 0 {
+            let (blocked, why) = if survey.with_continent == 0 {
+                let first = needs_country.next().or(self.continents.values().next());
+                (first, "no sampled record has a country or continent")
+            } else {
+                (needs_country.next(), "no sampled record has a country")
+            };
+            if let Some(t) = blocked {
+                return Err(cannot(&t.rule, why));
             }
-        } else if survey.with_country == 0
-            && let Some(t) = self
-                .subdivisions
-                .values()
-                .chain(self.countries.values())
-                .chain(self.grouped.values())
-                .next()
-        {
-            return Err(cannot(&t.rule, "no sampled record has a country"));
         }
         if survey.with_subdivision == 0
             && let Some(t) = self.subdivisions.values().next()
@@ -488,14 +466,14 @@ impl Policy {
                 "{db} has no coordinates: distances use each country's representative point"
             ));
         }
-        match self.unknown {
-            UnknownAction::Refuse => notes.push("clients the DB cannot place are refused".into()),
-            UnknownAction::Zones(_) => {}
-            UnknownAction::Default => notes.push(format!(
+        match &self.unknown {
+            None => notes.push("clients the DB cannot place are refused".into()),
+            Some(t) if t.rule == "default" => notes.push(format!(
                 "clients the DB cannot place get the default zones {:?} (set policy.unknown to \
                  a zone list or `refuse` to decide otherwise)",
-                self.default.zones
+                t.zones
             )),
+            Some(_) => {}
         }
         Ok(notes)
     }
