@@ -367,6 +367,12 @@ async fn allocator_places_by_residency_and_relays_enforce_it() {
         !body.contains("127.0."),
         "the audit holds no address: {body}"
     );
+    let (st, body) = http(alloc, "GET", "/v1/audit", Some(WEB_KEY), "");
+    assert_eq!(
+        (st, json(&body)["code"].as_str()),
+        (403, Some("forbidden")),
+        "a browser key cannot read the record"
+    );
     let (st, csv) = http(alloc, "GET", "/v1/audit?format=csv", Some(KEY), "");
     assert_eq!(st, 200);
     assert!(

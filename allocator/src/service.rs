@@ -9,8 +9,8 @@
 //!   parties when there is one, else each in its own zones.
 //! * `GET /turn?service=turn&username=U` → the TURN REST API draft's `{username, password, ttl,
 //!   uris}`.
-//! * `GET /v1/audit?from=&to=&format=json|csv` → placements per (client country, zone) and
-//!   cross-zone calls per zone pair, per hour: counts only.
+//! * `GET /v1/audit?from=&to=&format=json|csv` (backend keys) → placements per (client country,
+//!   zone) and cross-zone calls per zone pair, per hour: counts only.
 //! * `GET /healthz`, `GET /metrics`.
 //!
 //! A client the geo DB cannot place gets `451 location_unknown` when the policy says
@@ -38,7 +38,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use veil_geo::policy::{DistanceModel, Policy, PolicyConfig};
 use veil_geo::{GeoDb, Location, ReloadingGeo};
 
-use crate::audit::{AuditLog, country_label};
+use crate::audit::{AuditLog, counter, country_label};
 use crate::join::{self, JoinClaims};
 use veil_proto::auth;
 use veil_relay::admin::Status;
@@ -215,19 +215,6 @@ struct Metrics {
     minted: u64,
     /// Times the signing secret changed on disk and was taken up.
     secret_reloads: u64,
-}
-
-/// One counter family in the Prometheus text format: `series` are (labels without braces, value).
-fn counter(o: &mut String, name: &str, help: &str, series: &[(&str, u64)]) {
-    use std::fmt::Write;
-    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
-    for (labels, v) in series {
-        if labels.is_empty() {
-            let _ = writeln!(o, "{name} {v}");
-        } else {
-            let _ = writeln!(o, "{name}{{{labels}}} {v}");
-        }
-    }
 }
 
 /// Checks that the policy can match with a DB: the DB's notes, or the reason it cannot.
@@ -449,13 +436,13 @@ impl App {
             &mut o,
             "veil_allocator_unplaceable_total",
             "Requests refused because the geo DB cannot place the client (policy unknown: refuse).",
-            &[("", m.unplaceable)],
+            [("", m.unplaceable)],
         );
         counter(
             &mut o,
             "veil_allocator_location_filled_total",
             "Lookups whose continent or coordinates came from the embedded country table, not the DB.",
-            &[
+            [
                 ("fact=\"continent\"", m.filled_continent),
                 ("fact=\"coordinates\"", m.filled_coords),
             ],
@@ -464,7 +451,7 @@ impl App {
             &mut o,
             "veil_allocator_calls_total",
             "Calls placed as calls (/v1/calls or a join token), by whether both parties share a zone.",
-            &[
+            [
                 ("placement=\"same_zone\"", m.calls_shared_zone),
                 ("placement=\"cross_zone\"", m.calls_cross_zone),
             ],
@@ -1130,7 +1117,13 @@ async fn audit(
     headers: HeaderMap,
     Query(q): Query<AuditQuery>,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers)?;
+    if !app.authorize(&headers)?.backend {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only backend keys may read the audit record".into(),
+        ));
+    }
     let (from, to) = (q.from.unwrap_or(0), q.to.unwrap_or(u64::MAX));
     let report = app
         .audit
