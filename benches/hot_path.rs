@@ -14,44 +14,18 @@ use veil_relay::privacy::Redactor;
 use veil_relay::proto::auth::{self, Credentials, Key, NonceKey};
 use veil_relay::proto::peer_filter::PeerFilter;
 use veil_relay::proto::server::{
-    Action, ClientKey, Env, HEADROOM, Now, Opened, PortPolicy, RelayAddr, RelayId, Server,
-    ServerConfig, Shared, TAILROOM,
+    Action, ClientKey, HEADROOM, Now, RelayAddr, Server, ServerConfig, Shared, TAILROOM,
 };
 use veil_relay::proto::stun::{Class, Integrity, Writer, attr, method};
+use veil_relay::proto::testing::FakeEnv;
 
 const SECRET: &[u8] = b"bench-secret-0123456789";
 const REALM: &str = "bench";
 const PAYLOAD: usize = 160; // a 20 ms Opus frame with RTP and SRTP overhead
 
-struct NoSockets {
-    last: Option<RelayId>,
-    port: u16,
-}
-
-impl Env for NoSockets {
-    fn open_relay(
-        &mut self,
-        id: RelayId,
-        on: &[RelayAddr],
-        _: PortPolicy,
-        _: bool,
-    ) -> Option<Opened> {
-        self.last = Some(id);
-        self.port = self.port.wrapping_add(1).max(20000);
-        Some(Opened {
-            bound: SocketAddr::new(on.first()?.bind, self.port),
-            reservation: None,
-        })
-    }
-    fn claim_reservation(&mut self, _: [RelayId; 2], _: [u8; 8], _: bool) -> Option<SocketAddr> {
-        None
-    }
-    fn close_relay(&mut self, _: RelayId) {}
-}
-
 struct Bench {
     server: Server,
-    env: NoSockets,
+    env: FakeEnv,
     now: Now,
     client: ClientKey,
     username: String,
@@ -107,10 +81,7 @@ fn setup() -> Bench {
     );
     Bench {
         server: Server::new(Arc::new(shared)),
-        env: NoSockets {
-            last: None,
-            port: 20000,
-        },
+        env: FakeEnv::default(),
         now,
         client,
         username,
@@ -193,7 +164,7 @@ fn hot_path(c: &mut Criterion) {
     });
 
     // Peer -> client: payload in place, ChannelData header written in front.
-    let relay = b.env.last.unwrap();
+    let relay = *b.env.open.keys().next().expect("one relayed address");
     let mut buf = vec![0u8; HEADROOM + PAYLOAD + TAILROOM];
     g.bench_function("channel_data_peer_to_client", |bench| {
         bench.iter(|| {

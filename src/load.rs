@@ -212,8 +212,8 @@ fn setup(args: &LoadArgs, c: &Creds, peer: SocketAddr) -> Result<Client> {
     if m.class != Class::Error || error_code(&buf[..got]) != Some(401) {
         bail!("expected a 401 challenge");
     }
-    let mut realm = m.value_of(m.realm).context("REALM")?.to_vec();
-    let mut nonce = m.value_of(m.nonce).context("NONCE")?.to_vec();
+    let mut realm = m.get(attr::REALM).context("REALM")?.to_vec();
+    let mut nonce = m.get(attr::NONCE).context("NONCE")?.to_vec();
     let mut key = Key::derive(auth::ALG_MD5, c.user.as_bytes(), &realm, c.pass.as_bytes());
     let signed = |req: &mut Vec<u8>,
                   meth: u16,
@@ -248,8 +248,8 @@ fn setup(args: &LoadArgs, c: &Creds, peer: SocketAddr) -> Result<Client> {
                 break;
             }
             _ if error_code(&buf[..got]) == Some(438) => {
-                nonce = m.value_of(m.nonce).context("NONCE")?.to_vec();
-                if let Some(r) = m.value_of(m.realm) {
+                nonce = m.get(attr::NONCE).context("NONCE")?.to_vec();
+                if let Some(r) = m.get(attr::REALM) {
                     realm = r.to_vec();
                     key = Key::derive(auth::ALG_MD5, c.user.as_bytes(), &realm, c.pass.as_bytes());
                 }

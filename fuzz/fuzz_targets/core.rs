@@ -15,59 +15,10 @@ use veil_proto::auth::{self, Credentials, Key, NonceKey};
 use veil_proto::peer_filter::PeerFilter;
 use veil_proto::privacy::Redactor;
 use veil_proto::server::{
-    Action, ClientKey, Env, HEADROOM, Now, Opened, PortPolicy, RelayAddr, RelayId, Server,
-    ServerConfig, Shared, TAILROOM,
+    Action, ClientKey, HEADROOM, Now, RelayAddr, RelayId, Server, ServerConfig, Shared, TAILROOM,
 };
 use veil_proto::stun::{Class, Integrity, Writer, attr, method};
-
-#[derive(Default)]
-struct FakeEnv {
-    open: Vec<RelayId>,
-    port: u16,
-}
-
-impl Env for FakeEnv {
-    fn open_relay(
-        &mut self,
-        id: RelayId,
-        on: &[RelayAddr],
-        policy: PortPolicy,
-        _: bool,
-    ) -> Option<Opened> {
-        let ip = on.first()?.bind;
-        if self.open.len() > 64 {
-            return None;
-        }
-        self.port = self.port.wrapping_add(2).max(20000);
-        self.open.push(id);
-        let reservation =
-            matches!(policy, PortPolicy::Even { reserve_next: true }).then_some([1u8; 8]);
-        Some(Opened {
-            bound: SocketAddr::new(ip, self.port),
-            reservation,
-        })
-    }
-    fn claim_reservation(
-        &mut self,
-        ids: [RelayId; 2],
-        token: [u8; 8],
-        _: bool,
-    ) -> Option<SocketAddr> {
-        (token == [1u8; 8]).then(|| {
-            self.open.push(ids[0]);
-            SocketAddr::from(([127, 0, 0, 1], 20001))
-        })
-    }
-    fn close_relay(&mut self, id: RelayId) {
-        let before = self.open.len();
-        self.open.retain(|r| *r != id);
-        assert_eq!(
-            before,
-            self.open.len() + 1,
-            "closing a relay that is not open"
-        );
-    }
-}
+use veil_proto::testing::FakeEnv;
 
 const UNIX: u64 = 1_800_000_000;
 const SECRET: &[u8] = b"fuzz-secret";
@@ -132,7 +83,10 @@ fuzz_target!(|data: &[u8]| {
         Redactor::with_secret(b"r", false),
     ));
     let mut server = Server::new(shared.clone());
-    let mut env = FakeEnv::default();
+    let mut env = FakeEnv {
+        cap: 64,
+        ..FakeEnv::default()
+    };
     let base = Instant::now();
     let mut secs = 0u64;
     let now = |s: u64| Now {
@@ -157,7 +111,7 @@ fuzz_target!(|data: &[u8]| {
                     Action::Forward { relay, data, .. } => {
                         assert!(data.end <= pkt.len());
                         assert!(
-                            env.open.contains(&relay),
+                            env.open.contains_key(&relay),
                             "forwarding through a closed socket"
                         );
                     }
@@ -166,7 +120,10 @@ fuzz_target!(|data: &[u8]| {
             }
             3 | 4 => {
                 // A peer datagram on one of the open relayed sockets.
-                if let Some(&relay) = env.open.get(actor as usize / 6 % env.open.len().max(1)) {
+                // In a fixed order, so that a run is reproducible.
+                let mut open: Vec<RelayId> = env.open.keys().copied().collect();
+                open.sort_by_key(|r| r.0);
+                if let Some(&relay) = open.get(actor as usize / 6 % open.len().max(1)) {
                     let peer = if actor & 0x80 == 0 {
                         SocketAddr::from(([93, 184, 216, 34], 5000))
                     } else {

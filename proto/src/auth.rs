@@ -20,6 +20,7 @@ pub const NONCE_COOKIE: &[u8] = b"obMatJos2";
 const FEATURES: &[u8] = b"gAAA";
 /// PASSWORD-ALGORITHM numbers (RFC 8489 §18.5).
 pub const ALG_MD5: u16 = 0x0001;
+/// PASSWORD-ALGORITHM SHA-256 (RFC 8489 §18.5).
 pub const ALG_SHA256: u16 = 0x0002;
 /// The PASSWORD-ALGORITHMS value we send: SHA-256 then MD5, each with zero-length parameters.
 pub const PASSWORD_ALGORITHMS: [u8; 8] = [0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00];
@@ -49,11 +50,14 @@ pub fn long_term_key_sha256(user: &[u8], realm: &[u8], pass: &[u8]) -> [u8; 32] 
 /// A long-term key for either password algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Key {
+    /// The MD5 long-term key (RFC 8489 §9.2.2).
     Md5([u8; 16]),
+    /// The SHA-256 long-term key (RFC 8489 §9.2.2).
     Sha256([u8; 32]),
 }
 
 impl Key {
+    /// Derives the long-term key of `user` in `realm` for algorithm `alg`.
     pub fn derive(alg: u16, user: &[u8], realm: &[u8], pass: &[u8]) -> Key {
         if alg == ALG_SHA256 {
             Key::Sha256(long_term_key_sha256(user, realm, pass))
@@ -62,6 +66,7 @@ impl Key {
         }
     }
 
+    /// The key bytes, for MESSAGE-INTEGRITY(-SHA256).
     pub fn as_bytes(&self) -> &[u8] {
         match self {
             Key::Md5(k) => k,
@@ -228,7 +233,9 @@ pub struct NonceKey {
 /// What is wrong with a nonce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NonceError {
+    /// Not one of our nonces, or altered.
     Malformed,
+    /// Past its expiry.
     Expired,
 }
 
@@ -238,6 +245,7 @@ const NONCE_RAW_LEN: usize = 4 + NONCE_MAC_LEN;
 pub const NONCE_LEN: usize = NONCE_COOKIE.len() + FEATURES.len() + 22;
 
 impl NonceKey {
+    /// A nonce key from a node secret.
     pub fn new(secret: &[u8]) -> Self {
         NonceKey {
             key: hmac::Key::new(hmac::HMAC_SHA256, secret),
@@ -321,6 +329,15 @@ pub fn nonce_announces_algorithms(nonce: &[u8]) -> bool {
         && STANDARD
             .decode(&nonce[NONCE_COOKIE.len()..NONCE_COOKIE.len() + 4])
             .is_ok_and(|b| b.first().is_some_and(|f| f & 0x80 != 0))
+}
+
+/// Secrets in a secret file: one per line, blank lines and `#` comments ignored.
+pub fn parse_secrets(text: &str) -> Vec<Vec<u8>> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.as_bytes().to_vec())
+        .collect()
 }
 
 #[cfg(test)]

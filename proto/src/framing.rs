@@ -12,10 +12,13 @@ pub const MAX_FRAME: usize = HEADER_LEN + 0xFFFF + 3;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FramingError {
     #[error("neither STUN nor ChannelData (first bits {0:#04b})")]
+    /// The first two bits are 10 or 11.
     UnknownKind(u8),
     #[error("a STUN message without the magic cookie")]
+    /// STUN bits without the magic cookie.
     NoMagicCookie,
     #[error("a STUN Length that is not a multiple of 4")]
+    /// A STUN Length that is not a multiple of 4.
     UnalignedLength,
 }
 

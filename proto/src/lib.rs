@@ -15,6 +15,8 @@
 //! async runtime, an HTTP or a TLS crate, log a client address or username unless the operator
 //! opted in, or panic on input.
 
+#![warn(missing_docs, unreachable_pub)]
+
 /// Serde for a type written in YAML as a string: through its `Display` and `FromStr`, so the
 /// parse error names what is wrong.
 #[macro_export]
@@ -38,6 +40,9 @@ pub mod auth;
 pub mod framing;
 pub mod peer_filter;
 pub mod privacy;
+pub mod rng;
 pub mod server;
 pub mod shaping;
 pub mod stun;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

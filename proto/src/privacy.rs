@@ -30,7 +30,9 @@ impl fmt::Debug for Redactor {
 
 /// A value to put in a log line: the identifier itself (operator opted in) or its tag.
 pub enum Shown<'a, T: fmt::Display + ?Sized> {
+    /// The value itself (the operator opted in to personal data in logs).
     Plain(&'a T),
+    /// A keyed, daily-rotating tag of it.
     Tag([u8; 8]),
 }
 

@@ -26,6 +26,7 @@ use std::ops::Range;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use crate::rng::XorShift;
 use crate::stun::{self, attr};
 
 /// The comprehension-optional attribute veil pads Data indications with (zero bytes). In the
@@ -39,6 +40,7 @@ pub const MAX_QUEUED_FRAME: usize = 2048;
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum Padding {
     #[default]
+    /// Frames leave at their own size.
     Off,
     /// Up to the smallest bucket that fits (sorted, each a multiple of 4); frames larger than
     /// every bucket are only aligned to 4.
@@ -135,6 +137,7 @@ impl fmt::Display for Padding {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Timing {
     #[default]
+    /// Frames leave as they arrive.
     Off,
     /// On a fixed grid of this interval shared by every flow of the node.
     Slots(Duration),
@@ -205,7 +208,9 @@ impl fmt::Display for Timing {
 /// unbound channel: pion and webrtc-rs end their receive loop on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cover {
+    /// At most this long between two frames of a flow.
     pub interval: Duration,
+    /// The size of a cover frame.
     pub size: u16,
 }
 
@@ -241,14 +246,18 @@ impl fmt::Display for Cover {
 /// A node's shaping policy.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Policy {
+    /// How frames are padded.
     pub padding: Padding,
+    /// When frames leave.
     pub timing: Timing,
+    /// Cover traffic for flows that carry media.
     pub cover: Option<Cover>,
     /// Frames a worker holds at most; over it the one due soonest is dropped and counted.
     pub queue_limit: usize,
 }
 
 impl Policy {
+    /// Whether this policy changes nothing.
     pub fn is_off(&self) -> bool {
         self.padding == Padding::Off && self.timing == Timing::Off && self.cover.is_none()
     }
@@ -341,14 +350,21 @@ pub fn pad_frame(padding: &Padding, buf: &mut [u8], frame: Range<usize>) -> Rang
 /// Counters for the metrics issue; per worker, summed by the reader.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ShapingStats {
+    /// Frames padded.
     pub padded_frames: u64,
+    /// Bytes of padding added.
     pub padding_bytes: u64,
+    /// Frames held for re-clocking.
     pub delayed_frames: u64,
     /// Added delay histogram, upper bounds 1, 5, 10, 20, 40 ms and beyond.
     pub delay_ms_hist: [u64; 6],
+    /// Frames dropped because the queue was full.
     pub queue_drops: u64,
+    /// Frames larger than the largest bucket, sent as they are.
     pub oversize_unshaped: u64,
+    /// Cover frames sent.
     pub cover_frames: u64,
+    /// Bytes of cover sent.
     pub cover_bytes: u64,
     /// Sum of added delays, microseconds.
     pub delay_us_sum: u64,
@@ -384,7 +400,7 @@ pub struct Shaper<K> {
     profiles: Vec<Policy>,
     /// The grid origin; all workers use the same one so slots line up node-wide.
     epoch: Instant,
-    rng: u64,
+    rng: XorShift,
     /// Release time of each flow's last queued frame: order under jitter, pacing under slots.
     last_release: HashMap<K, Instant>,
     pool: Vec<u8>,
@@ -433,7 +449,7 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         Shaper {
             profiles,
             epoch,
-            rng: seed | 1,
+            rng: XorShift::new(seed),
             last_release: HashMap::new(),
             pool: vec![0u8; slots * MAX_QUEUED_FRAME],
             free: (0..slots as u32).rev().collect(),
@@ -463,7 +479,7 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
                 send(flow, &self.pool[at..at + len as usize]);
             }
         }
-        let mut next = Self::with_profiles(profiles, self.epoch, self.rng);
+        let mut next = Self::with_profiles(profiles, self.epoch, self.rng.state());
         next.stats = self.stats;
         next.covered = std::mem::take(&mut self.covered);
         let still = |p: u8| {
@@ -506,6 +522,7 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         self.profiles.get(i as usize).unwrap_or(&self.profiles[0])
     }
 
+    /// What this shaper did so far.
     pub fn stats(&self) -> ShapingStats {
         self.stats
     }
@@ -516,10 +533,7 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
     }
 
     fn random(&mut self) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
+        self.rng.next_u64()
     }
 
     /// When a frame arriving at `now` for `flow` under the node policy leaves.
@@ -721,11 +735,8 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
             if *last + c.interval > due + slack {
                 continue;
             }
-            *rng ^= *rng << 13;
-            *rng ^= *rng >> 7;
-            *rng ^= *rng << 17;
             let mut txid = [0u8; 12];
-            txid[..8].copy_from_slice(&rng.to_le_bytes());
+            txid[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
             txid[8..].copy_from_slice(&(stats.cover_frames as u32).to_le_bytes());
             let n = write_cover_frame(cover_buf, c.size as usize, &txid);
             emit(*flow, &cover_buf[..n]);
@@ -852,7 +863,7 @@ mod tests {
         let out = pad_frame(&p, &mut buf, 0..n);
         assert_eq!(out, 0..128);
         let m = Message::decode(&buf[..128]).expect("still one valid STUN message");
-        assert_eq!(m.value_of(m.data), Some(&b"voice"[..]));
+        assert_eq!(m.get(crate::stun::attr::DATA), Some(&b"voice"[..]));
         assert!(
             m.unknown_required().is_empty(),
             "the padding attribute is comprehension-optional"

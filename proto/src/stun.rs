@@ -8,64 +8,136 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ring::hmac;
 
+/// The fixed value in bytes 4–8 of every STUN message (RFC 8489 §5).
 pub const MAGIC_COOKIE: u32 = 0x2112_A442;
+/// Bytes of the STUN header.
 pub const HEADER_LEN: usize = 20;
 const FINGERPRINT_XOR: u32 = 0x5354_554e;
 
 /// STUN methods the relay knows.
 pub mod method {
+    /// Binding (RFC 8489).
     pub const BINDING: u16 = 0x001;
+    /// Allocate (RFC 8656 §7).
     pub const ALLOCATE: u16 = 0x003;
+    /// Refresh (RFC 8656 §8).
     pub const REFRESH: u16 = 0x004;
+    /// Send indication (RFC 8656 §11).
     pub const SEND: u16 = 0x006;
+    /// Data indication (RFC 8656 §11).
     pub const DATA: u16 = 0x007;
+    /// CreatePermission (RFC 8656 §10).
     pub const CREATE_PERMISSION: u16 = 0x008;
+    /// ChannelBind (RFC 8656 §12).
     pub const CHANNEL_BIND: u16 = 0x009;
 }
 
-/// Attribute types (RFC 8489 §18.3, RFC 8656 §18).
-pub mod attr {
-    pub const MAPPED_ADDRESS: u16 = 0x0001;
-    pub const USERNAME: u16 = 0x0006;
-    pub const MESSAGE_INTEGRITY: u16 = 0x0008;
-    pub const ERROR_CODE: u16 = 0x0009;
-    pub const UNKNOWN_ATTRIBUTES: u16 = 0x000A;
-    pub const CHANNEL_NUMBER: u16 = 0x000C;
-    pub const LIFETIME: u16 = 0x000D;
-    pub const XOR_PEER_ADDRESS: u16 = 0x0012;
-    pub const DATA: u16 = 0x0013;
-    pub const REALM: u16 = 0x0014;
-    pub const NONCE: u16 = 0x0015;
-    pub const XOR_RELAYED_ADDRESS: u16 = 0x0016;
-    pub const REQUESTED_ADDRESS_FAMILY: u16 = 0x0017;
-    pub const EVEN_PORT: u16 = 0x0018;
-    pub const REQUESTED_TRANSPORT: u16 = 0x0019;
-    pub const DONT_FRAGMENT: u16 = 0x001A;
-    pub const MESSAGE_INTEGRITY_SHA256: u16 = 0x001C;
-    pub const PASSWORD_ALGORITHM: u16 = 0x001D;
-    pub const USERHASH: u16 = 0x001E;
-    pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
-    pub const RESERVATION_TOKEN: u16 = 0x0022;
-    pub const PRIORITY: u16 = 0x0024;
-    pub const USE_CANDIDATE: u16 = 0x0025;
-    pub const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
-    /// The codepoint drafts of RFC 8656 used for ADDITIONAL-ADDRESS-FAMILY; coturn (4.6) still
-    /// sends it for dual allocations (`turnutils_uclient -Z`). Read as an alias.
-    pub const ADDITIONAL_ADDRESS_FAMILY_DRAFT: u16 = 0x8032;
-    pub const ADDRESS_ERROR_CODE: u16 = 0x8001;
-    pub const PASSWORD_ALGORITHMS: u16 = 0x8002;
-    pub const SOFTWARE: u16 = 0x8022;
-    pub const FINGERPRINT: u16 = 0x8028;
-    pub const ICE_CONTROLLED: u16 = 0x8029;
-    pub const ICE_CONTROLLING: u16 = 0x802A;
+/// Declares the attribute types the codec understands: one line per attribute gives its
+/// constant in [`attr`] and its slot in a decoded [`Message`]. Adding an attribute is one line
+/// here; what its value means is parsed where it is used (the server's typed requests).
+macro_rules! attributes {
+    ($($(#[$doc:meta])* $name:ident = $code:literal,)*) => {
+        /// Attribute types (RFC 8489 §18.3, RFC 8656 §18, RFC 8445 §16.1).
+        pub mod attr {
+            $($(#[$doc])* pub const $name: u16 = $code;)*
+            /// The codepoint drafts of RFC 8656 used for ADDITIONAL-ADDRESS-FAMILY; coturn
+            /// (4.6) still sends it for dual allocations (`turnutils_uclient -Z`). Decoded as
+            /// an alias of [`ADDITIONAL_ADDRESS_FAMILY`].
+            pub const ADDITIONAL_ADDRESS_FAMILY_DRAFT: u16 = 0x8032;
+        }
+
+        /// Index of each understood attribute in [`Message`]'s table.
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+        #[derive(Clone, Copy)]
+        enum Slot { $($name,)* }
+
+        /// How many attribute types the codec understands.
+        const SLOTS: usize = [$(Slot::$name),*].len();
+
+        /// The table slot of an attribute type; None for types this codec does not know.
+        const fn slot_of(typ: u16) -> Option<usize> {
+            match typ {
+                $($code => Some(Slot::$name as usize),)*
+                attr::ADDITIONAL_ADDRESS_FAMILY_DRAFT => Some(Slot::ADDITIONAL_ADDRESS_FAMILY as usize),
+                _ => None,
+            }
+        }
+    };
+}
+
+attributes! {
+    /// RFC 8489 §14.1 (read, never written).
+    MAPPED_ADDRESS = 0x0001,
+    /// RFC 8489 §14.3.
+    USERNAME = 0x0006,
+    /// RFC 8489 §14.5: HMAC-SHA1.
+    MESSAGE_INTEGRITY = 0x0008,
+    /// RFC 8489 §14.8.
+    ERROR_CODE = 0x0009,
+    /// RFC 8489 §14.9.
+    UNKNOWN_ATTRIBUTES = 0x000A,
+    /// RFC 8656 §18.1.
+    CHANNEL_NUMBER = 0x000C,
+    /// RFC 8656 §18.2.
+    LIFETIME = 0x000D,
+    /// RFC 8656 §18.3.
+    XOR_PEER_ADDRESS = 0x0012,
+    /// RFC 8656 §18.4.
+    DATA = 0x0013,
+    /// RFC 8489 §14.9.
+    REALM = 0x0014,
+    /// RFC 8489 §14.10.
+    NONCE = 0x0015,
+    /// RFC 8656 §18.5.
+    XOR_RELAYED_ADDRESS = 0x0016,
+    /// RFC 8656 §18.6.
+    REQUESTED_ADDRESS_FAMILY = 0x0017,
+    /// RFC 8656 §18.7.
+    EVEN_PORT = 0x0018,
+    /// RFC 8656 §18.8.
+    REQUESTED_TRANSPORT = 0x0019,
+    /// RFC 8656 §18.9.
+    DONT_FRAGMENT = 0x001A,
+    /// RFC 8489 §14.6.
+    MESSAGE_INTEGRITY_SHA256 = 0x001C,
+    /// RFC 8489 §14.12.
+    PASSWORD_ALGORITHM = 0x001D,
+    /// RFC 8489 §14.4.
+    USERHASH = 0x001E,
+    /// RFC 8489 §14.2.
+    XOR_MAPPED_ADDRESS = 0x0020,
+    /// RFC 8656 §18.10.
+    RESERVATION_TOKEN = 0x0022,
+    /// RFC 8445 §16.1 (ICE; understood and ignored).
+    PRIORITY = 0x0024,
+    /// RFC 8445 §16.1 (ICE; understood and ignored).
+    USE_CANDIDATE = 0x0025,
+    /// RFC 8656 §18.11.
+    ADDITIONAL_ADDRESS_FAMILY = 0x8000,
+    /// RFC 8656 §18.12.
+    ADDRESS_ERROR_CODE = 0x8001,
+    /// RFC 8489 §14.11.
+    PASSWORD_ALGORITHMS = 0x8002,
+    /// RFC 8489 §14.14.
+    SOFTWARE = 0x8022,
+    /// RFC 8489 §14.7.
+    FINGERPRINT = 0x8028,
+    /// RFC 8445 §16.1 (ICE; understood and ignored).
+    ICE_CONTROLLED = 0x8029,
+    /// RFC 8445 §16.1 (ICE; understood and ignored).
+    ICE_CONTROLLING = 0x802A,
 }
 
 /// The four STUN message classes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Class {
+    /// A request (0b00).
     Request,
+    /// An indication (0b01).
     Indication,
+    /// A success response (0b10).
     Success,
+    /// An error response (0b11).
     Error,
 }
 
@@ -107,24 +179,30 @@ pub fn split_type(t: u16) -> (u16, Class) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("shorter than a STUN header")]
+    /// Shorter than the header.
     TooShort,
     #[error("not a STUN message (first bits or magic cookie)")]
+    /// The first bits or the magic cookie are wrong.
     NotStun,
     #[error("header length does not match the datagram or is not a multiple of 4")]
+    /// The header length is wrong.
     BadLength,
     #[error("an attribute runs past the end of the message")]
+    /// An attribute runs past the end.
     Truncated,
     #[error("FINGERPRINT does not match")]
+    /// FINGERPRINT is wrong.
     BadFingerprint,
     #[error("attribute after FINGERPRINT")]
+    /// An attribute follows FINGERPRINT.
     AfterFingerprint,
 }
 
 /// Where an attribute's value lies in the message buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Span {
-    pub start: u16,
-    pub len: u16,
+struct Span {
+    start: u16,
+    len: u16,
 }
 
 impl Span {
@@ -137,33 +215,19 @@ impl Span {
 /// still report back in UNKNOWN-ATTRIBUTES; more are reported as a truncated list.
 pub const MAX_UNKNOWN: usize = 8;
 
-/// A decoded STUN message: the header and where each known attribute is. Borrowed from the
-/// datagram; decoding allocates nothing.
+/// A decoded STUN message: the header and where each understood attribute is (its first
+/// occurrence before the integrity attribute). Borrowed from the datagram; decoding allocates
+/// nothing, and looking an attribute up is one table index.
 #[derive(Clone, Debug)]
 pub struct Message<'a> {
     buf: &'a [u8],
+    /// The STUN method (see [`method`]).
     pub method: u16,
+    /// The message class.
     pub class: Class,
-    pub username: Option<Span>,
-    pub integrity: Option<Span>,
-    pub integrity_sha256: Option<Span>,
-    pub realm: Option<Span>,
-    pub nonce: Option<Span>,
-    pub lifetime: Option<Span>,
-    pub requested_transport: Option<Span>,
-    pub requested_family: Option<Span>,
-    pub additional_family: Option<Span>,
-    pub even_port: Option<Span>,
-    pub reservation_token: Option<Span>,
-    pub dont_fragment: bool,
-    pub channel_number: Option<Span>,
-    pub peer_address: Option<Span>,
-    pub peer_address_count: u16,
-    pub data: Option<Span>,
-    pub password_algorithm: Option<Span>,
-    pub password_algorithms: Option<Span>,
-    pub userhash: Option<Span>,
-    pub has_fingerprint: bool,
+    attrs: [Option<Span>; SLOTS],
+    peer_address_count: u16,
+    has_fingerprint: bool,
     /// Offset of the MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256 attribute header, whichever
     /// comes first; attributes after it (other than the other integrity and FINGERPRINT) are
     /// ignored as RFC 8489 §14.5 requires.
@@ -204,25 +268,8 @@ impl<'a> Message<'a> {
             buf,
             method,
             class,
-            username: None,
-            integrity: None,
-            integrity_sha256: None,
-            realm: None,
-            nonce: None,
-            lifetime: None,
-            requested_transport: None,
-            requested_family: None,
-            additional_family: None,
-            even_port: None,
-            reservation_token: None,
-            dont_fragment: false,
-            channel_number: None,
-            peer_address: None,
+            attrs: [None; SLOTS],
             peer_address_count: 0,
-            data: None,
-            password_algorithm: None,
-            password_algorithms: None,
-            userhash: None,
             has_fingerprint: false,
             integrity_at: None,
             unknown: [0; MAX_UNKNOWN],
@@ -261,8 +308,10 @@ impl<'a> Message<'a> {
             match (m.integrity_at, typ) {
                 (None, _) => m.record(typ, span, at),
                 // After MESSAGE-INTEGRITY only MESSAGE-INTEGRITY-SHA256 may still count.
-                (Some(_), attr::MESSAGE_INTEGRITY_SHA256) if m.integrity_sha256.is_none() => {
-                    m.integrity_sha256 = Some(span);
+                (Some(_), attr::MESSAGE_INTEGRITY_SHA256)
+                    if m.attrs[Slot::MESSAGE_INTEGRITY_SHA256 as usize].is_none() =>
+                {
+                    m.attrs[Slot::MESSAGE_INTEGRITY_SHA256 as usize] = Some(span);
                 }
                 _ => {}
             }
@@ -275,55 +324,76 @@ impl<'a> Message<'a> {
     }
 
     fn record(&mut self, typ: u16, span: Span, at: usize) {
-        fn first(slot: &mut Option<Span>, span: Span) {
-            if slot.is_none() {
-                *slot = Some(span);
-            }
-        }
-        match typ {
-            attr::USERNAME => first(&mut self.username, span),
-            attr::MESSAGE_INTEGRITY => {
-                self.integrity = Some(span);
-                self.integrity_at = Some((at as u16, span.len));
-            }
-            attr::MESSAGE_INTEGRITY_SHA256 => {
-                self.integrity_sha256 = Some(span);
-                self.integrity_at = Some((at as u16, span.len));
-            }
-            attr::REALM => first(&mut self.realm, span),
-            attr::NONCE => first(&mut self.nonce, span),
-            attr::LIFETIME => first(&mut self.lifetime, span),
-            attr::REQUESTED_TRANSPORT => first(&mut self.requested_transport, span),
-            attr::REQUESTED_ADDRESS_FAMILY => first(&mut self.requested_family, span),
-            attr::ADDITIONAL_ADDRESS_FAMILY | attr::ADDITIONAL_ADDRESS_FAMILY_DRAFT => {
-                first(&mut self.additional_family, span)
-            }
-            attr::EVEN_PORT => first(&mut self.even_port, span),
-            attr::RESERVATION_TOKEN => first(&mut self.reservation_token, span),
-            attr::DONT_FRAGMENT => self.dont_fragment = true,
-            attr::CHANNEL_NUMBER => first(&mut self.channel_number, span),
-            attr::XOR_PEER_ADDRESS => {
-                first(&mut self.peer_address, span);
-                self.peer_address_count = self.peer_address_count.saturating_add(1);
-            }
-            attr::DATA => first(&mut self.data, span),
-            attr::PASSWORD_ALGORITHM => first(&mut self.password_algorithm, span),
-            attr::PASSWORD_ALGORITHMS => first(&mut self.password_algorithms, span),
-            attr::USERHASH => first(&mut self.userhash, span),
-            // Understood and irrelevant to a relay (or comprehension-optional): ignored.
-            attr::MAPPED_ADDRESS
-            | attr::XOR_MAPPED_ADDRESS
-            | attr::ERROR_CODE
-            | attr::UNKNOWN_ATTRIBUTES
-            | attr::XOR_RELAYED_ADDRESS
-            | attr::PRIORITY
-            | attr::USE_CANDIDATE => {}
-            t if t < 0x8000 && (self.unknown_len as usize) < MAX_UNKNOWN => {
-                self.unknown[self.unknown_len as usize] = t;
+        let Some(slot) = slot_of(typ) else {
+            if typ < 0x8000 && (self.unknown_len as usize) < MAX_UNKNOWN {
+                self.unknown[self.unknown_len as usize] = typ;
                 self.unknown_len += 1;
+            }
+            return;
+        };
+        match typ {
+            attr::MESSAGE_INTEGRITY | attr::MESSAGE_INTEGRITY_SHA256 => {
+                self.integrity_at = Some((at as u16, span.len));
+                self.attrs[slot] = Some(span);
+                return;
+            }
+            attr::XOR_PEER_ADDRESS => {
+                self.peer_address_count = self.peer_address_count.saturating_add(1)
             }
             _ => {}
         }
+        // The first occurrence counts.
+        if self.attrs[slot].is_none() {
+            self.attrs[slot] = Some(span);
+        }
+    }
+
+    /// The value of attribute `typ` (its first occurrence), if the message carries it.
+    #[inline]
+    pub fn get(&self, typ: u16) -> Option<&'a [u8]> {
+        let span = self.attrs[slot_of(typ)?]?;
+        Some(self.value(span))
+    }
+
+    /// Where the value of attribute `typ` lies in the message.
+    #[inline]
+    pub fn range_of(&self, typ: u16) -> Option<std::ops::Range<usize>> {
+        Some(self.attrs[slot_of(typ)?]?.range())
+    }
+
+    /// Whether the message carries attribute `typ`.
+    pub fn has(&self, typ: u16) -> bool {
+        slot_of(typ).is_some_and(|s| self.attrs[s].is_some())
+    }
+
+    /// A 32-bit attribute value (LIFETIME…): None when absent, an error when not 4 bytes.
+    pub fn get_u32(&self, typ: u16) -> Option<Result<u32, AttrError>> {
+        self.get(typ).map(|v| match v {
+            &[a, b, c, d] => Ok(u32::from_be_bytes([a, b, c, d])),
+            _ => Err(AttrError),
+        })
+    }
+
+    /// An XOR-*-ADDRESS value: None when absent, an error when malformed.
+    #[inline]
+    pub fn get_xor_address(&self, typ: u16) -> Option<Result<SocketAddr, AttrError>> {
+        self.get(typ)
+            .map(|v| decode_xor_address(v, self.transaction_id()))
+    }
+
+    /// How many XOR-PEER-ADDRESS attributes come before the integrity attribute.
+    pub fn peer_address_count(&self) -> usize {
+        self.peer_address_count as usize
+    }
+
+    /// Whether the message ends with a valid FINGERPRINT (checked in [`Message::decode`]).
+    pub fn has_fingerprint(&self) -> bool {
+        self.has_fingerprint
+    }
+
+    /// Whether the message carries MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256.
+    pub fn has_integrity(&self) -> bool {
+        self.integrity_at.is_some()
     }
 
     /// The whole message.
@@ -331,39 +401,20 @@ impl<'a> Message<'a> {
         self.buf
     }
 
+    /// The 96-bit transaction id.
     pub fn transaction_id(&self) -> &'a [u8; 12] {
         self.buf[8..20]
             .try_into()
             .expect("header length checked in decode")
     }
 
-    pub fn value(&self, span: Span) -> &'a [u8] {
+    fn value(&self, span: Span) -> &'a [u8] {
         &self.buf[span.range()]
-    }
-
-    pub fn value_of(&self, span: Option<Span>) -> Option<&'a [u8]> {
-        span.map(|s| self.value(s))
     }
 
     /// Comprehension-required attributes this codec does not understand.
     pub fn unknown_required(&self) -> &[u16] {
         &self.unknown[..self.unknown_len as usize]
-    }
-
-    /// A 32-bit attribute value (LIFETIME, REQUESTED-TRANSPORT…).
-    pub fn u32_of(&self, span: Option<Span>) -> Option<Result<u32, AttrError>> {
-        span.map(|s| {
-            let v = self.value(s);
-            if v.len() != 4 {
-                return Err(AttrError);
-            }
-            Ok(be32(v, 0))
-        })
-    }
-
-    /// Decodes an XOR-*-ADDRESS value.
-    pub fn xor_address(&self, span: Span) -> Result<SocketAddr, AttrError> {
-        decode_xor_address(self.value(span), self.transaction_id())
     }
 
     /// Every XOR-PEER-ADDRESS before the integrity attribute, in order.
@@ -382,11 +433,11 @@ impl<'a> Message<'a> {
     /// Checks MESSAGE-INTEGRITY (HMAC-SHA1) or MESSAGE-INTEGRITY-SHA256 with `key`, whichever
     /// the message carries; SHA-256 wins when both are present (RFC 8489 §9.2.4).
     pub fn verify_integrity(&self, key: &[u8]) -> Option<Integrity> {
-        if let Some(span) = self.integrity_sha256 {
+        if let Some(span) = self.attrs[Slot::MESSAGE_INTEGRITY_SHA256 as usize] {
             let kind = Integrity::Sha256;
             return self.verify_with(span, kind, key).then_some(kind);
         }
-        let span = self.integrity?;
+        let span = self.attrs[Slot::MESSAGE_INTEGRITY as usize]?;
         self.verify_with(span, Integrity::Sha1, key)
             .then_some(Integrity::Sha1)
     }
@@ -436,7 +487,9 @@ pub struct AttrError;
 /// The integrity algorithm of a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Integrity {
+    /// MESSAGE-INTEGRITY (HMAC-SHA1).
     Sha1,
+    /// MESSAGE-INTEGRITY-SHA256.
     Sha256,
 }
 
@@ -566,11 +619,13 @@ impl<'b> Writer<'b> {
         Ok(&mut self.buf[at + 4..at + 4 + len])
     }
 
+    /// Appends an attribute.
     pub fn attr(&mut self, typ: u16, value: &[u8]) -> Result<&mut Self, Overflow> {
         self.attr_slot(typ, value.len())?.copy_from_slice(value);
         Ok(self)
     }
 
+    /// Appends a 32-bit attribute.
     pub fn u32(&mut self, typ: u16, v: u32) -> Result<&mut Self, Overflow> {
         self.attr(typ, &v.to_be_bytes())
     }
@@ -642,10 +697,12 @@ impl<'b> Writer<'b> {
         self.len
     }
 
+    /// True before anything but the header is written.
     pub fn is_empty(&self) -> bool {
         false
     }
 
+    /// Writes the final length into the header; returns the message length.
     pub fn finish(self) -> usize {
         self.len
     }
@@ -696,6 +753,7 @@ pub mod channel_data {
     /// numbers up to 0x7FFF; coturn accepts them). A relay port carries only STUN and
     /// ChannelData, so the wider range is unambiguous here and we accept it.
     pub const MIN_CHANNEL: u16 = 0x4000;
+    /// The highest channel number.
     pub const MAX_CHANNEL: u16 = 0x7FFF;
 
     /// True if the first byte marks ChannelData (top bits 01).
@@ -768,8 +826,8 @@ mod tests {
         let b = hex(REQ);
         let m = Message::decode(&b).expect("decodes");
         assert_eq!((m.method, m.class), (method::BINDING, Class::Request));
-        assert!(m.has_fingerprint);
-        assert_eq!(m.value_of(m.username), Some(&b"evtj:h6vY"[..]));
+        assert!(m.has_fingerprint());
+        assert_eq!(m.get(attr::USERNAME), Some(&b"evtj:h6vY"[..]));
         assert_eq!(
             m.verify_integrity(b"VOkJxbRl1RmTxUk/WvJxBt"),
             Some(Integrity::Sha1)
@@ -807,7 +865,7 @@ mod tests {
     fn rfc5769_long_term_key() {
         let b = hex(REQ_LT);
         let m = Message::decode(&b).expect("decodes");
-        let user = std::str::from_utf8(m.value_of(m.username).unwrap()).unwrap();
+        let user = std::str::from_utf8(m.get(attr::USERNAME).unwrap()).unwrap();
         assert_eq!(user, "\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}");
         // The RFC's password is "TheMatrIX" after SASLprep of "The<U+00AD>M<U+00AA>trIX".
         let key = crate::auth::long_term_key_md5(user.as_bytes(), b"example.org", b"TheMatrIX");

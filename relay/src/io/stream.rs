@@ -8,47 +8,27 @@
 //! `streams.send_buffer` bytes: frames for a client that does not read are dropped, never
 //! buffered without bound, and a write that stalls for [`WRITE_STALL`] closes the connection.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-use super::{NodeShared, Worker, now};
+use super::node::NodeShared;
+use super::now;
+use super::worker::Worker;
 use crate::proto::framing::StreamBuf;
-use crate::proto::server::{Action, ClientKey, Transport};
+use crate::proto::server::{ClientKey, Transport};
 
 /// How long one write to a client may take before the connection is given up.
-pub const WRITE_STALL: Duration = Duration::from_secs(30);
-
-/// A listening TCP socket with SO_REUSEPORT, one per worker and address.
-pub(super) fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let domain = if addr.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on tcp {addr}: {e}")))?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on tcp {addr}: {e}")))?;
-    s.listen(1024)?;
-    Ok(s.into())
-}
+pub(super) const WRITE_STALL: Duration = Duration::from_secs(30);
 
 /// Connections held by the node, in all and per client IP (touched at accept and close only).
 #[derive(Default)]
@@ -100,6 +80,8 @@ pub(super) struct Outbound {
     queue: RefCell<Queue>,
     wake: Notify,
     limit: usize,
+    /// Whether the connection has held an allocation (its answers are padded from then on).
+    padded: Cell<bool>,
 }
 
 /// Frames back to back, and their lengths (so that each can be its own TLS record).
@@ -115,7 +97,15 @@ impl Outbound {
             queue: RefCell::new(Queue::default()),
             wake: Notify::new(),
             limit,
+            padded: Cell::new(false),
         }
+    }
+
+    /// Notes whether the connection holds an allocation now; true once it ever has.
+    pub(super) fn mark_padded(&self, holds_allocation: bool) -> bool {
+        let p = self.padded.get() | holds_allocation;
+        self.padded.set(p);
+        p
     }
 
     /// Queues a frame; false (and nothing queued) if the queue is full.
@@ -152,7 +142,7 @@ pub(super) async fn accept_task(
         };
         let Some(permit) = acquire(&node, addr.ip()) else {
             if let Some(w) = worker.upgrade() {
-                w.borrow_mut().io.stats.connections_refused += 1;
+                w.borrow_mut().io_stats().connections_refused += 1;
             }
             continue; // dropping the stream closes it
         };
@@ -168,7 +158,7 @@ pub(super) async fn accept_task(
 
 fn count_error(worker: &Weak<RefCell<Worker>>) {
     if let Some(w) = worker.upgrade() {
-        w.borrow_mut().io.stats.stream_errors += 1;
+        w.borrow_mut().io_stats().stream_errors += 1;
     }
 }
 
@@ -202,21 +192,18 @@ async fn serve<S: AsyncRead + AsyncWrite>(
     let out = Rc::new(Outbound::new(node.streams.send_buffer));
     {
         let Some(w) = worker.upgrade() else { return };
-        w.borrow_mut().io.conns.insert(key, out.clone());
+        w.borrow_mut().attach(key, out.clone());
     }
     let (rd, wr) = tokio::io::split(stream);
     let clean = tokio::select! {
-        r = read_side(&worker, &node, rd, key, &out) => r,
+        r = read_side(&worker, &node, rd, key) => r,
         r = write_side(&worker, wr, &out) => r.is_ok(),
     };
     if !clean {
         count_error(&worker);
     }
     if let Some(w) = worker.upgrade() {
-        let mut w = w.borrow_mut();
-        let w = &mut *w;
-        w.io.conns.remove(&key);
-        w.server.client_closed(now(), &key, &mut w.io);
+        w.borrow_mut().detach(&key);
     }
 }
 
@@ -227,15 +214,10 @@ async fn read_side<R: AsyncRead>(
     node: &NodeShared,
     rd: R,
     key: ClientKey,
-    out: &Outbound,
 ) -> bool {
     tokio::pin!(rd);
     let mut sb = StreamBuf::default();
-    // Room for a response and, when shaping, the filler up to the largest bucket.
-    let mut reply = vec![0u8; 2048 + crate::shaping::MAX_QUEUED_FRAME];
     let mut first = true;
-    // Whether this connection has held an allocation: from then on every answer is padded.
-    let mut padded = false;
     loop {
         let deadline = if first {
             node.streams.handshake_timeout
@@ -250,7 +232,7 @@ async fn read_side<R: AsyncRead>(
                 // Silence is fine while an allocation lives: its own expiry ends it.
                 let alive = worker
                     .upgrade()
-                    .is_some_and(|w| w.borrow().server.has_allocation(&key));
+                    .is_some_and(|w| w.borrow().has_allocation(&key));
                 if alive {
                     continue;
                 }
@@ -262,7 +244,6 @@ async fn read_side<R: AsyncRead>(
             return true;
         };
         let mut w = w.borrow_mut();
-        let w = &mut *w;
         let now = now();
         loop {
             let frame = match sb.next_frame() {
@@ -274,30 +255,7 @@ async fn read_side<R: AsyncRead>(
                 }
             };
             first = false;
-            match w
-                .server
-                .handle_client(now, key, frame, &mut reply, &mut w.io)
-            {
-                Action::None => {}
-                Action::Reply(len) => {
-                    // Fillers only once the client holds an allocation: until a Binding or
-                    // Allocate success has crossed the connection, Chromium closes it on any
-                    // STUN type outside a short list, and a Binding indication is not on it.
-                    // Once the connection has held one, every later answer is padded too: the
-                    // one to the deallocating Refresh, and a 437 to its retransmission, would
-                    // otherwise leave at their own sizes.
-                    padded |= w.server.has_allocation(&key);
-                    let r = if padded {
-                        w.shaper.pad_stream_reply(&mut reply, 0..len)
-                    } else {
-                        0..len
-                    };
-                    if !out.push(&reply[r]) {
-                        w.io.stats.stream_drops += 1;
-                    }
-                }
-                Action::Forward { relay, peer, data } => w.io.forward(relay, peer, &frame[data]),
-            }
+            w.stream_frame(now, key, frame);
         }
     }
 }
@@ -320,7 +278,7 @@ async fn write_side<W: AsyncWrite>(
         }
         let per_frame = worker
             .upgrade()
-            .is_some_and(|w| !w.borrow().shaper.is_off());
+            .is_some_and(|w| w.borrow().per_frame_writes());
         let write = async {
             if per_frame {
                 let mut at = 0;

@@ -1,0 +1,298 @@
+//! Allocations: creating one (RFC 8656 §7), answering its retransmitted Allocate, refreshing and
+//! deleting it (§8).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::authn::Authed;
+use super::error::{Fail, Req};
+use super::permission::{Channel, Permissions};
+use super::{
+    AllocateRequest, ClientKey, Env, Family, RefreshRequest, Refusal, RelayId, Server, TurnError,
+};
+use crate::auth::{self, Key};
+use crate::stun::{self, Class, attr};
+
+/// A relayed address of an allocation, as the core knows it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Relayed {
+    pub(super) id: RelayId,
+    pub(super) advertised: SocketAddr,
+}
+
+pub(super) struct Allocation {
+    pub(super) client: ClientKey,
+    pub(super) generation: u32,
+    pub(super) username: Box<str>,
+    pub(super) quota_key: Box<str>,
+    pub(super) key: Key,
+    /// Shaping profile chosen by the credential (0: the node's default).
+    pub(super) profile: u8,
+    /// Transaction of the Allocate that created it, to answer its retransmissions.
+    pub(super) allocate_txid: [u8; 12],
+    pub(super) granted: u32,
+    pub(super) reservation: Option<[u8; 8]>,
+    /// ADDITIONAL-ADDRESS-FAMILY asked for IPv6 and we could not give it.
+    pub(super) v6_failed: bool,
+    pub(super) expires: Instant,
+    /// The deadline of this allocation's live timer entry.
+    pub(super) scheduled: Instant,
+    pub(super) relays: [Option<Relayed>; 2],
+    pub(super) perms: Permissions,
+    pub(super) channels: Vec<Channel>,
+}
+
+impl Allocation {
+    /// The relayed address a peer of this family is reached from.
+    #[inline]
+    pub(super) fn relay_for(&self, peer: &SocketAddr) -> Option<RelayId> {
+        self.relays[Family::of(peer.ip()) as usize].map(|r| r.id)
+    }
+
+    pub(super) fn next_deadline(&self) -> Instant {
+        let c = self.channels.iter().map(|c| c.expires);
+        c.fold(
+            self.perms
+                .next_expiry()
+                .map_or(self.expires, |p| p.min(self.expires)),
+            Instant::min,
+        )
+    }
+}
+
+impl Server {
+    /// The lifetime to grant for a requested one.
+    fn lifetime(&self, requested: Option<u32>) -> u32 {
+        let c = &self.shared.config;
+        let floor = c.default_lifetime.min(c.max_lifetime);
+        requested.map_or(floor, |r| r.clamp(floor, c.max_lifetime))
+    }
+
+    /// The credential's shaping profile: its index among the configured ones, plus one.
+    fn profile_of(&self, username: &str) -> u8 {
+        let Some(name) = auth::shaping_profile(username) else {
+            return 0;
+        };
+        match self
+            .shared
+            .config
+            .shaping_profiles
+            .iter()
+            .position(|p| p == name)
+        {
+            Some(i) => (i + 1).min(u8::MAX as usize) as u8,
+            None => {
+                tracing::warn!(
+                    "a credential names an unknown shaping profile; the node default applies"
+                );
+                0
+            }
+        }
+    }
+
+    fn refuse(&mut self, why: Refusal) -> Fail {
+        self.stats.allocations_refused[why as usize] += 1;
+        why.error().into()
+    }
+
+    pub(super) fn allocate(
+        &mut self,
+        r: &Req,
+        req: AllocateRequest,
+        who: &Authed,
+        out: &mut [u8],
+        env: &mut impl Env,
+    ) -> Result<usize, Fail> {
+        let cfg = &self.shared.config;
+        if req.reservation.is_none() && cfg.relays[req.family as usize].is_empty() {
+            return Err(TurnError::new(440, "address family not offered").into());
+        }
+        if let Some(zone) = &cfg.zone
+            && auth::is_rest_username(who.username)
+            && auth::zone_claim(who.username) != Some(zone.as_str())
+        {
+            return Err(self.refuse(Refusal::Zone));
+        }
+        let profile = self.profile_of(who.username);
+        if self.shared.draining() {
+            return Err(self.refuse(Refusal::Draining));
+        }
+        let quota_key: Box<str> = auth::quota_key(who.username).into();
+        if let Err(why) = self.shared.acquire(&quota_key) {
+            return Err(self.refuse(why));
+        }
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        let slot = self.allocs.vacant_key();
+        let Some((relays, reservation, v6_failed)) =
+            self.open_relays(r, &req, slot, generation, env)
+        else {
+            self.shared.release(&quota_key);
+            return Err(self.refuse(Refusal::Ports));
+        };
+        let granted = self.lifetime(req.lifetime);
+        let expires = r.now.mono + Duration::from_secs(granted as u64);
+        let a = Allocation {
+            client: r.from,
+            generation,
+            username: who.username.into(),
+            quota_key,
+            key: who.key,
+            profile,
+            allocate_txid: *r.m.transaction_id(),
+            granted,
+            reservation,
+            v6_failed,
+            expires,
+            scheduled: expires,
+            relays,
+            perms: Permissions::default(),
+            channels: Vec::new(),
+        };
+        let s = self.allocs.insert(a);
+        debug_assert_eq!(s, slot);
+        self.by_client.insert(r.from, slot);
+        self.timers
+            .push(std::cmp::Reverse((expires, slot, generation)));
+        self.stats.allocations_created += 1;
+        let red = &self.shared.redactor;
+        tracing::debug!(
+            client = %red.client(r.now.unix, &r.from.addr),
+            user = %red.user(r.now.unix, who.username),
+            lifetime = granted,
+            "allocation created"
+        );
+        self.allocate_success(r, out, slot)
+    }
+
+    /// Opens the allocation's relayed addresses: the reserved one, or the requested family's
+    /// (and IPv6 too when asked). None when the primary cannot be opened.
+    #[allow(clippy::type_complexity)]
+    fn open_relays(
+        &self,
+        r: &Req,
+        req: &AllocateRequest,
+        slot: usize,
+        generation: u32,
+        env: &mut impl Env,
+    ) -> Option<([Option<Relayed>; 2], Option<[u8; 8]>, bool)> {
+        let cfg = &self.shared.config;
+        let advertise = |bound: SocketAddr| {
+            let ip: IpAddr = cfg.relays[Family::of(bound.ip()) as usize]
+                .iter()
+                .find(|r| r.bind == bound.ip())
+                .map_or(bound.ip(), |r| r.advertise);
+            SocketAddr::new(ip, bound.port())
+        };
+        let df = req.dont_fragment;
+        let mut relays: [Option<Relayed>; 2] = [None, None];
+        if let Some(t) = req.reservation {
+            // The reserved address's family is the allocation's.
+            let parked = self.shared.claim(r.now.mono, &t, env)?;
+            let f = Family::of(parked.ip());
+            let id = RelayId::new(slot, generation, f);
+            if !env.adopt_reserved(id, parked, df) {
+                return None;
+            }
+            relays[f as usize] = Some(Relayed {
+                id,
+                advertised: advertise(parked),
+            });
+            return Some((relays, None, false));
+        }
+        let id = RelayId::new(slot, generation, req.family);
+        let o = env.open_relay(id, &cfg.relays[req.family as usize], req.port, df)?;
+        relays[req.family as usize] = Some(Relayed {
+            id,
+            advertised: advertise(o.bound),
+        });
+        let mut reservation = None;
+        if let Some(parked) = o.reserved {
+            reservation = self.shared.reserve(r.now.mono, parked, env);
+            if reservation.is_none() {
+                env.close_relay(id);
+                return None;
+            }
+        }
+        let mut v6_failed = false;
+        if req.additional_v6 {
+            let id = RelayId::new(slot, generation, Family::V6);
+            match env.open_relay(
+                id,
+                &cfg.relays[Family::V6 as usize],
+                super::PortPolicy::Any,
+                df,
+            ) {
+                Some(o) => {
+                    relays[1] = Some(Relayed {
+                        id,
+                        advertised: advertise(o.bound),
+                    })
+                }
+                None => v6_failed = true,
+            }
+        }
+        Some((relays, reservation, v6_failed))
+    }
+
+    pub(super) fn allocate_success(
+        &self,
+        r: &Req,
+        out: &mut [u8],
+        slot: usize,
+    ) -> Result<usize, Fail> {
+        let a = &self.allocs[slot];
+        let remaining = a.expires.saturating_duration_since(r.now.mono).as_secs() as u32;
+        let mut w = self.begin(out, r.m, Class::Success)?;
+        for relayed in a.relays.iter().flatten() {
+            w.xor_address(attr::XOR_RELAYED_ADDRESS, relayed.advertised)?;
+        }
+        w.u32(attr::LIFETIME, remaining.min(a.granted))?;
+        if let Some(t) = &a.reservation {
+            w.attr(attr::RESERVATION_TOKEN, t)?;
+        }
+        w.xor_address(attr::XOR_MAPPED_ADDRESS, a.client.addr)?;
+        if a.v6_failed {
+            let reason = stun::reason_phrase(440).as_bytes();
+            let v = w.attr_slot(attr::ADDRESS_ERROR_CODE, 4 + reason.len())?;
+            v[0] = Family::V6.wire();
+            v[1] = 0;
+            v[2] = 4;
+            v[3] = 40;
+            v[4..].copy_from_slice(reason);
+        }
+        Ok(Self::seal(w, r.seal)?)
+    }
+
+    pub(super) fn refresh(
+        &mut self,
+        r: &Req,
+        req: RefreshRequest,
+        slot: usize,
+        out: &mut [u8],
+        env: &mut impl Env,
+    ) -> Result<usize, Fail> {
+        if let Some(fam) = req.family
+            && self.allocs[slot].relays[fam as usize].is_none()
+        {
+            return Err(TurnError::new(443, "the allocation has no address of this family").into());
+        }
+        let granted = if req.lifetime == Some(0) {
+            self.stats.allocations_deleted += 1;
+            self.delete(slot, r.now, env, "refresh with lifetime 0");
+            0
+        } else {
+            let granted = self.lifetime(req.lifetime);
+            let a = &mut self.allocs[slot];
+            a.expires = r.now.mono + Duration::from_secs(granted as u64);
+            a.granted = granted;
+            // A later expiry needs no new timer entry: the current one fires first and
+            // reschedules; an earlier one (a shorter lifetime) does.
+            self.schedule(slot);
+            granted
+        };
+        let mut w = self.begin(out, r.m, Class::Success)?;
+        w.u32(attr::LIFETIME, granted)?;
+        Ok(Self::seal(w, r.seal)?)
+    }
+}

@@ -1,0 +1,136 @@
+//! The relay path: what a client sends to peers (ChannelData, Send indications) and what peers
+//! send back (framed in place as ChannelData or Data indications). Nothing here allocates.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use super::{
+    Action, ClientKey, Delivery, HEADROOM, Now, RelayId, SendIndication, Server, TAILROOM,
+};
+use crate::stun::{self, Class, Message, Writer, attr, channel_data, method};
+
+impl Server {
+    pub(super) fn client_channel_data(&mut self, now: Now, from: ClientKey, pkt: &[u8]) -> Action {
+        let Some((number, payload)) = channel_data::decode(pkt) else {
+            self.stats.malformed += 1;
+            return Action::None;
+        };
+        let Some(&slot) = self.by_client.get(&from) else {
+            return Action::None;
+        };
+        let a = &self.allocs[slot];
+        let Some(c) = a
+            .channels
+            .iter()
+            .find(|c| c.number == number && c.expires > now.mono)
+        else {
+            return Action::None;
+        };
+        if !a.perms.permits(c.peer.ip(), now.mono) {
+            return Action::None;
+        }
+        match a.relay_for(&c.peer) {
+            Some(relay) => Action::Forward {
+                relay,
+                peer: c.peer,
+                data: 4..4 + payload.len(),
+            },
+            None => Action::None,
+        }
+    }
+
+    pub(super) fn send_indication(&mut self, now: Now, from: ClientKey, m: &Message) -> Action {
+        let Some(&slot) = self.by_client.get(&from) else {
+            return Action::None;
+        };
+        let Some(SendIndication { peer, data }) = SendIndication::parse(m) else {
+            return Action::None;
+        };
+        let a = &self.allocs[slot];
+        if !a.perms.permits(peer.ip(), now.mono) {
+            return Action::None;
+        }
+        match a.relay_for(&peer) {
+            Some(relay) => Action::Forward { relay, peer, data },
+            None => Action::None,
+        }
+    }
+
+    /// Handles a datagram a peer sent to a relayed address. The payload sits at
+    /// `buf[payload]`, with [`HEADROOM`] bytes before it and [`TAILROOM`] after; the framed
+    /// message for the client is written in place. Returns where to send what.
+    pub fn handle_peer(
+        &mut self,
+        now: Now,
+        relay: RelayId,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        payload: Range<usize>,
+    ) -> Option<Delivery> {
+        let a = self.allocs.get(relay.slot())?;
+        if a.generation != relay.generation() || !a.perms.permits(peer.ip(), now.mono) {
+            return None;
+        }
+        let len = payload.len();
+        if len > u16::MAX as usize - 64
+            || payload.start < HEADROOM
+            || payload.end + TAILROOM > buf.len()
+        {
+            return None;
+        }
+        if let Some(c) = a
+            .channels
+            .iter()
+            .find(|c| c.peer == peer && c.expires > now.mono)
+        {
+            let start = payload.start - 4;
+            let hdr: &mut [u8; 4] = (&mut buf[start..payload.start]).try_into().ok()?;
+            channel_data::write_header(hdr, c.number, len as u16);
+            // Over a stream the next frame starts on a 4-byte boundary (RFC 8656 §12.5).
+            let end = if a.client.transport.is_stream() {
+                let end = start + ((4 + len + 3) & !3);
+                buf[payload.end..end].fill(0);
+                end
+            } else {
+                payload.end
+            };
+            return Some(Delivery {
+                client: a.client,
+                frame: start..end,
+                profile: a.profile,
+            });
+        }
+        let (client, profile) = (a.client, a.profile);
+        let addr_len = if peer.is_ipv4() { 8 } else { 20 };
+        let start = payload.start - (stun::HEADER_LEN + 4 + addr_len + 4);
+        self.indication_seq = self.indication_seq.wrapping_add(1);
+        let txid = indication_txid(self.indication_seq, relay);
+        // The headroom and tailroom were checked above: the writes below cannot overflow.
+        let mut w = Writer::new(
+            &mut buf[start..payload.end + TAILROOM],
+            method::DATA,
+            Class::Indication,
+            &txid,
+        )
+        .ok()?;
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer).ok()?;
+        // The value is already in place: attr_slot only writes the header and the padding.
+        w.attr_slot(attr::DATA, len).ok()?;
+        let n = w.finish();
+        Some(Delivery {
+            client,
+            frame: start..start + n,
+            profile,
+        })
+    }
+}
+
+/// A transaction id for a Data indication: unique per worker, not predictable from outside
+/// without the relay id, and costing no random draw per packet.
+fn indication_txid(seq: u64, relay: RelayId) -> [u8; 12] {
+    let mut t = [0u8; 12];
+    let mix = (seq ^ relay.0.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    t[..8].copy_from_slice(&mix.to_be_bytes());
+    t[8..].copy_from_slice(&(seq as u32).to_be_bytes());
+    t
+}

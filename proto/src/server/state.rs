@@ -1,0 +1,247 @@
+//! What every worker of a node shares: configuration, credentials and peer filter (reloadable),
+//! the quota counters, and the RESERVATION-TOKEN table (a token minted by one worker may be
+//! presented to another).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use super::{Env, Refusal, RelayAddr};
+use crate::auth::{Credentials, NonceKey};
+use crate::peer_filter::PeerFilter;
+use crate::privacy::Redactor;
+
+/// How long an RTP/RTCP port pair reservation (EVEN-PORT R bit) is held (RFC 8656 §7.2).
+pub const RESERVATION_SECS: u64 = 30;
+
+/// What the protocol core needs from the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// REALM of challenges and long-term keys.
+    pub realm: String,
+    /// SOFTWARE attribute value; none by default (it tells attackers the version).
+    pub software: Option<String>,
+    /// Relay addresses per family (indexed by [`super::Family`]). A family without any is not
+    /// offered (440); with several, allocations spread across them, so a node relays more
+    /// allocations than one address has ports.
+    pub relays: [Vec<RelayAddr>; 2],
+    /// Lifetime granted when the client asks for none (RFC 8656: 600 s).
+    pub default_lifetime: u32,
+    /// Longest lifetime granted (default 3600 s).
+    pub max_lifetime: u32,
+    /// Permission lifetime (RFC 8656: 300 s).
+    pub permission_lifetime: u32,
+    /// Channel binding lifetime (RFC 8656: 600 s).
+    pub channel_lifetime: u32,
+    /// How long a nonce stays valid.
+    pub nonce_lifetime: u32,
+    /// Allocations one user may hold at once (486 beyond).
+    pub user_quota: u32,
+    /// Allocations the node holds at once (508 beyond).
+    pub total_quota: u32,
+    /// Names of the shaping profiles a credential may select; profile `i + 1` is
+    /// `shaping_profiles[i]`, 0 the node's default.
+    pub shaping_profiles: Vec<String>,
+    /// The residency zone this node serves. When set, a REST credential must carry the claim
+    /// `z=<zone>` (the allocator mints it); others get 403. Static development users are exempt.
+    pub zone: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            realm: "veil".into(),
+            software: None,
+            relays: [Vec::new(), Vec::new()],
+            default_lifetime: 600,
+            max_lifetime: 3600,
+            permission_lifetime: 300,
+            channel_lifetime: 600,
+            nonce_lifetime: 3600,
+            user_quota: 10,
+            total_quota: 100_000,
+            shaping_profiles: Vec::new(),
+            zone: None,
+        }
+    }
+}
+
+/// What a reload (SIGHUP, file change) replaces while allocations go on.
+#[derive(Clone, Debug)]
+pub struct Live {
+    /// Secrets and static users in force.
+    pub credentials: Credentials,
+    /// The peer filter in force for new permissions.
+    pub filter: PeerFilter,
+}
+
+/// State shared by every worker of a node. The quota counters change when an allocation is
+/// created or deleted; [`Live`] when the operator reloads; `draining` once, at shutdown.
+pub struct Shared {
+    /// The protocol configuration.
+    pub config: ServerConfig,
+    /// The key of stateless nonces.
+    pub nonces: NonceKey,
+    /// What logs may say about callers.
+    pub redactor: Redactor,
+    live: RwLock<Arc<Live>>,
+    draining: AtomicBool,
+    total: AtomicU32,
+    per_user: Mutex<HashMap<Box<str>, u32>>,
+    reservations: Mutex<Reservations>,
+}
+
+impl Shared {
+    /// Node state with these settings and no allocations.
+    pub fn new(
+        config: ServerConfig,
+        credentials: Credentials,
+        nonces: NonceKey,
+        filter: PeerFilter,
+        redactor: Redactor,
+    ) -> Self {
+        Shared {
+            config,
+            nonces,
+            redactor,
+            live: RwLock::new(Arc::new(Live {
+                credentials,
+                filter,
+            })),
+            draining: AtomicBool::new(false),
+            total: AtomicU32::new(0),
+            per_user: Mutex::new(HashMap::new()),
+            reservations: Mutex::default(),
+        }
+    }
+
+    /// The credentials and peer filter in force.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts new credentials and a new peer filter in force. Allocations keep their keys (their
+    /// credential was checked when they were created) and their permissions; new requests and
+    /// new permissions see the new values.
+    pub fn replace_live(&self, live: Live) {
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+    }
+
+    /// From now on, new allocations are refused (508) while existing ones go on.
+    pub fn set_draining(&self, v: bool) {
+        self.draining.store(v, Ordering::Relaxed);
+    }
+
+    /// Whether the node refuses new allocations.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Allocations alive on this node.
+    pub fn allocations(&self) -> u32 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Takes one allocation from the user's quota and the node's.
+    pub(super) fn acquire(&self, quota_key: &str) -> Result<(), Refusal> {
+        let mut users = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        let held = users.get(quota_key).copied().unwrap_or(0);
+        if held >= self.config.user_quota {
+            return Err(Refusal::UserQuota);
+        }
+        let total = self.total.load(Ordering::Relaxed);
+        if total >= self.config.total_quota {
+            return Err(Refusal::NodeCapacity);
+        }
+        self.total.store(total + 1, Ordering::Relaxed);
+        *users.entry(quota_key.into()).or_insert(0) += 1;
+        Ok(())
+    }
+
+    pub(super) fn release(&self, quota_key: &str) {
+        let mut users = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = users.get_mut(quota_key) {
+            *n -= 1;
+            if *n == 0 {
+                users.remove(quota_key);
+            }
+        }
+        self.total.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn reservations(&self) -> std::sync::MutexGuard<'_, Reservations> {
+        self.reservations.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds `parked` for [`RESERVATION_SECS`] under a fresh token; None (and `parked` is
+    /// released) if the OS random source fails.
+    pub(super) fn reserve(
+        &self,
+        now: Instant,
+        parked: SocketAddr,
+        env: &mut impl Env,
+    ) -> Option<[u8; 8]> {
+        let mut token = [0u8; 8];
+        if getrandom::fill(&mut token).is_err() {
+            env.release_reserved(parked);
+            return None;
+        }
+        let expires = now + Duration::from_secs(RESERVATION_SECS);
+        let mut r = self.reservations();
+        r.by_token.insert(token, (parked, expires));
+        r.timers.push(Reverse((expires, token)));
+        Some(token)
+    }
+
+    /// Takes the address reserved under `token`, if it is still held at `now`.
+    pub(super) fn claim(
+        &self,
+        now: Instant,
+        token: &[u8; 8],
+        env: &mut impl Env,
+    ) -> Option<SocketAddr> {
+        let (parked, expires) = self.reservations().by_token.remove(token)?;
+        if expires <= now {
+            env.release_reserved(parked);
+            return None;
+        }
+        Some(parked)
+    }
+
+    /// Releases reservations nobody claimed in time.
+    pub(super) fn expire_reservations(&self, now: Instant, env: &mut impl Env) {
+        let mut r = self.reservations();
+        while let Some(&Reverse((t, token))) = r.timers.peek() {
+            if t > now {
+                break;
+            }
+            r.timers.pop();
+            if let Some(&(parked, expires)) = r.by_token.get(&token)
+                && expires <= now
+            {
+                r.by_token.remove(&token);
+                env.release_reserved(parked);
+            }
+        }
+    }
+
+    /// When the earliest reservation expires.
+    pub(super) fn next_reservation_expiry(&self) -> Option<Instant> {
+        self.reservations().timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Reservations held now (for tests and metrics).
+    pub fn reservations_held(&self) -> usize {
+        self.reservations().by_token.len()
+    }
+}
+
+/// Addresses held for RESERVATION-TOKENs, with their expiry heap.
+#[derive(Default)]
+struct Reservations {
+    by_token: HashMap<[u8; 8], (SocketAddr, Instant)>,
+    timers: BinaryHeap<Reverse<(Instant, [u8; 8])>>,
+}

@@ -1,0 +1,132 @@
+//! The node: what its workers share, starting them with their sockets, reloading, stopping.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+use super::ports::{Parked, PortUse};
+use super::sockets::{bind_listeners, bind_stream_listeners};
+use super::stream::ConnCount;
+use crate::config::{PortRange, Resolved, StreamLimits};
+use crate::metrics::Reports;
+use crate::proto::server::{Shared, Transport};
+use crate::shaping::Policy;
+
+/// What all workers of a node share.
+pub(super) struct NodeShared {
+    pub(super) core: Arc<Shared>,
+    /// The node's shaping policy and the named profiles (see [`crate::config::Resolved`]);
+    /// a reload sends new ones and every worker's shaper takes them.
+    pub(super) shaping: watch::Receiver<Vec<Policy>>,
+    /// Origin of the shaping slot grid, the same for every worker.
+    pub(super) epoch: Instant,
+    /// Each worker's latest counters, for the metrics endpoint.
+    pub(super) reports: Arc<Reports>,
+    /// TCP/TLS connection limits, the TLS setup, and the connections held.
+    pub(super) streams: StreamLimits,
+    pub(super) tls: Option<Arc<crate::tls::TlsState>>,
+    pub(super) conns: ConnCount,
+    /// Relayed ports taken per relay IP, and the sockets parked for reservations.
+    pub(super) ports: PortUse,
+    pub(super) parked: Parked,
+}
+
+/// A running node: its workers and the addresses it listens on.
+pub struct Node {
+    /// Where clients reach the node (for `/status`).
+    pub endpoints: crate::admin::Endpoints,
+    /// The TLS setup, whose certificate a reload replaces.
+    pub tls: Option<Arc<crate::tls::TlsState>>,
+    /// The workers' counters, for [`crate::metrics::render`].
+    pub reports: Arc<Reports>,
+    /// The relayed port range.
+    pub port_range: PortRange,
+    shaping: watch::Sender<Vec<Policy>>,
+    stop: watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl Node {
+    /// Binds every socket of a resolved configuration and starts its worker threads.
+    pub fn start(resolved: &Resolved, core: Arc<Shared>) -> io::Result<Node> {
+        let workers = resolved.workers.max(1);
+        let udp = bind_listeners(&resolved.listen, workers)?;
+        let tcp = bind_stream_listeners(&resolved.listen_tcp, workers)?;
+        let tls = bind_stream_listeners(&resolved.listen_tls, workers)?;
+        let (shaping, shaping_rx) = watch::channel(resolved.shaping.clone());
+        let node = Arc::new(NodeShared {
+            ports: PortUse::new(
+                resolved.server.relays.iter().flatten().map(|r| r.bind),
+                resolved.port_range,
+            ),
+            core,
+            shaping: shaping_rx,
+            epoch: Instant::now(),
+            reports: Arc::new(Reports::new(workers)),
+            streams: resolved.streams,
+            tls: resolved.tls.clone(),
+            conns: ConnCount::default(),
+            parked: Parked::default(),
+        });
+        let reports = node.reports.clone();
+        let (stop, stop_rx) = watch::channel(false);
+        let mut threads = Vec::new();
+        for (i, ((socks, tcp), tls)) in udp.into_iter().zip(tcp).zip(tls).enumerate() {
+            let streams: Vec<_> = tcp
+                .into_iter()
+                .map(|l| (l, Transport::Tcp))
+                .chain(tls.into_iter().map(|l| (l, Transport::Tls)))
+                .collect();
+            let node = node.clone();
+            let rx = stop_rx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("veil-worker-{i}"))
+                    .spawn(move || super::tasks::run_worker(i, node, socks, streams, rx))?,
+            );
+        }
+        Ok(Node {
+            endpoints: crate::admin::Endpoints {
+                udp: resolved.listen.clone(),
+                tcp: resolved.listen_tcp.clone(),
+                tls: resolved.listen_tls.clone(),
+                tls_name: resolved.tls_name.clone(),
+            },
+            tls: resolved.tls.clone(),
+            stop,
+            threads,
+            reports,
+            port_range: resolved.port_range,
+            shaping,
+        })
+    }
+
+    /// Puts new shaping policies (node policy, then the profiles in the same order as before)
+    /// in force on every worker; allocations go on.
+    pub fn reload_shaping(&self, policies: Vec<Policy>) {
+        self.shaping.send_replace(policies);
+    }
+
+    /// Stops the workers (allocations are deleted, sockets closed) and waits for them.
+    pub fn stop(self) -> io::Result<()> {
+        let _ = self.stop.send(true);
+        for t in self.threads {
+            match t.join() {
+                Ok(r) => r?,
+                Err(_) => return Err(io::Error::other("a worker thread panicked")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM (Ctrl-C in a terminal).
+pub async fn shutdown_signal() -> io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}
