@@ -95,7 +95,7 @@ impl Running {
             credentials: next.credentials.clone(),
             filter: next.filter.clone(),
         });
-        if !fixed.contains(&"shaping.profiles (names)") {
+        if !self.current.profiles_renamed(&next) {
             self.node.reload_shaping(next.shaping.clone());
             self.current.shaping = next.shaping.clone();
         }

@@ -40,8 +40,8 @@ use veil_geo::{GeoDb, Location, ReloadingGeo};
 
 use crate::audit::{AuditLog, counter, country_label};
 use crate::join::{self, JoinClaims};
+use veil_ops::Status;
 use veil_proto::auth;
-use veil_relay::admin::Status;
 
 use crate::placement::{
     CallPlacement, ClientFacts, Joined, Placement, PlacementError, RelayView, Scoring, place,
@@ -131,7 +131,7 @@ fn default_audit_hours() -> u64 {
 
 /// What is wrong with the allocator's configuration: the relay's error type, so both name the
 /// field the same way.
-pub use veil_relay::config::ConfigError;
+pub use veil_ops::ConfigError;
 
 impl AllocatorConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -231,7 +231,7 @@ fn signing_secret(files: &[PathBuf]) -> Result<Vec<u8>, ConfigError> {
             path: p.display().to_string(),
             source,
         })?;
-        if let Some(s) = veil_relay::config::parse_secrets(&text).into_iter().next() {
+        if let Some(s) = auth::parse_secrets(&text).into_iter().next() {
             return Ok(s);
         }
     }
@@ -536,7 +536,7 @@ impl App {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .render(&mut o);
-        veil_relay::metrics::process(&mut o);
+        veil_ops::prometheus::process(&mut o);
         o
     }
 

@@ -15,6 +15,7 @@
 //!   EFTA) as dated data.
 //!
 //! What this crate must never do: log or keep the addresses it is asked about.
+#![warn(unreachable_pub)]
 
 pub mod countries;
 pub mod jurisdictions;

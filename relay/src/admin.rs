@@ -15,17 +15,7 @@ use axum::routing::get;
 use crate::metrics::Reports;
 use crate::proto::server::{Family, ServerConfig, Shared};
 
-/// What `/status` reports.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Status {
-    pub zone: Option<String>,
-    pub ready: bool,
-    pub draining: bool,
-    pub allocations: u32,
-    pub capacity: u32,
-    /// TURN URIs clients use to reach this node (`turn:IP:PORT?transport=udp`).
-    pub uris: Vec<String>,
-}
+pub use veil_ops::Status;
 
 /// The admin endpoint's view of the node.
 pub struct AdminState {
@@ -38,9 +28,13 @@ pub struct AdminState {
 /// URIs (it must match the certificate; none: the advertised IP).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Endpoints {
+    /// UDP listeners.
     pub udp: Vec<SocketAddr>,
+    /// TCP listeners.
     pub tcp: Vec<SocketAddr>,
+    /// TLS listeners.
     pub tls: Vec<SocketAddr>,
+    /// Host name of `turns:` URIs.
     pub tls_name: Option<String>,
 }
 
@@ -109,6 +103,7 @@ impl AdminState {
         })
     }
 
+    /// The node's `/status` document now.
     pub fn status(&self) -> Status {
         let cfg = &self.core.config;
         let allocations = self.core.allocations();

@@ -20,14 +20,18 @@ pub const EXAMPLE: &str = include_str!("../relay.example.yaml");
 /// A relayed port range, written `49152-65535`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortRange {
+    /// First port.
     pub start: u16,
+    /// Last port (inclusive).
     pub end: u16,
 }
 
 impl PortRange {
+    /// Ports in the range.
     pub fn len(&self) -> usize {
         (self.end as usize + 1).saturating_sub(self.start as usize)
     }
+    /// True if the range holds no port.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -70,10 +74,13 @@ pub struct AuthConfig {
     pub static_users: Vec<StaticUser>,
 }
 
+/// A fixed development user.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticUser {
+    /// USERNAME.
     pub username: String,
+    /// Its password.
     pub password: String,
 }
 
@@ -81,10 +88,15 @@ pub struct StaticUser {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Lifetimes {
+    /// Seconds granted when a client asks for none.
     pub default_allocation: u32,
+    /// Longest lifetime granted, seconds.
     pub max_allocation: u32,
+    /// Permission lifetime, seconds.
     pub permission: u32,
+    /// Channel binding lifetime, seconds.
     pub channel: u32,
+    /// How long a nonce stays valid, seconds.
     pub nonce: u32,
 }
 
@@ -100,6 +112,7 @@ impl Default for Lifetimes {
     }
 }
 
+/// Allocation quotas.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Quotas {
@@ -141,17 +154,22 @@ impl Default for Peers {
     }
 }
 
+/// Log line format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
+    /// Human-readable lines.
     Text,
+    /// One JSON object per line.
     Json,
 }
 
+/// Logging.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
+    /// Text or JSON.
     pub format: LogFormat,
     /// Log client IPs, peer addresses and usernames in the clear. Off by default: logs then
     /// carry only keyed hashes whose key rotates daily.
@@ -196,8 +214,11 @@ impl Default for ShapingConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShapingProfile {
+    /// Padding of this profile.
     pub padding: Padding,
+    /// Timing of this profile.
     pub timing: Timing,
+    /// Cover traffic of this profile.
     pub cover: Option<Cover>,
 }
 
@@ -211,7 +232,9 @@ pub struct RelayConfig {
     pub listen_tcp: Vec<SocketAddr>,
     /// TLS addresses for TURN over TLS (`turns:`), e.g. 5349 and 443; they need `tls`.
     pub listen_tls: Vec<SocketAddr>,
+    /// The certificate for `listen_tls`.
     pub tls: TlsConfig,
+    /// TCP/TLS connection limits.
     pub streams: StreamConfig,
     /// IPs relayed sockets bind to. Empty: the listen IPs. Several of a family multiply the
     /// allocations the node can hold (each IP has the whole port range); allocations go to
@@ -222,14 +245,20 @@ pub struct RelayConfig {
     pub external_ips: Vec<IpAddr>,
     /// Ports of relayed sockets.
     pub port_range: PortRange,
+    /// REALM of challenges and long-term keys.
     pub realm: String,
     /// The residency zone this node serves (allocator policy). When set, REST credentials must
     /// carry the claim `z=<zone>` or get 403; none by default.
     pub zone: Option<String>,
+    /// Credentials.
     pub auth: AuthConfig,
+    /// Lifetimes.
     pub lifetimes: Lifetimes,
+    /// Allocation quotas.
     pub quotas: Quotas,
+    /// Which peers clients may reach.
     pub peers: Peers,
+    /// Traffic shaping of the relay → client leg.
     pub shaping: ShapingConfig,
     /// Worker threads, each with its own sockets and allocations. 0: one per CPU.
     pub workers: usize,
@@ -238,7 +267,9 @@ pub struct RelayConfig {
     pub admin: Option<SocketAddr>,
     /// SOFTWARE attribute sent in responses; none by default.
     pub software: Option<String>,
+    /// Logging.
     pub log: LogConfig,
+    /// Shutdown and reload.
     pub lifecycle: Lifecycle,
 }
 
@@ -288,10 +319,15 @@ impl Default for StreamConfig {
 /// [`StreamConfig`], resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StreamLimits {
+    /// Deadline for the TLS handshake and the first message.
     pub handshake_timeout: std::time::Duration,
+    /// How long a connection without an allocation may stay silent.
     pub idle_timeout: std::time::Duration,
+    /// Connections the node holds at once.
     pub max_connections: usize,
+    /// Connections one client IP may hold at once.
     pub max_connections_per_ip: usize,
+    /// Bytes queued for one slow client.
     pub send_buffer: usize,
 }
 
@@ -346,22 +382,7 @@ impl Default for RelayConfig {
     }
 }
 
-/// What is wrong with a configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{path}: {message}")]
-    Yaml { path: String, message: String },
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("invalid `{field}`: {message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
-}
+pub use veil_ops::ConfigError;
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -373,24 +394,36 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
 /// Everything a node needs to start, checked.
 #[derive(Debug)]
 pub struct Resolved {
+    /// UDP listeners.
     pub listen: Vec<SocketAddr>,
+    /// TCP listeners.
     pub listen_tcp: Vec<SocketAddr>,
+    /// TLS listeners.
     pub listen_tls: Vec<SocketAddr>,
     /// The certificate and TLS settings, when `listen_tls` is set.
     pub tls: Option<std::sync::Arc<crate::tls::TlsState>>,
     /// Host name of `turns:` URIs.
     pub tls_name: Option<String>,
+    /// TCP/TLS connection limits.
     pub streams: StreamLimits,
+    /// What the protocol core needs.
     pub server: ServerConfig,
+    /// Credentials in force.
     pub credentials: Credentials,
+    /// The peer filter in force.
     pub filter: PeerFilter,
+    /// Relayed ports.
     pub port_range: PortRange,
+    /// Worker threads.
     pub workers: usize,
+    /// Logging.
     pub log: LogConfig,
     /// Shaping policies: `[0]` the node's, then the named profiles in `server.shaping_profiles`
     /// order.
     pub shaping: Vec<Policy>,
+    /// Admin HTTP endpoint.
     pub admin: Option<SocketAddr>,
+    /// How long a SIGTERM'd node drains.
     pub drain_timeout: std::time::Duration,
     /// How often to look for changed files (None: SIGHUP only).
     pub watch_interval: Option<std::time::Duration>,
@@ -398,56 +431,79 @@ pub struct Resolved {
     pub secret_files: Vec<PathBuf>,
     /// Things an operator should know at start (not errors).
     pub warnings: Vec<String>,
+    /// The configuration it was resolved from (file and flags), to tell what a reload changed.
+    pub source: RelayConfig,
 }
 
+/// The settings a reload puts in force while allocations go on; every other setting of the
+/// file is fixed for the life of the process (sockets, workers and allocations depend on it),
+/// so a new setting needs a restart unless it is listed here, next to where it is applied
+/// (`src/lifecycle.rs`). A path names a field of the file and everything under it; `*` stands
+/// for one map key (a profile's policy reloads; adding or removing a profile does not).
+pub const RELOADABLE: &[&str] = &[
+    // Secrets, secret files and static users: `Live::credentials`.
+    "auth",
+    // The peer filter: `Live::filter`.
+    "peers",
+    // Shaping policies: `Node::reload_shaping`.
+    "shaping.enabled",
+    "shaping.padding",
+    "shaping.timing",
+    "shaping.cover",
+    "shaping.queue_limit",
+    "shaping.profiles.*",
+];
+
 impl Resolved {
-    /// The settings that differ in `new` but only take effect at a restart. A reload applies
-    /// credentials, static users, the peer filter and shaping policies; the rest is fixed for
-    /// the life of the process (sockets, workers and allocations depend on it).
-    pub fn restart_needed(&self, new: &Resolved) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        let mut check = |changed: bool, field: &'static str| {
-            if changed {
-                v.push(field);
-            }
+    /// The settings that differ in `new` but only take effect at a restart: every changed
+    /// field of the file outside [`RELOADABLE`], by its path (`quotas.total`, `listen`).
+    pub fn restart_needed(&self, new: &Resolved) -> Vec<String> {
+        let (Ok(a), Ok(b)) = (
+            serde_json::to_value(&self.source),
+            serde_json::to_value(&new.source),
+        ) else {
+            return vec!["(configuration not comparable)".into()];
         };
-        let (a, b) = (&self.server, &new.server);
-        check(self.listen != new.listen, "listen");
-        check(
-            self.listen_tcp != new.listen_tcp || self.listen_tls != new.listen_tls,
-            "listen_tcp/listen_tls",
-        );
-        check(self.streams != new.streams, "streams");
-        check(a.relays != b.relays, "relay_ips/external_ips");
-        check(self.port_range != new.port_range, "port_range");
-        check(a.realm != b.realm, "realm");
-        check(a.zone != b.zone, "zone");
-        check(
-            a.default_lifetime != b.default_lifetime
-                || a.max_lifetime != b.max_lifetime
-                || a.permission_lifetime != b.permission_lifetime
-                || a.channel_lifetime != b.channel_lifetime
-                || a.nonce_lifetime != b.nonce_lifetime,
-            "lifetimes",
-        );
-        check(
-            a.user_quota != b.user_quota || a.total_quota != b.total_quota,
-            "quotas",
-        );
-        check(a.software != b.software, "software");
-        check(
-            a.shaping_profiles != b.shaping_profiles,
-            "shaping.profiles (names)",
-        );
-        check(self.workers != new.workers, "workers");
-        check(self.admin != new.admin, "admin");
-        check(self.log != new.log, "log");
-        check(
-            self.drain_timeout != new.drain_timeout || self.watch_interval != new.watch_interval,
-            "lifecycle",
-        );
-        v
+        let mut changed = Vec::new();
+        diff_paths(&a, &b, &mut Vec::new(), &mut changed);
+        changed.retain(|path| !is_reloadable(path));
+        changed.into_iter().map(|p| p.join(".")).collect()
     }
+
+    /// Whether `new` names other shaping profiles (their policies cannot be swapped then:
+    /// allocations hold profiles by index).
+    pub fn profiles_renamed(&self, new: &Resolved) -> bool {
+        self.server.shaping_profiles != new.server.shaping_profiles
+    }
+}
+
+/// Collects the paths where two serialized configurations differ: a leaf or list that changed,
+/// or a map whose keys changed.
+fn diff_paths(
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    at: &mut Vec<String>,
+    out: &mut Vec<Vec<String>>,
+) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) if x.keys().eq(y.keys()) => {
+            for (k, v) in x {
+                at.push(k.clone());
+                diff_paths(v, &y[k], at, out);
+                at.pop();
+            }
+        }
+        _ if a != b => out.push(at.clone()),
+        _ => {}
+    }
+}
+
+fn is_reloadable(path: &[String]) -> bool {
+    RELOADABLE.iter().any(|pattern| {
+        let pat: Vec<&str> = pattern.split('.').collect();
+        pat.len() <= path.len() && pat.iter().zip(path).all(|(p, seg)| *p == "*" || p == seg)
+    })
 }
 
 impl RelayConfig {
@@ -758,18 +814,12 @@ impl RelayConfig {
                 .then(|| std::time::Duration::from_secs(self.lifecycle.watch_interval as u64)),
             secret_files: self.auth.secret_files.clone(),
             warnings,
+            source: self.clone(),
         })
     }
 }
 
-/// Secrets in a secret file: one per line, blank lines and `#` comments ignored.
-pub fn parse_secrets(text: &str) -> Vec<Vec<u8>> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| l.as_bytes().to_vec())
-        .collect()
-}
+pub use crate::proto::auth::parse_secrets;
 
 /// The kernel's ephemeral port range, if readable.
 pub fn kernel_ephemeral_ports() -> Option<PortRange> {
@@ -813,9 +863,29 @@ mod tests {
             .shaping
             .profiles
             .insert("voice".into(), Default::default());
+        let b = fixed.resolve().unwrap();
         assert_eq!(
-            a.restart_needed(&fixed.resolve().unwrap()),
-            ["port_range", "realm", "quotas", "shaping.profiles (names)"]
+            a.restart_needed(&b),
+            ["port_range", "quotas.total", "realm", "shaping.profiles"]
+        );
+        assert!(a.profiles_renamed(&b));
+        // A profile's policy reloads; a changed certificate path does not (the running node
+        // rereads the files it started with).
+        let mut with_profile = base.clone();
+        with_profile
+            .shaping
+            .profiles
+            .insert("voice".into(), Default::default());
+        let p = with_profile.resolve().unwrap();
+        let mut retuned = with_profile.clone();
+        retuned.shaping.profiles.get_mut("voice").unwrap().padding = Padding::Multiple(64);
+        assert!(p.restart_needed(&retuned.resolve().unwrap()).is_empty());
+        let mut moved = base.clone();
+        moved.tls.cert = Some("/elsewhere/cert.pem".into());
+        moved.streams.idle_timeout = 5;
+        assert_eq!(
+            a.restart_needed(&moved.resolve().unwrap()),
+            ["streams.idle_timeout", "tls.cert"]
         );
     }
 

@@ -13,6 +13,8 @@
 //! What this crate must never do: log a client IP, peer address or username unless the operator
 //! opted in ([`privacy`]), keep per-request state for unauthenticated traffic, or panic on input.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub use veil_proto as proto;
 pub use veil_proto::{privacy, shaping};
 

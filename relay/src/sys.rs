@@ -194,6 +194,7 @@ impl RecvBatch {
 pub struct Sent {
     /// Datagrams and bytes the kernel took.
     pub packets: usize,
+    /// Bytes sent.
     pub bytes: usize,
     /// Datagrams dropped: the socket buffer was full, or the destination was refused.
     pub dropped: usize,
@@ -232,6 +233,7 @@ impl SendQueue {
         q
     }
 
+    /// True if nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
