@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Relay, start_relay};
-use turn::client::{Client, ClientConfig};
 use webrtc_util::Conn;
 
 const KEY: &str = "backend-key-0123456789";
@@ -127,20 +126,7 @@ fn relay_of(answer: &serde_json::Value, relays: &[(&str, u16)]) -> String {
 
 async fn allocate_with(relay: &Relay, user: &str, pass: &str) -> Result<(), String> {
     let conn = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let client = Client::new(ClientConfig {
-        stun_serv_addr: relay.addr.to_string(),
-        turn_serv_addr: relay.addr.to_string(),
-        username: user.into(),
-        password: pass.into(),
-        realm: String::new(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: Arc::new(conn),
-        vnet: None,
-    })
-    .await
-    .unwrap();
-    client.listen().await.unwrap();
+    let client = common::turn_client_over(Arc::new(conn), relay.addr, user, pass).await;
     let r = match client.allocate().await {
         Ok(c) => {
             c.close().await.unwrap();

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::{Relay, SECRET, start_relay};
 
 use tokio::net::UdpSocket;
-use turn::client::{Client, ClientConfig};
+use turn::client::Client;
 use veil_relay::proto::auth;
 use veil_relay::proto::stun::{self, Class, Message, Writer, method};
 use webrtc_util::Conn;
@@ -128,48 +128,13 @@ async fn turn_client(relay: &Relay, username: &str, password: &str) -> (Client, 
         inner: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
         counts: counts.clone(),
     };
-    let client = Client::new(ClientConfig {
-        stun_serv_addr: relay.addr.to_string(),
-        turn_serv_addr: relay.addr.to_string(),
-        username: username.into(),
-        password: password.into(),
-        realm: String::new(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: Arc::new(tap),
-        vnet: None,
-    })
-    .await
-    .expect("client");
-    client.listen().await.expect("listen");
+    let client = common::turn_client_over(Arc::new(tap), relay.addr, username, password).await;
     (client, counts)
 }
 
-/// A UDP echo peer on loopback: answers every datagram from socket A, and sends a copy from a
-/// second socket B on the same IP (same permission, no channel: always a Data indication).
-/// Stops by itself after `limit` datagrams or 60 s.
+/// The echo peer with a second socket B that copies every echo (see [`common::echo_peer`]).
 async fn echo_peer(limit: usize) -> (SocketAddr, SocketAddr, tokio::task::JoinHandle<usize>) {
-    let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let (aa, ba) = (a.local_addr().unwrap(), b.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        let mut buf = vec![0u8; 2048];
-        let mut n_seen = 0;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while n_seen < limit {
-            let Ok(Ok((n, from))) = tokio::time::timeout_at(deadline, a.recv_from(&mut buf)).await
-            else {
-                break;
-            };
-            n_seen += 1;
-            a.send_to(&buf[..n], from).await.unwrap();
-            let mut copy = b"B:".to_vec();
-            copy.extend_from_slice(&buf[..n]);
-            b.send_to(&copy, from).await.unwrap();
-        }
-        n_seen
-    });
-    (aa, ba, task)
+    common::echo_peer(limit, true).await
 }
 
 fn err_code(e: impl std::fmt::Display) -> String {
@@ -430,7 +395,7 @@ fn binding_request_gets_our_address() {
     let mut buf = [0u8; 512];
     let (len, _) = s.recv_from(&mut buf).unwrap();
     let m = Message::decode(&buf[..len]).unwrap();
-    assert!(m.has_fingerprint);
+    assert!(m.has_fingerprint());
     let v = stun::find_attr(&buf[..len], stun::attr::XOR_MAPPED_ADDRESS).unwrap();
     assert_eq!(
         stun::decode_xor_address(v, &[3; 12]).unwrap(),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::SECRET;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UdpSocket};
-use turn::client::{Client, ClientConfig};
+use turn::client::Client;
 use veil_relay::proto::auth;
 use veil_relay::proto::framing::frame_len;
 use webrtc_util::Conn;
@@ -233,39 +233,12 @@ async fn connect_with(
 
 async fn client_over(conn: StreamConn, server: SocketAddr, id: &str) -> Client {
     let (user, pass) = credentials(id);
-    let c = Client::new(ClientConfig {
-        stun_serv_addr: server.to_string(),
-        turn_serv_addr: server.to_string(),
-        username: user,
-        password: pass,
-        realm: String::new(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn: Arc::new(conn),
-        vnet: None,
-    })
-    .await
-    .expect("client");
-    c.listen().await.expect("listen");
-    c
+    common::turn_client_over(Arc::new(conn), server, &user, &pass).await
 }
 
 /// A UDP echo peer on loopback that stops after `limit` datagrams or 60 s.
 async fn echo_peer(limit: usize) -> SocketAddr {
-    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = s.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 2048];
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        for _ in 0..limit {
-            let Ok(Ok((n, from))) = tokio::time::timeout_at(deadline, s.recv_from(&mut buf)).await
-            else {
-                break;
-            };
-            let _ = s.send_to(&buf[..n], from).await;
-        }
-    });
-    addr
+    common::echo_peer(limit, false).await.0
 }
 
 /// Allocates, exchanges `n` messages of `size` bytes with an echo peer and closes the

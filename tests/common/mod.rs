@@ -232,3 +232,60 @@ pub fn require(tool: &str) {
          (`apt-get install coturn`; .ci/run installs it)"
     );
 }
+
+/// A webrtc-rs `turn` client (a client we did not write) for `server` over `conn`, listening.
+pub async fn turn_client_over(
+    conn: std::sync::Arc<dyn webrtc_util::Conn + Send + Sync>,
+    server: SocketAddr,
+    username: &str,
+    password: &str,
+) -> turn::client::Client {
+    let client = turn::client::Client::new(turn::client::ClientConfig {
+        stun_serv_addr: server.to_string(),
+        turn_serv_addr: server.to_string(),
+        username: username.into(),
+        password: password.into(),
+        realm: String::new(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn,
+        vnet: None,
+    })
+    .await
+    .expect("client");
+    client.listen().await.expect("listen");
+    client
+}
+
+/// A UDP echo peer on loopback: answers every datagram from socket A and, with `copy_from_b`,
+/// sends a copy from a second socket B on the same IP (same permission, no channel: always a
+/// Data indication). Stops by itself after `limit` datagrams or 60 s; the task returns how many
+/// it saw.
+pub async fn echo_peer(
+    limit: usize,
+    copy_from_b: bool,
+) -> (SocketAddr, SocketAddr, tokio::task::JoinHandle<usize>) {
+    let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (aa, ba) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        let mut n_seen = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while n_seen < limit {
+            let Ok(Ok((n, from))) = tokio::time::timeout_at(deadline, a.recv_from(&mut buf)).await
+            else {
+                break;
+            };
+            n_seen += 1;
+            let _ = a.send_to(&buf[..n], from).await;
+            if copy_from_b {
+                let mut copy = b"B:".to_vec();
+                copy.extend_from_slice(&buf[..n]);
+                let _ = b.send_to(&copy, from).await;
+            }
+        }
+        n_seen
+    });
+    (aa, ba, task)
+}
