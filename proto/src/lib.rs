@@ -37,6 +37,7 @@ macro_rules! serde_via_str {
 }
 
 pub mod auth;
+pub mod counters;
 pub mod framing;
 pub mod peer_filter;
 pub mod privacy;

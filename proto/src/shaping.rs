@@ -347,27 +347,29 @@ pub fn pad_frame(padding: &Padding, buf: &mut [u8], frame: Range<usize>) -> Rang
     }
 }
 
-/// Counters for the metrics issue; per worker, summed by the reader.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ShapingStats {
-    /// Frames padded.
-    pub padded_frames: u64,
-    /// Bytes of padding added.
-    pub padding_bytes: u64,
-    /// Frames held for re-clocking.
-    pub delayed_frames: u64,
-    /// Added delay histogram, upper bounds 1, 5, 10, 20, 40 ms and beyond.
-    pub delay_ms_hist: [u64; 6],
-    /// Frames dropped because the queue was full.
-    pub queue_drops: u64,
-    /// Frames larger than the largest bucket, sent as they are.
-    pub oversize_unshaped: u64,
-    /// Cover frames sent.
-    pub cover_frames: u64,
-    /// Bytes of cover sent.
-    pub cover_bytes: u64,
-    /// Sum of added delays, microseconds.
-    pub delay_us_sum: u64,
+crate::counters! {
+    /// Counters for the metrics issue; per worker, summed by the reader.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct ShapingStats {
+        /// Frames padded.
+        pub padded_frames: u64,
+        /// Bytes of padding added.
+        pub padding_bytes: u64,
+        /// Frames held for re-clocking.
+        pub delayed_frames: u64,
+        /// Added delay histogram, upper bounds 1, 5, 10, 20, 40 ms and beyond.
+        pub delay_ms_hist: [u64; 6],
+        /// Frames dropped because the queue was full.
+        pub queue_drops: u64,
+        /// Frames larger than the largest bucket, sent as they are.
+        pub oversize_unshaped: u64,
+        /// Cover frames sent.
+        pub cover_frames: u64,
+        /// Bytes of cover sent.
+        pub cover_bytes: u64,
+        /// Sum of added delays, microseconds.
+        pub delay_us_sum: u64,
+    }
 }
 
 const DELAY_BOUNDS_MS: [u64; 5] = [1, 5, 10, 20, 40];

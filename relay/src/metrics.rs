@@ -7,45 +7,50 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::proto::counters::Accumulate;
 use crate::proto::server::{Occupancy, Refusal, Shared, Stats, Transport};
 use crate::shaping::ShapingStats;
 
-/// What the driver counts per worker.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IoStats {
-    /// Datagrams and payload bytes from clients forwarded to peers.
-    pub client_to_peer_packets: u64,
-    /// Payload bytes relayed client → peer.
-    pub client_to_peer_bytes: u64,
-    /// Datagrams and bytes (as framed for the client) from peers forwarded to clients.
-    pub peer_to_client_packets: u64,
-    /// Bytes sent peer → client (framed).
-    pub peer_to_client_bytes: u64,
-    /// Sends the kernel refused (buffer full, unreachable).
-    pub dropped_sends: u64,
-    /// Relayed sockets open on this worker.
-    pub relayed_sockets: u64,
-    /// Frames for a TCP/TLS client dropped because its send queue was full (a slow reader).
-    pub stream_drops: u64,
-    /// TCP and TLS connections open now.
-    pub connections: [u64; 2],
-    /// Connections refused by the total or per-IP cap.
-    pub connections_refused: u64,
-    /// Connections closed for garbage, a failed TLS handshake or a timeout.
-    pub stream_errors: u64,
+veil_proto::counters! {
+    /// What the driver counts per worker.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct IoStats {
+        /// Datagrams and payload bytes from clients forwarded to peers.
+        pub client_to_peer_packets: u64,
+        /// Payload bytes relayed client → peer.
+        pub client_to_peer_bytes: u64,
+        /// Datagrams and bytes (as framed for the client) from peers forwarded to clients.
+        pub peer_to_client_packets: u64,
+        /// Bytes sent peer → client (framed).
+        pub peer_to_client_bytes: u64,
+        /// Sends the kernel refused (buffer full, unreachable).
+        pub dropped_sends: u64,
+        /// Relayed sockets open on this worker.
+        pub relayed_sockets: u64,
+        /// Frames for a TCP/TLS client dropped because its send queue was full (a slow reader).
+        pub stream_drops: u64,
+        /// TCP and TLS connections open now.
+        pub connections: [u64; 2],
+        /// Connections refused by the total or per-IP cap.
+        pub connections_refused: u64,
+        /// Connections closed for garbage, a failed TLS handshake or a timeout.
+        pub stream_errors: u64,
+    }
 }
 
-/// One worker's published counters.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct WorkerReport {
-    /// The core's counters.
-    pub core: Stats,
-    /// What the worker holds.
-    pub occupancy: Occupancy,
-    /// The shaper's counters.
-    pub shaping: ShapingStats,
-    /// The driver's counters.
-    pub io: IoStats,
+veil_proto::counters! {
+    /// One worker's published counters.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct WorkerReport {
+        /// The core's counters.
+        pub core: Stats,
+        /// What the worker holds.
+        pub occupancy: Occupancy,
+        /// The shaper's counters.
+        pub shaping: ShapingStats,
+        /// The driver's counters.
+        pub io: IoStats,
+    }
 }
 
 /// The latest report of every worker, and the node's configuration reloads.
@@ -86,53 +91,7 @@ impl Reports {
     fn sum(&self) -> WorkerReport {
         let mut t = WorkerReport::default();
         for w in &self.workers {
-            let r = *w.lock().unwrap_or_else(|e| e.into_inner());
-            let (c, s, i) = (&mut t.core, &mut t.shaping, &mut t.io);
-            c.allocations_created += r.core.allocations_created;
-            c.allocations_expired += r.core.allocations_expired;
-            c.allocations_deleted += r.core.allocations_deleted;
-            c.auth_failures += r.core.auth_failures;
-            c.auth_expired += r.core.auth_expired;
-            for (a, b) in c
-                .allocations_refused
-                .iter_mut()
-                .zip(r.core.allocations_refused)
-            {
-                *a += b;
-            }
-            let o = &mut t.occupancy;
-            for t in 0..3 {
-                for f in 0..2 {
-                    o.relayed[t][f] += r.occupancy.relayed[t][f];
-                    o.permissions[t][f] += r.occupancy.permissions[t][f];
-                    o.channels[t][f] += r.occupancy.channels[t][f];
-                }
-            }
-            c.peers_denied += r.core.peers_denied;
-            c.malformed += r.core.malformed;
-            s.padded_frames += r.shaping.padded_frames;
-            s.padding_bytes += r.shaping.padding_bytes;
-            s.delayed_frames += r.shaping.delayed_frames;
-            s.queue_drops += r.shaping.queue_drops;
-            s.oversize_unshaped += r.shaping.oversize_unshaped;
-            s.cover_frames += r.shaping.cover_frames;
-            s.cover_bytes += r.shaping.cover_bytes;
-            s.delay_us_sum += r.shaping.delay_us_sum;
-            for (a, b) in s.delay_ms_hist.iter_mut().zip(r.shaping.delay_ms_hist) {
-                *a += b;
-            }
-            i.client_to_peer_packets += r.io.client_to_peer_packets;
-            i.client_to_peer_bytes += r.io.client_to_peer_bytes;
-            i.peer_to_client_packets += r.io.peer_to_client_packets;
-            i.peer_to_client_bytes += r.io.peer_to_client_bytes;
-            i.dropped_sends += r.io.dropped_sends;
-            i.relayed_sockets += r.io.relayed_sockets;
-            i.stream_drops += r.io.stream_drops;
-            i.connections_refused += r.io.connections_refused;
-            i.stream_errors += r.io.stream_errors;
-            for (a, b) in i.connections.iter_mut().zip(r.io.connections) {
-                *a += b;
-            }
+            t.accumulate(&w.lock().unwrap_or_else(|e| e.into_inner()));
         }
         t
     }

@@ -159,25 +159,27 @@ pub enum Action {
     },
 }
 
-/// Counters of what one worker's server did, for metrics and tests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Allocations created.
-    pub allocations_created: u64,
-    /// Allocations that reached their lifetime.
-    pub allocations_expired: u64,
-    /// Allocations ended by the client (Refresh 0, connection closed).
-    pub allocations_deleted: u64,
-    /// Allocate requests refused after authentication, by [`Refusal`].
-    pub allocations_refused: [u64; Refusal::ALL.len()],
-    /// 401s: bad integrity, unknown user, USERHASH.
-    pub auth_failures: u64,
-    /// 401s for a REST credential past its expiry (a subset of `auth_failures`).
-    pub auth_expired: u64,
-    /// CreatePermission/ChannelBind peers the filter refused.
-    pub peers_denied: u64,
-    /// Datagrams that were neither STUN nor ChannelData, or failed to decode.
-    pub malformed: u64,
+crate::counters! {
+    /// Counters of what one worker's server did, for metrics and tests.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Stats {
+        /// Allocations created.
+        pub allocations_created: u64,
+        /// Allocations that reached their lifetime.
+        pub allocations_expired: u64,
+        /// Allocations ended by the client (Refresh 0, connection closed).
+        pub allocations_deleted: u64,
+        /// Allocate requests refused after authentication, by [`Refusal`].
+        pub allocations_refused: [u64; Refusal::ALL.len()],
+        /// 401s: bad integrity, unknown user, USERHASH.
+        pub auth_failures: u64,
+        /// 401s for a REST credential past its expiry (a subset of `auth_failures`).
+        pub auth_expired: u64,
+        /// CreatePermission/ChannelBind peers the filter refused.
+        pub peers_denied: u64,
+        /// Datagrams that were neither STUN nor ChannelData, or failed to decode.
+        pub malformed: u64,
+    }
 }
 
 /// Why an authenticated Allocate was refused (metrics label values).
@@ -230,14 +232,16 @@ impl Refusal {
     }
 }
 
-/// What one worker holds right now, by client transport (`[udp, tcp, tls]`) and address family
-/// (`[v4, v6]`): relayed addresses, permissions (by peer family) and channel bindings.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Occupancy {
-    /// Relayed addresses.
-    pub relayed: [[u64; 2]; 3],
-    /// Permissions, by the peer's family.
-    pub permissions: [[u64; 2]; 3],
-    /// Channel bindings, by the peer's family.
-    pub channels: [[u64; 2]; 3],
+crate::counters! {
+    /// What one worker holds right now, by client transport (`[udp, tcp, tls]`) and address family
+    /// (`[v4, v6]`): relayed addresses, permissions (by peer family) and channel bindings.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Occupancy {
+        /// Relayed addresses.
+        pub relayed: [[u64; 2]; 3],
+        /// Permissions, by the peer's family.
+        pub permissions: [[u64; 2]; 3],
+        /// Channel bindings, by the peer's family.
+        pub channels: [[u64; 2]; 3],
+    }
 }
