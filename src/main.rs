@@ -69,6 +69,10 @@ struct RelayArgs {
     /// YAML config file (default: none; every field has a default).
     #[arg(long, env = "VEIL_CONFIG")]
     config: Option<PathBuf>,
+    /// Sets any setting of the file by its path, repeatable: `--set streams.idle_timeout=30`,
+    /// `--set peers.allow=[10.0.0.0/8]`. Applied after the file, before the flags below.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    set: Vec<String>,
     /// UDP address to listen on, repeatable (default: 127.0.0.1:3478).
     #[arg(long, value_name = "ADDR")]
     listen: Vec<SocketAddr>,
@@ -276,6 +280,9 @@ fn main() {
 }
 
 fn apply_flags(cfg: &mut RelayConfig, a: &RelayArgs) -> Result<()> {
+    for assignment in &a.set {
+        cfg.set(assignment)?;
+    }
     if !a.listen.is_empty() {
         cfg.listen = a.listen.clone();
     }
@@ -611,10 +618,19 @@ mod tests {
     #[test]
     fn flags_override_the_file() {
         let mut cfg = RelayConfig::from_yaml("realm: file\nworkers: 3\n", "t").unwrap();
-        let args =
-            RelayArgs::try_parse_from_relay(&["--realm", "flag", "--allow-peer", "127.0.0.0/8"]);
+        let args = RelayArgs::try_parse_from_relay(&[
+            "--realm",
+            "flag",
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--set",
+            "realm=set",
+            "--set",
+            "streams.send_buffer=65536",
+        ]);
         apply_flags(&mut cfg, &args).unwrap();
-        assert_eq!(cfg.realm, "flag");
+        assert_eq!(cfg.realm, "flag", "a named flag wins over --set");
+        assert_eq!(cfg.streams.send_buffer, 65536);
         assert_eq!(cfg.workers, 3, "unset flags keep the file's value");
         assert_eq!(cfg.peers.allow, vec!["127.0.0.0/8".parse().unwrap()]);
     }

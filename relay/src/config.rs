@@ -477,6 +477,20 @@ impl Resolved {
     }
 }
 
+/// A YAML scalar where the setting is a string (a zone named `5`, `50:256`) is taken as that
+/// string, and one value where it is a list as a list of one: `--set peers.deny=10.0.0.0/8`.
+fn coerce_like(old: &serde_json::Value, new: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::String(_) | Value::Null, Value::Number(n)) => Value::String(n.to_string()),
+        (Value::String(_) | Value::Null, Value::Bool(b)) if old.is_string() => {
+            Value::String(b.to_string())
+        }
+        (Value::Array(_), Value::String(s)) => Value::Array(vec![Value::String(s)]),
+        (_, v) => v,
+    }
+}
+
 /// Collects the paths where two serialized configurations differ: a leaf or list that changed,
 /// or a map whose keys changed.
 fn diff_paths(
@@ -507,6 +521,49 @@ fn is_reloadable(path: &[String]) -> bool {
 }
 
 impl RelayConfig {
+    /// Sets one setting by its path in the file: `streams.idle_timeout=30`,
+    /// `peers.allow=[10.0.0.0/8]`, `shaping.cover=50:256`. The value is YAML, checked as the
+    /// file's would be; every setting of the file can be set this way, with no flag of its own.
+    pub fn set(&mut self, assignment: &str) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Yaml {
+            path: format!("--set {assignment}"),
+            message,
+        };
+        let (path, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| bad("expected PATH=VALUE, e.g. streams.idle_timeout=30".into()))?;
+        let value: serde_json::Value = if value.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_saphyr::from_str(value).map_err(|e| bad(e.to_string()))?
+        };
+        let mut tree = serde_json::to_value(&*self).map_err(|e| bad(e.to_string()))?;
+        let mut at = &mut tree;
+        for key in path.trim().split('.') {
+            at = at
+                .as_object_mut()
+                .and_then(|o| o.get_mut(key))
+                .ok_or_else(|| bad(format!("no setting `{}` in the configuration", path.trim())))?;
+        }
+        // As written first; a scalar where the setting is a string (or a list) second.
+        let coerced = coerce_like(at, value.clone());
+        *at = value;
+        let first = match serde_json::from_value::<RelayConfig>(tree.clone()) {
+            Ok(c) => {
+                *self = c;
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        let mut at = &mut tree;
+        for key in path.trim().split('.') {
+            at = at.get_mut(key).expect("the path was walked above");
+        }
+        *at = coerced;
+        *self = serde_json::from_value(tree).map_err(|_| bad(first.to_string()))?;
+        Ok(())
+    }
+
     /// Parses YAML text; `origin` names it in errors.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
         serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml {
@@ -834,6 +891,49 @@ pub fn kernel_ephemeral_ports() -> Option<PortRange> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_setting_can_be_set_by_its_path() {
+        let mut c = RelayConfig::default();
+        c.set("streams.idle_timeout=30").unwrap();
+        c.set("port_range=40000-40999").unwrap();
+        c.set("peers.allow=[10.0.0.0/8, 192.168.0.0/16]").unwrap();
+        c.set("zone=eu").unwrap();
+        c.set("peers.deny=10.0.0.0/8").unwrap();
+        assert_eq!(c.peers.deny.len(), 1);
+        c.set("shaping.cover=50:256").unwrap();
+        c.set("admin=127.0.0.1:9000").unwrap();
+        assert_eq!(c.streams.idle_timeout, 30);
+        assert_eq!(
+            c.port_range,
+            PortRange {
+                start: 40000,
+                end: 40999
+            }
+        );
+        assert_eq!(c.peers.allow.len(), 2);
+        assert_eq!(c.zone.as_deref(), Some("eu"));
+        assert!(c.shaping.cover.is_some());
+        assert!(c.admin.is_some());
+        c.set("zone=").unwrap();
+        assert_eq!(c.zone, None, "an empty value clears an optional setting");
+        for (bad, says) in [
+            ("streams.idle_timeout", "PATH=VALUE"),
+            (
+                "streams.idel_timeout=3",
+                "no setting `streams.idel_timeout`",
+            ),
+            ("streams.idle_timeout=soon", "idle_timeout"),
+            ("port_range=1-", "port range"),
+        ] {
+            let e = c.clone().set(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert_eq!(
+            c.streams.idle_timeout, 30,
+            "a refused assignment changes nothing"
+        );
+    }
 
     #[test]
     fn restart_needed_names_fixed_settings_only() {
