@@ -60,26 +60,39 @@ pub struct AuditLog {
 pub struct PlacementRow {
     /// Start of the hour, unix seconds.
     pub hour: u64,
+    /// ISO country code of the client (`unknown` when the DB has none).
     pub country: String,
+    /// The zone it was placed in.
     pub zone: String,
+    /// Placements.
     pub count: u64,
 }
 
+/// Calls whose parties were placed in two zones, per hour.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CrossZoneRow {
+    /// Start of the hour, unix seconds.
     pub hour: u64,
+    /// One zone (the two in name order).
     pub zone_a: String,
+    /// The other zone.
     pub zone_b: String,
+    /// Calls.
     pub count: u64,
 }
 
 /// A report for a period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
+    /// First hour covered, unix seconds.
     pub from: u64,
+    /// End of the period, unix seconds.
     pub to: u64,
+    /// How many hours of buckets are kept.
     pub retention_hours: u64,
+    /// Placements per hour, country and zone.
     pub placements: Vec<PlacementRow>,
+    /// Cross-zone calls per hour and zone pair.
     pub cross_zone_calls: Vec<CrossZoneRow>,
 }
 

@@ -23,7 +23,9 @@ pub struct JoinClaims {
     pub exp: u64,
     /// The call's id (random unless the backend gave a `call_id`).
     pub call: String,
+    /// The zone the earlier party was placed in.
     pub zone: String,
+    /// The relay it was given.
     pub relay: String,
 }
 
@@ -31,10 +33,13 @@ pub struct JoinClaims {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum JoinError {
+    /// Not a token of ours.
     #[error("join token is malformed")]
     Malformed,
+    /// The MAC does not verify.
     #[error("join token was not issued by this cluster")]
     BadMac,
+    /// Past `exp`.
     #[error("join token has expired")]
     Expired,
 }

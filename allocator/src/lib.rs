@@ -7,7 +7,7 @@
 //!
 //! What this crate must never do: place a client in a zone its rule forbids, or log or store a
 //! client address.
-#![warn(unreachable_pub)]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod audit;
 pub mod join;

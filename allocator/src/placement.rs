@@ -24,13 +24,19 @@ use veil_geo::policy::{DistanceModel, Policy, Verdict};
 /// What the allocator knows about one relay.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RelayView {
+    /// Its name in the registry.
     pub name: String,
+    /// The zone it serves.
     pub zone: String,
+    /// Its last polls succeeded.
     pub healthy: bool,
+    /// It refuses new allocations.
     pub draining: bool,
     /// Allocations in use and the relay's total quota.
     pub load: u32,
+    /// Allocations it may hold.
     pub capacity: u32,
+    /// Where it is.
     pub location: Location,
 }
 
@@ -43,15 +49,20 @@ impl RelayView {
 /// What placement knows about the client.
 #[derive(Clone, Debug)]
 pub struct ClientFacts<'a> {
+    /// The client's address.
     pub ip: IpAddr,
+    /// What the geo DB says about it.
     pub location: Location,
+    /// The call it joins, if any (parties of one call share a relay where they may).
     pub call_id: Option<&'a str>,
 }
 
 /// Indices into the relay view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placement {
+    /// The relay to use.
     pub primary: usize,
+    /// The next best relay, if there is one.
     pub backup: Option<usize>,
 }
 
@@ -59,8 +70,13 @@ pub struct Placement {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PlacementError {
+    /// Relays of the allowed zones exist, but none is healthy with room.
     #[error("no relay in the allowed zones {zones:?} is healthy and has room")]
-    NoRelayInAllowedZones { zones: Vec<String> },
+    NoRelayInAllowedZones {
+        /// The zones the policy allows.
+        zones: Vec<String>,
+    },
+    /// The policy refuses clients it cannot place.
     #[error("the geo DB cannot place this client and the policy refuses unknown clients")]
     LocationUnknown,
 }
@@ -77,14 +93,18 @@ pub enum CallPlacement {
 /// The earlier party of a call, as a join token carries it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Joined<'a> {
+    /// The call's id.
     pub call: &'a str,
+    /// Its zone.
     pub zone: &'a str,
+    /// Its relay.
     pub relay: &'a str,
 }
 
 /// Tuning of the score.
 #[derive(Clone, Debug)]
 pub struct Scoring {
+    /// How distance turns into a score.
     pub distance: DistanceModel,
     /// Milliseconds added at full load (linear in load / capacity).
     pub load_penalty_ms: f64,

@@ -63,13 +63,16 @@ pub struct RelayEntry {
     /// Where it is, for distance.
     #[serde(default)]
     pub latitude: Option<f64>,
+    /// Longitude, with `latitude`.
     #[serde(default)]
     pub longitude: Option<f64>,
 }
 
+/// A key callers present in `Authorization: Bearer`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKey {
+    /// The key.
     pub key: String,
     /// A backend may pass the end user's `client_ip`.
     #[serde(default)]
@@ -80,8 +83,10 @@ pub struct ApiKey {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllocatorConfig {
+    /// Where the API listens.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Keys that may call the API.
     pub api_keys: Vec<ApiKey>,
     /// Files of the relays' TURN REST secrets (one per line; the first one signs).
     pub secret_files: Vec<PathBuf>,
@@ -91,17 +96,23 @@ pub struct AllocatorConfig {
     /// MaxMind DB file; none: the embedded demo DB (loopback ranges only).
     #[serde(default)]
     pub geo_db: Option<PathBuf>,
+    /// The residency policy.
     pub policy: PolicyConfig,
+    /// How distance is scored.
     #[serde(default)]
     pub distance: DistanceModel,
+    /// The relays to poll.
     pub relays: Vec<RelayEntry>,
+    /// Proxies whose `X-Forwarded-For` is believed.
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
+    /// How often each relay's `/status` is polled.
     #[serde(default = "default_poll_ms")]
     pub poll_interval_ms: u64,
     /// Missed polls before a relay is down, good ones before it is up again.
     #[serde(default = "default_down")]
     pub down_after: u32,
+    /// Good polls before a down relay is up again.
     #[serde(default = "default_up")]
     pub up_after: u32,
     /// Hours of hourly audit buckets kept in memory for `/v1/audit` (Prometheus keeps the
@@ -134,6 +145,7 @@ fn default_audit_hours() -> u64 {
 pub use veil_ops::ConfigError;
 
 impl AllocatorConfig {
+    /// Reads and parses the file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.display().to_string(),
@@ -941,12 +953,17 @@ async fn fetch_status(admin: &str) -> Option<Status> {
         .flatten()
 }
 
+/// `POST /v1/ice-servers`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IceRequest {
+    /// The call the client joins (parties of one call share a relay where they may).
     pub call_id: Option<String>,
+    /// Credential lifetime asked for, seconds.
     pub ttl: Option<u64>,
+    /// The user id in the credential (backend keys only).
     pub user: Option<String>,
+    /// The end user's address (backend keys only).
     pub client_ip: Option<String>,
     /// Accepted for forward compatibility; only UDP exists today.
     pub transports: Option<Vec<String>>,
@@ -958,40 +975,58 @@ pub struct IceRequest {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallRequest {
+    /// The call's id.
     pub call_id: Option<String>,
+    /// Credential lifetime asked for, seconds.
     pub ttl: Option<u64>,
+    /// The two parties.
     pub parties: Vec<Party>,
 }
 
+/// One party of a call.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Party {
+    /// Its address.
     pub client_ip: String,
+    /// The user id in its credential.
     pub user: Option<String>,
 }
 
+/// The answer to `POST /v1/calls`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CallAnswer {
     /// The parties were placed in different zones (no relay allowed for both was available).
     pub cross_zone: bool,
+    /// The zone of each party.
     pub zones: [String; 2],
+    /// Each party's ICE configuration.
     pub parties: Vec<IceAnswer>,
 }
 
+/// One `RTCIceServer`.
 #[derive(Debug, Serialize)]
 pub struct IceServer {
+    /// `turn:`/`turns:` URIs.
     pub urls: Vec<String>,
+    /// The REST username.
     pub username: String,
+    /// Its password.
     pub credential: String,
 }
 
+/// The answer to `POST /v1/ice-servers`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IceAnswer {
+    /// For `RTCPeerConnection`'s `iceServers`.
     pub ice_servers: Vec<IceServer>,
+    /// `relay`: media only through the relays.
     pub ice_transport_policy: &'static str,
+    /// When the credential expires, unix seconds.
     pub expires_at: u64,
+    /// The zone the client was placed in.
     pub zone: String,
     /// Pass as `join` with another party's request to place it with this one.
     pub join_token: String,
@@ -1167,6 +1202,7 @@ async fn not_found() -> ApiError {
     )
 }
 
+/// The allocator's HTTP API.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/ice-servers", post(ice_servers))

@@ -22,10 +22,13 @@ use crate::Code;
 /// One country of the table.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Country {
+    /// ISO 3166-1 alpha-2 code.
     pub code: Code,
+    /// MaxMind's continent code (AF AN AS EU NA OC SA).
     pub continent: Code,
     /// Representative point, (latitude, longitude) in degrees.
     pub point: (f64, f64),
+    /// English short name.
     pub name: &'static str,
 }
 

@@ -15,7 +15,7 @@
 //!   EFTA) as dated data.
 //!
 //! What this crate must never do: log or keep the addresses it is asked about.
-#![warn(unreachable_pub)]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod countries;
 pub mod jurisdictions;
@@ -41,6 +41,7 @@ impl Code {
         (b.len() == 2 && b.iter().all(u8::is_ascii_alphabetic))
             .then(|| Code([b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase()]))
     }
+    /// The code as text (`DE`).
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).unwrap_or("??")
     }
@@ -61,6 +62,7 @@ impl fmt::Debug for Code {
 /// An ISO 3166-2 subdivision: the country and its 1–3 character subdivision code (`US-CA`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Subdivision {
+    /// The country it belongs to.
     pub country: Code,
     code: [u8; 3],
     len: u8,
@@ -107,7 +109,9 @@ impl fmt::Debug for Subdivision {
 /// What a lookup knows about an address.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Location {
+    /// ISO 3166-1 country (the registered one, not the represented one).
     pub country: Option<Code>,
+    /// MaxMind continent code.
     pub continent: Option<Code>,
     /// Latitude and longitude in degrees: the DB's (City DBs), else the country's representative
     /// point from the embedded table.
@@ -121,7 +125,9 @@ pub struct Location {
 /// Facts of a [`Location`] filled from the embedded ISO 3166 table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Filled {
+    /// The continent came from the table.
     pub continent: bool,
+    /// The coordinates are the country's representative point.
     pub coords: bool,
 }
 
@@ -147,14 +153,20 @@ impl Location {
 /// What a sample of a DB's records carries: which facts the DB itself has.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Survey {
+    /// Records looked at.
     pub sampled: u32,
+    /// Of them, with a country.
     pub with_country: u32,
+    /// With a continent.
     pub with_continent: u32,
+    /// With coordinates.
     pub with_coords: u32,
+    /// With a first-level subdivision.
     pub with_subdivision: u32,
 }
 
-/// Why a DB cannot be used.
+/// Why a DB cannot be used (each variant's message says what it is).
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum GeoError {
     #[error("cannot read {path}: {source}")]

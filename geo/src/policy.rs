@@ -30,6 +30,7 @@ use crate::{Code, Location, Subdivision, Survey, countries, jurisdictions};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Zone {
+    /// Relay names, as the allocator's registry knows them.
     pub relays: Vec<String>,
 }
 
@@ -37,8 +38,11 @@ pub struct Zone {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Match {
+    /// An ISO 3166-1 alpha-2 country (`DE`).
     pub country: Option<String>,
+    /// A MaxMind continent code (`EU`).
     pub continent: Option<String>,
+    /// An address range (the most specific rule: it wins over every other kind).
     pub cidr: Option<IpNet>,
     /// A built-in jurisdiction group (`EU`, `EEA`, `EFTA`) or one of the policy's `groups`.
     pub group: Option<String>,
@@ -46,9 +50,11 @@ pub struct Match {
     pub subdivision: Option<String>,
 }
 
+/// A residency rule: whom it covers and which zones may carry them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
+    /// Whom it covers.
     #[serde(rename = "match")]
     pub matches: Match,
     /// Zones allowed to carry the matched clients, in order of preference-free equality.
@@ -69,10 +75,12 @@ pub enum Unknown {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
+    /// Zones by name.
     pub zones: BTreeMap<String, Zone>,
     /// Operator-defined country groups (`dach: [DE, AT, CH]`), matched by `group:`.
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
+    /// The rules (their order does not matter: the most specific match decides).
     #[serde(default)]
     pub rules: Vec<Rule>,
     /// Zones for clients no rule matches (and, unless `unknown` is set, clients the DB cannot
@@ -83,7 +91,8 @@ pub struct PolicyConfig {
     pub unknown: Option<Unknown>,
 }
 
-/// What is wrong with a policy.
+/// What is wrong with a policy (each variant's message says what it is).
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PolicyError {
@@ -130,7 +139,12 @@ pub enum PolicyError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict<'a> {
     /// These zones may carry the client; `rule` names the rule that decided.
-    Zones { zones: &'a [String], rule: &'a str },
+    Zones {
+        /// The zones.
+        zones: &'a [String],
+        /// The rule that decided (`default` when none matched).
+        rule: &'a str,
+    },
     /// The DB cannot place the client and the policy says `unknown: refuse`.
     Refuse,
 }
@@ -486,6 +500,7 @@ impl Policy {
             .map(|(n, _)| n.as_str())
     }
 
+    /// The zones by name.
     pub fn zones(&self) -> &BTreeMap<String, Zone> {
         &self.zones
     }

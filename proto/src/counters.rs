@@ -1,4 +1,4 @@
-//! Per-worker counters that a scrape sums: [`counters!`] declares a struct of `u64`s (or arrays
+//! Per-worker counters that a scrape sums: [`crate::counters!`] declares a struct of `u64`s (or arrays
 //! or structs of them) and its field-wise [`Accumulate`], so a new counter is one field — no
 //! hand-written line in a sum that could be forgotten.
 

@@ -20,7 +20,7 @@
 //!
 //! Where a packet goes, by file:
 //!
-//! * `worker`: a worker's sockets and core; [`worker`]'s `dispatch` carries out every
+//! * `worker`: a worker's sockets and core; its `dispatch` carries out every
 //!   [`crate::proto::server::Action`] (UDP and streams alike), its `deliver` every peer datagram;
 //! * `peers`: the peer path behind each relayed address (a UDP socket; the home of later
 //!   transports such as links between relays);
