@@ -12,14 +12,16 @@
 //! [`Server::handle_timeout`] by [`Server::poll_timeout`]; relayed addresses are opened and
 //! closed through the [`Env`] trait. Where a file's concern is:
 //!
-//! * this file: dispatch of what clients send, and the timers (allocations, permissions,
-//!   channels, reservations);
+//! * this file: the timers (allocations, permissions, channels, reservations) and the dispatch
+//!   of requests;
 //! * `types`: the vocabulary shared with the driver; `env`: what the core asks of it;
 //! * `request`: typed requests, parsed once with RFC 8656's attribute rules;
 //! * `error`: [`TurnError`] and the one place that writes, signs and logs a response;
 //! * `state`: what workers share (configuration, quotas, reservations);
 //! * `authn`: long-term credential checks; `allocation`: Allocate, Refresh;
-//!   `permission`: CreatePermission, ChannelBind; `relay`: the data path both ways.
+//!   `permission`: CreatePermission, ChannelBind; `relay`: where everything a client or a peer
+//!   sends arrives ([`Server::handle_client`], [`Server::handle_peer`]) and the data path both
+//!   ways, so a relayed packet crosses this one file of the core.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -203,42 +205,7 @@ impl Server {
         );
     }
 
-    /// Handles one message from a client (a datagram, or one frame of a stream). `out`
-    /// receives a reply (at least 1500 bytes).
-    pub fn handle_client(
-        &mut self,
-        now: Now,
-        from: ClientKey,
-        pkt: &[u8],
-        out: &mut [u8],
-        env: &mut impl Env,
-    ) -> Action {
-        match pkt.first().map(|b| b >> 6) {
-            Some(1) => self.client_channel_data(now, from, pkt),
-            Some(0) => match Message::decode(pkt) {
-                Ok(m) => match m.class {
-                    Class::Request => match self.request(now, from, &m, out, env) {
-                        Some(n) => Action::Reply(n),
-                        None => Action::None,
-                    },
-                    Class::Indication if m.method == method::SEND => {
-                        self.send_indication(now, from, &m)
-                    }
-                    _ => Action::None,
-                },
-                Err(_) => {
-                    self.stats.malformed += 1;
-                    Action::None
-                }
-            },
-            _ => {
-                self.stats.malformed += 1;
-                Action::None
-            }
-        }
-    }
-
-    fn request(
+    pub(super) fn request(
         &mut self,
         now: Now,
         from: ClientKey,

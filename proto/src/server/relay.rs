@@ -1,16 +1,53 @@
-//! The relay path: what a client sends to peers (ChannelData, Send indications) and what peers
-//! send back (framed in place as ChannelData or Data indications). Nothing here allocates.
+//! Where everything a client or a peer sends arrives, and the relay path: what a client sends to
+//! peers (ChannelData, Send indications) and what peers send back (framed in place as
+//! ChannelData or Data indications). Requests go on to the request dispatch; nothing on the
+//! relay path allocates.
 
 use std::net::SocketAddr;
 use std::ops::Range;
 
 use super::{
-    Action, ClientKey, Delivery, HEADROOM, Now, RelayId, SendIndication, Server, TAILROOM,
+    Action, ClientKey, Delivery, Env, HEADROOM, Now, RelayId, SendIndication, Server, TAILROOM,
 };
 use crate::stun::{self, Class, Message, Writer, attr, channel_data, method};
 
 impl Server {
-    pub(super) fn client_channel_data(&mut self, now: Now, from: ClientKey, pkt: &[u8]) -> Action {
+    /// Handles one message from a client (a datagram, or one frame of a stream). `out`
+    /// receives a reply (at least 1500 bytes).
+    pub fn handle_client(
+        &mut self,
+        now: Now,
+        from: ClientKey,
+        pkt: &[u8],
+        out: &mut [u8],
+        env: &mut impl Env,
+    ) -> Action {
+        match pkt.first().map(|b| b >> 6) {
+            Some(1) => self.client_channel_data(now, from, pkt),
+            Some(0) => match Message::decode(pkt) {
+                Ok(m) => match m.class {
+                    Class::Request => match self.request(now, from, &m, out, env) {
+                        Some(n) => Action::Reply(n),
+                        None => Action::None,
+                    },
+                    Class::Indication if m.method == method::SEND => {
+                        self.send_indication(now, from, &m)
+                    }
+                    _ => Action::None,
+                },
+                Err(_) => {
+                    self.stats.malformed += 1;
+                    Action::None
+                }
+            },
+            _ => {
+                self.stats.malformed += 1;
+                Action::None
+            }
+        }
+    }
+
+    fn client_channel_data(&mut self, now: Now, from: ClientKey, pkt: &[u8]) -> Action {
         let Some((number, payload)) = channel_data::decode(pkt) else {
             self.stats.malformed += 1;
             return Action::None;
@@ -39,7 +76,7 @@ impl Server {
         }
     }
 
-    pub(super) fn send_indication(&mut self, now: Now, from: ClientKey, m: &Message) -> Action {
+    fn send_indication(&mut self, now: Now, from: ClientKey, m: &Message) -> Action {
         let Some(&slot) = self.by_client.get(&from) else {
             return Action::None;
         };
