@@ -198,6 +198,16 @@ fn daemonset_values_render_valid_manifests_and_configs() {
         cfg["policy"]["zones"]["eu"]["relays"],
         serde_json::json!(["eu-west", "eu-central"])
     );
+    // relay.config reaches relay.yaml for settings the chart has no value of its own for;
+    // the chart's own values win where both set one.
+    for cm in kind(&docs, "ConfigMap") {
+        let Some(text) = cm["data"]["relay.yaml"].as_str() else {
+            continue;
+        };
+        let relay: Value = serde_saphyr::from_str(text).unwrap();
+        assert_eq!(relay["streams"]["idle_timeout"], 30);
+        assert_eq!(relay["realm"], "veil");
+    }
     assert_eq!(cfg["geo_db"], "/var/lib/veil/geo/GeoLite2-City.mmdb");
     // The pool behind 1:1 NAT advertises its external IP.
     let eu_central = kind(&docs, "ConfigMap")

@@ -84,6 +84,8 @@ seccompProfile:
   "log" (dict "format" $r.log.format "personal_data" $r.log.personalData)
   "lifecycle" (dict "drain_timeout" (int $r.drainTimeout) "watch_interval" (int $r.watchInterval))
 -}}
+{{- /* relay.config: every other setting, under what the chart sets (the chart's win). */ -}}
+{{- $cfg = mergeOverwrite (deepCopy ($r.config | default dict)) $cfg -}}
 {{- if .pool.externalIP -}}
 {{- $_ := set $cfg "external_ips" (list .pool.externalIP) -}}
 {{- end -}}
