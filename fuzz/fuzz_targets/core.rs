@@ -15,7 +15,7 @@ use veil_proto::auth::{self, Credentials, Key, NonceKey};
 use veil_proto::peer_filter::PeerFilter;
 use veil_proto::privacy::Redactor;
 use veil_proto::server::{
-    Action, ClientKey, HEADROOM, Now, RelayAddr, RelayId, Server, ServerConfig, Shared, TAILROOM,
+    Action, ClientKey, HEADROOM, Now, RelayId, Server, ServerConfig, Shared, TAILROOM,
 };
 use veil_proto::stun::{Class, Integrity, Writer, attr, method};
 use veil_proto::testing::FakeEnv;
@@ -55,19 +55,9 @@ fn seed_allocate(nonces: &NonceKey) -> Vec<u8> {
 fuzz_target!(|data: &[u8]| {
     let cfg = ServerConfig {
         realm: "fuzz".into(),
-        relays: [
-            vec![RelayAddr {
-                bind: "127.0.0.1".parse().unwrap(),
-                advertise: "127.0.0.1".parse().unwrap(),
-            }],
-            vec![RelayAddr {
-                bind: "::1".parse().unwrap(),
-                advertise: "::1".parse().unwrap(),
-            }],
-        ],
         user_quota: 4,
         total_quota: 8,
-        ..ServerConfig::default()
+        ..veil_proto::testing::config()
     };
     let nonces = NonceKey::new(b"fuzz-node");
     let seed = seed_allocate(&nonces);

@@ -94,6 +94,16 @@ pub(super) struct Req<'m, 'b> {
     pub(super) seal: Seal,
 }
 
+/// The debug line of every error response: method, code and why; never who asked.
+fn log_refusal(r: &Req, e: TurnError, what: &'static str) {
+    tracing::debug!(
+        method = r.m.method,
+        code = e.code,
+        reason = e.reason,
+        "{what}"
+    );
+}
+
 impl Server {
     /// Starts a response to `m` of class `class` (with SOFTWARE when configured).
     pub(super) fn begin<'o>(
@@ -138,21 +148,11 @@ impl Server {
             Ok(n) => return Some(n),
             Err(Fail::Overflow) => Err(Overflow),
             Err(Fail::Error(e)) => {
-                tracing::debug!(
-                    method = r.m.method,
-                    code = e.code,
-                    reason = e.reason,
-                    "error response"
-                );
+                log_refusal(r, e, "error response");
                 self.write_error(r, out, e)
             }
             Err(Fail::Challenge(e)) => {
-                tracing::debug!(
-                    method = r.m.method,
-                    code = e.code,
-                    reason = e.reason,
-                    "challenge"
-                );
+                log_refusal(r, e, "challenge");
                 self.write_challenge(r, out, e.code)
             }
             Err(Fail::UnknownAttributes) => self.write_unknown(r, out),
