@@ -5,8 +5,12 @@
 //! deny list was bypassed by writing the same address another way (CVE-2020-26262: `0.0.0.0`,
 //! `[::1]`, `[::]`; CVE-2026-27624: `::ffff:127.0.0.1`; later IPv4-compatible, 6to4 and NAT64
 //! forms). So every peer address is first reduced to its canonical form — the IPv4 address
-//! embedded in an IPv4-mapped, IPv4-compatible, 6to4, NAT64 or Teredo IPv6 address — and the
-//! decision is made on that form and on the address as written.
+//! embedded in an IPv4-mapped, IPv4-translated (SIIT), IPv4-compatible, 6to4, NAT64 or Teredo
+//! IPv6 address — and the decision is made on that form and on the address as written.
+//!
+//! Order of the rules: the node's own addresses are refused first; then the operator's `deny`
+//! ranges, which win over everything else; then the operator's `allow` ranges, which carve
+//! exceptions out of the built-in list only; then the built-in list.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -118,6 +122,7 @@ pub const DEFAULT_DENY: &[Cidr] = &[
     v6([0, 0, 0, 0, 0, 0, 0, 1], 128),
     v6([0, 0, 0, 0, 0, 0, 0, 0], 96), // IPv4-compatible (deprecated)
     v6([0, 0, 0, 0, 0, 0xffff, 0, 0], 96),
+    v6([0, 0, 0, 0, 0xffff, 0, 0, 0], 96), // IPv4-translated (SIIT, RFC 2765)
     v6([0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96),
     v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48),
     v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64),
@@ -131,7 +136,7 @@ pub const DEFAULT_DENY: &[Cidr] = &[
 ];
 
 /// The IPv4 address an IPv6 address stands for, if it embeds one: IPv4-mapped
-/// (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, also `::` and `::1`), NAT64 well-known
+/// (`::ffff:a.b.c.d`), IPv4-translated (`::ffff:0:a.b.c.d`, SIIT), IPv4-compatible (`::a.b.c.d`, also `::` and `::1`), NAT64 well-known
 /// prefix (`64:ff9b::a.b.c.d`), 6to4 (`2002:AABB:CCDD::/48`) and Teredo (`2001:0::/32`, whose
 /// client address is the last 32 bits inverted).
 pub fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
@@ -141,7 +146,8 @@ pub fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     match s {
         // `::` and `::1` are the unspecified and loopback addresses, not IPv4-compatible ones.
         [0, 0, 0, 0, 0, 0, 0, 0 | 1] => None,
-        [0, 0, 0, 0, 0, 0xffff, _, _] | [0, 0, 0, 0, 0, 0, _, _] => Some(last),
+        [0, 0, 0, 0, 0, 0xffff, _, _] | [0, 0, 0, 0, 0xffff, 0, _, _] => Some(last),
+        [0, 0, 0, 0, 0, 0, _, _] => Some(last),
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(last),
         [0x2002, ..] => Some(Ipv4Addr::new(o[2], o[3], o[4], o[5])),
         [0x2001, 0, ..] => Some(Ipv4Addr::new(!o[12], !o[13], !o[14], !o[15])),
@@ -177,7 +183,9 @@ pub enum Denied {
 /// The peer policy of a node.
 #[derive(Debug, Clone, Default)]
 pub struct PeerFilter {
+    /// The operator's `deny` ranges: they win over `allow`.
     deny: Vec<Cidr>,
+    /// The operator's `allow` ranges: exceptions to [`DEFAULT_DENY`].
     allow: Vec<Cidr>,
     /// Exact addresses of our own listeners; port 0 never occurs. An unspecified IP matches
     /// every IP at that port.
@@ -191,12 +199,11 @@ pub struct PeerFilter {
 }
 
 impl PeerFilter {
-    /// The default deny list plus `extra_deny`, with `allow` carving exceptions out of it.
+    /// The default deny list with `allow` carving exceptions out of it, and `extra_deny`, which
+    /// wins over `allow` (so a deny range can take a hole out of an allowed one).
     pub fn new(extra_deny: &[Cidr], allow: &[Cidr]) -> Self {
-        let mut deny = DEFAULT_DENY.to_vec();
-        deny.extend_from_slice(extra_deny);
         PeerFilter {
-            deny,
+            deny: extra_deny.to_vec(),
             allow: allow.to_vec(),
             ..Default::default()
         }
@@ -231,6 +238,19 @@ impl PeerFilter {
         if self.is_own(canon, port) {
             return Err(Denied::OwnAddress);
         }
+        let mut forms = [Some(raw), Some(canon), None];
+        if let IpAddr::V6(v6) = raw {
+            forms[2] = teredo_server(v6).map(IpAddr::V4);
+        }
+        let in_any = |list: &[Cidr]| {
+            forms
+                .iter()
+                .flatten()
+                .any(|ip| list.iter().any(|c| c.contains(*ip)))
+        };
+        if in_any(&self.deny) {
+            return Err(Denied::Range);
+        }
         if self
             .allow
             .iter()
@@ -238,15 +258,11 @@ impl PeerFilter {
         {
             return Ok(());
         }
-        let mut forms = [Some(raw), Some(canon), None];
-        if let IpAddr::V6(v6) = raw {
-            forms[2] = teredo_server(v6).map(IpAddr::V4);
+        if in_any(DEFAULT_DENY) {
+            Err(Denied::Range)
+        } else {
+            Ok(())
         }
-        let denied = forms
-            .iter()
-            .flatten()
-            .any(|ip| self.deny.iter().any(|c| c.contains(*ip)));
-        if denied { Err(Denied::Range) } else { Ok(()) }
     }
 
     fn is_own(&self, ip: IpAddr, port: u16) -> bool {
@@ -368,6 +384,53 @@ mod tests {
     }
 
     /// Allowing a range allows it in every form that reduces to it, and nothing else.
+    #[test]
+    fn an_explicit_deny_wins_over_allow() {
+        let f = PeerFilter::new(
+            &["10.1.0.0/16".parse().unwrap()],
+            &["10.0.0.0/8".parse().unwrap()],
+        );
+        assert_eq!(
+            f.check(sa("10.2.0.1:80")),
+            Ok(()),
+            "allowed out of the built-in list"
+        );
+        assert_eq!(
+            f.check(sa("10.1.2.3:80")),
+            Err(Denied::Range),
+            "the hole deny carves"
+        );
+        assert_eq!(
+            f.check(sa("[::ffff:10.1.2.3]:80")),
+            Err(Denied::Range),
+            "in every form"
+        );
+        // A public range denied and allowed: deny wins.
+        let f = PeerFilter::new(
+            &["93.184.216.0/24".parse().unwrap()],
+            &["93.184.0.0/16".parse().unwrap()],
+        );
+        assert_eq!(f.check(sa("93.184.216.34:443")), Err(Denied::Range));
+        assert_eq!(f.check(sa("93.184.1.1:443")), Ok(()));
+    }
+
+    #[test]
+    fn ipv4_translated_siit_is_reduced_to_ipv4() {
+        let siit: Ipv6Addr = "::ffff:0:7f00:1".parse().unwrap();
+        assert_eq!(embedded_v4(siit), Some(Ipv4Addr::new(127, 0, 0, 1)));
+        let f = PeerFilter::new(&[], &[]);
+        for denied in [
+            "[::ffff:0:7f00:1]:80",
+            "[::ffff:0:a9fe:a9fe]:80",
+            "[::ffff:0:5db8:d822]:80",
+        ] {
+            assert_eq!(f.check(sa(denied)), Err(Denied::Range), "{denied}");
+        }
+        // Allowing loopback allows its SIIT form too, as it does the mapped one.
+        let f = PeerFilter::new(&[], &["127.0.0.0/8".parse().unwrap()]);
+        assert_eq!(f.check(sa("[::ffff:0:7f00:1]:80")), Ok(()));
+    }
+
     #[test]
     fn allow_list_carves_out_canonical_forms_only() {
         let f = PeerFilter::new(&[], &["127.0.0.0/8".parse().unwrap()]);
