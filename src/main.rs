@@ -126,7 +126,8 @@ struct RelayArgs {
     /// Peer range to allow despite the built-in deny list, repeatable (default: none).
     #[arg(long = "allow-peer", value_name = "CIDR")]
     allow_peer: Vec<Cidr>,
-    /// Extra peer range to deny, e.g. the cluster's other relays, repeatable (default: none).
+    /// Extra peer range to deny, e.g. the cluster's other relays, repeatable; wins over
+    /// --allow-peer (default: none).
     #[arg(long = "deny-peer", value_name = "CIDR")]
     deny_peer: Vec<Cidr>,
     /// Lifetime granted when a client asks for none, seconds (default: 600).

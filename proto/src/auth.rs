@@ -119,10 +119,19 @@ fn rest_parts(username: &str) -> Option<(&str, &str)> {
     (!ts.is_empty() && ts.bytes().all(|b| b.is_ascii_digit()) && !id.is_empty()).then_some((ts, id))
 }
 
-/// True if the username has the TURN REST API form (`<expiry>` or `<expiry>:<id>`).
+/// The expiry of a username in the TURN REST API form (`<expiry>`, `<expiry>:`,
+/// `<expiry>:<id>`): the one rule both the credential check and the claim checks use, so no
+/// username the MAC accepts as a REST credential escapes its claims.
+pub fn rest_expiry(username: &str) -> Option<u64> {
+    let ts = username.split_once(':').map_or(username, |(ts, _)| ts);
+    (!ts.is_empty() && ts.len() <= 20 && ts.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| ts.parse::<u64>().ok())
+        .flatten()
+}
+
+/// True if the username has the TURN REST API form (see [`rest_expiry`]).
 pub fn is_rest_username(username: &str) -> bool {
-    username.bytes().all(|b| b.is_ascii_digit()) && !username.is_empty()
-        || rest_parts(username).is_some()
+    rest_expiry(username).is_some()
 }
 
 /// What identifies a user for quotas: the user part of a REST username's id when it has one (so
@@ -199,12 +208,7 @@ impl Credentials {
         unix_now: u64,
         mut try_password: impl FnMut(&[u8]) -> bool,
     ) -> Result<bool, UserError> {
-        let ts = username.split_once(':').map_or(username, |(ts, _)| ts);
-        let rest_expiry =
-            (!ts.is_empty() && ts.len() <= 20 && ts.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| ts.parse::<u64>().ok())
-                .flatten();
-        if let Some(expiry) = rest_expiry
+        if let Some(expiry) = rest_expiry(username)
             && !self.secrets.is_empty()
         {
             if expiry < unix_now {

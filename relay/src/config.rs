@@ -137,7 +137,7 @@ impl Default for Quotas {
 pub struct Peers {
     /// Ranges carved out of the deny list (e.g. an SFU on a private network).
     pub allow: Vec<Cidr>,
-    /// Extra denied ranges, e.g. the other relays of the cluster.
+    /// Extra denied ranges, e.g. the other relays of the cluster; they win over `allow`.
     pub deny: Vec<Cidr>,
     /// Allocations may reach each other's relayed addresses on this node (both parties of a
     /// call on one relay with relay-only ICE need it); the listeners stay denied.

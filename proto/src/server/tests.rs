@@ -1119,6 +1119,21 @@ fn a_zoned_relay_accepts_only_credentials_for_its_zone() {
             );
         }
     }
+    // Every REST form the MAC accepts must carry the claim: an empty id (`<expiry>:`) and a
+    // bare expiry (`<expiry>`) included.
+    for (port, username) in [
+        (40004u16, format!("{}:", T0 + 60)),
+        (40005, format!("{}", T0 + 60)),
+    ] {
+        let mut c = Client::new(port, username.clone(), SECRET);
+        let r = c.allocate(&mut s, &mut env, &clock, &[]);
+        assert_eq!(code(&r), Some(403), "{username:?} has no zone claim");
+        assert_eq!(
+            c.verify(&r),
+            Some(Integrity::Sha1),
+            "{username:?} authenticated"
+        );
+    }
     let mut dev = Client::rest(40009, "x");
     dev.username = "dev".into();
     dev.password = "devpass".into();
