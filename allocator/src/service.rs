@@ -121,6 +121,9 @@ pub struct AllocatorConfig {
     pub audit_retention_hours: u64,
 }
 
+/// The shortest credential lifetime handed out (a request asking for less gets this).
+pub const MIN_TTL: u64 = 60;
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8480))
 }
@@ -290,8 +293,45 @@ impl App {
                 ));
             }
         }
-        if cfg.ttl == 0 || cfg.ttl > 86_400 {
-            return Err(invalid("ttl", "between 1 and 86400 seconds".into()));
+        // Every field is checked here, so that no accepted configuration fails later: a ttl
+        // below the shortest credential a request may ask for made every request panic.
+        if !(MIN_TTL..=86_400).contains(&cfg.ttl) {
+            return Err(invalid(
+                "ttl",
+                format!("between {MIN_TTL} and 86400 seconds"),
+            ));
+        }
+        for (field, v) in [("down_after", cfg.down_after), ("up_after", cfg.up_after)] {
+            if !(1..=1000).contains(&v) {
+                return Err(invalid(field, "between 1 and 1000 polls".into()));
+            }
+        }
+        if !(100..=3_600_000).contains(&cfg.poll_interval_ms) {
+            return Err(invalid(
+                "poll_interval_ms",
+                "between 100 and 3600000 milliseconds".into(),
+            ));
+        }
+        let d = &cfg.distance;
+        let usable = |v: f64| v.is_finite() && v >= 0.0;
+        if !usable(d.ms_per_km) || !usable(d.unknown_ms) {
+            return Err(invalid(
+                "distance",
+                "ms_per_km and unknown_ms are finite and not negative".into(),
+            ));
+        }
+        for r in &cfg.relays {
+            let lat_ok = r.latitude.is_none_or(|v| (-90.0..=90.0).contains(&v));
+            let lon_ok = r.longitude.is_none_or(|v| (-180.0..=180.0).contains(&v));
+            if !lat_ok || !lon_ok || r.latitude.is_some() != r.longitude.is_some() {
+                return Err(invalid(
+                    "relays",
+                    format!(
+                        "`{}`: latitude (-90..90) and longitude (-180..180) come together",
+                        r.name
+                    ),
+                ));
+            }
         }
         let geo = match &cfg.geo_db {
             Some(p) => ReloadingGeo::open(p).map_err(|e| invalid("geo_db", e.to_string()))?,
@@ -703,7 +743,9 @@ impl App {
     ) -> Result<IceAnswer, ApiError> {
         let primary = &relays[placement.primary];
         let zone = primary.view.zone.clone();
-        let ttl = ttl.unwrap_or(self.cfg.ttl).clamp(60, self.cfg.ttl);
+        let ttl = ttl
+            .unwrap_or(self.cfg.ttl)
+            .clamp(MIN_TTL.min(self.cfg.ttl), self.cfg.ttl);
         let user = match user {
             Some(u)
                 if !u.is_empty()
@@ -1573,6 +1615,74 @@ mod tests {
             e.contains("policy") && e.contains("rules[0] (subdivision US-CA) can never match"),
             "{e}"
         );
+    }
+
+    /// Every configuration App::new accepts answers requests; each bad field is refused at
+    /// load, named. `ttl: 30` used to pass and then panic on every request (a clamp whose
+    /// minimum was above its maximum).
+    #[test]
+    fn accepted_configs_answer_and_bad_fields_are_refused_at_load() {
+        let dir =
+            std::env::temp_dir().join(format!("veil-alloc-{}-{}", std::process::id(), random_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("s"), "secret-0123456789abcdef\n").unwrap();
+        let base = || {
+            let mut cfg: AllocatorConfig =
+                serde_saphyr::from_str(include_str!("../allocator.example.yaml")).unwrap();
+            cfg.secret_files = vec![dir.join("s")];
+            cfg
+        };
+        let refused = |f: &dyn Fn(&mut AllocatorConfig), field: &str| {
+            let mut cfg = base();
+            f(&mut cfg);
+            let e = App::new(cfg)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(&format!("`{field}`")), "{field}: {e:?}");
+        };
+        refused(&|c| c.ttl = 30, "ttl");
+        refused(&|c| c.ttl = 0, "ttl");
+        refused(&|c| c.ttl = 86_401, "ttl");
+        refused(&|c| c.down_after = 0, "down_after");
+        refused(&|c| c.up_after = 0, "up_after");
+        refused(&|c| c.poll_interval_ms = 0, "poll_interval_ms");
+        refused(&|c| c.distance.ms_per_km = f64::NAN, "distance");
+        refused(&|c| c.distance.unknown_ms = -1.0, "distance");
+        refused(&|c| c.relays[0].latitude = Some(91.0), "relays");
+        refused(
+            &|c| {
+                c.relays[0].latitude = Some(50.0);
+                c.relays[0].longitude = None;
+            },
+            "relays",
+        );
+        // The edges are accepted and every request is answered, whatever ttl it asks for.
+        for ttl in [MIN_TTL, 86_400] {
+            let mut cfg = base();
+            cfg.ttl = ttl;
+            let app = App::new(cfg).expect("accepted");
+            for (i, t) in app.relays.write().unwrap().iter_mut().enumerate() {
+                t.view.healthy = true;
+                t.view.capacity = 100;
+                t.uris = vec![format!("turn:127.0.0.1:{}?transport=udp", 3478 + i)];
+            }
+            for asked in [None, Some(1), Some(MIN_TTL), Some(ttl), Some(u64::MAX)] {
+                let req = IceRequest {
+                    ttl: asked,
+                    ..IceRequest::default()
+                };
+                let a = app
+                    .allocate_inner("127.0.1.5".parse().unwrap(), &req)
+                    .unwrap_or_else(|e| panic!("ttl {ttl}, asked {asked:?}: {}", e.2));
+                let granted = a.expires_at - unix_now();
+                assert!(
+                    granted <= ttl && granted + 2 >= MIN_TTL.min(ttl),
+                    "{granted}"
+                );
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
