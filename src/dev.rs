@@ -128,6 +128,7 @@ pub fn run(a: DevArgs) -> Result<()> {
         api_keys: vec![ApiKey {
             key: api_key.clone(),
             backend: true,
+            requests_per_second: 100,
         }],
         secret_files: vec![secret_file.clone()],
         ttl: 600,

@@ -14,6 +14,8 @@ use webrtc_util::Conn;
 
 const KEY: &str = "backend-key-0123456789";
 const WEB_KEY: &str = "browser-key-0123456789";
+/// A key allowed 3 requests per second, for the rate limit.
+const SLOW_KEY: &str = "slow-key-0123456789abc";
 
 struct Allocator(Child);
 
@@ -154,7 +156,7 @@ async fn allocator_places_by_residency_and_relays_enforce_it() {
         &cfg,
         format!(
             "listen: {alloc}\n\
-             api_keys: [{{key: {KEY}, backend: true}}, {{key: {WEB_KEY}}}]\n\
+             api_keys: [{{key: {KEY}, backend: true}}, {{key: {WEB_KEY}}}, {{key: {SLOW_KEY}, requests_per_second: 3}}]\n\
              secret_files: [{secrets}]\n\
              ttl: 600\n\
              poll_interval_ms: 200\n\
@@ -237,6 +239,49 @@ async fn allocator_places_by_residency_and_relays_enforce_it() {
         (st, json(&body)["code"].as_str()),
         (403, Some("forbidden")),
         "only backends pass client_ip"
+    );
+    // Only a backend names the user (whose relay quota a credential counts against).
+    for (method, path, body) in [
+        ("POST", "/v1/ice-servers", "{\"user\":\"mallory\"}"),
+        ("GET", "/turn?service=turn&username=mallory", ""),
+    ] {
+        let (st, b) = http(alloc, method, path, Some(WEB_KEY), body);
+        assert_eq!(
+            (st, json(&b)["code"].as_str()),
+            (403, Some("forbidden")),
+            "{path}"
+        );
+    }
+    // The key is checked before the body is read: a caller without one who announces a large
+    // body and sends none is answered at once (before, the server waited for the body).
+    {
+        let mut s = TcpStream::connect(alloc).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(
+            b"POST /v1/ice-servers HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\
+              Content-Type: application/json\r\n\r\n",
+        )
+        .unwrap();
+        let mut out = vec![0u8; 512];
+        let n = s.read(&mut out).expect("an answer without the body");
+        let head = String::from_utf8_lossy(&out[..n]);
+        assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    }
+    // With a key, a body is at most 4 KiB.
+    let big = format!("{{\"call_id\":\"{}\"}}", "x".repeat(5000));
+    let (st, b) = http(alloc, "POST", "/v1/ice-servers", Some(KEY), &big);
+    assert_eq!((st, json(&b)["code"].as_str()), (413, Some("too_large")));
+    // Per-key rate: a burst of 10 from a 3/s key gets at most 3 (+1 for refill) answers, the
+    // rest 429; other keys are not affected.
+    let codes: Vec<u16> = (0..10)
+        .map(|_| http(alloc, "POST", "/v1/ice-servers", Some(SLOW_KEY), "").0)
+        .collect();
+    let limited = codes.iter().filter(|c| **c == 429).count();
+    assert!(limited >= 6 && codes[0] != 429, "{codes:?}");
+    assert_ne!(
+        ice(alloc, "127.0.1.1", None).0,
+        429,
+        "the backend key has its own bucket"
     );
     let (st, body) = http(
         alloc,

@@ -74,9 +74,27 @@ pub struct RelayEntry {
 pub struct ApiKey {
     /// The key.
     pub key: String,
-    /// A backend may pass the end user's `client_ip`.
+    /// A backend may pass the end user's `client_ip` and `user`, place calls and read the audit
+    /// record.
     #[serde(default)]
     pub backend: bool,
+    /// Requests per second this key may make (a burst of as many is allowed); beyond it, 429.
+    #[serde(default = "default_rate")]
+    pub requests_per_second: u32,
+}
+
+fn default_rate() -> u32 {
+    100
+}
+
+/// The largest request body read (after the key is checked): a request is a few hundred bytes.
+pub const MAX_BODY: usize = 4096;
+
+/// A token bucket of one API key.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
 }
 
 /// `allocator.yaml`.
@@ -206,6 +224,8 @@ pub struct App {
     relays: RwLock<Vec<Tracked>>,
     audit: Mutex<AuditLog>,
     metrics: Mutex<Metrics>,
+    /// One bucket per API key, in `cfg.api_keys` order (a fixed set: nobody can grow it).
+    buckets: Vec<Mutex<Bucket>>,
 }
 
 /// The allocator's counters (requests are not a per-packet path: a mutex is fine).
@@ -230,6 +250,8 @@ struct Metrics {
     minted: u64,
     /// Times the signing secret changed on disk and was taken up.
     secret_reloads: u64,
+    /// Requests refused with 429 (a key over its rate).
+    rate_limited: u64,
 }
 
 /// Checks that the policy can match with a DB: the DB's notes, or the reason it cannot.
@@ -358,6 +380,26 @@ impl App {
             .filter(|e| !e.dns)
             .map(|e| Tracked::new(e.name.clone(), e.clone(), &policy))
             .collect();
+        if cfg
+            .api_keys
+            .iter()
+            .any(|k| !(1..=1_000_000).contains(&k.requests_per_second))
+        {
+            return Err(invalid(
+                "api_keys",
+                "requests_per_second between 1 and 1000000".into(),
+            ));
+        }
+        let buckets = cfg
+            .api_keys
+            .iter()
+            .map(|k| {
+                Mutex::new(Bucket {
+                    tokens: k.requests_per_second as f64,
+                    at: std::time::Instant::now(),
+                })
+            })
+            .collect();
         let audit = Mutex::new(AuditLog::new(cfg.audit_retention_hours));
         Ok(Arc::new(App {
             cfg,
@@ -368,6 +410,7 @@ impl App {
             relays: RwLock::new(relays),
             audit,
             metrics: Mutex::default(),
+            buckets,
         }))
     }
 
@@ -383,17 +426,52 @@ impl App {
                     "a bearer API key is required".into(),
                 )
             })?;
-        self.cfg
+        let (i, key) = self
+            .cfg
             .api_keys
             .iter()
-            .find(|k| veil_proto::stun::ct_eq(k.key.as_bytes(), token.as_bytes()))
+            .enumerate()
+            .find(|(_, k)| veil_proto::stun::ct_eq(k.key.as_bytes(), token.as_bytes()))
             .ok_or_else(|| {
                 ApiError(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
                     "unknown API key".into(),
                 )
-            })
+            })?;
+        if !self.admit(i, key.requests_per_second) {
+            self.metrics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .rate_limited += 1;
+            return Err(ApiError(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "this key may make {} requests per second",
+                    key.requests_per_second
+                ),
+            ));
+        }
+        Ok(key)
+    }
+
+    /// Takes one request from key `i`'s bucket (refilled at `rate` per second, up to `rate`).
+    fn admit(&self, i: usize, rate: u32) -> bool {
+        let Some(b) = self.buckets.get(i) else {
+            return false;
+        };
+        let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let rate = rate as f64;
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(rate);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     /// The client's address: a backend's `client_ip`, else `X-Forwarded-For`'s last hop before
@@ -523,6 +601,12 @@ impl App {
             o,
             "veil_allocator_secret_reloads_total {}",
             m.secret_reloads
+        );
+        counter(
+            &mut o,
+            "veil_allocator_rate_limited_total",
+            "Requests refused with 429 because their API key was over its rate.",
+            [("", m.rate_limited)],
         );
         let _ = writeln!(
             o,
@@ -1077,13 +1161,38 @@ pub struct IceAnswer {
     pub cross_zone: Option<bool>,
 }
 
+/// Reads a request body of at most [`MAX_BODY`] bytes; called only once the key is checked, so
+/// an unauthenticated caller never has its body read.
+async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("a request body is at most {MAX_BODY} bytes"),
+        )
+    })
+}
+
+/// `user` names whose quota a credential counts against: only a backend may choose it.
+fn check_user(key: &ApiKey, user: Option<&str>) -> Result<(), ApiError> {
+    if user.is_some() && !key.backend {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only backend keys may name the user (it picks whose relay quota is used)".into(),
+        ));
+    }
+    Ok(())
+}
+
 async fn ice_servers(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Json<IceAnswer>, ApiError> {
     let key = app.authorize(&headers)?;
+    let body = read_body(body).await?;
     let req: IceRequest = if body.is_empty() {
         IceRequest::default()
     } else {
@@ -1091,6 +1200,7 @@ async fn ice_servers(
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?
     };
     check_call_id(req.call_id.as_deref())?;
+    check_user(key, req.user.as_deref())?;
     let ip = app.client_ip(peer, &headers, key, req.client_ip.as_deref())?;
     app.allocate(ip, &req).map(Json)
 }
@@ -1110,7 +1220,7 @@ fn check_call_id(id: Option<&str>) -> Result<(), ApiError> {
 async fn calls(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Json<CallAnswer>, ApiError> {
     let key = app.authorize(&headers)?;
     if !key.backend {
@@ -1120,6 +1230,7 @@ async fn calls(
             "only backend keys may place calls (they name both parties' addresses)".into(),
         ));
     }
+    let body = read_body(body).await?;
     let req: CallRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
     let [a, b] = req.parties.as_slice() else {
@@ -1164,6 +1275,7 @@ async fn turn_rest(
             "service=turn is required".into(),
         ));
     }
+    check_user(key, q.username.as_deref())?;
     let ip = app.client_ip(peer, &headers, key, q.client_ip.as_deref())?;
     let req = IceRequest {
         user: q.username,
@@ -1693,6 +1805,7 @@ mod tests {
         cfg.api_keys = vec![ApiKey {
             key: "short".into(),
             backend: false,
+            requests_per_second: default_rate(),
         }];
         assert!(
             App::new(cfg.clone())
@@ -1704,6 +1817,7 @@ mod tests {
         cfg.api_keys = vec![ApiKey {
             key: "long-enough-key-0123".into(),
             backend: false,
+            requests_per_second: default_rate(),
         }];
         assert!(
             App::new(cfg.clone())
