@@ -125,6 +125,7 @@ pub fn run(a: DevArgs) -> Result<()> {
     let api = SocketAddr::from((lo, a.api_port));
     let cfg = AllocatorConfig {
         listen: api,
+        metrics_listen: None,
         api_keys: vec![ApiKey {
             key: api_key.clone(),
             backend: true,

@@ -444,7 +444,10 @@ async fn allocator_places_by_residency_and_relays_enforce_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 
     // Metrics: placements by zone, relays up, promtool-clean, no addresses.
-    let (st, metrics) = http(alloc, "GET", "/metrics", None, "");
+    // On the API listener they need a backend key: the counts say where callers are.
+    assert_eq!(http(alloc, "GET", "/metrics", None, "").0, 401);
+    assert_eq!(http(alloc, "GET", "/metrics", Some(WEB_KEY), "").0, 403);
+    let (st, metrics) = http(alloc, "GET", "/metrics", Some(KEY), "");
     assert_eq!(st, 200);
     assert!(
         metrics.contains("veil_allocator_relay_up{relay=\"eu-1\",zone=\"eu\"} 1"),

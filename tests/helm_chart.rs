@@ -247,6 +247,25 @@ fn daemonset_values_render_valid_manifests_and_configs() {
             );
         }
     }
+    // The allocator's metrics port is on a ClusterIP Service of its own, never on the API one
+    // (which an operator may make a LoadBalancer), and its config serves /metrics there.
+    let api = services
+        .iter()
+        .find(|s| s["metadata"]["labels"]["app.kubernetes.io/component"] == "allocator")
+        .unwrap();
+    let api_ports: Vec<_> = api["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["name"])
+        .collect();
+    assert_eq!(api_ports, [&Value::from("http")]);
+    let m = services
+        .iter()
+        .find(|s| s["metadata"]["labels"]["app.kubernetes.io/component"] == "allocator-metrics")
+        .unwrap();
+    assert_eq!(m["spec"]["type"], "ClusterIP");
+    assert_eq!(cfg["metrics_listen"], "0.0.0.0:9480");
     assert_eq!(kind(&docs, "HorizontalPodAutoscaler").len(), 1);
     assert_eq!(kind(&docs, "PodDisruptionBudget").len(), 1);
     assert_eq!(kind(&docs, "NetworkPolicy").len(), 2);

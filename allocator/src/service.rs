@@ -104,6 +104,10 @@ pub struct AllocatorConfig {
     /// Where the API listens.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Where `/metrics` is served without a key, for Prometheus (bind it to a private address).
+    /// Unset: `/metrics` is on the API listener and needs a backend key.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Keys that may call the API.
     pub api_keys: Vec<ApiKey>,
     /// Files of the relays' TURN REST secrets (one per line; the first one signs).
@@ -321,6 +325,12 @@ impl App {
             return Err(invalid(
                 "ttl",
                 format!("between {MIN_TTL} and 86400 seconds"),
+            ));
+        }
+        if cfg.metrics_listen == Some(cfg.listen) {
+            return Err(invalid(
+                "metrics_listen",
+                "another address than `listen` (or unset: /metrics on the API with a key)".into(),
             ));
         }
         for (field, v) in [("down_after", cfg.down_after), ("up_after", cfg.up_after)] {
@@ -1334,6 +1344,22 @@ async fn audit(
     }
 }
 
+/// `/metrics` on the API listener: a backend key's (the counts say where callers are).
+async fn metrics_with_key(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !app.authorize(&headers)?.backend {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only backend keys may read the metrics on the API listener (or set metrics_listen)"
+                .into(),
+        ));
+    }
+    Ok(metrics(State(app)).await.into_response())
+}
+
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     (
         [(
@@ -1358,13 +1384,24 @@ async fn not_found() -> ApiError {
 
 /// The allocator's HTTP API.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let r = Router::new()
         .route("/v1/ice-servers", post(ice_servers))
         .route("/v1/calls", post(calls))
         .route("/turn", get(turn_rest))
         .route("/v1/audit", get(audit))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(healthz));
+    let r = match app.cfg.metrics_listen {
+        Some(_) => r,
+        None => r.route("/metrics", get(metrics_with_key)),
+    };
+    r.fallback(not_found).with_state(app)
+}
+
+/// The metrics listener's routes: `/metrics` and `/healthz`, no key.
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
         .fallback(not_found)
         .with_state(app)
 }
@@ -1375,6 +1412,14 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(app.cfg.listen).await?;
+    let metrics = match app.cfg.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr).await?;
+            let router = metrics_router(app.clone());
+            Some(tokio::spawn(async move { axum::serve(l, router).await }))
+        }
+        None => None,
+    };
     tracing::info!(listen = %app.cfg.listen, relays = app.cfg.relays.len(), "allocator ready");
     let poller = {
         let app = app.clone();
@@ -1394,6 +1439,9 @@ pub async fn run(
     .with_graceful_shutdown(shutdown)
     .await;
     poller.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     r
 }
 
@@ -1795,6 +1843,52 @@ mod tests {
             }
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// With `metrics_listen`, /metrics is served there without a key and not on the API.
+    #[tokio::test]
+    async fn metrics_listen_serves_metrics_apart_from_the_api() {
+        async fn get(router: Router, path: &str) -> String {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                axum::serve(
+                    l,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .await
+            });
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            server.abort();
+            out
+        }
+        let app = app_with(CALL_POLICY, CALL_RELAYS).unwrap();
+        // No metrics_listen: the API serves /metrics, to backend keys only.
+        assert!(
+            get(router(app.clone()), "/metrics")
+                .await
+                .starts_with("HTTP/1.1 401")
+        );
+        let mut cfg = app.cfg.clone();
+        cfg.metrics_listen = Some("127.0.0.1:9".parse().unwrap());
+        let dir = std::env::temp_dir().join(format!("veil-alloc-m-{}", random_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("s"), "secret-0123456789abcdef\n").unwrap();
+        cfg.secret_files = vec![dir.join("s")];
+        let app = App::new(cfg).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            get(router(app.clone()), "/metrics")
+                .await
+                .starts_with("HTTP/1.1 404")
+        );
+        let m = get(metrics_router(app), "/metrics").await;
+        assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+        assert!(m.contains("veil_allocator_rate_limited_total 0"), "{m}");
     }
 
     #[test]

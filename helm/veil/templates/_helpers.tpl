@@ -119,6 +119,7 @@ seccompProfile:
 {{- end -}}
 {{- $cfg := dict
   "listen" (printf "0.0.0.0:%d" (int $a.port))
+  "metrics_listen" (printf "0.0.0.0:%d" (int $a.metricsPort))
   "api_keys" $a.apiKeys
   "secret_files" (list "/etc/veil/secrets/turn-secrets")
   "ttl" (int $a.ttl)
