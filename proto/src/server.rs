@@ -70,7 +70,9 @@ pub struct Server {
     by_client: HashMap<ClientKey, usize>,
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     next_generation: u32,
-    indication_seq: u64,
+    /// Transaction ids of Data indications: a keyed PRF, so that a client cannot count what
+    /// this worker sends to others.
+    txids: crate::rng::TxidPrf,
     stats: Stats,
 }
 
@@ -83,7 +85,7 @@ impl Server {
             by_client: HashMap::new(),
             timers: BinaryHeap::new(),
             next_generation: 1,
-            indication_seq: 0,
+            txids: crate::rng::TxidPrf::new(),
             stats: Stats::default(),
         }
     }

@@ -26,7 +26,7 @@ use std::ops::Range;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use crate::rng::XorShift;
+use crate::rng::{TxidPrf, XorShift};
 use crate::stun::{self, attr};
 
 /// The comprehension-optional attribute veil pads Data indications with (zero bytes). In the
@@ -402,7 +402,10 @@ pub struct Shaper<K> {
     profiles: Vec<Policy>,
     /// The grid origin; all workers use the same one so slots line up node-wide.
     epoch: Instant,
+    /// Jitter and cover choices; its state never appears on the wire.
     rng: XorShift,
+    /// Transaction ids of cover and filler frames (a keyed PRF over a counter).
+    txids: TxidPrf,
     /// Release time of each flow's last queued frame: order under jitter, pacing under slots.
     last_release: HashMap<K, Instant>,
     pool: Vec<u8>,
@@ -452,6 +455,7 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
             profiles,
             epoch,
             rng: XorShift::new(seed),
+            txids: TxidPrf::new(),
             last_release: HashMap::new(),
             pool: vec![0u8; slots * MAX_QUEUED_FRAME],
             free: (0..slots as u32).rev().collect(),
@@ -509,9 +513,7 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         if self.profiles[0].padding == Padding::Off {
             return frame;
         }
-        let mut txid = [0u8; 12];
-        let r = self.random();
-        txid[..8].copy_from_slice(&r.to_le_bytes());
+        let txid = self.txids.next_txid();
         pad_stream_frame(&self.profiles[0].padding, buf, frame, &txid)
     }
 
@@ -605,10 +607,7 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         } else if *padding == Padding::Off {
             frame
         } else {
-            let mut txid = [0u8; 12];
-            let r = self.random();
-            txid[..8].copy_from_slice(&r.to_le_bytes());
-            txid[8..].copy_from_slice(&(self.seq as u32).to_le_bytes());
+            let txid = self.txids.next_txid();
             let padding = &self.profiles[profile as usize].padding;
             pad_stream_frame(padding, buf, frame, &txid)
         };
@@ -718,7 +717,7 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         let Shaper {
             covered,
             cover_buf,
-            rng,
+            txids,
             stats,
             cover_next,
             epoch,
@@ -737,9 +736,7 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
             if *last + c.interval > due + slack {
                 continue;
             }
-            let mut txid = [0u8; 12];
-            txid[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
-            txid[8..].copy_from_slice(&(stats.cover_frames as u32).to_le_bytes());
+            let txid = txids.next_txid();
             let n = write_cover_frame(cover_buf, c.size as usize, &txid);
             emit(*flow, &cover_buf[..n]);
             *last = due;
@@ -951,6 +948,62 @@ mod tests {
         );
         for bad in ["50", "0:128", "50:130", "50:8", "500:128", "x:y"] {
             assert!(bad.parse::<Cover>().is_err(), "{bad}");
+        }
+    }
+
+    /// Cover transaction ids reveal neither the generator that draws jitter (before, they were
+    /// its raw state: the next one, and every jitter delay, followed) nor a counter.
+    #[test]
+    fn cover_txids_reveal_no_generator_state_and_no_counter() {
+        let epoch = Instant::now();
+        let iv = Duration::from_millis(20);
+        let p = Policy {
+            padding: Padding::Off,
+            timing: Timing::Slots(iv),
+            cover: Some(Cover {
+                interval: iv,
+                size: 128,
+            }),
+            queue_limit: 64,
+        };
+        let mut s: Shaper<u8> = Shaper::new(p, epoch, 7);
+        let mut buf = vec![0u8; 64];
+        for flow in 0..8u8 {
+            let f = channel_frame(&mut buf, 0, b"media");
+            s.submit(epoch + Duration::from_millis(1), flow, &mut buf, f);
+        }
+        s.pop_due(epoch + iv, |_, _| {});
+        let mut ids: Vec<[u8; 12]> = Vec::new();
+        for k in 2..40u32 {
+            s.cover_due(
+                epoch + iv * k,
+                |_| true,
+                |_, b| ids.push(b[8..20].try_into().unwrap()),
+            );
+        }
+        assert!(ids.len() > 100, "{}", ids.len());
+        let step = |mut x: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let word = |t: &[u8; 12], at: usize| u32::from_le_bytes(t[at..at + 4].try_into().unwrap());
+        for w in ids.windows(2) {
+            let a = u64::from_le_bytes(w[0][..8].try_into().unwrap());
+            let b = u64::from_le_bytes(w[1][..8].try_into().unwrap());
+            assert_ne!(
+                step(a),
+                b,
+                "the next id follows from the last: generator state on the wire"
+            );
+        }
+        for at in 0..=8 {
+            let ups = ids
+                .windows(2)
+                .filter(|w| word(&w[1], at).wrapping_sub(word(&w[0], at)) == 1)
+                .count();
+            assert!(ups < 5, "bytes {at}..: a counter ({ups} increments)");
         }
     }
 

@@ -140,8 +140,7 @@ impl Server {
         let (client, profile) = (a.client, a.profile);
         let addr_len = if peer.is_ipv4() { 8 } else { 20 };
         let start = payload.start - (stun::HEADER_LEN + 4 + addr_len + 4);
-        self.indication_seq = self.indication_seq.wrapping_add(1);
-        let txid = indication_txid(self.indication_seq, relay);
+        let txid = self.txids.next_txid();
         // The headroom and tailroom were checked above: the writes below cannot overflow.
         let mut w = Writer::new(
             &mut buf[start..payload.end + TAILROOM],
@@ -160,14 +159,4 @@ impl Server {
             profile,
         })
     }
-}
-
-/// A transaction id for a Data indication: unique per worker, not predictable from outside
-/// without the relay id, and costing no random draw per packet.
-fn indication_txid(seq: u64, relay: RelayId) -> [u8; 12] {
-    let mut t = [0u8; 12];
-    let mix = (seq ^ relay.0.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    t[..8].copy_from_slice(&mix.to_be_bytes());
-    t[8..].copy_from_slice(&(seq as u32).to_be_bytes());
-    t
 }

@@ -567,6 +567,39 @@ fn from_peer(
     .map(|d| (d.client, buf[d.frame].to_vec()))
 }
 
+/// Data indication transaction ids carry no counter: before, bytes 8–12 were the worker's
+/// sequence number in clear, so a client counted what the worker sent to others between two of
+/// its own.
+#[test]
+fn data_indication_txids_carry_no_worker_counter() {
+    let (mut s, mut env, clock) = setup();
+    let mut c = Client::rest(40000, "a");
+    c.allocate(&mut s, &mut env, &clock, &[]);
+    c.request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::CREATE_PERMISSION,
+        &[peer_attr(PEER)],
+    );
+    let ids: Vec<[u8; 12]> = (0..500)
+        .map(|_| {
+            let (_, msg) = from_peer(&mut s, &env, &clock, PEER, b"x").unwrap();
+            *Message::decode(&msg).unwrap().transaction_id()
+        })
+        .collect();
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len());
+    for at in 0..=8 {
+        let word = |t: &[u8; 12]| u32::from_be_bytes(t[at..at + 4].try_into().unwrap());
+        let ups = ids
+            .windows(2)
+            .filter(|w| word(&w[1]).wrapping_sub(word(&w[0])) == 1)
+            .count();
+        assert!(ups < 5, "bytes {at}..{}: {ups} increments", at + 4);
+    }
+}
+
 #[test]
 fn send_and_data_indications_need_a_permission_both_ways() {
     let (mut s, mut env, mut clock) = setup();
