@@ -62,7 +62,7 @@ veil_proto::serde_via_str!(PortRange);
 
 /// Credentials: TURN REST API secrets (several at once for rotation) and, for local development
 /// only, fixed users.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Files holding REST API secrets, one per line (`#` comments and blank lines ignored).
@@ -74,8 +74,29 @@ pub struct AuthConfig {
     pub static_users: Vec<StaticUser>,
 }
 
+/// Never prints a secret or a password (a `Resolved` keeps its source configuration, and
+/// nothing may turn it into a log line with the secrets in it).
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("secret_files", &self.secret_files)
+            .field("secrets", &self.secrets.len())
+            .field("static_users", &self.static_users)
+            .finish()
+    }
+}
+
+impl fmt::Debug for StaticUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticUser")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
 /// A fixed development user.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticUser {
     /// USERNAME.
@@ -891,6 +912,21 @@ pub fn kernel_ephemeral_ports() -> Option<PortRange> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_never_shows_secrets_or_passwords() {
+        let mut c = RelayConfig::default();
+        c.auth.secrets = vec!["inline-secret-0123456789".into()];
+        c.auth.static_users = vec![StaticUser {
+            username: "dev".into(),
+            password: "dev-password-42".into(),
+        }];
+        let r = c.resolve().unwrap();
+        let text = format!("{c:?} {r:?}");
+        assert!(!text.contains("inline-secret-0123456789"), "{text}");
+        assert!(!text.contains("dev-password-42"), "{text}");
+        assert!(text.contains("dev"), "the user name is shown");
+    }
 
     #[test]
     fn every_setting_can_be_set_by_its_path() {
