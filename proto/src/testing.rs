@@ -382,6 +382,31 @@ impl Client {
     }
 }
 
+/// Panics if a run of transaction ids carries a counter: any 4-byte window, read big- or
+/// little-endian, that counts up by one between consecutive ids more than a few times (a PRF's
+/// output does so about once in 2^32 pairs).
+pub fn assert_no_counter(ids: &[[u8; 12]]) {
+    for at in 0..=8 {
+        for be in [true, false] {
+            let word = |t: &[u8; 12]| {
+                let w: [u8; 4] = t[at..at + 4].try_into().unwrap();
+                if be {
+                    u32::from_be_bytes(w)
+                } else {
+                    u32::from_le_bytes(w)
+                }
+            };
+            let ups = ids
+                .windows(2)
+                .filter(|w| word(&w[1]).wrapping_sub(word(&w[0])) == 1)
+                .count();
+            assert!(ups < 5, "bytes {at}..{} count up ({ups} times)", at + 4);
+        }
+    }
+    let distinct: HashSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "ids repeat");
+}
+
 /// Parses a socket address (panics on a bad one: test input).
 pub fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
