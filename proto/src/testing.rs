@@ -374,6 +374,18 @@ impl Client {
         self.request(s, env, clock, method::ALLOCATE, &attrs)
     }
 
+    /// A CreatePermission for one peer (its address as text).
+    pub fn permit(
+        &mut self,
+        s: &mut Server,
+        env: &mut FakeEnv,
+        clock: &Clock,
+        peer: &str,
+    ) -> Vec<u8> {
+        let attrs = [(attr::XOR_PEER_ADDRESS, peer.as_bytes().to_vec())];
+        self.request(s, env, clock, method::CREATE_PERMISSION, &attrs)
+    }
+
     /// Which integrity of this client's key a response carries.
     pub fn verify(&self, resp: &[u8]) -> Option<Integrity> {
         Message::decode(resp)

@@ -575,13 +575,7 @@ fn data_indication_txids_carry_no_worker_counter() {
     let (mut s, mut env, clock) = setup();
     let mut c = Client::rest(40000, "a");
     c.allocate(&mut s, &mut env, &clock, &[]);
-    c.request(
-        &mut s,
-        &mut env,
-        &clock,
-        method::CREATE_PERMISSION,
-        &[peer_attr(PEER)],
-    );
+    c.permit(&mut s, &mut env, &clock, PEER);
     let ids: Vec<[u8; 12]> = (0..500)
         .map(|_| {
             let (_, msg) = from_peer(&mut s, &env, &clock, PEER, b"x").unwrap();
@@ -604,13 +598,7 @@ fn send_and_data_indications_need_a_permission_both_ways() {
         from_peer(&mut s, &env, &clock, PEER, b"hello").is_none(),
         "no permission, no data"
     );
-    c.request(
-        &mut s,
-        &mut env,
-        &clock,
-        method::CREATE_PERMISSION,
-        &[peer_attr(PEER)],
-    );
+    c.permit(&mut s, &mut env, &clock, PEER);
     match indication(&c, &mut s, &mut env, &clock, PEER, b"hi") {
         Reply::Forward(id, peer, data) => {
             assert_eq!(peer, sa(PEER));
@@ -651,13 +639,7 @@ fn data_indication_for_ipv6_peer_fits_headroom() {
     );
     assert_eq!(relayed(&r)[0].ip(), "::1".parse::<IpAddr>().unwrap());
     let p6 = "[2606:4700::1111]:443";
-    c.request(
-        &mut s,
-        &mut env,
-        &clock,
-        method::CREATE_PERMISSION,
-        &[peer_attr(p6)],
-    );
+    c.permit(&mut s, &mut env, &clock, p6);
     let (_, msg) = from_peer(&mut s, &env, &clock, p6, b"odd").unwrap();
     let m = Message::decode(&msg).unwrap();
     assert_eq!(m.get(attr::DATA), Some(&b"odd"[..]));
@@ -759,22 +741,10 @@ fn channel_bind_rules_and_channel_data_both_ways() {
 
     // The binding installed a 300 s permission; refresh it so that only the channel expires.
     clock.secs = 290;
-    c.request(
-        &mut s,
-        &mut env,
-        &clock,
-        method::CREATE_PERMISSION,
-        &[peer_attr(PEER)],
-    );
+    c.permit(&mut s, &mut env, &clock, PEER);
     c.request(&mut s, &mut env, &clock, method::REFRESH, &[]);
     clock.secs = 580;
-    c.request(
-        &mut s,
-        &mut env,
-        &clock,
-        method::CREATE_PERMISSION,
-        &[peer_attr(PEER)],
-    );
+    c.permit(&mut s, &mut env, &clock, PEER);
     clock.secs = 601;
     s.handle_timeout(clock.now(), &mut env);
     assert!(
@@ -1082,13 +1052,7 @@ fn a_credential_selects_its_shaping_profile() {
             class(&c.allocate(&mut s, &mut env, &clock, &[])),
             Class::Success
         );
-        c.request(
-            &mut s,
-            &mut env,
-            &clock,
-            method::CREATE_PERMISSION,
-            &[peer_attr(PEER)],
-        );
+        c.permit(&mut s, &mut env, &clock, PEER);
         let id = *env
             .open
             .iter()
