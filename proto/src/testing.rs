@@ -3,7 +3,7 @@
 //! fake driver hands out addresses from a counter and records what it was asked.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,8 +11,8 @@ use crate::auth::{self, Credentials, Key, NonceKey};
 use crate::peer_filter::PeerFilter;
 use crate::privacy::Redactor;
 use crate::server::{
-    Action, ClientKey, Env, Family, Now, Opened, PortPolicy, RelayAddr, RelayId, Server,
-    ServerConfig, Shared, Transport,
+    Action, ClientKey, Env, Now, Opened, PortPolicy, RelayAddr, RelayId, Server, ServerConfig,
+    Shared, Transport,
 };
 use crate::stun::{Class, Integrity, Message, Writer, attr, error_code_of, find_attr, method};
 
@@ -422,14 +422,4 @@ pub fn assert_no_counter(ids: &[[u8; 12]]) {
 /// Parses a socket address (panics on a bad one: test input).
 pub fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
-}
-
-/// Parses an IP address.
-pub fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-/// Whether `f` is the family of `a`.
-pub fn family_is(a: SocketAddr, f: Family) -> bool {
-    Family::of(a.ip()) == f
 }

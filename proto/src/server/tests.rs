@@ -848,7 +848,7 @@ fn refresh_extends_past_the_first_timer() {
 
 #[test]
 fn even_port_reservation_token_pair() {
-    let (mut s, mut env, clock) = setup();
+    let (mut s, mut env, mut clock) = setup();
     let mut rtp = Client::rest(40000, "a");
     let r = rtp.allocate(&mut s, &mut env, &clock, &[(attr::EVEN_PORT, vec![0x80])]);
     assert_eq!(class(&r), Class::Success);
@@ -857,6 +857,7 @@ fn even_port_reservation_token_pair() {
     let token = find_attr(&r, attr::RESERVATION_TOKEN)
         .expect("token")
         .to_vec();
+    assert_eq!(s.shared().reservations_held(), 1, "the next port is held");
     let mut rtcp = Client::rest(40001, "a");
     let r2 = rtcp.allocate(
         &mut s,
@@ -866,6 +867,8 @@ fn even_port_reservation_token_pair() {
     );
     assert_eq!(class(&r2), Class::Success, "{:?}", code(&r2));
     assert_eq!(relayed(&r2)[0].port(), port + 1);
+    assert_eq!(s.shared().reservations_held(), 0, "claimed: no longer held");
+    assert!(env.parked.is_empty(), "the parked socket was adopted");
     // A token is good once.
     let mut third = Client::rest(40002, "a");
     assert_eq!(
@@ -882,6 +885,17 @@ fn even_port_reservation_token_pair() {
     let r = c.allocate(&mut s, &mut env, &clock, &[(attr::EVEN_PORT, vec![0])]);
     assert_eq!(relayed(&r)[0].port() % 2, 0);
     assert!(find_attr(&r, attr::RESERVATION_TOKEN).is_none());
+    // A reservation nobody claims is released by the core's timer after 30 s.
+    let mut r = Client::rest(40004, "c");
+    r.allocate(&mut s, &mut env, &clock, &[(attr::EVEN_PORT, vec![0x80])]);
+    assert_eq!((s.shared().reservations_held(), env.parked.len()), (1, 1));
+    clock.secs += RESERVATION_SECS - 1;
+    s.handle_timeout(clock.now(), &mut env);
+    assert_eq!(env.parked.len(), 1, "still held before 30 s");
+    clock.secs += 1;
+    assert!(s.poll_timeout().is_some_and(|t| t <= clock.now().mono));
+    s.handle_timeout(clock.now(), &mut env);
+    assert_eq!((s.shared().reservations_held(), env.parked.len()), (0, 0));
 }
 
 #[test]
