@@ -135,7 +135,7 @@ taskset -c 0 "$VEIL" relay --listen 127.0.0.1:3478 --workers 1 --port-range 1000
   >"$OUT/veil.log" 2>&1 &
 SERVER_PID=$!; PIDS+=("$SERVER_PID"); SERVER=127.0.0.1:3478; sleep 0.5
 before=$(rss_kb "$SERVER_PID")
-load veil 19500 1 160 0.2 --hold 6 --threads 2 >"$OUT/mem-veil-19500.txt" &
+load veil 19500 1 160 0.2 --hold 6 --threads 2 --peer 127.0.0.3:0 >"$OUT/mem-veil-19500.txt" &
 lp=$!
 sleep 5
 held=$(rss_kb "$SERVER_PID")

@@ -51,14 +51,17 @@ fn random_hex(n: usize) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// A port p on 127.0.0.1 for the example echo peer: p and p + 1 free now for UDP and TCP (coturn's
-/// uclient sends its RTCP leg to the peer's port + 1; the relays refuse peers on any port one of
-/// their own UDP or TCP listeners uses, admin and allocator ports included), and neither a TURN
-/// port of the cluster. A port that binds is free: the cluster's sockets would make it fail.
+/// Where the example echo peer runs: a loopback address that is not the relays' (127.0.0.1),
+/// since a relay reaches nothing but relayed ports on its own address.
+const PEER_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
+
+/// A port p on [`PEER_IP`] for the example echo peer: p and p + 1 free now for UDP and TCP
+/// (coturn's uclient sends its RTCP leg to the peer's port + 1), and neither a TURN port of the
+/// cluster (so that a printed command cannot be misread as naming a relay).
 fn free_peer_port(turn_port: u16) -> u16 {
     let free = |p: u16| {
-        std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+        std::net::UdpSocket::bind((PEER_IP, p)).is_ok()
+            && std::net::TcpListener::bind((PEER_IP, p)).is_ok()
     };
     let turn = turn_port..turn_port.saturating_add(ZONES.len() as u16);
     (turn_port.saturating_add(10)..u16::MAX - 1)
@@ -214,6 +217,7 @@ pub fn run(a: DevArgs) -> Result<()> {
         }
         let t0 = a.turn_port;
         let peer = free_peer_port(t0);
+        let peer_ip = PEER_IP;
         // This binary's own path, so the printed command works without `veil` on PATH.
         let exe = std::env::current_exe().map_or_else(|_| "veil".to_string(), |p| p.display().to_string());
         let secret = secret_file.display();
@@ -256,10 +260,10 @@ pub fn run(a: DevArgs) -> Result<()> {
             "Relay with coturn's client through the eu relay (apt-get install coturn), using the".into(),
             "username and credential of the ICE config above; the us relay refuses the same credential".into(),
             format!("(-p {}: \"error 403 (Forbidden)\"), as every relay takes only its own zone's:", t0 + 1),
-            format!("  turnutils_peer -L 127.0.0.1 -p {peer} &"),
-            format!("  turnutils_uclient -u '<username>' -w '<credential>' -e 127.0.0.1 -r {peer} -p {t0} 127.0.0.1"),
+            format!("  turnutils_peer -L {peer_ip} -p {peer} &"),
+            format!("  turnutils_uclient -u '<username>' -w '<credential>' -e {peer_ip} -r {peer} -p {t0} 127.0.0.1"),
             "or mint a credential from the secret:".into(),
-            format!("  turnutils_uclient -W $(cat {secret}) -u 'dev-user;z=eu' -e 127.0.0.1 -r {peer} -p {t0} 127.0.0.1"),
+            format!("  turnutils_uclient -W $(cat {secret}) -u 'dev-user;z=eu' -e {peer_ip} -r {peer} -p {t0} 127.0.0.1"),
             String::new(),
             "Ctrl-C stops everything.".into(),
             String::new(),

@@ -55,8 +55,9 @@ pub(crate) struct LoadArgs {
     /// Local IP of the clients.
     #[arg(long = "local-ip", default_value = "127.0.0.1")]
     local_ip: IpAddr,
-    /// Address of the echo peer (port 0: any free port).
-    #[arg(long, default_value = "127.0.0.1:0")]
+    /// Address of the echo peer (port 0: any free port). Not the relay's own IP: there a relay
+    /// reaches nothing but its relayed ports.
+    #[arg(long, default_value = "127.0.0.2:0")]
     peer: SocketAddr,
     /// Client threads (the echo peer has its own).
     #[arg(long, default_value_t = 1)]

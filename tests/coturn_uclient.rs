@@ -24,6 +24,10 @@ impl Drop for Peer {
     }
 }
 
+/// Where the IPv4 echo peer runs: not the relay's own address, where only relayed ports
+/// are reachable.
+const PEER4: &str = "127.0.0.50";
+
 /// A port p on `ip` with p and p+1 free (uclient's RTCP leg goes to the peer's port + 1).
 fn free_pair(ip: &str) -> u16 {
     for _ in 0..100 {
@@ -187,6 +191,9 @@ fn uclient_channels_send_indications_and_ipv6_with_zero_loss() {
             "127.0.0.0/8",
             "--allow-peer",
             "::1/128",
+            // The IPv6 peer runs on the relay's own IPv6 address (::1 has no sibling).
+            "--set",
+            "peers.host_peers=true",
             // uclient leaves a 777 s probe allocation per client behind, all under one user.
             "--user-quota",
             "1000",
@@ -194,18 +201,18 @@ fn uclient_channels_send_indications_and_ipv6_with_zero_loss() {
     );
     let port = relay.addr.port();
 
-    let (_peer4, p4) = start_peer("127.0.0.1");
-    let (r, text) = uclient("127.0.0.2", port, "127.0.0.1", p4, &[]);
+    let (_peer4, p4) = start_peer(PEER4);
+    let (r, text) = uclient("127.0.0.2", port, PEER4, p4, &[]);
     assert_zero_loss("ChannelData", &r, &text);
 
-    let (r, text) = uclient("127.0.0.3", port, "127.0.0.1", p4, &["-s"]);
+    let (r, text) = uclient("127.0.0.3", port, PEER4, p4, &["-s"]);
     assert_zero_loss("Send/Data indications", &r, &text);
 
-    let (r, text) = uclient("127.0.0.4", port, "127.0.0.1", p4, &["-g", "-D"]);
+    let (r, text) = uclient("127.0.0.4", port, PEER4, p4, &["-g", "-D"]);
     assert_zero_loss("DONT-FRAGMENT, padded ChannelData", &r, &text);
 
     // Dual allocation (IPv4 + IPv6 relayed addresses in one Allocate).
-    let (r, text) = uclient("127.0.0.6", port, "127.0.0.1", p4, &["-Z"]);
+    let (r, text) = uclient("127.0.0.6", port, PEER4, p4, &["-Z"]);
     assert_zero_loss("dual allocation", &r, &text);
 
     let (_peer6, p6) = start_peer("::1");
@@ -219,18 +226,12 @@ fn uclient_channels_send_indications_and_ipv6_with_zero_loss() {
         "31000-31999",
         &common::shaped(&["--allow-peer", "127.0.0.0/8", "--user-quota", "1000"]),
     );
-    let (r, text) = uclient(
-        "127.0.0.7",
-        shaped.addr.port(),
-        "127.0.0.1",
-        p4,
-        &["-z", "60"],
-    );
+    let (r, text) = uclient("127.0.0.7", shaped.addr.port(), PEER4, p4, &["-z", "60"]);
     assert_zero_loss("shaped ChannelData", &r, &text);
     let (r, text) = uclient(
         "127.0.0.8",
         shaped.addr.port(),
-        "127.0.0.1",
+        PEER4,
         p4,
         &["-s", "-z", "60"],
     );
@@ -250,7 +251,7 @@ fn uclient_channels_send_indications_and_ipv6_with_zero_loss() {
             "jitter:20ms",
         ],
     );
-    let (r, text) = uclient("127.0.0.10", jittered.addr.port(), "127.0.0.1", p4, &[]);
+    let (r, text) = uclient("127.0.0.10", jittered.addr.port(), PEER4, p4, &[]);
     assert_zero_loss("jittered, padded ChannelData", &r, &text);
 
     // A wrong secret is refused: uclient cannot allocate.
@@ -269,7 +270,7 @@ fn uclient_channels_send_indications_and_ipv6_with_zero_loss() {
         ])
         .args([
             "-e",
-            "127.0.0.1",
+            PEER4,
             "-r",
             &p4.to_string(),
             "-p",
@@ -287,10 +288,10 @@ fn uclient_over_tcp_and_tls_plain_and_shaped_with_zero_loss() {
     common::require("turnutils_peer");
     let quota = ["--allow-peer", "127.0.0.0/8", "--user-quota", "1000"];
     let (relay, tcp, tls) = common::start_stream_relay("18000-18999", &quota);
-    let (_peer, p) = start_peer("127.0.0.1");
+    let (_peer, p) = start_peer(PEER4);
     // -y: uclient's clients talk to each other through their relayed addresses on this one
     // node (relay to relay), as two browsers placed on one relay with relay-only ICE do.
-    let (r, text) = uclient("127.0.0.20", relay.addr.port(), "127.0.0.1", p, &["-y"]);
+    let (r, text) = uclient("127.0.0.20", relay.addr.port(), PEER4, p, &["-y"]);
     // (uclient rounds the client count up to whole pairs of its groups in this mode.)
     assert!(
         r.sent >= (CLIENTS * MESSAGES) as u64 && r.received == r.sent && r.lost == 0,
@@ -298,28 +299,22 @@ fn uclient_over_tcp_and_tls_plain_and_shaped_with_zero_loss() {
         tail(&text)
     );
     // -t: TURN over TCP to the server (peers are still reached over UDP); -S: over TLS.
-    let (r, text) = uclient("127.0.0.21", tcp.port(), "127.0.0.1", p, &["-t"]);
+    let (r, text) = uclient("127.0.0.21", tcp.port(), PEER4, p, &["-t"]);
     assert_zero_loss("TCP, ChannelData", &r, &text);
-    let (r, text) = uclient("127.0.0.22", tcp.port(), "127.0.0.1", p, &["-t", "-s"]);
+    let (r, text) = uclient("127.0.0.22", tcp.port(), PEER4, p, &["-t", "-s"]);
     assert_zero_loss("TCP, Send/Data indications", &r, &text);
-    let (r, text) = uclient("127.0.0.23", tls.port(), "127.0.0.1", p, &["-t", "-S"]);
+    let (r, text) = uclient("127.0.0.23", tls.port(), PEER4, p, &["-t", "-S"]);
     assert_zero_loss("TLS, ChannelData", &r, &text);
 
     // Shaping on streams: ChannelData aligned to 4 and a filler Binding indication after each
     // frame, 20 ms slots, cover in the gaps: uclient's stream parser takes it all.
     let (_shaped, stcp, stls) = common::start_stream_relay("17000-17999", &common::shaped(&quota));
-    let (r, text) = uclient(
-        "127.0.0.24",
-        stcp.port(),
-        "127.0.0.1",
-        p,
-        &["-t", "-z", "60"],
-    );
+    let (r, text) = uclient("127.0.0.24", stcp.port(), PEER4, p, &["-t", "-z", "60"]);
     assert_zero_loss("shaped TCP", &r, &text);
     let (r, text) = uclient(
         "127.0.0.25",
         stls.port(),
-        "127.0.0.1",
+        PEER4,
         p,
         &["-t", "-S", "-s", "-z", "60"],
     );

@@ -1030,7 +1030,8 @@ async fn reload_rotates_secrets_and_applies_peers_and_shaping_without_dropping_a
         "frames padded to multiples of 128 after the reload: {sizes:?}"
     );
 
-    // Peers: without the allow entry, loopback peers are denied again for new permissions.
+    // Peers: without the allow entry, loopback peers are denied again, for new permissions and
+    // for the ones installed under the old filter.
     write_config("");
     await_metric(
         admin,
@@ -1039,7 +1040,7 @@ async fn reload_rotates_secrets_and_applies_peers_and_shaping_without_dropping_a
     )
     .await;
     // (Permissions are per IP: the new peer is on another loopback IP.)
-    let other = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let other = UdpSocket::bind("127.0.0.3:0").await.unwrap();
     let e = conn
         .send_to(b"to a new peer", other.local_addr().unwrap())
         .await
@@ -1052,8 +1053,19 @@ async fn reload_rotates_secrets_and_applies_peers_and_shaping_without_dropping_a
             .is_err(),
         "nothing reached the denied peer"
     );
-    // The existing permission stays until it expires.
-    round_trip(&conn, peer_a, b"old peer still reachable").await;
+    // The existing permission went with the reload: nothing reaches the old peer or comes
+    // back from it (the echo task would answer).
+    conn.send_to(b"old peer cut off", peer_a).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    // (Late copies from the echo's second socket may still be in flight: only the echo of
+    // this message counts.)
+    let until = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(Ok((n, from))) = tokio::time::timeout_at(until, conn.recv_from(&mut buf)).await {
+        assert!(
+            !(from == peer_a && &buf[..n] == b"old peer cut off"),
+            "a reload's deny cuts the permissions it covers"
+        );
+    }
 
     conn.close().await.unwrap();
     client.close().await.unwrap();
@@ -1133,7 +1145,8 @@ async fn several_relay_ips_multiply_the_port_range() {
     assert!(err_code(&e).contains("508"), "{e}");
     client.close().await.unwrap();
 
-    let (peer, _, echo) = echo_peer(1).await;
+    // Both relay IPs are the node's own: the peer runs on a third loopback address.
+    let (peer, _, echo) = common::echo_peer_at("127.0.0.3:0", 1, false).await;
     let (_, on_second) = held
         .iter()
         .find(|(_, c)| c.local_addr().unwrap().ip().to_string() == "127.0.0.2")
@@ -1184,4 +1197,90 @@ fn a_second_relay_on_the_same_port_refuses_to_start() {
         "{stderr}"
     );
     common::wait_ready(relay.addr);
+}
+
+/// Issue 14 §1: a permission is per IP, so with `relay_to_relay` (the default) a client holds
+/// one for the node's own IP; the port is its choice per Send indication. The node's own
+/// listener (which would answer a Binding request with the relayed address as the mapped one)
+/// and any other service on its IP are never reached; another allocation's relayed address is.
+#[test]
+fn send_indications_never_reach_the_nodes_own_addresses() {
+    use common::{Attr, RawTurn};
+    use veil_relay::proto::stun::attr;
+    let admin = common::free_tcp_addr();
+    let relay = start_relay(
+        "13000-13099",
+        &["--allow-peer", "127.0.0.0/8", "--admin", &admin.to_string()],
+    );
+    // Another UDP service of the host, on the relay's IP outside the relayed range.
+    let service = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+    service
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut c = RawTurn::rest("127.0.0.1:0", relay.addr, "prober");
+    let relayed = c.allocate();
+    assert_eq!(relayed.ip(), relay.addr.ip());
+    assert_eq!(
+        c.permit(relayed),
+        None,
+        "the node's own IP (relay to relay)"
+    );
+
+    let mut binding = [0u8; 20];
+    Writer::new(&mut binding, method::BINDING, Class::Request, &[1; 12])
+        .unwrap()
+        .finish();
+    c.send_indication(relay.addr, &binding);
+    assert!(
+        c.data_indication(Duration::from_millis(500)).is_none(),
+        "the node's listener answered through the relay"
+    );
+    c.send_indication(service.local_addr().unwrap(), b"to the host");
+    let mut buf = [0u8; 64];
+    assert!(
+        service.recv_from(&mut buf).is_err(),
+        "a datagram reached a host service outside the relayed range"
+    );
+    // A channel to the listener: refused at bind time.
+    let resp = c.request(
+        method::CHANNEL_BIND,
+        &[
+            Attr::Raw(attr::CHANNEL_NUMBER, vec![0x40, 0, 0, 0]),
+            Attr::Peer(relay.addr),
+        ],
+    );
+    assert_eq!(common::error_code(&resp), Some(403));
+
+    // Inside the relayed range: another allocation of this node, reachable.
+    let mut d = RawTurn::rest("127.0.0.1:0", relay.addr, "neighbour");
+    let d_relayed = d.allocate();
+    assert_eq!(d.permit(relayed), None);
+    c.send_indication(d_relayed, b"hello neighbour");
+    let (from, data) = d
+        .data_indication(Duration::from_secs(2))
+        .expect("relay to relay on the node works");
+    assert_eq!((from, data.as_slice()), (relayed, &b"hello neighbour"[..]));
+    // And a peer on another address of the host (127.0.0.2): reachable too.
+    let peer = StdUdpSocket::bind(common::PEER_IP).unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert_eq!(c.permit(peer.local_addr().unwrap()), None);
+    c.send_indication(peer.local_addr().unwrap(), b"to a peer");
+    let (n, from) = peer.recv_from(&mut buf).expect("the peer receives");
+    assert_eq!((&buf[..n], from), (&b"to a peer"[..], relayed));
+
+    // Workers report their counters every tick: wait for them, then check nothing else counted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (_, body) = common::http_get(admin, "/metrics");
+        let v = common::metric(&body, "veil_relay_peer_sends_denied_total");
+        if v >= Some(2.0) || std::time::Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        common::metric(&body, "veil_relay_peer_sends_denied_total"),
+        Some(2.0),
+        "{body}"
+    );
 }

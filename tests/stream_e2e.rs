@@ -500,7 +500,7 @@ async fn a_client_that_never_reads_cannot_grow_the_relay() {
     let client = client_over(conn, tcp, "slow").await;
     let relay_conn = client.allocate().await.expect("allocate");
     let relayed = relay_conn.local_addr().unwrap();
-    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer = UdpSocket::bind(common::PEER_IP).await.unwrap();
     relay_conn
         .send_to(b"open the permission", peer.local_addr().unwrap())
         .await

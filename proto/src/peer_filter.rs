@@ -181,21 +181,32 @@ pub enum Denied {
 }
 
 /// The peer policy of a node.
+///
+/// Two questions are asked of it. [`PeerFilter::check`] decides a permission or a channel
+/// binding (the IP ranges and the node's own addresses, once per request). [`PeerFilter::admits`]
+/// decides every datagram a client sends to a peer by Send indication, whose port the client
+/// chooses per packet: only the node's own addresses, a few compares.
 #[derive(Debug, Clone, Default)]
 pub struct PeerFilter {
     /// The operator's `deny` ranges: they win over `allow`.
     deny: Vec<Cidr>,
     /// The operator's `allow` ranges: exceptions to [`DEFAULT_DENY`].
     allow: Vec<Cidr>,
-    /// Exact addresses of our own listeners; port 0 never occurs. An unspecified IP matches
-    /// every IP at that port.
+    /// Ports of our listeners bound to an unspecified address: denied at every IP (we cannot
+    /// know every address such a socket answers on).
+    any_ip_ports: Vec<u16>,
+    /// Exact addresses of our listeners bound to one IP (canonical form).
     own_sockets: Vec<SocketAddr>,
-    /// Our relay IPs (bound and advertised) and the relayed port range on them.
-    own_relay_ips: Vec<IpAddr>,
+    /// Every IP of this node (relay IPs bound and advertised, listener IPs, the interface
+    /// addresses), canonical. On these only the relayed port range is ever reachable.
+    own_ips: Vec<IpAddr>,
     relay_ports: (u16, u16),
     /// Whether one allocation may reach another's relayed address on this node (see
     /// [`PeerFilter::relay_to_relay`]).
     relay_to_relay: bool,
+    /// Whether ports outside the relayed range on the node's own IPs are reachable (see
+    /// [`PeerFilter::host_peers`]).
+    host_peers: bool,
 }
 
 impl PeerFilter {
@@ -209,15 +220,40 @@ impl PeerFilter {
         }
     }
 
-    /// Denies our own listener sockets and relayed ports whatever the allow list says.
+    /// The node's own addresses: its `listeners` (UDP, TCP, TLS, admin; an unspecified IP
+    /// stands for every IP at that port), its `own_ips` (relay IPs, interface addresses) and
+    /// the relayed port range on them. On an own IP only the relayed range can ever be reached,
+    /// and only with [`PeerFilter::relay_to_relay`]; the listeners never, whatever `allow` says.
     pub fn with_own_addresses(
         mut self,
         listeners: &[SocketAddr],
-        relay_ips: &[IpAddr],
+        own_ips: &[IpAddr],
         relay_ports: (u16, u16),
     ) -> Self {
-        self.own_sockets = listeners.to_vec();
-        self.own_relay_ips = relay_ips.iter().map(|ip| canonical(*ip)).collect();
+        self.any_ip_ports.clear();
+        self.own_sockets.clear();
+        self.own_ips.clear();
+        for l in listeners {
+            if l.ip().is_unspecified() {
+                self.any_ip_ports.push(l.port());
+            } else {
+                self.own_sockets
+                    .push(SocketAddr::new(canonical(l.ip()), l.port()));
+                self.own_ips.push(canonical(l.ip()));
+            }
+        }
+        self.own_ips.extend(
+            own_ips
+                .iter()
+                .map(|ip| canonical(*ip))
+                .filter(|ip| !ip.is_unspecified()),
+        );
+        self.any_ip_ports.sort_unstable();
+        self.any_ip_ports.dedup();
+        self.own_sockets.sort_unstable();
+        self.own_sockets.dedup();
+        self.own_ips.sort_unstable();
+        self.own_ips.dedup();
         self.relay_ports = relay_ports;
         self
     }
@@ -230,14 +266,28 @@ impl PeerFilter {
         self
     }
 
-    /// Decides whether a client may reach `peer`.
+    /// Lets allocations reach ports outside the relayed range on the node's own IPs: only for a
+    /// development setup whose peers run on the relay's one address (`::1` has no sibling
+    /// loopback address). It exposes every other UDP service of the host, so never in
+    /// production. The listeners stay denied.
+    pub fn host_peers(mut self, allow: bool) -> Self {
+        self.host_peers = allow;
+        self
+    }
+
+    /// Decides whether a client may reach `peer` (a channel binding; a permission asks this
+    /// of each address it names, and then holds its IP).
     pub fn check(&self, peer: SocketAddr) -> Result<(), Denied> {
-        let raw = peer.ip();
-        let canon = canonical(raw);
-        let port = peer.port();
-        if self.is_own(canon, port) {
+        if self.is_own(canonical(peer.ip()), peer.port()) {
             return Err(Denied::OwnAddress);
         }
+        self.check_ip(peer.ip())
+    }
+
+    /// The range rules alone, for an IP in any port: what a permission, once installed,
+    /// stands for.
+    pub fn check_ip(&self, raw: IpAddr) -> Result<(), Denied> {
+        let canon = canonical(raw);
         let mut forms = [Some(raw), Some(canon), None];
         if let IpAddr::V6(v6) = raw {
             forms[2] = teredo_server(v6).map(IpAddr::V4);
@@ -265,16 +315,31 @@ impl PeerFilter {
         }
     }
 
+    /// Whether a datagram may go to `peer`, whose IP already holds a permission (so passed the
+    /// range rules): false for the node's own addresses. Run on every Send indication.
+    #[inline]
+    pub fn admits(&self, peer: SocketAddr) -> bool {
+        let ip = match peer.ip() {
+            IpAddr::V4(v4) => IpAddr::V4(v4),
+            v6 => canonical(v6),
+        };
+        !self.is_own(ip, peer.port())
+    }
+
+    #[inline]
     fn is_own(&self, ip: IpAddr, port: u16) -> bool {
-        let listener = self
-            .own_sockets
-            .iter()
-            .any(|s| s.port() == port && (s.ip().is_unspecified() || canonical(s.ip()) == ip));
-        let relayed = !self.relay_to_relay
-            && port >= self.relay_ports.0
-            && port <= self.relay_ports.1
-            && self.own_relay_ips.contains(&ip);
-        listener || relayed
+        if self.any_ip_ports.contains(&port) {
+            return true;
+        }
+        if !self.own_ips.contains(&ip) {
+            return false;
+        }
+        if port >= self.relay_ports.0 && port <= self.relay_ports.1 {
+            // Another allocation's relayed address (a listener there stays refused).
+            !self.relay_to_relay || self.own_sockets.contains(&SocketAddr::new(ip, port))
+        } else {
+            !self.host_peers || self.own_sockets.contains(&SocketAddr::new(ip, port))
+        }
     }
 }
 
@@ -461,17 +526,73 @@ mod tests {
         );
         assert_eq!(f.check(sa("127.0.0.5:3479")), Err(Denied::OwnAddress));
         assert_eq!(f.check(sa("127.0.0.1:20500")), Err(Denied::OwnAddress));
-        assert_eq!(f.check(sa("127.0.0.1:21000")), Ok(()));
+        // Outside the relayed range, the node's own IP is the host's other services.
+        for p in ["127.0.0.1:21000", "127.0.0.1:53", "[::ffff:127.0.0.1]:9100"] {
+            assert_eq!(f.check(sa(p)), Err(Denied::OwnAddress), "{p}");
+        }
         assert_eq!(f.check(sa("127.0.0.2:20500")), Ok(()));
-        // Relay to relay on this node: relayed ports open, listeners still denied.
+        assert_eq!(f.check(sa("127.0.0.2:53")), Ok(()));
+        // Relay to relay on this node: relayed ports open, listeners and the rest still denied.
         let f = f.relay_to_relay(true);
         assert_eq!(f.check(sa("127.0.0.1:20500")), Ok(()));
         assert_eq!(f.check(sa("127.0.0.1:3478")), Err(Denied::OwnAddress));
+        assert_eq!(f.check(sa("127.0.0.1:21000")), Err(Denied::OwnAddress));
+        // Host peers (development on one address): the host's ports open, listeners never.
+        let h = f.clone().host_peers(true);
+        assert_eq!(h.check(sa("127.0.0.1:21000")), Ok(()));
+        assert_eq!(h.check(sa("127.0.0.1:3478")), Err(Denied::OwnAddress));
+        assert_eq!(h.check(sa("127.0.0.9:3479")), Err(Denied::OwnAddress));
         // The range rules still apply to the relay's own IP.
         let f = PeerFilter::new(&[], &[])
             .with_own_addresses(&[], &["127.0.0.1".parse().unwrap()], (20000, 20999))
             .relay_to_relay(true);
         assert_eq!(f.check(sa("127.0.0.1:20500")), Err(Denied::Range));
+    }
+
+    /// The per-datagram question: any port a Send indication names on an own IP outside the
+    /// relayed range, or a listener anywhere, is refused; other addresses pass (their IP holds
+    /// a permission, so the range rules already passed).
+    #[test]
+    fn admits_refuses_own_addresses_in_every_form() {
+        let f = PeerFilter::new(&[], &[])
+            .with_own_addresses(
+                &[
+                    sa("192.0.2.10:3478"),
+                    sa("[::]:5349"),
+                    sa("[2001:db8::10]:3478"),
+                ],
+                &[
+                    "192.0.2.10".parse().unwrap(),
+                    "2001:db8::10".parse().unwrap(),
+                ],
+                (49152, 65535),
+            )
+            .relay_to_relay(true);
+        for p in [
+            "192.0.2.10:3478",
+            "[::ffff:192.0.2.10]:3478",
+            "[::ffff:0:c000:20a]:3478",
+            "[64:ff9b::c000:20a]:22",
+            "192.0.2.10:9100",
+            "198.51.100.1:5349",
+            "[2001:db8::10]:3478",
+            "[2001:db8::10]:8080",
+        ] {
+            assert!(!f.admits(sa(p)), "{p} is the node's own");
+            assert_eq!(f.check(sa(p)), Err(Denied::OwnAddress), "{p}");
+        }
+        for p in [
+            "192.0.2.10:50000",
+            "[2001:db8::10]:50000",
+            "198.51.100.1:3478",
+        ] {
+            assert!(f.admits(sa(p)), "{p}");
+        }
+        assert!(
+            !f.clone()
+                .relay_to_relay(false)
+                .admits(sa("192.0.2.10:50000"))
+        );
     }
 
     #[test]

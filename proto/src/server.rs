@@ -66,6 +66,9 @@ pub const TAILROOM: usize = 4;
 /// One worker's TURN server.
 pub struct Server {
     shared: Arc<Shared>,
+    /// This worker's copy of the reloadable state, and the [`Shared`] version it is.
+    live: Arc<Live>,
+    live_version: u64,
     allocs: Slab<Allocation>,
     by_client: HashMap<ClientKey, usize>,
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
@@ -79,7 +82,10 @@ pub struct Server {
 impl Server {
     /// A worker's server over the node's shared state.
     pub fn new(shared: Arc<Shared>) -> Self {
+        let live_version = shared.live_version();
         Server {
+            live: shared.live(),
+            live_version,
             shared,
             allocs: Slab::new(),
             by_client: HashMap::new(),
@@ -116,8 +122,8 @@ impl Server {
             for ip in a.perms.ips() {
                 o.permissions[t][Family::of(ip) as usize] += 1;
             }
-            for c in &a.channels {
-                o.channels[t][Family::of(c.peer.ip()) as usize] += 1;
+            for peer in a.channels.peers() {
+                o.channels[t][Family::of(peer.ip()) as usize] += 1;
             }
         }
         o
@@ -140,6 +146,7 @@ impl Server {
     /// Removes whatever expired by `now`: allocations (with their relayed addresses),
     /// permissions, channel bindings, and reservations nobody claimed.
     pub fn handle_timeout(&mut self, now: Now, env: &mut impl Env) {
+        self.sync_live();
         self.shared.expire_reservations(now.mono, env);
         while let Some(&Reverse((t, slot, generation))) = self.timers.peek() {
             if t > now.mono {
@@ -181,6 +188,35 @@ impl Server {
         }
     }
 
+    /// Picks up a reload: one relaxed load when nothing changed. After one, the permissions
+    /// and channel bindings the new filter refuses are dropped, so that a `deny` added by a
+    /// reload cuts the peers it names off at once.
+    #[inline]
+    fn sync_live(&mut self) {
+        let v = self.shared.live_version();
+        if v != self.live_version {
+            self.reload_live(v);
+        }
+    }
+
+    #[cold]
+    fn reload_live(&mut self, version: u64) {
+        self.live = self.shared.live();
+        self.live_version = version;
+        let filter = &self.live.filter;
+        let mut dropped = 0u64;
+        for (_, a) in &mut self.allocs {
+            dropped += a.perms.revoke(|ip| filter.check_ip(ip).is_ok());
+            dropped += a.channels.retain(|c| filter.check(c.peer).is_ok());
+        }
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "a reload's peer filter removed permissions and channels"
+            );
+        }
+    }
+
     /// Makes sure a timer entry fires no later than the allocation's next deadline.
     fn schedule(&mut self, slot: usize) {
         let a = &mut self.allocs[slot];
@@ -198,6 +234,10 @@ impl Server {
             env.close_relay(r.id);
         }
         self.shared.release(&a.quota_key);
+        // A reservation dies with the allocation that made it, unless claimed already.
+        if let Some(token) = &a.reservation {
+            self.shared.cancel_reservation(token, env);
+        }
         let red = &self.shared.redactor;
         tracing::debug!(
             client = %red.client(now.unix, &a.client.addr),

@@ -141,6 +141,10 @@ pub struct Quotas {
     pub per_user: u32,
     /// Allocations this node holds at once; 508 beyond.
     pub total: u32,
+    /// Peer IPs one allocation may hold permissions for; 508 beyond.
+    pub permissions: u32,
+    /// Channel bindings one allocation may hold; 508 beyond.
+    pub channels: u32,
 }
 
 impl Default for Quotas {
@@ -148,6 +152,8 @@ impl Default for Quotas {
         Quotas {
             per_user: 10,
             total: 100_000,
+            permissions: 64,
+            channels: 64,
         }
     }
 }
@@ -163,6 +169,10 @@ pub struct Peers {
     /// Allocations may reach each other's relayed addresses on this node (both parties of a
     /// call on one relay with relay-only ICE need it); the listeners stay denied.
     pub relay_to_relay: bool,
+    /// Ports outside the relayed range on the node's own IPs are reachable: only for
+    /// development peers on the relay's one address (`::1`). It exposes the host's other UDP
+    /// services; never in production. The listeners stay denied.
+    pub host_peers: bool,
 }
 
 impl Default for Peers {
@@ -171,6 +181,7 @@ impl Default for Peers {
             allow: vec![],
             deny: vec![],
             relay_to_relay: true,
+            host_peers: false,
         }
     }
 }
@@ -677,6 +688,16 @@ impl RelayConfig {
         if self.quotas.per_user == 0 || self.quotas.total == 0 {
             return Err(invalid("quotas", "per_user and total must be >= 1"));
         }
+        // RFC 8656 clients need at least one of each; more than a few thousand per allocation
+        // is state no call needs (and a channel number space of 16 384).
+        if !(1..=4096).contains(&self.quotas.permissions)
+            || !(1..=4096).contains(&self.quotas.channels)
+        {
+            return Err(invalid(
+                "quotas",
+                "permissions and channels must be 1..=4096",
+            ));
+        }
 
         // Relay IPs: configured, else the listen IPs.
         let relay_ips: Vec<IpAddr> = if self.relay_ips.is_empty() {
@@ -781,27 +802,37 @@ impl RelayConfig {
             ));
         }
 
-        let own_ips: Vec<IpAddr> = relays
-            .iter()
-            .flatten()
-            .flat_map(|r| [r.bind, r.advertise])
-            .collect();
-        // Our listeners, also as reached through the advertised (external) IPs.
-        let mut own_sockets: Vec<SocketAddr> = Vec::new();
-        for l in self
+        let listeners: Vec<SocketAddr> = self
             .listen
             .iter()
             .chain(&self.listen_tcp)
             .chain(&self.listen_tls)
+            .chain(&self.admin)
+            .copied()
+            .collect();
+        let mut own_ips: Vec<IpAddr> = relays
+            .iter()
+            .flatten()
+            .flat_map(|r| [r.bind, r.advertise])
+            .collect();
+        // A socket bound to an unspecified address answers on every address of the host.
+        if listeners
+            .iter()
+            .map(|l| l.ip())
+            .chain(own_ips.iter().copied())
+            .any(|ip| ip.is_unspecified())
         {
-            own_sockets.push(*l);
-            for ip in &own_ips {
-                own_sockets.push(SocketAddr::new(*ip, l.port()));
-            }
+            own_ips.extend(crate::sys::interface_addresses());
+        }
+        // Our listeners, also as reached through the advertised (external) IPs.
+        let mut own_sockets = listeners.clone();
+        for l in &listeners {
+            own_sockets.extend(own_ips.iter().map(|ip| SocketAddr::new(*ip, l.port())));
         }
         let filter = PeerFilter::new(&self.peers.deny, &self.peers.allow)
             .with_own_addresses(&own_sockets, &own_ips, (pr.start, pr.end))
-            .relay_to_relay(self.peers.relay_to_relay);
+            .relay_to_relay(self.peers.relay_to_relay)
+            .host_peers(self.peers.host_peers);
         let server = ServerConfig {
             realm: self.realm.clone(),
             software: self.software.clone().filter(|s| !s.is_empty()),
@@ -812,6 +843,8 @@ impl RelayConfig {
             channel_lifetime: l.channel,
             nonce_lifetime: l.nonce,
             user_quota: self.quotas.per_user,
+            max_permissions: self.quotas.permissions,
+            max_channels: self.quotas.channels,
             total_quota: self.quotas.total,
             shaping_profiles: self.shaping.profiles.keys().cloned().collect(),
             zone: self.zone.clone().filter(|z| !z.is_empty()),
@@ -1210,11 +1243,66 @@ mod tests {
                 .check("93.184.216.1:20500".parse().unwrap())
                 .is_err()
         );
+        // Outside the relayed range the external IP is the host's other services: never.
+        for p in ["93.184.216.1:21000", "93.184.216.1:22", "127.0.0.1:9100"] {
+            assert!(r.filter.check(p.parse().unwrap()).is_err(), "{p}");
+        }
+        let mut c = c.clone();
+        c.peers.host_peers = true;
+        let r = c.resolve().unwrap();
         assert!(
             r.filter
                 .check("93.184.216.1:21000".parse().unwrap())
                 .is_ok()
         );
+        assert!(
+            r.filter
+                .check("93.184.216.1:3478".parse().unwrap())
+                .is_err()
+        );
+    }
+
+    /// A listener on an unspecified address answers on every interface address, so each is
+    /// the node's own: the loopback address is, outside the relayed range, whatever `allow`
+    /// says; an address no interface holds is not.
+    #[test]
+    fn unspecified_listeners_make_every_interface_address_own() {
+        let ifaces = crate::sys::interface_addresses();
+        assert!(
+            ifaces.contains(&"127.0.0.1".parse().unwrap()),
+            "getifaddrs lists loopback: {ifaces:?}"
+        );
+        let c = RelayConfig {
+            listen: vec!["0.0.0.0:3478".parse().unwrap()],
+            admin: Some("127.0.0.1:9000".parse().unwrap()),
+            external_ips: vec!["93.184.216.1".parse().unwrap()],
+            peers: Peers {
+                allow: vec!["127.0.0.0/8".parse().unwrap()],
+                ..Default::default()
+            },
+            auth: AuthConfig {
+                secrets: vec!["0123456789abcdef".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let r = c.resolve().unwrap();
+        let f = &r.filter;
+        assert!(f.check("127.0.0.1:5000".parse().unwrap()).is_err());
+        assert!(!f.admits("127.0.0.1:5000".parse().unwrap()));
+        assert!(
+            f.admits("127.0.0.2:9000".parse().unwrap()),
+            "no interface holds 127.0.0.2"
+        );
+        assert!(
+            f.check("127.0.0.1:9000".parse().unwrap()).is_err(),
+            "the admin port"
+        );
+        assert!(
+            f.check("127.0.0.77:3478".parse().unwrap()).is_err(),
+            "an unspecified listener's port"
+        );
+        assert!(f.check("127.0.0.77:5000".parse().unwrap()).is_ok());
     }
 
     #[test]

@@ -253,6 +253,18 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
     );
     c(
         &mut o,
+        "veil_relay_peer_sends_denied",
+        "Send indications dropped: they named one of the node's own addresses.",
+        t.core.peer_sends_denied,
+    );
+    c(
+        &mut o,
+        "veil_relay_permissions_refused",
+        "CreatePermission and ChannelBind refused (508): the allocation holds its cap.",
+        t.core.permissions_refused,
+    );
+    c(
+        &mut o,
         "veil_relay_malformed_datagrams",
         "Datagrams that were neither valid STUN nor ChannelData.",
         t.core.malformed,

@@ -394,6 +394,53 @@ impl AsRawFd for Epoll {
     }
 }
 
+/// Every address configured on the host's interfaces (getifaddrs(3)), for the peer filter: a
+/// socket bound to an unspecified address answers on each of them. Empty if the call fails
+/// (the filter then still denies the listeners' ports at every IP).
+pub fn interface_addresses() -> Vec<std::net::IpAddr> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, alive until freeifaddrs.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr whose family says its real size; we copy
+            // only as many bytes as that family's struct holds.
+            let family = unsafe { (*ifa.ifa_addr).sa_family } as libc::c_int;
+            let len = match family {
+                libc::AF_INET => std::mem::size_of::<libc::sockaddr_in>(),
+                libc::AF_INET6 => std::mem::size_of::<libc::sockaddr_in6>(),
+                _ => 0,
+            };
+            if len > 0 {
+                let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+                // SAFETY: both regions are at least `len` bytes and do not overlap.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        ifa.ifa_addr as *const u8,
+                        &mut ss as *mut _ as *mut u8,
+                        len,
+                    )
+                };
+                if let Some(a) = from_storage(&ss) {
+                    out.push(a.ip());
+                }
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// Raises the limit on open files for a process that holds a socket per allocation: to
 /// `want` when the process may raise its hard limit (CAP_SYS_RESOURCE, up to
 /// `fs.nr_open`), else the soft limit to the hard one. Returns the limit in force.

@@ -257,6 +257,10 @@ pub async fn turn_client_over(
     client
 }
 
+/// Where test peers run: a loopback address that is not the relay's (127.0.0.1), on which the
+/// relay refuses every port outside its relayed range.
+pub const PEER_IP: &str = "127.0.0.2:0";
+
 /// A UDP echo peer on loopback: answers every datagram from socket A and, with `copy_from_b`,
 /// sends a copy from a second socket B on the same IP (same permission, no channel: always a
 /// Data indication). Stops by itself after `limit` datagrams or 60 s; the task returns how many
@@ -265,8 +269,17 @@ pub async fn echo_peer(
     limit: usize,
     copy_from_b: bool,
 ) -> (SocketAddr, SocketAddr, tokio::task::JoinHandle<usize>) {
-    let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    echo_peer_at(PEER_IP, limit, copy_from_b).await
+}
+
+/// [`echo_peer`] on the address `at` (port 0).
+pub async fn echo_peer_at(
+    at: &str,
+    limit: usize,
+    copy_from_b: bool,
+) -> (SocketAddr, SocketAddr, tokio::task::JoinHandle<usize>) {
+    let a = tokio::net::UdpSocket::bind(at).await.unwrap();
+    let b = tokio::net::UdpSocket::bind(at).await.unwrap();
     let (aa, ba) = (a.local_addr().unwrap(), b.local_addr().unwrap());
     let task = tokio::spawn(async move {
         let mut buf = vec![0u8; 2048];
@@ -288,4 +301,211 @@ pub async fn echo_peer(
         n_seen
     });
     (aa, ba, task)
+}
+
+/// A TURN client written against the wire, for what friendly clients never send: Send
+/// indications to any address, requests without attributes, counting replies byte by byte.
+/// Blocking, on its own loopback socket; every wait is bounded.
+pub struct RawTurn {
+    pub sock: StdUdpSocket,
+    pub server: SocketAddr,
+    pub username: String,
+    pub password: String,
+    pub nonce: Vec<u8>,
+    txn: u32,
+}
+
+/// The realm `veil relay` uses by default.
+pub const REALM: &str = "veil";
+
+impl RawTurn {
+    /// A client on `local` (e.g. "127.0.0.1:0") with a REST credential for `id` valid an hour.
+    pub fn rest(local: &str, server: SocketAddr, id: &str) -> RawTurn {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        let username = format!("{exp}:{id}");
+        let password = String::from_utf8(
+            veil_relay::proto::auth::rest_password(SECRET.as_bytes(), username.as_bytes()).to_vec(),
+        )
+        .unwrap();
+        RawTurn::with(local, server, username, password)
+    }
+
+    /// A client with this username and password.
+    pub fn with(local: &str, server: SocketAddr, username: String, password: String) -> RawTurn {
+        let sock = StdUdpSocket::bind(local).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        RawTurn {
+            sock,
+            server,
+            username,
+            password,
+            nonce: Vec::new(),
+            txn: 0,
+        }
+    }
+
+    pub fn txid(&mut self) -> [u8; 12] {
+        self.txn += 1;
+        let mut t = [0x5a; 12];
+        t[..4].copy_from_slice(&self.txn.to_be_bytes());
+        t
+    }
+
+    /// A message of `method` and `class` with `attrs` (an XOR-PEER-ADDRESS given as an address),
+    /// signed with the long-term key when `signed`.
+    pub fn build(
+        &self,
+        m: u16,
+        class: Class,
+        txid: [u8; 12],
+        attrs: &[Attr],
+        signed: bool,
+    ) -> Vec<u8> {
+        use veil_relay::proto::auth::{ALG_MD5, Key};
+        use veil_relay::proto::stun::{Integrity, attr};
+        let mut buf = vec![0u8; 1500];
+        let mut w = Writer::new(&mut buf, m, class, &txid).unwrap();
+        for a in attrs {
+            match a {
+                Attr::Peer(p) => w.xor_address(attr::XOR_PEER_ADDRESS, *p).unwrap(),
+                Attr::Raw(t, v) => w.attr(*t, v).unwrap(),
+            };
+        }
+        if signed {
+            w.attr(attr::USERNAME, self.username.as_bytes()).unwrap();
+            w.attr(attr::REALM, REALM.as_bytes()).unwrap();
+            w.attr(attr::NONCE, &self.nonce).unwrap();
+            let key = Key::derive(
+                ALG_MD5,
+                self.username.as_bytes(),
+                REALM.as_bytes(),
+                self.password.as_bytes(),
+            );
+            w.integrity(Integrity::Sha1, key.as_bytes()).unwrap();
+        }
+        let n = w.finish();
+        buf.truncate(n);
+        buf
+    }
+
+    /// The next datagram from the server within `wait`, skipping none.
+    pub fn recv(&self, wait: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + wait;
+        let mut buf = vec![0u8; 2048];
+        while Instant::now() < deadline {
+            match self.sock.recv_from(&mut buf) {
+                Ok((n, from)) if from == self.server => return Some(buf[..n].to_vec()),
+                Ok(_) => {}
+                Err(_) => {}
+            }
+        }
+        None
+    }
+
+    /// The response to transaction `txid` within 2 s (skips indications and other replies).
+    pub fn response(&self, txid: &[u8; 12]) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            let b = self.recv(Duration::from_millis(200))?;
+            if let Ok(m) = Message::decode(&b)
+                && m.transaction_id() == txid
+                && m.class != Class::Indication
+            {
+                return Some(b);
+            }
+        }
+        None
+    }
+
+    /// Sends a signed request (answering one 401/438 challenge as clients do); the response.
+    pub fn request(&mut self, m: u16, attrs: &[Attr]) -> Vec<u8> {
+        use veil_relay::proto::stun::{attr, error_code_of, find_attr};
+        for _ in 0..2 {
+            let txid = self.txid();
+            let req = self.build(m, Class::Request, txid, attrs, !self.nonce.is_empty());
+            self.sock.send_to(&req, self.server).unwrap();
+            let resp = self.response(&txid).expect("the relay answers");
+            let code = find_attr(&resp, attr::ERROR_CODE).and_then(error_code_of);
+            if matches!(code, Some(401 | 438))
+                && let Some(n) = find_attr(&resp, attr::NONCE)
+            {
+                self.nonce = n.to_vec();
+                continue;
+            }
+            return resp;
+        }
+        panic!("challenged twice");
+    }
+
+    /// Allocates a UDP relayed address; returns it.
+    pub fn allocate(&mut self) -> SocketAddr {
+        use veil_relay::proto::stun::attr;
+        let resp = self.request(
+            method::ALLOCATE,
+            &[Attr::Raw(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+        );
+        let m = Message::decode(&resp).unwrap();
+        assert_eq!(m.class, Class::Success, "allocate: {:?}", error_code(&resp));
+        m.get_xor_address(attr::XOR_RELAYED_ADDRESS)
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Installs a permission for `peer`'s IP; the response's error code, if any.
+    pub fn permit(&mut self, peer: SocketAddr) -> Option<u16> {
+        let resp = self.request(method::CREATE_PERMISSION, &[Attr::Peer(peer)]);
+        error_code(&resp)
+    }
+
+    /// Sends `data` to `peer` in a Send indication.
+    pub fn send_indication(&mut self, peer: SocketAddr, data: &[u8]) {
+        use veil_relay::proto::stun::attr;
+        let txid = self.txid();
+        let ind = self.build(
+            method::SEND,
+            Class::Indication,
+            txid,
+            &[Attr::Peer(peer), Attr::Raw(attr::DATA, data.to_vec())],
+            false,
+        );
+        self.sock.send_to(&ind, self.server).unwrap();
+    }
+
+    /// The next Data indication within `wait`: its peer and data.
+    pub fn data_indication(&self, wait: Duration) -> Option<(SocketAddr, Vec<u8>)> {
+        use veil_relay::proto::stun::attr;
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            let Some(b) = self.recv(deadline.saturating_duration_since(Instant::now())) else {
+                break;
+            };
+            if let Ok(m) = Message::decode(&b)
+                && m.method == method::DATA
+                && m.class == Class::Indication
+            {
+                let peer = m.get_xor_address(attr::XOR_PEER_ADDRESS)?.ok()?;
+                return Some((peer, m.get(attr::DATA)?.to_vec()));
+            }
+        }
+        None
+    }
+}
+
+/// An attribute for [`RawTurn::build`].
+pub enum Attr {
+    /// XOR-PEER-ADDRESS.
+    Peer(SocketAddr),
+    /// Any attribute, its value as given.
+    Raw(u16, Vec<u8>),
+}
+
+/// The ERROR-CODE of a response, if it has one.
+pub fn error_code(resp: &[u8]) -> Option<u16> {
+    use veil_relay::proto::stun::{attr, error_code_of, find_attr};
+    find_attr(resp, attr::ERROR_CODE).and_then(error_code_of)
 }

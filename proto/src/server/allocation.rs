@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use super::authn::Authed;
 use super::error::{Fail, Req};
-use super::permission::{Channel, Permissions};
+use super::permission::{Channels, Permissions};
 use super::{
-    AllocateRequest, ClientKey, Env, Family, RefreshRequest, Refusal, RelayId, Server, TurnError,
+    AllocateRequest, ClientKey, Env, Family, PortPolicy, RefreshRequest, Refusal, RelayId, Server,
+    TurnError,
 };
 use crate::auth::{self, Key};
 use crate::stun::{self, Class, attr};
@@ -39,7 +40,7 @@ pub(super) struct Allocation {
     pub(super) scheduled: Instant,
     pub(super) relays: [Option<Relayed>; 2],
     pub(super) perms: Permissions,
-    pub(super) channels: Vec<Channel>,
+    pub(super) channels: Channels,
 }
 
 impl Allocation {
@@ -50,13 +51,10 @@ impl Allocation {
     }
 
     pub(super) fn next_deadline(&self) -> Instant {
-        let c = self.channels.iter().map(|c| c.expires);
-        c.fold(
-            self.perms
-                .next_expiry()
-                .map_or(self.expires, |p| p.min(self.expires)),
-            Instant::min,
-        )
+        [self.perms.next_expiry(), self.channels.next_expiry()]
+            .into_iter()
+            .flatten()
+            .fold(self.expires, Instant::min)
     }
 }
 
@@ -118,18 +116,56 @@ impl Server {
             return Err(self.refuse(Refusal::Draining));
         }
         let quota_key: Box<str> = auth::quota_key(who.username).into();
-        if let Err(why) = self.shared.acquire(&quota_key) {
+        // A claimed reservation's quota unit passes to the allocation that claims it.
+        let claimed = match req.reservation {
+            Some(t) => match self.shared.claim(r.now.mono, &t, env) {
+                Some(c) => Some(c),
+                None => return Err(self.refuse(Refusal::Ports)),
+            },
+            None => None,
+        };
+        let units = match &claimed {
+            Some((_, owner)) if **owner == *quota_key => Ok(()),
+            Some((parked, owner)) => {
+                self.shared.release(owner);
+                self.shared.acquire(&quota_key).inspect_err(|_| {
+                    env.release_reserved(*parked);
+                })
+            }
+            None => self.shared.acquire(&quota_key),
+        };
+        if let Err(why) = units {
+            return Err(self.refuse(why));
+        }
+        // The port an EVEN-PORT R bit holds counts like an allocation (in the user's quota
+        // and the node's), so quota 1 cannot hold two ports.
+        let reserving = matches!(req.port, PortPolicy::Even { reserve_next: true });
+        if reserving && let Err(why) = self.shared.acquire(&quota_key) {
+            self.shared.release(&quota_key);
             return Err(self.refuse(why));
         }
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
         let slot = self.allocs.vacant_key();
-        let Some((relays, reservation, v6_failed)) =
-            self.open_relays(r, &req, slot, generation, env)
-        else {
+        let opened = self.open_relays(
+            r,
+            &req,
+            claimed.map(|c| c.0),
+            &quota_key,
+            slot,
+            generation,
+            env,
+        );
+        let Some((relays, reservation, v6_failed)) = opened else {
             self.shared.release(&quota_key);
+            if reserving {
+                self.shared.release(&quota_key);
+            }
             return Err(self.refuse(Refusal::Ports));
         };
+        if reserving && reservation.is_none() {
+            self.shared.release(&quota_key);
+        }
         let granted = self.lifetime(req.lifetime);
         let expires = r.now.mono + Duration::from_secs(granted as u64);
         let a = Allocation {
@@ -147,7 +183,7 @@ impl Server {
             scheduled: expires,
             relays,
             perms: Permissions::default(),
-            channels: Vec::new(),
+            channels: Channels::default(),
         };
         let s = self.allocs.insert(a);
         debug_assert_eq!(s, slot);
@@ -167,11 +203,13 @@ impl Server {
 
     /// Opens the allocation's relayed addresses: the reserved one, or the requested family's
     /// (and IPv6 too when asked). None when the primary cannot be opened.
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn open_relays(
         &self,
         r: &Req,
         req: &AllocateRequest,
+        claimed: Option<SocketAddr>,
+        quota_key: &str,
         slot: usize,
         generation: u32,
         env: &mut impl Env,
@@ -186,9 +224,8 @@ impl Server {
         };
         let df = req.dont_fragment;
         let mut relays: [Option<Relayed>; 2] = [None, None];
-        if let Some(t) = req.reservation {
+        if let Some(parked) = claimed {
             // The reserved address's family is the allocation's.
-            let parked = self.shared.claim(r.now.mono, &t, env)?;
             let f = Family::of(parked.ip());
             let id = RelayId::new(slot, generation, f);
             if !env.adopt_reserved(id, parked, df) {
@@ -208,7 +245,7 @@ impl Server {
         });
         let mut reservation = None;
         if let Some(parked) = o.reserved {
-            reservation = self.shared.reserve(r.now.mono, parked, env);
+            reservation = self.shared.reserve(r.now.mono, parked, quota_key, env);
             if reservation.is_none() {
                 env.close_relay(id);
                 return None;

@@ -24,6 +24,7 @@ impl Server {
         existing: Option<usize>,
     ) -> Result<Authed<'a>, Fail> {
         let m = r.m;
+        self.sync_live();
         if !m.has_integrity() {
             return Err(Fail::Challenge(UNAUTHENTICATED));
         }
@@ -80,8 +81,8 @@ impl Server {
             }
             None => {
                 let mut found = None;
-                let live = self.shared.live();
-                let result = live
+                let result = self
+                    .live
                     .credentials
                     .for_each_password(username, r.now.unix, |pw| {
                         let k = Key::derive(alg, username.as_bytes(), realm, pw);

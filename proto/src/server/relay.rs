@@ -22,6 +22,7 @@ impl Server {
         out: &mut [u8],
         env: &mut impl Env,
     ) -> Action {
+        self.sync_live();
         match pkt.first().map(|b| b >> 6) {
             Some(1) => self.client_channel_data(now, from, pkt),
             Some(0) => match Message::decode(pkt) {
@@ -56,20 +57,16 @@ impl Server {
             return Action::None;
         };
         let a = &self.allocs[slot];
-        let Some(c) = a
-            .channels
-            .iter()
-            .find(|c| c.number == number && c.expires > now.mono)
-        else {
+        let Some(peer) = a.channels.peer_of(number, now.mono) else {
             return Action::None;
         };
-        if !a.perms.permits(c.peer.ip(), now.mono) {
+        if !a.perms.permits(peer.ip(), now.mono) {
             return Action::None;
         }
-        match a.relay_for(&c.peer) {
+        match a.relay_for(&peer) {
             Some(relay) => Action::Forward {
                 relay,
-                peer: c.peer,
+                peer,
                 data: 4..4 + payload.len(),
             },
             None => Action::None,
@@ -85,6 +82,12 @@ impl Server {
         };
         let a = &self.allocs[slot];
         if !a.perms.permits(peer.ip(), now.mono) {
+            return Action::None;
+        }
+        // The permission is per IP; the port is the client's choice per packet, and must not
+        // be one of the node's own (its listeners, its host's other services).
+        if !self.live.filter.admits(peer) {
+            self.stats.peer_sends_denied += 1;
             return Action::None;
         }
         match a.relay_for(&peer) {
@@ -104,6 +107,7 @@ impl Server {
         buf: &mut [u8],
         payload: Range<usize>,
     ) -> Option<Delivery> {
+        self.sync_live();
         let a = self.allocs.get(relay.slot())?;
         if a.generation != relay.generation() || !a.perms.permits(peer.ip(), now.mono) {
             return None;
@@ -115,14 +119,10 @@ impl Server {
         {
             return None;
         }
-        if let Some(c) = a
-            .channels
-            .iter()
-            .find(|c| c.peer == peer && c.expires > now.mono)
-        {
+        if let Some(number) = a.channels.number_of(&peer, now.mono) {
             let start = payload.start - 4;
             let hdr: &mut [u8; 4] = (&mut buf[start..payload.start]).try_into().ok()?;
-            channel_data::write_header(hdr, c.number, len as u16);
+            channel_data::write_header(hdr, number, len as u16);
             // Over a stream the next frame starts on a 4-byte boundary (RFC 8656 §12.5).
             let end = if a.client.transport.is_stream() {
                 let end = start + ((4 + len + 3) & !3);

@@ -5,7 +5,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,10 @@ pub struct ServerConfig {
     pub channel_lifetime: u32,
     /// How long a nonce stays valid.
     pub nonce_lifetime: u32,
+    /// Peer IPs one allocation may hold permissions for (508 beyond).
+    pub max_permissions: u32,
+    /// Channel bindings one allocation may hold (508 beyond).
+    pub max_channels: u32,
     /// Allocations one user may hold at once (486 beyond).
     pub user_quota: u32,
     /// Allocations the node holds at once (508 beyond).
@@ -61,6 +65,8 @@ impl Default for ServerConfig {
             permission_lifetime: 300,
             channel_lifetime: 600,
             nonce_lifetime: 3600,
+            max_permissions: 64,
+            max_channels: 64,
             user_quota: 10,
             total_quota: 100_000,
             shaping_profiles: Vec::new(),
@@ -88,6 +94,9 @@ pub struct Shared {
     /// What logs may say about callers.
     pub redactor: Redactor,
     live: RwLock<Arc<Live>>,
+    /// Bumped by every [`Shared::replace_live`]: a worker compares it (one relaxed load) to
+    /// pick up a reload without taking the lock on the relay path.
+    live_version: AtomicU64,
     draining: AtomicBool,
     total: AtomicU32,
     per_user: Mutex<HashMap<Box<str>, u32>>,
@@ -111,6 +120,7 @@ impl Shared {
                 credentials,
                 filter,
             })),
+            live_version: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             total: AtomicU32::new(0),
             per_user: Mutex::new(HashMap::new()),
@@ -123,11 +133,18 @@ impl Shared {
         self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Puts new credentials and a new peer filter in force. Allocations keep their keys (their
-    /// credential was checked when they were created) and their permissions; new requests and
-    /// new permissions see the new values.
+    /// Puts new credentials and a new peer filter in force. New requests see them at once;
+    /// each worker's server, at its next relayed packet or timer, drops the permissions and
+    /// channel bindings the new filter refuses.
     pub fn replace_live(&self, live: Live) {
         *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+        self.live_version.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many times [`Shared::replace_live`] ran.
+    #[inline]
+    pub(super) fn live_version(&self) -> u64 {
+        self.live_version.load(Ordering::Relaxed)
     }
 
     /// From now on, new allocations are refused (508) while existing ones go on.
@@ -176,12 +193,15 @@ impl Shared {
         self.reservations.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Holds `parked` for [`RESERVATION_SECS`] under a fresh token; None (and `parked` is
-    /// released) if the OS random source fails.
+    /// Holds `parked` for [`RESERVATION_SECS`] under a fresh token, on one unit of
+    /// `quota_key`'s quota that the caller took ([`Shared::acquire`]): a reservation counts
+    /// like an allocation. None (and `parked` is released, the unit not) if the OS random
+    /// source fails.
     pub(super) fn reserve(
         &self,
         now: Instant,
         parked: SocketAddr,
+        quota_key: &str,
         env: &mut impl Env,
     ) -> Option<[u8; 8]> {
         let mut token = [0u8; 8];
@@ -191,40 +211,65 @@ impl Shared {
         }
         let expires = now + Duration::from_secs(RESERVATION_SECS);
         let mut r = self.reservations();
-        r.by_token.insert(token, (parked, expires));
+        r.by_token.insert(
+            token,
+            Reserved {
+                parked,
+                expires,
+                quota_key: quota_key.into(),
+            },
+        );
         r.timers.push(Reverse((expires, token)));
         Some(token)
     }
 
-    /// Takes the address reserved under `token`, if it is still held at `now`.
+    /// Takes the address reserved under `token`, if it is still held at `now`, with the quota
+    /// key whose unit it holds: that unit is now the caller's (to keep or release).
     pub(super) fn claim(
         &self,
         now: Instant,
         token: &[u8; 8],
         env: &mut impl Env,
-    ) -> Option<SocketAddr> {
-        let (parked, expires) = self.reservations().by_token.remove(token)?;
-        if expires <= now {
-            env.release_reserved(parked);
+    ) -> Option<(SocketAddr, Box<str>)> {
+        let r = self.reservations().by_token.remove(token)?;
+        if r.expires <= now {
+            env.release_reserved(r.parked);
+            self.release(&r.quota_key);
             return None;
         }
-        Some(parked)
+        Some((r.parked, r.quota_key))
+    }
+
+    /// Ends the reservation under `token` if nobody claimed it yet (its allocation is gone):
+    /// the parked port and the quota unit are free at once.
+    pub(super) fn cancel_reservation(&self, token: &[u8; 8], env: &mut impl Env) {
+        let gone = self.reservations().by_token.remove(token);
+        if let Some(r) = gone {
+            env.release_reserved(r.parked);
+            self.release(&r.quota_key);
+        }
     }
 
     /// Releases reservations nobody claimed in time.
     pub(super) fn expire_reservations(&self, now: Instant, env: &mut impl Env) {
-        let mut r = self.reservations();
-        while let Some(&Reverse((t, token))) = r.timers.peek() {
-            if t > now {
-                break;
+        let mut expired = Vec::new();
+        {
+            let mut r = self.reservations();
+            while let Some(&Reverse((t, token))) = r.timers.peek() {
+                if t > now {
+                    break;
+                }
+                r.timers.pop();
+                if r.by_token.get(&token).is_some_and(|e| e.expires <= now)
+                    && let Some(e) = r.by_token.remove(&token)
+                {
+                    expired.push(e);
+                }
             }
-            r.timers.pop();
-            if let Some(&(parked, expires)) = r.by_token.get(&token)
-                && expires <= now
-            {
-                r.by_token.remove(&token);
-                env.release_reserved(parked);
-            }
+        }
+        for e in expired {
+            env.release_reserved(e.parked);
+            self.release(&e.quota_key);
         }
     }
 
@@ -239,9 +284,16 @@ impl Shared {
     }
 }
 
+/// An address held for a RESERVATION-TOKEN, on a unit of its owner's quota.
+struct Reserved {
+    parked: SocketAddr,
+    expires: Instant,
+    quota_key: Box<str>,
+}
+
 /// Addresses held for RESERVATION-TOKENs, with their expiry heap.
 #[derive(Default)]
 struct Reservations {
-    by_token: HashMap<[u8; 8], (SocketAddr, Instant)>,
+    by_token: HashMap<[u8; 8], Reserved>,
     timers: BinaryHeap<Reverse<(Instant, [u8; 8])>>,
 }

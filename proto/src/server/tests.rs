@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::auth::{self, Credentials, NonceKey};
-use crate::peer_filter::PeerFilter;
+use crate::peer_filter::{Cidr, PeerFilter};
 use crate::privacy::Redactor;
 use crate::stun::{self, Class, Integrity, Message, Writer, attr, decode_xor_address, find_attr};
 use crate::testing::*;
@@ -1145,4 +1145,238 @@ fn a_zoned_relay_accepts_only_credentials_for_its_zone() {
         "static dev users are exempt"
     );
     assert_eq!(s.allocation_count(), 3);
+}
+
+fn bind_channel(
+    c: &mut Client,
+    s: &mut Server,
+    env: &mut FakeEnv,
+    clock: &Clock,
+    number: u16,
+    peer: &str,
+) -> Vec<u8> {
+    let mut n = vec![0u8; 4];
+    n[..2].copy_from_slice(&number.to_be_bytes());
+    let attrs = [(attr::CHANNEL_NUMBER, n), peer_attr(peer)];
+    c.request(s, env, clock, method::CHANNEL_BIND, &attrs)
+}
+
+fn delete_allocation(c: &mut Client, s: &mut Server, env: &mut FakeEnv, clock: &Clock) {
+    let r = c.request(
+        s,
+        env,
+        clock,
+        method::REFRESH,
+        &[(attr::LIFETIME, 0u32.to_be_bytes().to_vec())],
+    );
+    assert_eq!(class(&r), Class::Success, "{:?}", code(&r));
+}
+
+/// Issue 14 §4: permissions and channels per allocation are capped (508 beyond, nothing
+/// installed), refreshing what is held is not growth, and expiry frees room.
+#[test]
+fn permissions_and_channels_are_capped_per_allocation() {
+    let mut cfg = config();
+    cfg.max_permissions = 4;
+    cfg.max_channels = 2;
+    let mut s = server_with(cfg);
+    let (mut env, mut clock) = (FakeEnv::default(), Clock::new());
+    let mut c = Client::rest(40000, "greedy");
+    assert_eq!(
+        class(&c.allocate(&mut s, &mut env, &clock, &[])),
+        Class::Success
+    );
+    for i in 0..4 {
+        let r = c.permit(&mut s, &mut env, &clock, &format!("93.184.216.{i}:1"));
+        assert_eq!(class(&r), Class::Success, "{i}: {:?}", code(&r));
+    }
+    // Another port of a held IP refreshes that permission.
+    let r = c.permit(&mut s, &mut env, &clock, "93.184.216.0:9");
+    assert_eq!(class(&r), Class::Success);
+    let r = c.permit(&mut s, &mut env, &clock, "93.184.216.9:1");
+    assert_eq!(code(&r), Some(508));
+    // All or nothing: a request naming a held IP and a new one installs neither.
+    let attrs = [peer_attr("93.184.216.1:1"), peer_attr("93.184.216.10:1")];
+    let r = c.request(&mut s, &mut env, &clock, method::CREATE_PERMISSION, &attrs);
+    assert_eq!(code(&r), Some(508));
+    assert_eq!(s.occupancy().permissions[0][0], 4);
+
+    // Channels: two; a rebind of a held one refreshes; a third, or one to a new IP, is 508.
+    let r = bind_channel(&mut c, &mut s, &mut env, &clock, 0x4000, "93.184.216.0:1");
+    assert_eq!(class(&r), Class::Success);
+    let r = bind_channel(&mut c, &mut s, &mut env, &clock, 0x4001, "93.184.216.1:1");
+    assert_eq!(class(&r), Class::Success);
+    let r = bind_channel(&mut c, &mut s, &mut env, &clock, 0x4000, "93.184.216.0:1");
+    assert_eq!(class(&r), Class::Success, "a refresh");
+    let r = bind_channel(&mut c, &mut s, &mut env, &clock, 0x4002, "93.184.216.2:1");
+    assert_eq!(code(&r), Some(508));
+    assert_eq!(s.stats().permissions_refused, 3);
+    assert_eq!(s.occupancy().channels[0][0], 2);
+
+    // Permissions last 300 s; channels 600 s refresh theirs only on a rebind. After 301 s
+    // the two permissions not renewed by a channel bind are gone, and room is back.
+    clock.secs += 301;
+    s.handle_timeout(clock.now(), &mut env);
+    assert_eq!(s.occupancy().permissions[0][0], 0);
+    let r = c.permit(&mut s, &mut env, &clock, "93.184.216.9:1");
+    assert_eq!(class(&r), Class::Success);
+}
+
+/// Issue 14 §4: an EVEN-PORT R-bit reservation is a unit of the user's and the node's quota,
+/// and it ends with the allocation that made it (not 30 s later), unless claimed; a claim by
+/// the same user takes over that unit.
+#[test]
+fn reservations_count_in_quotas_and_end_with_their_allocation() {
+    let even_r = [(attr::EVEN_PORT, vec![0x80])];
+    let mut cfg = config();
+    cfg.user_quota = 1;
+    let mut s = server_with(cfg.clone());
+    let (mut env, clock) = (FakeEnv::default(), Clock::new());
+    // Quota 1: the R bit would hold a second port.
+    let mut c = Client::rest(40000, "solo");
+    let r = c.allocate(&mut s, &mut env, &clock, &even_r);
+    assert_eq!(code(&r), Some(486));
+    assert_eq!(
+        (s.shared().allocations(), env.open.len(), env.parked.len()),
+        (0, 0, 0),
+        "nothing held after a refusal"
+    );
+
+    cfg.user_quota = 2;
+    cfg.total_quota = 3;
+    let mut s = server_with(cfg);
+    let mut env = FakeEnv::default();
+    let mut c = Client::rest(40000, "duo");
+    let r = c.allocate(&mut s, &mut env, &clock, &even_r);
+    assert_eq!(class(&r), Class::Success, "{:?}", code(&r));
+    assert_eq!(
+        s.shared().allocations(),
+        2,
+        "the allocation and its reservation"
+    );
+    let mut d = Client::rest(40001, "duo");
+    assert_eq!(code(&d.allocate(&mut s, &mut env, &clock, &[])), Some(486));
+    // The node's quota counts it too: one unit left for everyone else.
+    let mut e = Client::rest(40002, "other");
+    assert_eq!(
+        class(&e.allocate(&mut s, &mut env, &clock, &[])),
+        Class::Success
+    );
+    let mut f = Client::rest(40003, "third");
+    assert_eq!(code(&f.allocate(&mut s, &mut env, &clock, &[])), Some(508));
+    // Deleting the allocation frees its reservation at once: port and both units.
+    delete_allocation(&mut c, &mut s, &mut env, &clock);
+    assert_eq!(
+        (
+            s.shared().reservations_held(),
+            env.parked.len(),
+            s.shared().allocations()
+        ),
+        (0, 0, 1)
+    );
+    // A claim by the same user takes over the reservation's unit: two allocations, quota 2.
+    let r = c.allocate(&mut s, &mut env, &clock, &even_r);
+    let token = find_attr(&r, attr::RESERVATION_TOKEN)
+        .expect("token")
+        .to_vec();
+    let r = d.allocate(
+        &mut s,
+        &mut env,
+        &clock,
+        &[(attr::RESERVATION_TOKEN, token)],
+    );
+    assert_eq!(class(&r), Class::Success, "{:?}", code(&r));
+    assert_eq!(
+        (s.shared().allocations(), s.shared().reservations_held()),
+        (3, 0)
+    );
+    // The claimed port now belongs to its own allocation: deleting the first leaves it.
+    delete_allocation(&mut c, &mut s, &mut env, &clock);
+    assert_eq!((s.shared().allocations(), env.open.len()), (2, 2));
+}
+
+/// Issue 14 §1: a Send indication whose IP holds a permission still never goes to one of the
+/// node's own addresses (the port is the client's choice per packet), and a reload's new
+/// `deny` cuts existing permissions and channels to the range it names at once.
+#[test]
+fn own_addresses_refused_per_datagram_and_reloads_cut_existing_permissions() {
+    let (mut s, mut env, clock) = setup();
+    // Relay to relay: the node's own IP (203.0.113.5, advertised; a documentation range the
+    // operator allows here, as if it were public) can hold a permission.
+    let test_net: Cidr = "203.0.113.0/24".parse().unwrap();
+    let filter = PeerFilter::new(&[], &[test_net])
+        .with_own_addresses(
+            &[sa("127.0.0.1:3478")],
+            &["127.0.0.1".parse().unwrap(), "203.0.113.5".parse().unwrap()],
+            (20000, 29999),
+        )
+        .relay_to_relay(true);
+    let live = |f: PeerFilter| Live {
+        credentials: Credentials {
+            secrets: vec![SECRET.to_vec(), OLD_SECRET.to_vec()],
+            static_users: vec![],
+        },
+        filter: f,
+    };
+    s.shared().replace_live(live(filter.clone()));
+    let mut c = Client::rest(40000, "a");
+    assert_eq!(
+        class(&c.allocate(&mut s, &mut env, &clock, &[])),
+        Class::Success
+    );
+    assert_eq!(
+        class(&c.permit(&mut s, &mut env, &clock, "203.0.113.5:20001")),
+        Class::Success
+    );
+    assert_eq!(
+        class(&c.permit(&mut s, &mut env, &clock, PEER)),
+        Class::Success
+    );
+    let send = |c: &mut Client, s: &mut Server, env: &mut FakeEnv, to: &str| {
+        let mut buf = vec![0u8; 200];
+        let mut w = Writer::new(&mut buf, method::SEND, Class::Indication, &c.txid()).unwrap();
+        w.xor_address(attr::XOR_PEER_ADDRESS, sa(to)).unwrap();
+        w.attr(attr::DATA, b"x").unwrap();
+        let n = w.finish();
+        c.send(s, env, &clock, &buf[..n])
+    };
+    assert!(matches!(
+        send(&mut c, &mut s, &mut env, "203.0.113.5:20001"),
+        Reply::Forward(..)
+    ));
+    for own in [
+        "203.0.113.5:3478",
+        "203.0.113.5:22",
+        "[::ffff:203.0.113.5]:9100",
+    ] {
+        assert!(
+            matches!(send(&mut c, &mut s, &mut env, own), Reply::None),
+            "{own}"
+        );
+    }
+    // (The mapped form holds no permission of its own: refused before the gate.)
+    assert_eq!(s.stats().peer_sends_denied, 2);
+    let r = bind_channel(&mut c, &mut s, &mut env, &clock, 0x4000, PEER);
+    assert_eq!(class(&r), Class::Success);
+
+    // A reload denies the peer's range: its permission and channel go, at the next packet.
+    let denied = PeerFilter::new(&["93.184.216.0/24".parse().unwrap()], &[test_net])
+        .with_own_addresses(
+            &[sa("127.0.0.1:3478")],
+            &["203.0.113.5".parse().unwrap()],
+            (20000, 29999),
+        )
+        .relay_to_relay(true);
+    s.shared().replace_live(live(denied));
+    assert!(matches!(send(&mut c, &mut s, &mut env, PEER), Reply::None));
+    assert_eq!(s.occupancy().channels[0][0], 0);
+    assert_eq!(
+        s.occupancy().permissions[0][0],
+        1,
+        "the relay-to-relay one stays"
+    );
+    assert!(matches!(
+        send(&mut c, &mut s, &mut env, "203.0.113.5:20001"),
+        Reply::Forward(..)
+    ));
 }

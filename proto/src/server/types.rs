@@ -177,6 +177,11 @@ crate::counters! {
         pub auth_expired: u64,
         /// CreatePermission/ChannelBind peers the filter refused.
         pub peers_denied: u64,
+        /// Send indications dropped because they named one of the node's own addresses (a
+        /// listener, a port outside the relayed range on an own IP).
+        pub peer_sends_denied: u64,
+        /// CreatePermission/ChannelBind refused because the allocation holds its cap (508).
+        pub permissions_refused: u64,
         /// Datagrams that were neither STUN nor ChannelData, or failed to decode.
         pub malformed: u64,
     }
