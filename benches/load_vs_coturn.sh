@@ -31,7 +31,7 @@ trap cleanup EXIT
 start_veil() {   # $1 port-range
   taskset -c 0 "$VEIL" relay --listen 127.0.0.1:3478 --workers 1 --port-range "$1" \
     --auth-secret-file "$OUT/secret" --allow-peer 127.0.0.0/8 --user-quota 100000 \
-    --total-quota 100000 --watch-interval 0 >"$OUT/veil.log" 2>&1 &
+    --total-quota 100000 --watch-interval 0 --set limits.unauthenticated.per_second=0 >"$OUT/veil.log" 2>&1 &
   SERVER_PID=$!; PIDS+=("$SERVER_PID"); SERVER=127.0.0.1:3478; sleep 0.5
 }
 start_coturn() { # $1 min-port $2 max-port
@@ -132,6 +132,7 @@ done
 taskset -c 0 "$VEIL" relay --listen 127.0.0.1:3478 --workers 1 --port-range 10000-21999 \
   --relay-ip 127.0.0.1 --relay-ip 127.0.0.2 --auth-secret-file "$OUT/secret" \
   --allow-peer 127.0.0.0/8 --user-quota 100000 --total-quota 100000 --watch-interval 0 \
+  --set limits.unauthenticated.per_second=0 \
   >"$OUT/veil.log" 2>&1 &
 SERVER_PID=$!; PIDS+=("$SERVER_PID"); SERVER=127.0.0.1:3478; sleep 0.5
 before=$(rss_kb "$SERVER_PID")

@@ -1076,7 +1076,12 @@ async fn reload_rotates_secrets_and_applies_peers_and_shaping_without_dropping_a
 /// loop that read one datagram more than it handled per batch of 64 lost one per batch.)
 #[test]
 fn a_backlog_larger_than_a_batch_loses_nothing() {
-    let relay = start_relay("19400-19499", &[]);
+    // 200 Binding requests from one address: over the default rate of replies to
+    // unauthenticated requests (issue 14 §2), which this test is not about.
+    let relay = start_relay(
+        "19400-19499",
+        &["--set", "limits.unauthenticated.per_second=0"],
+    );
     let s = StdUdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     const N: u16 = 200;
@@ -1283,4 +1288,72 @@ fn send_indications_never_reach_the_nodes_own_addresses() {
         Some(2.0),
         "{body}"
     );
+}
+
+/// Issue 14 §2 against the binary: a spoofed source (here: one address that never answers a
+/// challenge) draws replies of at most 3× its requests, and only its burst of them; the rest
+/// are counted, not sent.
+#[test]
+fn unauthenticated_floods_draw_small_replies_and_only_a_burst() {
+    use common::{Attr, RawTurn};
+    use veil_relay::proto::stun::attr;
+    let admin = common::free_tcp_addr();
+    let relay = start_relay(
+        "13100-13199",
+        &[
+            "--admin",
+            &admin.to_string(),
+            "--set",
+            "limits.unauthenticated={per_second: 1, burst: 10}",
+        ],
+    );
+    let mut c = RawTurn::rest("127.0.0.9:0", relay.addr, "spoofed");
+    let transport = Attr::Raw(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
+    let mut sizes = Vec::new();
+    for (m, attrs) in [
+        (method::ALLOCATE, vec![]),
+        (method::ALLOCATE, vec![transport]),
+        (method::REFRESH, vec![]),
+        (method::CREATE_PERMISSION, vec![]),
+        (method::CHANNEL_BIND, vec![]),
+        (0x00a, vec![]),
+        (method::BINDING, vec![]),
+    ] {
+        let t = c.txid();
+        let req = c.build(m, Class::Request, t, &attrs, false);
+        c.sock.send_to(&req, relay.addr).unwrap();
+        let resp = c.response(&t).expect("answered within the burst");
+        assert!(
+            resp.len() <= 3 * req.len(),
+            "{m:#x}: {} for {}",
+            resp.len(),
+            req.len()
+        );
+        sizes.push((m, req.len(), resp.len()));
+    }
+    eprintln!("request method, request bytes, reply bytes: {sizes:?}");
+    // 7 of the burst of 10 used: 3 more, then nothing (the rate is 1/s; the flood takes less).
+    let mut answered = 0;
+    for _ in 0..50 {
+        let t = c.txid();
+        let req = c.build(method::ALLOCATE, Class::Request, t, &[], false);
+        c.sock.send_to(&req, relay.addr).unwrap();
+    }
+    while c.recv(Duration::from_millis(300)).is_some() {
+        answered += 1;
+    }
+    assert!(
+        (3..=4).contains(&answered),
+        "the burst, and at most one token more: {answered}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = common::http_get(admin, "/metrics");
+        let v = common::metric(&body, "veil_relay_unauthenticated_suppressed_total");
+        if v == Some(50.0 - answered as f64) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v:?}\n{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

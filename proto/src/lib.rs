@@ -9,6 +9,7 @@
 //! * [`server`]: the TURN server state machine, `(now, datagram, from)` → datagrams to send.
 //! * [`shaping`]: padding, re-clocking and cover traffic policy and scheduler.
 //! * [`privacy`]: what logs may say about callers (keyed, rotating hashes).
+//! * [`limiter`]: token buckets, and a fixed-size table of them per source prefix.
 //!
 //! What this crate must never do: open a socket, read a clock (time is passed in; the one
 //! exception is [`privacy`]'s fallback secret when the OS random source fails), depend on an
@@ -39,6 +40,7 @@ macro_rules! serde_via_str {
 pub mod auth;
 pub mod counters;
 pub mod framing;
+pub mod limiter;
 pub mod peer_filter;
 pub mod privacy;
 pub mod rng;

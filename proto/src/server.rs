@@ -76,6 +76,10 @@ pub struct Server {
     /// Transaction ids of Data indications: a keyed PRF, so that a client cannot count what
     /// this worker sends to others.
     txids: crate::rng::TxidPrf,
+    /// Replies to unauthenticated UDP requests, per source prefix.
+    unauthenticated: crate::limiter::PrefixLimiter,
+    /// The driver's time of the first call, origin of the limiters' milliseconds.
+    epoch: Option<Instant>,
     stats: Stats,
 }
 
@@ -83,6 +87,10 @@ impl Server {
     /// A worker's server over the node's shared state.
     pub fn new(shared: Arc<Shared>) -> Self {
         let live_version = shared.live_version();
+        let unauthenticated = crate::limiter::PrefixLimiter::new(
+            shared.config.unauthenticated_rate,
+            shared.config.unauthenticated_burst,
+        );
         Server {
             live: shared.live(),
             live_version,
@@ -92,6 +100,8 @@ impl Server {
             timers: BinaryHeap::new(),
             next_generation: 1,
             txids: crate::rng::TxidPrf::new(),
+            unauthenticated,
+            epoch: None,
             stats: Stats::default(),
         }
     }
@@ -217,6 +227,13 @@ impl Server {
         }
     }
 
+    /// Milliseconds since the first time the driver passed in (the limiters' clock).
+    #[inline]
+    pub(super) fn millis(&mut self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(now);
+        now.saturating_duration_since(epoch).as_millis() as u64
+    }
+
     /// Makes sure a timer entry fires no later than the allocation's next deadline.
     fn schedule(&mut self, slot: usize) {
         let a = &mut self.allocs[slot];
@@ -272,7 +289,7 @@ impl Server {
             if !m.unknown_required().is_empty() {
                 return Err(Fail::UnknownAttributes);
             }
-            let mut w = self.begin(out, m, Class::Success)?;
+            let mut w = Self::begin_unsigned(out, m, Class::Success)?;
             w.xor_address(crate::stun::attr::XOR_MAPPED_ADDRESS, r.from.addr)?;
             return Ok(Self::seal(w, r.seal)?);
         }
@@ -283,6 +300,22 @@ impl Server {
             return Err(TurnError::bad_request("unknown method").into());
         }
         let existing = self.by_client.get(&r.from).copied();
+        // What cannot succeed is answered before authentication, in 28 bytes instead of an
+        // 84-byte challenge: a request on a 5-tuple without an allocation (437 tells a client
+        // whose allocation is gone to allocate again), an Allocate without a transport.
+        if existing.is_none() {
+            if m.method != method::ALLOCATE {
+                return Err(TurnError::new(437, "no allocation on this 5-tuple").into());
+            }
+            if !matches!(
+                m.get(crate::stun::attr::REQUESTED_TRANSPORT),
+                Some(&[_, _, _, _])
+            ) {
+                return Err(
+                    TurnError::bad_request("REQUESTED-TRANSPORT missing or malformed").into(),
+                );
+            }
+        }
         let who = self.authenticate(r, existing)?;
         r.seal.integrity = Some((who.integrity, who.key));
         if !m.unknown_required().is_empty() {

@@ -158,6 +158,33 @@ impl Default for Quotas {
     }
 }
 
+/// Rate limits.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Replies to unauthenticated UDP requests per source prefix.
+    pub unauthenticated: PrefixRate,
+}
+
+/// A rate per source prefix (/32 IPv4, /64 IPv6) and worker, in a fixed-size table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrefixRate {
+    /// Replies per second; 0 turns the limit off.
+    pub per_second: u32,
+    /// Replies a prefix may draw at once.
+    pub burst: u32,
+}
+
+impl Default for PrefixRate {
+    fn default() -> Self {
+        PrefixRate {
+            per_second: 20,
+            burst: 40,
+        }
+    }
+}
+
 /// Which peers clients may reach, on top of the built-in deny list.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -288,6 +315,8 @@ pub struct RelayConfig {
     pub lifetimes: Lifetimes,
     /// Allocation quotas.
     pub quotas: Quotas,
+    /// Rate limits.
+    pub limits: Limits,
     /// Which peers clients may reach.
     pub peers: Peers,
     /// Traffic shaping of the relay → client leg.
@@ -403,6 +432,7 @@ impl Default for RelayConfig {
             auth: AuthConfig::default(),
             lifetimes: Lifetimes::default(),
             quotas: Quotas::default(),
+            limits: Limits::default(),
             peers: Peers::default(),
             shaping: ShapingConfig::default(),
             workers: 0,
@@ -698,6 +728,13 @@ impl RelayConfig {
                 "permissions and channels must be 1..=4096",
             ));
         }
+        let u = &self.limits.unauthenticated;
+        if u.per_second > 0 && u.burst == 0 {
+            return Err(invalid(
+                "limits.unauthenticated",
+                "burst must be >= 1 when per_second is set (per_second 0 turns the limit off)",
+            ));
+        }
 
         // Relay IPs: configured, else the listen IPs.
         let relay_ips: Vec<IpAddr> = if self.relay_ips.is_empty() {
@@ -843,6 +880,8 @@ impl RelayConfig {
             channel_lifetime: l.channel,
             nonce_lifetime: l.nonce,
             user_quota: self.quotas.per_user,
+            unauthenticated_rate: self.limits.unauthenticated.per_second,
+            unauthenticated_burst: self.limits.unauthenticated.burst,
             max_permissions: self.quotas.permissions,
             max_channels: self.quotas.channels,
             total_quota: self.quotas.total,
@@ -1274,6 +1313,7 @@ mod tests {
         );
         let c = RelayConfig {
             listen: vec!["0.0.0.0:3478".parse().unwrap()],
+            relay_ips: vec!["127.0.0.1".parse().unwrap()],
             admin: Some("127.0.0.1:9000".parse().unwrap()),
             external_ips: vec!["93.184.216.1".parse().unwrap()],
             peers: Peers {
@@ -1303,6 +1343,14 @@ mod tests {
             "an unspecified listener's port"
         );
         assert!(f.check("127.0.0.77:5000".parse().unwrap()).is_ok());
+        // Every address the host's interfaces hold (::1 too, which no relay IP names).
+        for ip in &ifaces {
+            assert_eq!(
+                f.check(SocketAddr::new(*ip, 5000)),
+                Err(crate::proto::peer_filter::Denied::OwnAddress),
+                "{ip}"
+            );
+        }
     }
 
     #[test]

@@ -265,6 +265,12 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
     );
     c(
         &mut o,
+        "veil_relay_unauthenticated_suppressed",
+        "Replies to unauthenticated UDP requests not sent: their source prefix was over its rate.",
+        t.core.unauthenticated_suppressed,
+    );
+    c(
+        &mut o,
         "veil_relay_malformed_datagrams",
         "Datagrams that were neither valid STUN nor ChannelData.",
         t.core.malformed,

@@ -105,6 +105,16 @@ fn log_refusal(r: &Req, e: TurnError, what: &'static str) {
 }
 
 impl Server {
+    /// Starts a response that carries no SOFTWARE, whatever the configuration: one to an
+    /// unauthenticated request (a spoofed source can aim it at a victim).
+    pub(super) fn begin_unsigned<'o>(
+        out: &'o mut [u8],
+        m: &Message,
+        class: Class,
+    ) -> Result<Writer<'o>, Overflow> {
+        Writer::new(out, m.method, class, m.transaction_id())
+    }
+
     /// Starts a response to `m` of class `class` (with SOFTWARE when configured).
     pub(super) fn begin<'o>(
         &self,
@@ -138,12 +148,23 @@ impl Server {
 
     /// Turns a handler's outcome into what is sent: the one place that writes, signs and logs
     /// an error response.
+    ///
+    /// A reply to an unauthenticated UDP request (a challenge, an error before
+    /// authentication, a Binding response) is sent only while its source prefix is within its
+    /// rate: a spoofed source must not turn the node into an amplifier.
     pub(super) fn respond(
-        &self,
+        &mut self,
         r: &Req,
         out: &mut [u8],
         outcome: Result<usize, Fail>,
     ) -> Option<usize> {
+        if r.seal.integrity.is_none() && !r.from.transport.is_stream() {
+            let ms = self.millis(r.now.mono);
+            if !self.unauthenticated.allow(r.from.addr.ip(), ms) {
+                self.stats.unauthenticated_suppressed += 1;
+                return None;
+            }
+        }
         let written = match outcome {
             Ok(n) => return Some(n),
             Err(Fail::Overflow) => Err(Overflow),
@@ -170,10 +191,17 @@ impl Server {
         }
     }
 
+    /// An error, with its reason phrase and SOFTWARE only when signed.
     fn write_error(&self, r: &Req, out: &mut [u8], e: TurnError) -> Result<usize, Overflow> {
-        let mut w = self.begin(out, r.m, Class::Error)?;
-        w.error(e.code)?;
-        Self::seal(w, r.seal)
+        if r.seal.integrity.is_some() {
+            let mut w = self.begin(out, r.m, Class::Error)?;
+            w.error(e.code)?;
+            Self::seal(w, r.seal)
+        } else {
+            let mut w = Self::begin_unsigned(out, r.m, Class::Error)?;
+            w.error_bare(e.code)?;
+            Self::seal(w, r.seal)
+        }
     }
 
     fn write_challenge(&self, r: &Req, out: &mut [u8], code: u16) -> Result<usize, Overflow> {
@@ -187,8 +215,10 @@ impl Server {
             .shared
             .nonces
             .mint(expiry, r.from.listener, r.from.addr);
-        let mut w = self.begin(out, r.m, Class::Error)?;
-        w.error(code)?;
+        // As small as RFC 8489 §9.2 allows: no reason phrase, no SOFTWARE, a 29-byte nonce;
+        // PASSWORD-ALGORITHMS because the nonce announces it (SHA-256 keys).
+        let mut w = Self::begin_unsigned(out, r.m, Class::Error)?;
+        w.error_bare(code)?;
         w.attr(attr::REALM, cfg.realm.as_bytes())?;
         w.attr(attr::NONCE, &nonce)?;
         w.attr(attr::PASSWORD_ALGORITHMS, &auth::PASSWORD_ALGORITHMS)?;
@@ -196,8 +226,15 @@ impl Server {
     }
 
     fn write_unknown(&self, r: &Req, out: &mut [u8]) -> Result<usize, Overflow> {
-        let mut w = self.begin(out, r.m, Class::Error)?;
-        w.error(420)?;
+        let mut w = if r.seal.integrity.is_some() {
+            let mut w = self.begin(out, r.m, Class::Error)?;
+            w.error(420)?;
+            w
+        } else {
+            let mut w = Self::begin_unsigned(out, r.m, Class::Error)?;
+            w.error_bare(420)?;
+            w
+        };
         let unknown = r.m.unknown_required();
         let v = w.attr_slot(attr::UNKNOWN_ATTRIBUTES, unknown.len() * 2)?;
         for (i, t) in unknown.iter().enumerate() {

@@ -42,6 +42,11 @@ pub struct ServerConfig {
     pub max_permissions: u32,
     /// Channel bindings one allocation may hold (508 beyond).
     pub max_channels: u32,
+    /// Replies to unauthenticated UDP requests (challenges, errors before authentication,
+    /// Binding) per source prefix (/32, /64) per second and worker; 0 turns the limit off.
+    pub unauthenticated_rate: u32,
+    /// The burst of those replies a prefix may draw at once.
+    pub unauthenticated_burst: u32,
     /// Allocations one user may hold at once (486 beyond).
     pub user_quota: u32,
     /// Allocations the node holds at once (508 beyond).
@@ -65,6 +70,8 @@ impl Default for ServerConfig {
             permission_lifetime: 300,
             channel_lifetime: 600,
             nonce_lifetime: 3600,
+            unauthenticated_rate: 20,
+            unauthenticated_burst: 40,
             max_permissions: 64,
             max_channels: 64,
             user_quota: 10,

@@ -64,13 +64,18 @@ fn binding_answers_xor_mapped_address_and_mirrors_fingerprint() {
             "no SOFTWARE unless configured"
         );
     }
-    // Configured SOFTWARE appears.
+    // Configured SOFTWARE appears in signed responses only: never in one a spoofed source
+    // can aim at a victim (a Binding response, a challenge).
     let mut cfg = config();
     cfg.software = Some("veil".into());
     let mut s = server_with(cfg);
     let req = c.build(method::BINDING, [1; 12], &[], false, true);
     let resp = c.send(&mut s, &mut env, &clock, &req).bytes();
-    assert_eq!(find_attr(&resp, attr::SOFTWARE), Some(&b"veil"[..]));
+    assert_eq!(find_attr(&resp, attr::SOFTWARE), None);
+    let mut a = Client::rest(40001, "sw");
+    let r = a.allocate(&mut s, &mut env, &clock, &[]);
+    assert_eq!(class(&r), Class::Success);
+    assert_eq!(find_attr(&r, attr::SOFTWARE), Some(&b"veil"[..]));
 }
 
 #[test]
@@ -312,8 +317,8 @@ fn allocate_transport_and_attribute_combination_errors() {
     assert_eq!(code(&r), Some(400), "REQUESTED-TRANSPORT missing");
     assert_eq!(
         c.verify(&r),
-        Some(Integrity::Sha1),
-        "errors after authentication are signed"
+        None,
+        "an Allocate that cannot succeed is refused before authentication"
     );
     let r = c.request(
         &mut s,
@@ -326,6 +331,11 @@ fn allocate_transport_and_attribute_combination_errors() {
         code(&r),
         Some(442),
         "TCP relaying is not offered over UDP here"
+    );
+    assert_eq!(
+        c.verify(&r),
+        Some(Integrity::Sha1),
+        "errors after authentication are signed"
     );
     let token = (attr::RESERVATION_TOKEN, vec![1; 8]);
     let even = (attr::EVEN_PORT, vec![0x80]);
@@ -1379,4 +1389,115 @@ fn own_addresses_refused_per_datagram_and_reloads_cut_existing_permissions() {
         send(&mut c, &mut s, &mut env, "203.0.113.5:20001"),
         Reply::Forward(..)
     ));
+}
+
+/// Issue 14 §2: what a spoofed source can draw. Every reply to an unauthenticated request is
+/// at most 3× the request (QUIC's anti-amplification bound; a 401 was 5.2× before), carries no
+/// reason phrase or SOFTWARE, and a source prefix gets its burst, then its rate, of them.
+#[test]
+fn unauthenticated_replies_are_small_and_rate_limited_per_prefix() {
+    let mut cfg = config();
+    cfg.realm = "veil".into(); // the default realm
+    cfg.software = Some("veil 1.0".into());
+    cfg.unauthenticated_rate = 20;
+    cfg.unauthenticated_burst = 40;
+    let mut s = server_with(cfg);
+    let (mut env, mut clock) = (FakeEnv::default(), Clock::new());
+    let mut c = Client::rest(40000, "a");
+    let transport = (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
+    let cases: [(u16, Vec<(u16, Vec<u8>)>, u16); 6] = [
+        (method::ALLOCATE, vec![], 400),
+        (method::ALLOCATE, vec![transport], 401),
+        (method::REFRESH, vec![], 437),
+        (method::CREATE_PERMISSION, vec![], 437),
+        (method::CHANNEL_BIND, vec![], 437),
+        (0x00a, vec![], 400),
+    ];
+    for (m, attrs, want) in &cases {
+        let t = c.txid();
+        let req = c.build(*m, t, attrs, false, false);
+        let resp = c.send(&mut s, &mut env, &clock, &req).bytes();
+        assert_eq!(code(&resp), Some(*want), "method {m:#x}");
+        assert!(
+            resp.len() <= 3 * req.len(),
+            "method {m:#x}: {} bytes for {}",
+            resp.len(),
+            req.len()
+        );
+        assert_eq!(find_attr(&resp, attr::SOFTWARE), None);
+        assert_eq!(
+            find_attr(&resp, attr::ERROR_CODE).map(|v| v.len()),
+            Some(4),
+            "no reason"
+        );
+    }
+    let t = c.txid();
+    let req = c.build(method::BINDING, t, &[], false, false);
+    let resp = c.send(&mut s, &mut env, &clock, &req).bytes();
+    assert_eq!((req.len(), resp.len()), (20, 32));
+    // The 401 in numbers: 20 header + 8 ERROR-CODE + 8 REALM + 36 NONCE + 12 algorithms.
+    let t = c.txid();
+    let req = c.build(
+        method::ALLOCATE,
+        t,
+        &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+        false,
+        false,
+    );
+    assert_eq!(c.send(&mut s, &mut env, &clock, &req).bytes().len(), 84);
+
+    // 8 answered so far in this second; the burst is 40, then 20 per second.
+    let mut answered = 8;
+    let flood = |c: &mut Client, s: &mut Server, env: &mut FakeEnv, clock: &Clock, n: u32| {
+        let mut got = 0;
+        for i in 0..n {
+            c.key.addr.set_port(10_000 + (i % 50_000) as u16); // any port: one prefix
+            let t = c.txid();
+            let req = c.build(
+                method::ALLOCATE,
+                t,
+                &[(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+                false,
+                false,
+            );
+            got += matches!(c.send(s, env, clock, &req), Reply::Bytes(_)) as u32;
+        }
+        got
+    };
+    answered += flood(&mut c, &mut s, &mut env, &clock, 1000);
+    assert_eq!(answered, 40, "the burst");
+    assert_eq!(s.stats().unauthenticated_suppressed, 1000 - 32);
+    clock.secs += 1;
+    assert_eq!(
+        flood(&mut c, &mut s, &mut env, &clock, 1000),
+        20,
+        "then the rate"
+    );
+    // Another /64 or /32 is not affected; the same /64 is.
+    let mut v6 = Client::rest(40000, "a");
+    v6.key.addr = sa("[2001:db8:1:2::1]:5000");
+    assert_eq!(flood(&mut v6, &mut s, &mut env, &clock, 100), 40);
+    v6.key.addr = sa("[2001:db8:1:2:ffff:ffff:ffff:ffff]:5000");
+    assert_eq!(
+        flood(&mut v6, &mut s, &mut env, &clock, 10),
+        0,
+        "the same /64"
+    );
+    // Streams cannot be spoofed: not limited.
+    c.key.transport = Transport::Tcp;
+    assert_eq!(flood(&mut c, &mut s, &mut env, &clock, 100), 100);
+    // An authenticated client is not limited, however small the budget of its prefix.
+    let mut cfg = config();
+    cfg.unauthenticated_rate = 1;
+    cfg.unauthenticated_burst = 1;
+    let mut s = server_with(cfg);
+    let mut ok = Client::rest(40100, "fine");
+    let r = ok.allocate(&mut s, &mut env, &clock, &[]);
+    assert_eq!(class(&r), Class::Success, "{:?}", code(&r));
+    for _ in 0..100 {
+        assert_eq!(
+            class(&ok.permit(&mut s, &mut env, &clock, PEER)),
+            Class::Success
+        );
+    }
 }

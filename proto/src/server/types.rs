@@ -182,6 +182,9 @@ crate::counters! {
         pub peer_sends_denied: u64,
         /// CreatePermission/ChannelBind refused because the allocation holds its cap (508).
         pub permissions_refused: u64,
+        /// Replies to unauthenticated UDP requests not sent: their source prefix is over its
+        /// rate ([`ServerConfig::unauthenticated_rate`](super::ServerConfig)).
+        pub unauthenticated_suppressed: u64,
         /// Datagrams that were neither STUN nor ChannelData, or failed to decode.
         pub malformed: u64,
     }
