@@ -1405,7 +1405,7 @@ fn unauthenticated_replies_are_small_and_rate_limited_per_prefix() {
     let (mut env, mut clock) = (FakeEnv::default(), Clock::new());
     let mut c = Client::rest(40000, "a");
     let transport = (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
-    let cases: [(u16, Vec<(u16, Vec<u8>)>, u16); 6] = [
+    let cases = [
         (method::ALLOCATE, vec![], 400),
         (method::ALLOCATE, vec![transport], 401),
         (method::REFRESH, vec![], 437),
