@@ -50,6 +50,7 @@ fn setup() -> Bench {
     let creds = Credentials {
         secrets: vec![SECRET.to_vec()],
         static_users: vec![],
+        ..Default::default()
     };
     let filter = PeerFilter::new(&[], &[]);
     let nonces = NonceKey::new(b"bench-node");

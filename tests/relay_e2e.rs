@@ -1357,3 +1357,60 @@ fn unauthenticated_floods_draw_small_replies_and_only_a_burst() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Issue 14 §6 against the binary: revoking a user id is a config reload, not a secret
+/// rotation; its allocation ends and its fresh credentials are refused, while another user's
+/// allocation goes on.
+#[test]
+fn revoking_a_user_by_reload_ends_its_allocation() {
+    use common::{Attr, RawTurn};
+    use veil_relay::proto::stun::attr;
+    let admin = common::free_tcp_addr();
+    let dir =
+        common::TempDir(std::env::temp_dir().join(format!("veil-revoke-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let config = dir.0.join("relay.yaml");
+    std::fs::write(&config, "auth: {revoked_users: []}\n").unwrap();
+    let relay = start_relay(
+        "13200-13299",
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--admin",
+            &admin.to_string(),
+            "--watch-interval",
+            "1",
+        ],
+    );
+    let mut victim = RawTurn::rest("127.0.0.1:0", relay.addr, "mallory;s=voice");
+    let mut other = RawTurn::rest("127.0.0.1:0", relay.addr, "alice");
+    victim.allocate();
+    other.allocate();
+    std::fs::write(&config, "auth: {revoked_users: [mallory]}\n").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let lifetime = || Attr::Raw(attr::LIFETIME, 600u32.to_be_bytes().to_vec());
+    loop {
+        let r = victim.request(method::REFRESH, &[lifetime()]);
+        if common::error_code(&r) == Some(437) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still refreshed after the reload"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut fresh = RawTurn::rest("127.0.0.1:0", relay.addr, "mallory");
+    let r = fresh.request(
+        method::ALLOCATE,
+        &[Attr::Raw(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+    );
+    assert_eq!(common::error_code(&r), Some(403));
+    let r = other.request(method::REFRESH, &[lifetime()]);
+    assert_eq!(common::error_code(&r), None, "alice goes on");
+    let (_, body) = common::http_get(admin, "/metrics");
+    assert!(
+        body.contains("veil_relay_allocations_ended_total{reason=\"revoked\"}"),
+        "{body}"
+    );
+}

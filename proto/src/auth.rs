@@ -180,13 +180,30 @@ pub fn username_with_claims(expiry: u64, user: &str, claims: &[(&str, &str)]) ->
     u
 }
 
-/// The credential sources of a node. Replaced as a whole on reload.
+/// The credential sources of a node and how long what they admit may last. Replaced as a
+/// whole on reload.
 #[derive(Clone, Default)]
 pub struct Credentials {
     /// REST API secrets, newest first. Any of them validates.
     pub secrets: Vec<Vec<u8>>,
     /// Development-only static users (username, password).
     pub static_users: Vec<(String, String)>,
+    /// User ids (the id of a REST username, [`quota_key`]) refused from now on; their
+    /// allocations end at the reload that lists them.
+    pub revoked_users: std::collections::HashSet<Box<str>>,
+    /// How long an allocation may live past its REST credential's expiry (refreshes are
+    /// granted up to that point, then it expires). `None`: no bound.
+    pub max_session: Option<u32>,
+    /// When a reload removes a secret, the allocations made under it end this many seconds
+    /// later. `None`: they go on (a routine rotation removes the old secret).
+    pub removed_secret_grace: Option<u32>,
+}
+
+/// A short fingerprint of a secret, so that an allocation remembers which one admitted it
+/// without keeping the secret (SHA-256, first 8 bytes).
+pub fn secret_id(secret: &[u8]) -> [u8; 8] {
+    let d = ring::digest::digest(&ring::digest::SHA256, secret);
+    d.as_ref()[..8].try_into().expect("SHA-256 is longer")
 }
 
 impl std::fmt::Debug for Credentials {
@@ -195,6 +212,9 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("secrets", &self.secrets.len())
             .field("static_users", &self.static_users.len())
+            .field("revoked_users", &self.revoked_users.len())
+            .field("max_session", &self.max_session)
+            .field("removed_secret_grace", &self.removed_secret_grace)
             .finish()
     }
 }

@@ -30,6 +30,7 @@ use std::time::Instant;
 
 use slab::Slab;
 
+use crate::auth;
 use crate::stun::{Class, Message, method};
 
 mod allocation;
@@ -69,6 +70,9 @@ pub struct Server {
     /// This worker's copy of the reloadable state, and the [`Shared`] version it is.
     live: Arc<Live>,
     live_version: u64,
+    /// A reload happened whose session policy (revocations, removed secrets, max_session)
+    /// the next [`Server::handle_timeout`] applies to every allocation.
+    sweep: bool,
     allocs: Slab<Allocation>,
     by_client: HashMap<ClientKey, usize>,
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
@@ -94,6 +98,7 @@ impl Server {
         Server {
             live: shared.live(),
             live_version,
+            sweep: false,
             shared,
             allocs: Slab::new(),
             by_client: HashMap::new(),
@@ -157,6 +162,9 @@ impl Server {
     /// permissions, channel bindings, and reservations nobody claimed.
     pub fn handle_timeout(&mut self, now: Now, env: &mut impl Env) {
         self.sync_live();
+        if std::mem::take(&mut self.sweep) {
+            self.apply_session_policy(now, env);
+        }
         self.shared.expire_reservations(now.mono, env);
         while let Some(&Reverse((t, slot, generation))) = self.timers.peek() {
             if t > now.mono {
@@ -170,8 +178,13 @@ impl Server {
                 continue; // superseded entry
             }
             if a.expires <= now.mono {
-                self.stats.allocations_expired += 1;
-                self.delete(slot, now, env, "expired");
+                if a.cut_off.is_some_and(|c| c <= now.mono) {
+                    self.stats.allocations_revoked += 1;
+                    self.delete(slot, now, env, "its secret was removed");
+                } else {
+                    self.stats.allocations_expired += 1;
+                    self.delete(slot, now, env, "expired");
+                }
                 continue;
             }
             a.perms.expire(now.mono);
@@ -213,6 +226,7 @@ impl Server {
     fn reload_live(&mut self, version: u64) {
         self.live = self.shared.live();
         self.live_version = version;
+        self.sweep = true;
         let filter = &self.live.filter;
         let mut dropped = 0u64;
         for (_, a) in &mut self.allocs {
@@ -224,6 +238,39 @@ impl Server {
                 dropped,
                 "a reload's peer filter removed permissions and channels"
             );
+        }
+    }
+
+    /// Applies a reloaded session policy: a revoked user's allocations end now; those a
+    /// removed secret admitted end after `removed_secret_grace`; a shorter `max_session`
+    /// brings expiries forward.
+    fn apply_session_policy(&mut self, now: Now, env: &mut impl Env) {
+        let creds = self.live.credentials.clone();
+        let kept: Vec<[u8; 8]> = creds.secrets.iter().map(|s| auth::secret_id(s)).collect();
+        let slots: Vec<usize> = self.allocs.iter().map(|(s, _)| s).collect();
+        for slot in slots {
+            let a = &self.allocs[slot];
+            if creds.revoked_users.contains(&*a.quota_key) {
+                self.stats.allocations_revoked += 1;
+                self.delete(slot, now, env, "user revoked");
+                continue;
+            }
+            let mut cut_off = a.cut_off;
+            if let (Some(id), Some(grace)) = (a.secret, creds.removed_secret_grace)
+                && cut_off.is_none()
+                && !kept.contains(&id)
+            {
+                cut_off = Some(now.mono + std::time::Duration::from_secs(grace as u64));
+            }
+            let end = self.session_end(now, a.credential_expiry, cut_off);
+            let a = &mut self.allocs[slot];
+            a.cut_off = cut_off;
+            if let Some(end) = end
+                && end < a.expires
+            {
+                a.expires = end;
+                self.schedule(slot);
+            }
         }
     }
 

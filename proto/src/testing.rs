@@ -136,6 +136,7 @@ pub fn server_with(cfg: ServerConfig) -> Server {
     let creds = Credentials {
         secrets: vec![SECRET.to_vec(), OLD_SECRET.to_vec()],
         static_users: vec![],
+        ..Default::default()
     };
     let filter = PeerFilter::new(&[], &[]).with_own_addresses(
         &["127.0.0.1:3478".parse().unwrap()],

@@ -61,8 +61,8 @@ impl fmt::Display for PortRange {
 veil_proto::serde_via_str!(PortRange);
 
 /// Credentials: TURN REST API secrets (several at once for rotation) and, for local development
-/// only, fixed users.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// only, fixed users; how long what they admit may last, and who is revoked.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Files holding REST API secrets, one per line (`#` comments and blank lines ignored).
@@ -72,7 +72,33 @@ pub struct AuthConfig {
     /// Fixed username/password pairs. For local development only: a leaked password stays
     /// valid until the config changes.
     pub static_users: Vec<StaticUser>,
+    /// User ids (the `<id>` of `<expiry>:<id>`, before any claim) refused from now on; a reload
+    /// that lists one ends its allocations at once.
+    pub revoked_users: Vec<String>,
+    /// Seconds an allocation may live past its REST credential's expiry (refreshes are granted
+    /// up to there); null for no bound.
+    pub max_session: Option<u32>,
+    /// When a reload removes a secret, the allocations it admitted end this many seconds later;
+    /// null: they go on (a routine rotation removes the old secret while calls continue).
+    pub removed_secret_grace: Option<u32>,
 }
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            secret_files: Vec::new(),
+            secrets: Vec::new(),
+            static_users: Vec::new(),
+            revoked_users: Vec::new(),
+            max_session: Some(DEFAULT_MAX_SESSION),
+            removed_secret_grace: None,
+        }
+    }
+}
+
+/// Four hours past the credential's expiry: the longest call of a credential minted at its
+/// start with a one-hour TTL is then five hours; a stolen credential holds a relay no longer.
+pub const DEFAULT_MAX_SESSION: u32 = 4 * 3600;
 
 /// Never prints a secret or a password (a `Resolved` keeps its source configuration, and
 /// nothing may turn it into a log line with the secrets in it).
@@ -82,6 +108,9 @@ impl fmt::Debug for AuthConfig {
             .field("secret_files", &self.secret_files)
             .field("secrets", &self.secrets.len())
             .field("static_users", &self.static_users)
+            .field("revoked_users", &self.revoked_users.len())
+            .field("max_session", &self.max_session)
+            .field("removed_secret_grace", &self.removed_secret_grace)
             .finish()
     }
 }
@@ -952,6 +981,14 @@ impl RelayConfig {
             credentials: Credentials {
                 secrets,
                 static_users,
+                revoked_users: self
+                    .auth
+                    .revoked_users
+                    .iter()
+                    .map(|u| u.as_str().into())
+                    .collect(),
+                max_session: self.auth.max_session,
+                removed_secret_grace: self.auth.removed_secret_grace,
             },
             filter,
             port_range: pr,

@@ -206,6 +206,12 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
         "reason=\"deleted\"",
         t.core.allocations_deleted,
     );
+    sample(
+        &mut o,
+        "veil_relay_allocations_ended_total",
+        "reason=\"revoked\"",
+        t.core.allocations_revoked,
+    );
     c(
         &mut o,
         "veil_relay_allocations_created",

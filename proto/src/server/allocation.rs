@@ -36,6 +36,12 @@ pub(super) struct Allocation {
     /// ADDITIONAL-ADDRESS-FAMILY asked for IPv6 and we could not give it.
     pub(super) v6_failed: bool,
     pub(super) expires: Instant,
+    /// The REST credential's expiry (Unix seconds); None for a static user.
+    pub(super) credential_expiry: Option<u64>,
+    /// The secret that admitted it ([`auth::secret_id`]).
+    pub(super) secret: Option<[u8; 8]>,
+    /// Set when a reload removed that secret: the allocation ends then, whatever refreshes.
+    pub(super) cut_off: Option<Instant>,
     /// The deadline of this allocation's live timer entry.
     pub(super) scheduled: Instant,
     pub(super) relays: [Option<Relayed>; 2],
@@ -59,6 +65,27 @@ impl Allocation {
 }
 
 impl Server {
+    /// The latest an allocation may last to at `now`, whatever it asks: its credential's expiry
+    /// plus `max_session`, and a removed secret's grace. None: no bound.
+    pub(super) fn session_end(
+        &self,
+        now: super::Now,
+        credential_expiry: Option<u64>,
+        cut_off: Option<Instant>,
+    ) -> Option<Instant> {
+        let bound = match (credential_expiry, self.live.credentials.max_session) {
+            (Some(exp), Some(past)) => {
+                let left = (exp + past as u64).saturating_sub(now.unix);
+                Some(now.mono + Duration::from_secs(left))
+            }
+            _ => None,
+        };
+        match (bound, cut_off) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// The lifetime to grant for a requested one.
     fn lifetime(&self, requested: Option<u32>) -> u32 {
         let c = &self.shared.config;
@@ -88,6 +115,25 @@ impl Server {
         }
     }
 
+    /// The lifetime granted for a requested one, cut to the session's end; and the expiry.
+    fn bounded_lifetime(
+        &self,
+        now: super::Now,
+        requested: Option<u32>,
+        credential_expiry: Option<u64>,
+        cut_off: Option<Instant>,
+    ) -> (u32, Instant) {
+        let granted = self.lifetime(requested);
+        let mut expires = now.mono + Duration::from_secs(granted as u64);
+        if let Some(end) = self.session_end(now, credential_expiry, cut_off)
+            && end < expires
+        {
+            expires = end;
+        }
+        let granted = expires.saturating_duration_since(now.mono).as_secs() as u32;
+        (granted, expires)
+    }
+
     fn refuse(&mut self, why: Refusal) -> Fail {
         self.stats.allocations_refused[why as usize] += 1;
         why.error().into()
@@ -112,6 +158,14 @@ impl Server {
             return Err(self.refuse(Refusal::Zone));
         }
         let profile = self.profile_of(who.username);
+        if self
+            .live
+            .credentials
+            .revoked_users
+            .contains(auth::quota_key(who.username))
+        {
+            return Err(self.refuse(Refusal::Revoked));
+        }
         if self.shared.draining() {
             return Err(self.refuse(Refusal::Draining));
         }
@@ -166,8 +220,9 @@ impl Server {
         if reserving && reservation.is_none() {
             self.shared.release(&quota_key);
         }
-        let granted = self.lifetime(req.lifetime);
-        let expires = r.now.mono + Duration::from_secs(granted as u64);
+        let credential_expiry = auth::rest_expiry(who.username);
+        let (granted, expires) =
+            self.bounded_lifetime(r.now, req.lifetime, credential_expiry, None);
         let a = Allocation {
             client: r.from,
             generation,
@@ -180,6 +235,9 @@ impl Server {
             reservation,
             v6_failed,
             expires,
+            credential_expiry,
+            secret: who.secret,
+            cut_off: None,
             scheduled: expires,
             relays,
             perms: Permissions::default(),
@@ -319,9 +377,11 @@ impl Server {
             self.delete(slot, r.now, env, "refresh with lifetime 0");
             0
         } else {
-            let granted = self.lifetime(req.lifetime);
+            let a = &self.allocs[slot];
+            let (granted, expires) =
+                self.bounded_lifetime(r.now, req.lifetime, a.credential_expiry, a.cut_off);
             let a = &mut self.allocs[slot];
-            a.expires = r.now.mono + Duration::from_secs(granted as u64);
+            a.expires = expires;
             a.granted = granted;
             // A later expiry needs no new timer entry: the current one fires first and
             // reschedules; an earlier one (a shorter lifetime) does.

@@ -11,6 +11,9 @@ pub(super) struct Authed<'a> {
     pub(super) key: Key,
     pub(super) integrity: Integrity,
     pub(super) username: &'a str,
+    /// Which REST secret admitted a new allocation ([`auth::secret_id`]); None for a static
+    /// user or a request on an existing allocation.
+    pub(super) secret: Option<[u8; 8]>,
 }
 
 const UNAUTHENTICATED: TurnError = TurnError::new(401, "no integrity");
@@ -64,6 +67,7 @@ impl Server {
             return Err(TurnError::bad_request("USERNAME is not UTF-8").into());
         };
         let realm = self.shared.config.realm.as_bytes();
+        let mut secret = None;
         let key = match existing {
             Some(slot) => {
                 let a = &self.allocs[slot];
@@ -81,17 +85,20 @@ impl Server {
             }
             None => {
                 let mut found = None;
-                let result = self
-                    .live
-                    .credentials
-                    .for_each_password(username, r.now.unix, |pw| {
-                        let k = Key::derive(alg, username.as_bytes(), realm, pw);
-                        let ok = m.verify_integrity(k.as_bytes()).is_some();
-                        if ok {
-                            found = Some(k);
-                        }
-                        ok
-                    });
+                let mut tried = 0;
+                let creds = &self.live.credentials;
+                let result = creds.for_each_password(username, r.now.unix, |pw| {
+                    tried += 1;
+                    let k = Key::derive(alg, username.as_bytes(), realm, pw);
+                    let ok = m.verify_integrity(k.as_bytes()).is_some();
+                    if ok {
+                        found = Some(k);
+                    }
+                    ok
+                });
+                if found.is_some() && auth::is_rest_username(username) {
+                    secret = creds.secrets.get(tried - 1).map(|s| auth::secret_id(s));
+                }
                 match result {
                     Ok(_) => found,
                     Err(UserError::Expired) => {
@@ -120,6 +127,7 @@ impl Server {
             key,
             integrity,
             username,
+            secret,
         })
     }
 }

@@ -185,6 +185,7 @@ fn static_users_work_for_development() {
     let creds = Credentials {
         secrets: vec![],
         static_users: vec![("dev".into(), "devpass".into())],
+        ..Default::default()
     };
     let shared = Shared::new(
         config(),
@@ -1100,6 +1101,7 @@ fn a_zoned_relay_accepts_only_credentials_for_its_zone() {
     let creds = Credentials {
         secrets: vec![SECRET.to_vec()],
         static_users: vec![("dev".into(), "devpass".into())],
+        ..Default::default()
     };
     let shared = Shared::new(
         cfg,
@@ -1325,6 +1327,7 @@ fn own_addresses_refused_per_datagram_and_reloads_cut_existing_permissions() {
         credentials: Credentials {
             secrets: vec![SECRET.to_vec(), OLD_SECRET.to_vec()],
             static_users: vec![],
+            ..Default::default()
         },
         filter: f,
     };
@@ -1500,4 +1503,120 @@ fn unauthenticated_replies_are_small_and_rate_limited_per_prefix() {
             Class::Success
         );
     }
+}
+
+/// Puts credentials changed by `f` in force, as a reload does.
+fn reload_credentials(s: &Server, f: impl FnOnce(&mut Credentials)) {
+    let live = s.shared().live();
+    let mut credentials = live.credentials.clone();
+    f(&mut credentials);
+    s.shared().replace_live(Live {
+        credentials,
+        filter: live.filter.clone(),
+    });
+}
+
+/// Issue 14 §6: an allocation refreshed with its original key could outlive its credential
+/// forever. With `max_session`, refreshes are granted up to the credential's expiry plus that
+/// bound, and then it expires; a static user is not bounded (it has no expiry).
+#[test]
+fn allocations_end_max_session_past_their_credential() {
+    let (mut s, mut env, mut clock) = setup();
+    reload_credentials(&s, |c| c.max_session = Some(600));
+    let mut c = Client::new(40000, format!("{}:short", T0 + 100), SECRET);
+    let lifetime = |v: u32| vec![(attr::LIFETIME, v.to_be_bytes().to_vec())];
+    let r = c.allocate(&mut s, &mut env, &clock, &lifetime(3600));
+    assert_eq!(class(&r), Class::Success, "{:?}", code(&r));
+    assert_eq!(lifetime_of(&r), 700, "cut to expiry + 600 s");
+    clock.secs = 650;
+    let r = c.request(&mut s, &mut env, &clock, method::REFRESH, &lifetime(600));
+    assert_eq!(class(&r), Class::Success);
+    assert_eq!(lifetime_of(&r), 50);
+    clock.secs = 700;
+    s.handle_timeout(clock.now(), &mut env);
+    assert_eq!((s.allocation_count(), env.open.len()), (0, 0));
+    let r = c.request(&mut s, &mut env, &clock, method::REFRESH, &lifetime(600));
+    assert_eq!(code(&r), Some(437));
+    // A shorter bound put in force by a reload brings a live allocation's end forward.
+    let mut d = Client::new(40001, format!("{}:long", T0 + 2000), SECRET);
+    let r = d.allocate(&mut s, &mut env, &clock, &lifetime(3600));
+    assert_eq!(lifetime_of(&r), 1900, "to T0 + 2600");
+    reload_credentials(&s, |c| c.max_session = Some(0));
+    s.handle_timeout(clock.now(), &mut env);
+    clock.secs = 2000;
+    s.handle_timeout(clock.now(), &mut env);
+    assert_eq!(s.allocation_count(), 0, "ended at its credential's expiry");
+}
+
+/// Issue 14 §6: revocation without rotating the secret. A reload listing a user id ends its
+/// allocations at once and refuses its new ones (403), leaving everyone else's.
+#[test]
+fn revoked_users_lose_their_allocations_at_the_reload() {
+    let (mut s, mut env, clock) = setup();
+    let mut bad = Client::rest(40000, "mallory;z=eu");
+    let mut good = Client::rest(40001, "alice");
+    assert_eq!(
+        class(&bad.allocate(&mut s, &mut env, &clock, &[])),
+        Class::Success
+    );
+    assert_eq!(
+        class(&good.allocate(&mut s, &mut env, &clock, &[])),
+        Class::Success
+    );
+    reload_credentials(&s, |c| {
+        c.revoked_users.insert("mallory".into());
+    });
+    s.handle_timeout(clock.now(), &mut env);
+    assert_eq!((s.allocation_count(), env.open.len()), (1, 1));
+    assert_eq!(s.stats().allocations_revoked, 1);
+    assert_eq!(s.shared().allocations(), 1, "its quota is free");
+    // A fresh credential for the same id, even with other claims: refused.
+    let mut again = Client::rest(40002, "mallory");
+    assert_eq!(
+        code(&again.allocate(&mut s, &mut env, &clock, &[])),
+        Some(403)
+    );
+    assert_eq!(s.stats().allocations_refused[Refusal::Revoked as usize], 1);
+    let r = good.permit(&mut s, &mut env, &clock, PEER);
+    assert_eq!(class(&r), Class::Success, "others go on");
+}
+
+/// Issue 14 §6: with `removed_secret_grace`, removing a secret ends the allocations it
+/// admitted after the grace (a compromised secret); without it, they go on (a rotation).
+#[test]
+fn removing_a_secret_ends_its_allocations_after_the_grace() {
+    let (mut s, mut env, mut clock) = setup();
+    let mut old = Client::new(40000, format!("{}:o", T0 + 3600), OLD_SECRET);
+    let mut new = Client::rest(40001, "n");
+    assert_eq!(
+        class(&old.allocate(&mut s, &mut env, &clock, &[])),
+        Class::Success
+    );
+    assert_eq!(
+        class(&new.allocate(&mut s, &mut env, &clock, &[])),
+        Class::Success
+    );
+    // A rotation: the old secret goes, its allocations stay.
+    reload_credentials(&s, |c| c.secrets = vec![SECRET.to_vec()]);
+    s.handle_timeout(clock.now(), &mut env);
+    clock.secs += 120;
+    s.handle_timeout(clock.now(), &mut env);
+    assert_eq!(s.allocation_count(), 2);
+    // With a grace, the same removal ends them 60 s later, refreshes or not.
+    reload_credentials(&s, |c| c.removed_secret_grace = Some(60));
+    s.handle_timeout(clock.now(), &mut env);
+    clock.secs += 30;
+    let lifetime = vec![(attr::LIFETIME, 600u32.to_be_bytes().to_vec())];
+    let r = old.request(&mut s, &mut env, &clock, method::REFRESH, &lifetime);
+    assert_eq!(lifetime_of(&r), 30, "refreshed only up to the cut-off");
+    clock.secs += 30;
+    s.handle_timeout(clock.now(), &mut env);
+    assert_eq!((s.allocation_count(), env.open.len()), (1, 1));
+    assert_eq!(s.stats().allocations_revoked, 1);
+    let r = new.permit(&mut s, &mut env, &clock, PEER);
+    assert_eq!(
+        class(&r),
+        Class::Success,
+        "the current secret's allocation goes on"
+    );
 }

@@ -169,6 +169,9 @@ crate::counters! {
         pub allocations_expired: u64,
         /// Allocations ended by the client (Refresh 0, connection closed).
         pub allocations_deleted: u64,
+        /// Allocations ended by the operator: their user revoked, or the secret that admitted
+        /// them removed (after its grace).
+        pub allocations_revoked: u64,
         /// Allocate requests refused after authentication, by [`Refusal`].
         pub allocations_refused: [u64; Refusal::ALL.len()],
         /// 401s: bad integrity, unknown user, USERHASH.
@@ -203,16 +206,19 @@ pub enum Refusal {
     Draining,
     /// 403: the credential is not valid in this node's zone.
     Zone,
+    /// 403: the user id is on the revocation list.
+    Revoked,
 }
 
 impl Refusal {
     /// Every refusal, in label order.
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::UserQuota,
         Refusal::NodeCapacity,
         Refusal::Ports,
         Refusal::Draining,
         Refusal::Zone,
+        Refusal::Revoked,
     ];
 
     /// The metrics label value.
@@ -223,6 +229,7 @@ impl Refusal {
             Refusal::Ports => "ports",
             Refusal::Draining => "draining",
             Refusal::Zone => "zone",
+            Refusal::Revoked => "revoked",
         }
     }
 
@@ -236,6 +243,7 @@ impl Refusal {
             Refusal::Ports => TurnError::new(508, "no relayed port free"),
             Refusal::Draining => TurnError::new(508, "node draining"),
             Refusal::Zone => TurnError::new(403, "credential not valid in this zone"),
+            Refusal::Revoked => TurnError::new(403, "user revoked"),
         }
     }
 }
