@@ -11,6 +11,9 @@
 # resident memory per idle allocation at 1 000 and 10 000 allocations (and veil's at 19 500 on
 # two relay IPs). Needs: coturn (turnserver), taskset, a release build (made here). Prints a table; raw lines go to $OUT (default /tmp/veil-bench).
 set -euo pipefail
+# Throughput and capacity, not the hostile-client defences: the bench sends thousands of
+# allocations from one address and more than a call's bandwidth through each.
+NO_CAPS='{allocation: {bytes_per_second: 0, packets_per_second: 0}, user: {bytes_per_second: 0, packets_per_second: 0}}'
 cd "$(dirname "$0")/.."
 STEP=${1:-3}
 REPEATS=${2:-3}
@@ -31,7 +34,7 @@ trap cleanup EXIT
 start_veil() {   # $1 port-range
   taskset -c 0 "$VEIL" relay --listen 127.0.0.1:3478 --workers 1 --port-range "$1" \
     --auth-secret-file "$OUT/secret" --allow-peer 127.0.0.0/8 --user-quota 100000 \
-    --total-quota 100000 --watch-interval 0 --set limits.unauthenticated.per_second=0 >"$OUT/veil.log" 2>&1 &
+    --total-quota 100000 --watch-interval 0 --set limits.unauthenticated.per_second=0 --set "limits.bandwidth=$NO_CAPS" >"$OUT/veil.log" 2>&1 &
   SERVER_PID=$!; PIDS+=("$SERVER_PID"); SERVER=127.0.0.1:3478; sleep 0.5
 }
 start_coturn() { # $1 min-port $2 max-port
@@ -132,7 +135,7 @@ done
 taskset -c 0 "$VEIL" relay --listen 127.0.0.1:3478 --workers 1 --port-range 10000-21999 \
   --relay-ip 127.0.0.1 --relay-ip 127.0.0.2 --auth-secret-file "$OUT/secret" \
   --allow-peer 127.0.0.0/8 --user-quota 100000 --total-quota 100000 --watch-interval 0 \
-  --set limits.unauthenticated.per_second=0 \
+  --set limits.unauthenticated.per_second=0 --set "limits.bandwidth=$NO_CAPS" \
   >"$OUT/veil.log" 2>&1 &
 SERVER_PID=$!; PIDS+=("$SERVER_PID"); SERVER=127.0.0.1:3478; sleep 0.5
 before=$(rss_kb "$SERVER_PID")

@@ -94,6 +94,7 @@ impl Running {
         self.shared.replace_live(Live {
             credentials: next.credentials.clone(),
             filter: next.filter.clone(),
+            bandwidth: next.bandwidth.clone(),
         });
         if !self.current.profiles_renamed(&next) {
             self.node.reload_shaping(next.shaping.clone());
@@ -101,6 +102,7 @@ impl Running {
         }
         self.current.credentials = next.credentials;
         self.current.filter = next.filter;
+        self.current.bandwidth = next.bandwidth;
         self.current.secret_files = next.secret_files;
         self.node.reports.count_reload(true, unix_now());
         tracing::info!(

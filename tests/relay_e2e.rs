@@ -1414,3 +1414,51 @@ fn revoking_a_user_by_reload_ends_its_allocation() {
         "{body}"
     );
 }
+
+/// Issue 14 §5 against the binary: an allocation's packets per second toward peers are capped;
+/// the excess is dropped, not queued, and counted.
+#[test]
+fn bandwidth_caps_drop_and_count_the_excess() {
+    use common::RawTurn;
+    let admin = common::free_tcp_addr();
+    let relay = start_relay(
+        "13300-13399",
+        &[
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--admin",
+            &admin.to_string(),
+            "--set",
+            "limits.bandwidth.allocation={bytes_per_second: 0, packets_per_second: 20}",
+        ],
+    );
+    let peer = StdUdpSocket::bind(common::PEER_IP).unwrap();
+    peer.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut c = RawTurn::rest("127.0.0.1:0", relay.addr, "cannon");
+    c.allocate();
+    assert_eq!(c.permit(peer.local_addr().unwrap()), None);
+    for i in 0..100u32 {
+        c.send_indication(peer.local_addr().unwrap(), &i.to_be_bytes());
+    }
+    let mut got = 0;
+    let mut buf = [0u8; 64];
+    while peer.recv_from(&mut buf).is_ok() {
+        got += 1;
+    }
+    // The burst of 20, and a token or two refilled while the 100 were sent.
+    assert!((20..=25).contains(&got), "{got} of 100 reached the peer");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = common::http_get(admin, "/metrics");
+        let v = common::metric(
+            &body,
+            "veil_relay_bandwidth_dropped_total{direction=\"to_peer\"}",
+        );
+        if v == Some((100 - got) as f64) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,4 +1,5 @@
-//! Token buckets on the driver's clock, and a fixed-size table of them per source prefix.
+//! Token buckets on the driver's clock: a fixed-size table of them per source prefix, and the
+//! bandwidth meters of allocations and users.
 //!
 //! [`TokenBucket`] is the one rate primitive of the core: the replies to unauthenticated
 //! requests per source prefix ([`PrefixLimiter`], issue 14 §2) and the bandwidth caps per
@@ -53,6 +54,51 @@ impl TokenBucket {
     /// Whole tokens held (as of the last [`TokenBucket::take`]).
     pub fn tokens(&self) -> u64 {
         self.milli / 1000
+    }
+}
+
+/// A bandwidth cap: bytes and packets per second (0: no cap on that one), with a burst of one
+/// second's worth.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Caps {
+    /// Bytes of payload per second.
+    pub bytes_per_second: u64,
+    /// Packets per second.
+    pub packets_per_second: u64,
+}
+
+/// The caps of one shaping profile (or the node's default): per allocation and per user, each
+/// direction metered on its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BandwidthCaps {
+    /// Each allocation, per direction.
+    pub allocation: Caps,
+    /// All of one user's (REST id's) allocations on one worker together, per direction.
+    pub user: Caps,
+}
+
+/// What one direction of an allocation or a user has used of its [`Caps`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meter {
+    bytes: TokenBucket,
+    packets: TokenBucket,
+}
+
+impl Meter {
+    /// A meter with full buckets for `caps` at `now_ms`.
+    pub fn new(caps: &Caps, now_ms: u64) -> Self {
+        Meter {
+            bytes: TokenBucket::full(caps.bytes_per_second, now_ms),
+            packets: TokenBucket::full(caps.packets_per_second, now_ms),
+        }
+    }
+
+    /// Whether a packet of `len` bytes fits `caps` at `now_ms`; takes it if so.
+    #[inline]
+    pub fn admit(&mut self, caps: &Caps, now_ms: u64, len: usize) -> bool {
+        let (bps, pps) = (caps.bytes_per_second, caps.packets_per_second);
+        (pps == 0 || self.packets.take(now_ms, pps, pps, 1))
+            && (bps == 0 || self.bytes.take(now_ms, bps, bps, len as u64))
     }
 }
 
@@ -126,6 +172,25 @@ impl std::fmt::Debug for PrefixLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meter_caps_bytes_and_packets_with_a_second_of_burst() {
+        let caps = Caps {
+            bytes_per_second: 10_000,
+            packets_per_second: 100,
+        };
+        let mut m = Meter::new(&caps, 0);
+        // 1000-byte packets: the byte cap binds (10 per second).
+        assert_eq!((0..50).filter(|_| m.admit(&caps, 0, 1000)).count(), 10);
+        assert_eq!((0..50).filter(|_| m.admit(&caps, 500, 1000)).count(), 5);
+        // 10-byte packets: the packet cap binds (100 per second).
+        let mut m = Meter::new(&caps, 0);
+        assert_eq!((0..500).filter(|_| m.admit(&caps, 0, 10)).count(), 100);
+        // No caps: everything.
+        let none = Caps::default();
+        let mut m = Meter::new(&none, 0);
+        assert!((0..10_000).all(|_| m.admit(&none, 0, 1500)));
+    }
 
     #[test]
     fn bucket_refills_at_its_rate_up_to_its_burst() {

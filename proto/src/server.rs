@@ -74,6 +74,9 @@ pub struct Server {
     /// the next [`Server::handle_timeout`] applies to every allocation.
     sweep: bool,
     allocs: Slab<Allocation>,
+    /// Bandwidth meters of the users with allocations on this worker.
+    users: Slab<allocation::UserMeter>,
+    user_slots: HashMap<Box<str>, usize>,
     by_client: HashMap<ClientKey, usize>,
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     next_generation: u32,
@@ -101,6 +104,8 @@ impl Server {
             sweep: false,
             shared,
             allocs: Slab::new(),
+            users: Slab::new(),
+            user_slots: HashMap::new(),
             by_client: HashMap::new(),
             timers: BinaryHeap::new(),
             next_generation: 1,
@@ -274,6 +279,31 @@ impl Server {
         }
     }
 
+    /// Charges a packet of `len` bytes in direction `dir` to the allocation in `slot` and to its
+    /// user: false (and counted) if either is over its cap. No clock read: `now` is the
+    /// driver's, once per round.
+    #[inline]
+    fn meter(&mut self, slot: usize, dir: usize, now: Instant, len: usize) -> bool {
+        let ms = self.millis(now);
+        let a = &mut self.allocs[slot];
+        let caps = {
+            let b = &self.live.bandwidth;
+            match b.get(a.profile as usize).or_else(|| b.first()) {
+                Some(c) => *c,
+                None => return true,
+            }
+        };
+        let ok = a.meters[dir].admit(&caps.allocation, ms, len)
+            && self
+                .users
+                .get_mut(a.user)
+                .is_none_or(|u| u.meters[dir].admit(&caps.user, ms, len));
+        if !ok {
+            self.stats.bandwidth_dropped[dir] += 1;
+        }
+        ok
+    }
+
     /// Milliseconds since the first time the driver passed in (the limiters' clock).
     #[inline]
     pub(super) fn millis(&mut self, now: Instant) -> u64 {
@@ -298,6 +328,13 @@ impl Server {
             env.close_relay(r.id);
         }
         self.shared.release(&a.quota_key);
+        if let Some(u) = self.users.get_mut(a.user) {
+            u.allocations -= 1;
+            if u.allocations == 0 {
+                let u = self.users.remove(a.user);
+                self.user_slots.remove(&u.key);
+            }
+        }
         // A reservation dies with the allocation that made it, unless claimed already.
         if let Some(token) = &a.reservation {
             self.shared.cancel_reservation(token, env);

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::proto::auth::Credentials;
+use crate::proto::limiter::{BandwidthCaps, Caps};
 use crate::proto::peer_filter::{Cidr, PeerFilter};
 use crate::proto::server::{RelayAddr, ServerConfig};
 use crate::shaping::{Cover, Padding, Policy, Timing};
@@ -193,6 +194,60 @@ impl Default for Quotas {
 pub struct Limits {
     /// Replies to unauthenticated UDP requests per source prefix.
     pub unauthenticated: PrefixRate,
+    /// Bandwidth caps for credentials without a shaping profile of their own caps.
+    pub bandwidth: Bandwidth,
+}
+
+/// Bandwidth caps, each direction (client to peer, peer to client) metered on its own; excess
+/// is dropped and counted (`veil_relay_bandwidth_dropped_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bandwidth {
+    /// Each allocation.
+    pub allocation: Cap,
+    /// All of one user's (REST id's) allocations on one worker together.
+    pub user: Cap,
+}
+
+/// Bytes and packets per second (0: no cap on that one), with a second's worth of burst.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cap {
+    /// Payload bytes per second.
+    pub bytes_per_second: u64,
+    /// Packets per second.
+    pub packets_per_second: u64,
+}
+
+impl Default for Bandwidth {
+    /// 10 Mbit/s and 2000 packets/s per allocation and direction: a 1080p call (2.5–5 Mbit/s
+    /// with simulcast and FEC, ~600 packets/s) has twice the room; 20 Mbit/s and 4000 packets/s
+    /// per user, so that a stolen credential's ten allocations are not ten times that.
+    fn default() -> Self {
+        Bandwidth {
+            allocation: Cap {
+                bytes_per_second: 1_250_000,
+                packets_per_second: 2000,
+            },
+            user: Cap {
+                bytes_per_second: 2_500_000,
+                packets_per_second: 4000,
+            },
+        }
+    }
+}
+
+impl Bandwidth {
+    fn caps(&self) -> BandwidthCaps {
+        let c = |c: &Cap| Caps {
+            bytes_per_second: c.bytes_per_second,
+            packets_per_second: c.packets_per_second,
+        };
+        BandwidthCaps {
+            allocation: c(&self.allocation),
+            user: c(&self.user),
+        }
+    }
 }
 
 /// A rate per source prefix (/32 IPv4, /64 IPv6) and worker, in a fixed-size table.
@@ -308,6 +363,9 @@ pub struct ShapingProfile {
     pub timing: Timing,
     /// Cover traffic of this profile.
     pub cover: Option<Cover>,
+    /// Bandwidth caps of this profile's credentials (e.g. more for video than for voice);
+    /// unset: `limits.bandwidth`.
+    pub bandwidth: Option<Bandwidth>,
 }
 
 /// The relay node's configuration file.
@@ -382,13 +440,14 @@ pub struct TlsConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamConfig {
-    /// Seconds for the TLS handshake and the first TURN message.
+    /// Seconds from accept for the TLS handshake and the first whole TURN message together
+    /// (a client trickling bytes does not restart it).
     pub handshake_timeout: u32,
     /// Seconds a connection without an allocation may stay silent.
     pub idle_timeout: u32,
     /// Connections the node holds at once.
     pub max_connections: usize,
-    /// Connections one client IP may hold at once.
+    /// Connections one client may hold at once: one IPv4 address, one IPv6 /64.
     pub max_connections_per_ip: usize,
     /// Bytes queued for one slow client before frames for it are dropped.
     pub send_buffer: usize,
@@ -415,7 +474,7 @@ pub struct StreamLimits {
     pub idle_timeout: std::time::Duration,
     /// Connections the node holds at once.
     pub max_connections: usize,
-    /// Connections one client IP may hold at once.
+    /// Connections one client may hold at once: one IPv4 address, one IPv6 /64.
     pub max_connections_per_ip: usize,
     /// Bytes queued for one slow client.
     pub send_buffer: usize,
@@ -503,6 +562,8 @@ pub struct Resolved {
     pub credentials: Credentials,
     /// The peer filter in force.
     pub filter: PeerFilter,
+    /// Bandwidth caps per shaping profile (`[0]` the node's), as `ServerConfig::bandwidth`.
+    pub bandwidth: Vec<BandwidthCaps>,
     /// Relayed ports.
     pub port_range: PortRange,
     /// Worker threads.
@@ -536,6 +597,8 @@ pub const RELOADABLE: &[&str] = &[
     "auth",
     // The peer filter: `Live::filter`.
     "peers",
+    // Bandwidth caps: `Live::bandwidth` (a profile's, under `shaping.profiles.*`).
+    "limits.bandwidth",
     // Shaping policies: `Node::reload_shaping`.
     "shaping.enabled",
     "shaping.padding",
@@ -899,6 +962,15 @@ impl RelayConfig {
             .with_own_addresses(&own_sockets, &own_ips, (pr.start, pr.end))
             .relay_to_relay(self.peers.relay_to_relay)
             .host_peers(self.peers.host_peers);
+        // Profile i + 1 is the i-th name of shaping.profiles (a BTreeMap: name order).
+        let bandwidth: Vec<BandwidthCaps> = std::iter::once(self.limits.bandwidth.caps())
+            .chain(
+                self.shaping
+                    .profiles
+                    .values()
+                    .map(|p| p.bandwidth.unwrap_or(self.limits.bandwidth).caps()),
+            )
+            .collect();
         let server = ServerConfig {
             realm: self.realm.clone(),
             software: self.software.clone().filter(|s| !s.is_empty()),
@@ -915,6 +987,7 @@ impl RelayConfig {
             max_channels: self.quotas.channels,
             total_quota: self.quotas.total,
             shaping_profiles: self.shaping.profiles.keys().cloned().collect(),
+            bandwidth: bandwidth.clone(),
             zone: self.zone.clone().filter(|z| !z.is_empty()),
         };
         let workers = if self.workers == 0 {
@@ -991,6 +1064,7 @@ impl RelayConfig {
                 removed_secret_grace: self.auth.removed_secret_grace,
             },
             filter,
+            bandwidth,
             port_range: pr,
             workers,
             log: self.log.clone(),

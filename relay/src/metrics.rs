@@ -263,6 +263,23 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
         "Send indications dropped: they named one of the node's own addresses.",
         t.core.peer_sends_denied,
     );
+    family(
+        &mut o,
+        "veil_relay_bandwidth_dropped_total",
+        "counter",
+        "Packets dropped over a bandwidth cap (per allocation or per user), by direction.",
+    );
+    for (dir, n) in ["to_peer", "to_client"]
+        .iter()
+        .zip(t.core.bandwidth_dropped)
+    {
+        sample(
+            &mut o,
+            "veil_relay_bandwidth_dropped_total",
+            &format!("direction=\"{dir}\""),
+            n,
+        );
+    }
     c(
         &mut o,
         "veil_relay_permissions_refused",

@@ -12,6 +12,7 @@ use super::{
     TurnError,
 };
 use crate::auth::{self, Key};
+use crate::limiter::Meter;
 use crate::stun::{self, Class, attr};
 
 /// A relayed address of an allocation, as the core knows it.
@@ -47,6 +48,22 @@ pub(super) struct Allocation {
     pub(super) relays: [Option<Relayed>; 2],
     pub(super) perms: Permissions,
     pub(super) channels: Channels,
+    /// Bandwidth used, per direction ([`TO_PEER`], [`TO_CLIENT`]).
+    pub(super) meters: [Meter; 2],
+    /// Its user's slot in [`Server`]'s user meters.
+    pub(super) user: usize,
+}
+
+/// Index of the client-to-peer direction in meters and counters.
+pub(super) const TO_PEER: usize = 0;
+/// Index of the peer-to-client direction.
+pub(super) const TO_CLIENT: usize = 1;
+
+/// One user's (REST id's) bandwidth on this worker, shared by its allocations here.
+pub(super) struct UserMeter {
+    pub(super) key: Box<str>,
+    pub(super) allocations: u32,
+    pub(super) meters: [Meter; 2],
 }
 
 impl Allocation {
@@ -113,6 +130,33 @@ impl Server {
                 0
             }
         }
+    }
+
+    /// The bandwidth caps of a shaping profile (the node's when it has none of its own).
+    #[inline]
+    pub(super) fn caps(&self, profile: u8) -> crate::limiter::BandwidthCaps {
+        let b = &self.live.bandwidth;
+        b.get(profile as usize)
+            .or_else(|| b.first())
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The user meter of `quota_key` on this worker, created (full) if it has none; one more
+    /// allocation holds it.
+    fn user_slot(&mut self, quota_key: &str, ms: u64) -> usize {
+        if let Some(&slot) = self.user_slots.get(quota_key) {
+            self.users[slot].allocations += 1;
+            return slot;
+        }
+        let caps = self.caps(0).user;
+        let slot = self.users.insert(UserMeter {
+            key: quota_key.into(),
+            allocations: 1,
+            meters: [Meter::new(&caps, ms); 2],
+        });
+        self.user_slots.insert(quota_key.into(), slot);
+        slot
     }
 
     /// The lifetime granted for a requested one, cut to the session's end; and the expiry.
@@ -221,6 +265,9 @@ impl Server {
             self.shared.release(&quota_key);
         }
         let credential_expiry = auth::rest_expiry(who.username);
+        let ms = self.millis(r.now.mono);
+        let caps = self.caps(profile);
+        let user = self.user_slot(&quota_key, ms);
         let (granted, expires) =
             self.bounded_lifetime(r.now, req.lifetime, credential_expiry, None);
         let a = Allocation {
@@ -242,6 +289,8 @@ impl Server {
             relays,
             perms: Permissions::default(),
             channels: Channels::default(),
+            meters: [Meter::new(&caps.allocation, ms); 2],
+            user,
         };
         let s = self.allocs.insert(a);
         debug_assert_eq!(s, slot);

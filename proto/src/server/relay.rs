@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 
+use super::allocation::{TO_CLIENT, TO_PEER};
 use super::{
     Action, ClientKey, Delivery, Env, HEADROOM, Now, RelayId, SendIndication, Server, TAILROOM,
 };
@@ -63,13 +64,16 @@ impl Server {
         if !a.perms.permits(peer.ip(), now.mono) {
             return Action::None;
         }
-        match a.relay_for(&peer) {
-            Some(relay) => Action::Forward {
-                relay,
-                peer,
-                data: 4..4 + payload.len(),
-            },
-            None => Action::None,
+        let Some(relay) = a.relay_for(&peer) else {
+            return Action::None;
+        };
+        if !self.meter(slot, TO_PEER, now.mono, payload.len()) {
+            return Action::None;
+        }
+        Action::Forward {
+            relay,
+            peer,
+            data: 4..4 + payload.len(),
         }
     }
 
@@ -90,10 +94,13 @@ impl Server {
             self.stats.peer_sends_denied += 1;
             return Action::None;
         }
-        match a.relay_for(&peer) {
-            Some(relay) => Action::Forward { relay, peer, data },
-            None => Action::None,
+        let Some(relay) = a.relay_for(&peer) else {
+            return Action::None;
+        };
+        if !self.meter(slot, TO_PEER, now.mono, data.len()) {
+            return Action::None;
         }
+        Action::Forward { relay, peer, data }
     }
 
     /// Handles a datagram a peer sent to a relayed address. The payload sits at
@@ -113,6 +120,10 @@ impl Server {
             return None;
         }
         let len = payload.len();
+        if !self.meter(relay.slot(), TO_CLIENT, now.mono, len) {
+            return None;
+        }
+        let a = &self.allocs[relay.slot()];
         if len > u16::MAX as usize - 64
             || payload.start < HEADROOM
             || payload.end + TAILROOM > buf.len()

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::{Env, Refusal, RelayAddr};
 use crate::auth::{Credentials, NonceKey};
+use crate::limiter::BandwidthCaps;
 use crate::peer_filter::PeerFilter;
 use crate::privacy::Redactor;
 
@@ -47,6 +48,9 @@ pub struct ServerConfig {
     pub unauthenticated_rate: u32,
     /// The burst of those replies a prefix may draw at once.
     pub unauthenticated_burst: u32,
+    /// Bandwidth caps per shaping profile (`[0]` the node's, then `shaping_profiles` in
+    /// order), in force at start; a reload replaces them ([`Live::bandwidth`]).
+    pub bandwidth: Vec<BandwidthCaps>,
     /// Allocations one user may hold at once (486 beyond).
     pub user_quota: u32,
     /// Allocations the node holds at once (508 beyond).
@@ -74,6 +78,7 @@ impl Default for ServerConfig {
             unauthenticated_burst: 40,
             max_permissions: 64,
             max_channels: 64,
+            bandwidth: vec![BandwidthCaps::default()],
             user_quota: 10,
             total_quota: 100_000,
             shaping_profiles: Vec::new(),
@@ -89,6 +94,8 @@ pub struct Live {
     pub credentials: Credentials,
     /// The peer filter in force for new permissions.
     pub filter: PeerFilter,
+    /// Bandwidth caps per shaping profile (see [`ServerConfig::bandwidth`]).
+    pub bandwidth: Vec<BandwidthCaps>,
 }
 
 /// State shared by every worker of a node. The quota counters change when an allocation is
@@ -119,6 +126,7 @@ impl Shared {
         filter: PeerFilter,
         redactor: Redactor,
     ) -> Self {
+        let bandwidth = config.bandwidth.clone();
         Shared {
             config,
             nonces,
@@ -126,6 +134,7 @@ impl Shared {
             live: RwLock::new(Arc::new(Live {
                 credentials,
                 filter,
+                bandwidth,
             })),
             live_version: AtomicU64::new(0),
             draining: AtomicBool::new(false),

@@ -1324,6 +1324,7 @@ fn own_addresses_refused_per_datagram_and_reloads_cut_existing_permissions() {
         )
         .relay_to_relay(true);
     let live = |f: PeerFilter| Live {
+        bandwidth: config().bandwidth,
         credentials: Credentials {
             secrets: vec![SECRET.to_vec(), OLD_SECRET.to_vec()],
             static_users: vec![],
@@ -1513,6 +1514,7 @@ fn reload_credentials(s: &Server, f: impl FnOnce(&mut Credentials)) {
     s.shared().replace_live(Live {
         credentials,
         filter: live.filter.clone(),
+        bandwidth: live.bandwidth.clone(),
     });
 }
 
@@ -1618,5 +1620,131 @@ fn removing_a_secret_ends_its_allocations_after_the_grace() {
         class(&r),
         Class::Success,
         "the current secret's allocation goes on"
+    );
+}
+
+fn send_indication(
+    c: &mut Client,
+    s: &mut Server,
+    env: &mut FakeEnv,
+    clock: &Clock,
+    to: &str,
+    len: usize,
+) -> bool {
+    let mut buf = vec![0u8; 1500];
+    let t = c.txid();
+    let mut w = Writer::new(&mut buf, method::SEND, Class::Indication, &t).unwrap();
+    w.xor_address(attr::XOR_PEER_ADDRESS, sa(to)).unwrap();
+    w.attr(attr::DATA, &vec![7u8; len]).unwrap();
+    let n = w.finish();
+    matches!(c.send(s, env, clock, &buf[..n]), Reply::Forward(..))
+}
+
+/// Issue 14 §5: a stolen credential must not make the node a bandwidth cannon. Each
+/// allocation, per direction, gets its packets and bytes per second (a second's burst);
+/// a user's allocations on a worker share the user's cap; a profile (`;s=`) has its own.
+#[test]
+fn bandwidth_caps_per_allocation_user_and_profile() {
+    use crate::limiter::{BandwidthCaps, Caps};
+    let mut cfg = config();
+    let small = BandwidthCaps {
+        allocation: Caps {
+            bytes_per_second: 100_000,
+            packets_per_second: 10,
+        },
+        user: Caps {
+            bytes_per_second: 1_000_000,
+            packets_per_second: 15,
+        },
+    };
+    let video = BandwidthCaps {
+        allocation: Caps {
+            bytes_per_second: 3_000,
+            packets_per_second: 1000,
+        },
+        user: Caps::default(),
+    };
+    cfg.shaping_profiles = vec!["video".into()];
+    cfg.bandwidth = vec![small, video];
+    let mut s = server_with(cfg);
+    let (mut env, mut clock) = (FakeEnv::default(), Clock::new());
+    let mut a = Client::rest(40000, "u");
+    assert_eq!(
+        class(&a.allocate(&mut s, &mut env, &clock, &[])),
+        Class::Success
+    );
+    assert_eq!(
+        class(&a.permit(&mut s, &mut env, &clock, PEER)),
+        Class::Success
+    );
+    let sent =
+        |c: &mut Client, s: &mut Server, env: &mut FakeEnv, clock: &Clock, n: usize, len: usize| {
+            (0..n)
+                .filter(|_| send_indication(c, s, env, clock, PEER, len))
+                .count()
+        };
+    assert_eq!(
+        sent(&mut a, &mut s, &mut env, &clock, 50, 100),
+        10,
+        "10 packets/s"
+    );
+    // The other direction has its own budget.
+    let back = (0..50)
+        .filter(|_| from_peer(&mut s, &env, &clock, PEER, b"x").is_some())
+        .count();
+    assert_eq!(back, 10);
+    assert_eq!(s.stats().bandwidth_dropped, [40, 40]);
+    clock.secs += 1;
+    assert_eq!(
+        sent(&mut a, &mut s, &mut env, &clock, 50, 100),
+        10,
+        "refilled"
+    );
+    // A second allocation of the same user: the user's 15/s is shared (a fresh user bucket
+    // had 15 at first; 10 taken by `a` this second already: 5 left for `b`).
+    let mut b = Client::rest(40001, "u");
+    assert_eq!(
+        class(&b.allocate(&mut s, &mut env, &clock, &[])),
+        Class::Success
+    );
+    assert_eq!(
+        class(&b.permit(&mut s, &mut env, &clock, PEER)),
+        Class::Success
+    );
+    assert_eq!(sent(&mut b, &mut s, &mut env, &clock, 50, 100), 5);
+    // Another user is not affected.
+    let mut other = Client::rest(40002, "v");
+    assert_eq!(
+        class(&other.allocate(&mut s, &mut env, &clock, &[])),
+        Class::Success
+    );
+    assert_eq!(
+        class(&other.permit(&mut s, &mut env, &clock, PEER)),
+        Class::Success
+    );
+    assert_eq!(sent(&mut other, &mut s, &mut env, &clock, 50, 100), 10);
+    // The video profile: 3000 bytes/s binds, not packets.
+    let mut v = Client::rest(40003, "w;s=video");
+    assert_eq!(
+        class(&v.allocate(&mut s, &mut env, &clock, &[])),
+        Class::Success
+    );
+    assert_eq!(
+        class(&v.permit(&mut s, &mut env, &clock, PEER)),
+        Class::Success
+    );
+    assert_eq!(sent(&mut v, &mut s, &mut env, &clock, 50, 1000), 3);
+    // A reload raises the node's caps for allocations already running.
+    let live = s.shared().live();
+    s.shared().replace_live(Live {
+        credentials: live.credentials.clone(),
+        filter: live.filter.clone(),
+        bandwidth: vec![BandwidthCaps::default(), video],
+    });
+    clock.secs += 1;
+    assert_eq!(
+        sent(&mut a, &mut s, &mut env, &clock, 50, 100),
+        50,
+        "no caps now"
     );
 }

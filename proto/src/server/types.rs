@@ -185,6 +185,9 @@ crate::counters! {
         pub peer_sends_denied: u64,
         /// CreatePermission/ChannelBind refused because the allocation holds its cap (508).
         pub permissions_refused: u64,
+        /// Packets dropped over a bandwidth cap (per allocation or per user), client to peer
+        /// and peer to client.
+        pub bandwidth_dropped: [u64; 2],
         /// Replies to unauthenticated UDP requests not sent: their source prefix is over its
         /// rate ([`ServerConfig::unauthenticated_rate`](super::ServerConfig)).
         pub unauthenticated_suppressed: u64,
