@@ -599,3 +599,144 @@ async fn a_new_certificate_is_used_for_new_handshakes_while_connections_go_on() 
     client.close().await.unwrap();
     let _ = std::fs::remove_dir_all(&new_dir);
 }
+
+/// When the relay closes `s` (read returns 0 or an error), measured from `t0`; None if it was
+/// still open after `wait`.
+fn closed_after(s: &StdTcpStream, t0: Instant, wait: Duration) -> Option<Duration> {
+    let mut r = s.try_clone().unwrap();
+    r.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 64];
+    match r.read(&mut buf) {
+        Ok(0) => Some(t0.elapsed()),
+        Err(e)
+            if e.kind() != std::io::ErrorKind::WouldBlock
+                && e.kind() != std::io::ErrorKind::TimedOut =>
+        {
+            Some(t0.elapsed())
+        }
+        _ => None,
+    }
+}
+
+/// Issue 14 §3: the first-message deadline counts from accept. A client sending one byte of a
+/// Binding request every 300 ms (it would complete it after 6 s) is cut at the 2 s deadline,
+/// over TCP and over TLS (a ClientHello trickled the same way).
+#[test]
+fn a_trickling_client_is_cut_at_the_deadline_from_accept() {
+    let (_relay, tcp, tls) =
+        common::start_stream_relay("13400-13499", &["--set", "streams.handshake_timeout=2"]);
+    let mut binding = [0u8; 20];
+    veil_relay::proto::stun::Writer::new(
+        &mut binding,
+        veil_relay::proto::stun::method::BINDING,
+        veil_relay::proto::stun::Class::Request,
+        &[4; 12],
+    )
+    .unwrap()
+    .finish();
+    // A TLS record header for a 512-byte handshake message, then its body, byte by byte.
+    let mut hello = vec![0x16, 0x03, 0x01, 0x02, 0x00];
+    hello.resize(20, 0x01);
+    for (addr, bytes) in [(tcp, binding.to_vec()), (tls, hello)] {
+        let s = StdTcpStream::connect(addr).unwrap();
+        let t0 = Instant::now();
+        let writer = {
+            let mut w = s.try_clone().unwrap();
+            std::thread::spawn(move || {
+                for b in bytes {
+                    if w.write_all(&[b]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            })
+        };
+        let closed = closed_after(&s, t0, Duration::from_secs(8));
+        assert!(
+            closed.is_some_and(
+                |t| t >= Duration::from_millis(1800) && t < Duration::from_millis(3500)
+            ),
+            "{addr}: closed after {closed:?}, want about 2 s from accept"
+        );
+        writer.join().unwrap();
+    }
+}
+
+/// The relay's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+/// Issue 14 §3: the worst unauthenticated mix at the caps. 1200 connections (the node's cap
+/// here) from 6 loopback addresses (200 each, the per-source cap): half TCP holding a partial
+/// first frame, half TLS holding a partial ClientHello. The node's memory grows by less than
+/// 24 KiB per connection (the README's bound); the next connection is refused.
+#[test]
+fn unauthenticated_connections_at_the_caps_stay_within_the_memory_bound() {
+    let (relay, tcp, tls) = common::start_stream_relay(
+        "13500-13599",
+        &[
+            "--set",
+            "streams={handshake_timeout: 60, idle_timeout: 60, max_connections: 1200, max_connections_per_ip: 200}",
+        ],
+    );
+    let pid = relay.child.id();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_kib(pid);
+    let mut held = Vec::new();
+    for i in 0..6u8 {
+        let (addr, partial): (SocketAddr, &[u8]) = if i % 2 == 0 {
+            // 19 of a STUN header's 20 bytes, a frame that declares 1000 more.
+            (
+                tcp,
+                &[
+                    0x00, 0x01, 0x03, 0xe8, 0x21, 0x12, 0xa4, 0x42, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                ],
+            )
+        } else {
+            (
+                tls,
+                &[
+                    0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+                ],
+            )
+        };
+        for _ in 0..200 {
+            let sock =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            sock.bind(&SocketAddr::from(([127, 0, 1, 10 + i], 0)).into())
+                .unwrap();
+            sock.connect(&addr.into()).unwrap();
+            let mut s: StdTcpStream = sock.into();
+            s.write_all(partial).unwrap();
+            held.push(s);
+        }
+    }
+    // Let the relay accept and read all of them.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = rss_kib(pid);
+    let per_conn = (after.saturating_sub(before)) * 1024 / held.len() as u64;
+    eprintln!(
+        "RSS {before} KiB -> {after} KiB with {} connections: {per_conn} B each",
+        held.len()
+    );
+    assert!(per_conn < 24 * 1024, "{per_conn} bytes per connection");
+    // Every one is still held (none was refused below the caps)...
+    for s in &held {
+        assert!(closed_after(s, Instant::now(), Duration::from_millis(1)).is_none());
+    }
+    // ...and one more, from a seventh address, is over the node's cap: closed at once.
+    let extra = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    extra
+        .bind(&SocketAddr::from(([127, 0, 1, 20], 0)).into())
+        .unwrap();
+    extra.connect(&tcp.into()).unwrap();
+    let extra: StdTcpStream = extra.into();
+    assert!(closed_after(&extra, Instant::now(), Duration::from_secs(2)).is_some());
+}

@@ -20,7 +20,15 @@ pub enum FramingError {
     #[error("a STUN Length that is not a multiple of 4")]
     /// A STUN Length that is not a multiple of 4.
     UnalignedLength,
+    #[error("a frame of {0} bytes, more than this connection takes yet")]
+    /// Longer than the buffer holds: a connection without an allocation takes
+    /// [`SMALL_FRAME`] bytes at most.
+    TooLarge(usize),
 }
+
+/// The longest frame a connection without an allocation may send: more than any Binding or
+/// Allocate needs. Such connections hold a buffer of this size, not [`MAX_FRAME`].
+pub const SMALL_FRAME: usize = 2048;
 
 /// The length of the frame at the front of `buf` (padding included), `Ok(None)` if more bytes
 /// are needed to tell, or an error if the stream holds garbage.
@@ -50,8 +58,19 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, FramingError> {
     }
 }
 
-/// A fixed-size read buffer for one connection: bytes read land after `end`, whole frames are
-/// taken from `start`. It never grows: [`MAX_FRAME`] bytes hold any frame.
+/// The length the header at the front of `buf` declares, once its first 4 bytes are in.
+fn declared_len(buf: &[u8]) -> Option<usize> {
+    let len = u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize;
+    Some(if buf[0] >> 6 == 0 {
+        HEADER_LEN + len
+    } else {
+        (4 + len + 3) & !3
+    })
+}
+
+/// A read buffer for one connection: bytes read land after `end`, whole frames are taken from
+/// `start`. It starts at [`SMALL_FRAME`] ([`StreamBuf::small`]) and grows once, to hold any
+/// frame ([`MAX_FRAME`]), when the connection holds an allocation.
 pub struct StreamBuf {
     buf: Box<[u8]>,
     start: usize,
@@ -69,6 +88,34 @@ impl Default for StreamBuf {
 }
 
 impl StreamBuf {
+    /// A buffer for a connection that holds no allocation yet: frames up to [`SMALL_FRAME`].
+    pub fn small() -> Self {
+        StreamBuf {
+            buf: vec![0u8; SMALL_FRAME].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Grows to hold any frame (once the connection holds an allocation), keeping what is
+    /// pending.
+    pub fn grow(&mut self) {
+        if self.buf.len() > MAX_FRAME {
+            return;
+        }
+        let mut big = vec![0u8; MAX_FRAME + 1].into_boxed_slice();
+        let pending = self.end - self.start;
+        big[..pending].copy_from_slice(&self.buf[self.start..self.end]);
+        self.buf = big;
+        self.start = 0;
+        self.end = pending;
+    }
+
+    /// Bytes this buffer holds (its memory).
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Where the next read goes. Moves a partial frame to the front first if the free space
     /// could not hold the rest of it.
     pub fn spare(&mut self) -> &mut [u8] {
@@ -94,7 +141,15 @@ impl StreamBuf {
                 self.start += n;
                 Ok(Some(&self.buf[at..at + n]))
             }
-            None => Ok(None),
+            None => {
+                // A frame that can never fit: say so now, not when the buffer is full.
+                if let Some(total) = declared_len(pending)
+                    && total > self.buf.len()
+                {
+                    return Err(FramingError::TooLarge(total));
+                }
+                Ok(None)
+            }
         }
     }
 
@@ -109,8 +164,34 @@ mod tests {
     use super::*;
     use crate::stun::{Class, Writer, method};
 
+    /// Issue 14 §3: a connection without an allocation holds 2 KiB, not 64; a frame longer
+    /// than that is refused at its header; after growing, any frame passes, and what was
+    /// pending survives the growth.
+    #[test]
+    fn small_buffer_until_grown() {
+        let mut sb = StreamBuf::small();
+        assert_eq!(sb.capacity(), SMALL_FRAME);
+        let big = stun(1, 3000);
+        sb.spare()[..8].copy_from_slice(&big[..8]);
+        sb.filled(8);
+        assert_eq!(sb.next_frame(), Err(FramingError::TooLarge(big.len())));
+        let mut sb = StreamBuf::small();
+        let small = stun(2, 100);
+        sb.spare()[..small.len()].copy_from_slice(&small);
+        sb.filled(small.len());
+        sb.spare()[..10].copy_from_slice(&big[..10]);
+        sb.filled(10);
+        assert_eq!(sb.next_frame().unwrap().map(|f| f.to_vec()), Some(small));
+        sb.grow();
+        assert!(sb.capacity() > MAX_FRAME);
+        let rest = &big[10..];
+        sb.spare()[..rest.len()].copy_from_slice(rest);
+        sb.filled(rest.len());
+        assert_eq!(sb.next_frame().unwrap().map(|f| f.to_vec()), Some(big));
+    }
+
     fn stun(txid: u8, data_len: usize) -> Vec<u8> {
-        let mut b = vec![0u8; 2048];
+        let mut b = vec![0u8; data_len + 64];
         let mut w = Writer::new(&mut b, method::BINDING, Class::Request, &[txid; 12]).unwrap();
         if data_len > 0 {
             w.attr(crate::stun::attr::SOFTWARE, &vec![b'x'; data_len])

@@ -2,11 +2,14 @@
 //! send queue per connection. A connection lives on the worker whose SO_REUSEPORT listener
 //! accepted it, with the allocation it creates, so its packets cross no thread either.
 //!
-//! Limits: a total and a per-IP connection cap (checked at accept), a deadline for the TLS
-//! handshake and the first message, an idle deadline for connections without an allocation, a
-//! fixed read buffer that holds exactly one largest frame, and a send queue of
-//! `streams.send_buffer` bytes: frames for a client that does not read are dropped, never
-//! buffered without bound, and a write that stalls for [`WRITE_STALL`] closes the connection.
+//! Limits: a total and a per-source connection cap (an IPv4 address, an IPv6 /64; checked at
+//! accept), one deadline from accept for the TLS handshake and the first whole message
+//! (a client trickling bytes does not restart it), an idle deadline for connections without an
+//! allocation, and small buffers until a connection holds an allocation: a read buffer of
+//! [`SMALL_FRAME`](crate::proto::framing::SMALL_FRAME) bytes and a send queue of [`SMALL_QUEUE`], then one that holds a largest
+//! frame and `streams.send_buffer` bytes: frames for a client that does not read are dropped,
+//! never buffered without bound, and a write that stalls for [`WRITE_STALL`] closes the
+//! connection.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -25,16 +28,48 @@ use super::node::NodeShared;
 use super::now;
 use super::worker::Worker;
 use crate::proto::framing::StreamBuf;
+use crate::proto::limiter::source_prefix;
 use crate::proto::server::{ClientKey, Transport};
 
 /// How long one write to a client may take before the connection is given up.
 pub(super) const WRITE_STALL: Duration = Duration::from_secs(30);
 
-/// Connections held by the node, in all and per client IP (touched at accept and close only).
+/// The send queue of a connection without an allocation: its answers only.
+pub(super) const SMALL_QUEUE: usize = 4096;
+
+/// Connections held by the node, in all and per source prefix (an IPv4 address, an IPv6 /64:
+/// one host can hold a whole /64), touched at accept and close only.
 #[derive(Default)]
 pub(super) struct ConnCount {
     total: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    per_prefix: Mutex<HashMap<u64, usize>>,
+}
+
+impl ConnCount {
+    /// Takes a place for a connection from `ip`; false at either cap.
+    fn take(&self, ip: IpAddr, max_total: usize, max_per_prefix: usize) -> bool {
+        let mut m = self.per_prefix.lock().unwrap_or_else(|e| e.into_inner());
+        let key = source_prefix(ip);
+        let held = m.get(&key).copied().unwrap_or(0);
+        if held >= max_per_prefix || self.total.load(Ordering::Acquire) >= max_total {
+            return false;
+        }
+        self.total.fetch_add(1, Ordering::AcqRel);
+        *m.entry(key).or_insert(0) += 1;
+        true
+    }
+
+    fn give_back(&self, ip: IpAddr) {
+        self.total.fetch_sub(1, Ordering::AcqRel);
+        let mut m = self.per_prefix.lock().unwrap_or_else(|e| e.into_inner());
+        let key = source_prefix(ip);
+        if let Some(n) = m.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&key);
+            }
+        }
+    }
 }
 
 /// A counted connection; dropping it releases the count.
@@ -45,41 +80,25 @@ pub(super) struct ConnPermit {
 
 impl Drop for ConnPermit {
     fn drop(&mut self) {
-        let c = &self.node.conns;
-        c.total.fetch_sub(1, Ordering::AcqRel);
-        let mut m = c.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
+        self.node.conns.give_back(self.ip);
     }
 }
 
 fn acquire(node: &Arc<NodeShared>, ip: IpAddr) -> Option<ConnPermit> {
-    let c = &node.conns;
     let limits = &node.streams;
-    let mut m = c.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-    let held = m.get(&ip).copied().unwrap_or(0);
-    if held >= limits.max_connections_per_ip
-        || c.total.load(Ordering::Acquire) >= limits.max_connections
-    {
-        return None;
-    }
-    c.total.fetch_add(1, Ordering::AcqRel);
-    *m.entry(ip).or_insert(0) += 1;
-    Some(ConnPermit {
-        node: node.clone(),
-        ip,
-    })
+    node.conns
+        .take(ip, limits.max_connections, limits.max_connections_per_ip)
+        .then(|| ConnPermit {
+            node: node.clone(),
+            ip,
+        })
 }
 
 /// What waits to be written to one client, bounded.
 pub(super) struct Outbound {
     queue: RefCell<Queue>,
     wake: Notify,
-    limit: usize,
+    limit: Cell<usize>,
     /// Whether the connection has held an allocation (its answers are padded from then on).
     padded: Cell<bool>,
 }
@@ -96,7 +115,7 @@ impl Outbound {
         Outbound {
             queue: RefCell::new(Queue::default()),
             wake: Notify::new(),
-            limit,
+            limit: Cell::new(limit),
             padded: Cell::new(false),
         }
     }
@@ -111,7 +130,7 @@ impl Outbound {
     /// Queues a frame; false (and nothing queued) if the queue is full.
     pub(super) fn push(&self, frame: &[u8]) -> bool {
         let mut q = self.queue.borrow_mut();
-        if q.data.len() + frame.len() > self.limit {
+        if q.data.len() + frame.len() > self.limit.get() {
             return false;
         }
         q.data.extend_from_slice(frame);
@@ -152,7 +171,16 @@ pub(super) async fn accept_task(
             transport,
             addr,
         };
-        tokio::task::spawn_local(connection(worker.clone(), node.clone(), tcp, key, permit));
+        // One deadline from accept for the TLS handshake and the first whole message.
+        let first_by = tokio::time::Instant::now() + node.streams.handshake_timeout;
+        tokio::task::spawn_local(connection(
+            worker.clone(),
+            node.clone(),
+            tcp,
+            key,
+            permit,
+            first_by,
+        ));
     }
 }
 
@@ -168,16 +196,16 @@ async fn connection(
     tcp: TcpStream,
     key: ClientKey,
     _permit: ConnPermit,
+    first_by: tokio::time::Instant,
 ) {
     match (key.transport, &node.tls) {
         (Transport::Tls, Some(tls)) => {
-            let hs = node.streams.handshake_timeout;
-            match tokio::time::timeout(hs, tls.accept(tcp)).await {
-                Ok(Ok(s)) => serve(worker, node, s, key).await,
+            match tokio::time::timeout_at(first_by, tls.accept(tcp)).await {
+                Ok(Ok(s)) => serve(worker, node, s, key, first_by).await,
                 _ => count_error(&worker),
             }
         }
-        (Transport::Tcp, _) => serve(worker, node, tcp, key).await,
+        (Transport::Tcp, _) => serve(worker, node, tcp, key, first_by).await,
         _ => {}
     }
 }
@@ -188,15 +216,16 @@ async fn serve<S: AsyncRead + AsyncWrite>(
     node: Arc<NodeShared>,
     stream: S,
     key: ClientKey,
+    first_by: tokio::time::Instant,
 ) {
-    let out = Rc::new(Outbound::new(node.streams.send_buffer));
+    let out = Rc::new(Outbound::new(SMALL_QUEUE.min(node.streams.send_buffer)));
     {
         let Some(w) = worker.upgrade() else { return };
         w.borrow_mut().attach(key, out.clone());
     }
     let (rd, wr) = tokio::io::split(stream);
     let clean = tokio::select! {
-        r = read_side(&worker, &node, rd, key) => r,
+        r = read_side(&worker, &node, rd, key, &out, first_by) => r,
         r = write_side(&worker, wr, &out) => r.is_ok(),
     };
     if !clean {
@@ -214,17 +243,20 @@ async fn read_side<R: AsyncRead>(
     node: &NodeShared,
     rd: R,
     key: ClientKey,
+    out: &Outbound,
+    first_by: tokio::time::Instant,
 ) -> bool {
     tokio::pin!(rd);
-    let mut sb = StreamBuf::default();
+    let mut sb = StreamBuf::small();
     let mut first = true;
+    let mut grown = false;
     loop {
         let deadline = if first {
-            node.streams.handshake_timeout
+            first_by
         } else {
-            node.streams.idle_timeout
+            tokio::time::Instant::now() + node.streams.idle_timeout
         };
-        let n = match tokio::time::timeout(deadline, rd.read(sb.spare())).await {
+        let n = match tokio::time::timeout_at(deadline, rd.read(sb.spare())).await {
             Ok(Ok(0)) | Ok(Err(_)) => return true,
             Ok(Ok(n)) => n,
             Err(_) if first => return false,
@@ -256,6 +288,12 @@ async fn read_side<R: AsyncRead>(
             };
             first = false;
             w.stream_frame(now, key, frame);
+        }
+        // Full buffers once the connection holds an allocation (and keeps them).
+        if !grown && w.has_allocation(&key) {
+            sb.grow();
+            out.limit.set(node.streams.send_buffer);
+            grown = true;
         }
     }
 }
@@ -297,5 +335,27 @@ async fn write_side<W: AsyncWrite>(
         }
         batch.data.clear();
         batch.lens.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14 §3: the per-source cap counts an IPv6 /64 as one source (a host holds a whole
+    /// /64), an IPv4 address as one.
+    #[test]
+    fn connection_caps_count_ipv6_per_slash_64() {
+        let c = ConnCount::default();
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        assert!(c.take(ip("2001:db8:1:2::1"), 100, 2));
+        assert!(c.take(ip("2001:db8:1:2::2"), 100, 2));
+        assert!(!c.take(ip("2001:db8:1:2:ffff::9"), 100, 2), "the same /64");
+        assert!(c.take(ip("2001:db8:1:3::1"), 100, 2), "another /64");
+        assert!(c.take(ip("192.0.2.1"), 100, 2));
+        assert!(c.take(ip("192.0.2.2"), 100, 2), "another IPv4 address");
+        c.give_back(ip("2001:db8:1:2::1"));
+        assert!(c.take(ip("2001:db8:1:2::77"), 100, 2), "a place given back");
+        assert!(!c.take(ip("198.51.100.1"), 6, 2), "the total cap");
     }
 }
