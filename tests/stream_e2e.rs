@@ -492,7 +492,15 @@ async fn a_client_that_never_reads_cannot_grow_the_relay() {
     let admin = common::free_tcp_addr();
     let (relay, tcp, _tls) = common::start_stream_relay(
         "16300-16399",
-        &["--allow-peer", "127.0.0.0/8", "--admin", &admin.to_string()],
+        &[
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--admin",
+            &admin.to_string(),
+            // The flood must reach the send queue: no bandwidth cap in front of it.
+            "--set",
+            "limits.bandwidth={allocation: {bytes_per_second: 0, packets_per_second: 0}, user: {bytes_per_second: 0, packets_per_second: 0}}",
+        ],
     );
     // An allocation over TCP whose client then stops reading, while a peer floods it.
     let (conn, _, _, _) = connect_with(tcp, None, true).await;

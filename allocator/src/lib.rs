@@ -12,4 +12,6 @@
 pub mod audit;
 pub mod join;
 pub mod placement;
+pub mod request;
+#[cfg(feature = "server")]
 pub mod service;

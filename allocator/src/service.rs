@@ -40,8 +40,10 @@ use veil_geo::{GeoDb, Location, ReloadingGeo};
 
 use crate::audit::{AuditLog, counter, country_label};
 use crate::join::{self, JoinClaims};
+use crate::request::{self, CallRequest, IceRequest};
 use veil_ops::Status;
 use veil_proto::auth;
+use veil_proto::limiter::TokenBucket;
 
 use crate::placement::{
     CallPlacement, ClientFacts, Joined, Placement, PlacementError, RelayView, Scoring, place,
@@ -91,12 +93,6 @@ fn default_rate() -> u32 {
 pub const MAX_BODY: usize = 4096;
 
 /// A token bucket of one API key.
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    at: std::time::Instant,
-}
-
 /// `allocator.yaml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -229,7 +225,9 @@ pub struct App {
     audit: Mutex<AuditLog>,
     metrics: Mutex<Metrics>,
     /// One bucket per API key, in `cfg.api_keys` order (a fixed set: nobody can grow it).
-    buckets: Vec<Mutex<Bucket>>,
+    buckets: Vec<Mutex<TokenBucket>>,
+    /// The origin of the buckets' milliseconds.
+    epoch: std::time::Instant,
 }
 
 /// The allocator's counters (requests are not a per-packet path: a mutex is fine).
@@ -287,6 +285,19 @@ const LATENCY_BOUNDS: [f64; 5] = [0.000_1, 0.000_5, 0.001, 0.005, 0.025];
 /// An API error: JSON `{code, message}`.
 #[derive(Debug)]
 pub struct ApiError(StatusCode, &'static str, String);
+
+impl From<request::RequestError> for ApiError {
+    fn from(e: request::RequestError) -> Self {
+        match e {
+            request::RequestError::BadRequest(m) => {
+                ApiError(StatusCode::BAD_REQUEST, "bad_request", m)
+            }
+            request::RequestError::Forbidden(m) => {
+                ApiError(StatusCode::FORBIDDEN, "forbidden", m.into())
+            }
+        }
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -403,12 +414,7 @@ impl App {
         let buckets = cfg
             .api_keys
             .iter()
-            .map(|k| {
-                Mutex::new(Bucket {
-                    tokens: k.requests_per_second as f64,
-                    at: std::time::Instant::now(),
-                })
-            })
+            .map(|k| Mutex::new(TokenBucket::full(k.requests_per_second as u64, 0)))
             .collect();
         let audit = Mutex::new(AuditLog::new(cfg.audit_retention_hours));
         Ok(Arc::new(App {
@@ -421,6 +427,7 @@ impl App {
             audit,
             metrics: Mutex::default(),
             buckets,
+            epoch: std::time::Instant::now(),
         }))
     }
 
@@ -471,17 +478,10 @@ impl App {
         let Some(b) = self.buckets.get(i) else {
             return false;
         };
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        let rate = rate as u64;
         let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
-        let now = std::time::Instant::now();
-        let rate = rate as f64;
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(rate);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        b.take(ms, rate, rate, 1)
     }
 
     /// The client's address: a backend's `client_ip`, else `X-Forwarded-For`'s last hop before
@@ -1089,46 +1089,6 @@ async fn fetch_status(admin: &str) -> Option<Status> {
         .flatten()
 }
 
-/// `POST /v1/ice-servers`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IceRequest {
-    /// The call the client joins (parties of one call share a relay where they may).
-    pub call_id: Option<String>,
-    /// Credential lifetime asked for, seconds.
-    pub ttl: Option<u64>,
-    /// The user id in the credential (backend keys only).
-    pub user: Option<String>,
-    /// The end user's address (backend keys only).
-    pub client_ip: Option<String>,
-    /// Accepted for forward compatibility; only UDP exists today.
-    pub transports: Option<Vec<String>>,
-    /// Another party's `joinToken`: place this party with that one where its rule allows.
-    pub join: Option<String>,
-}
-
-/// `POST /v1/calls`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CallRequest {
-    /// The call's id.
-    pub call_id: Option<String>,
-    /// Credential lifetime asked for, seconds.
-    pub ttl: Option<u64>,
-    /// The two parties.
-    pub parties: Vec<Party>,
-}
-
-/// One party of a call.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Party {
-    /// Its address.
-    pub client_ip: String,
-    /// The user id in its credential.
-    pub user: Option<String>,
-}
-
 /// The answer to `POST /v1/calls`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -1183,18 +1143,6 @@ async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, ApiError
     })
 }
 
-/// `user` names whose quota a credential counts against: only a backend may choose it.
-fn check_user(key: &ApiKey, user: Option<&str>) -> Result<(), ApiError> {
-    if user.is_some() && !key.backend {
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only backend keys may name the user (it picks whose relay quota is used)".into(),
-        ));
-    }
-    Ok(())
-}
-
 async fn ice_servers(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -1203,28 +1151,9 @@ async fn ice_servers(
 ) -> Result<Json<IceAnswer>, ApiError> {
     let key = app.authorize(&headers)?;
     let body = read_body(body).await?;
-    let req: IceRequest = if body.is_empty() {
-        IceRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?
-    };
-    check_call_id(req.call_id.as_deref())?;
-    check_user(key, req.user.as_deref())?;
+    let req = request::ice(&body, key.backend)?;
     let ip = app.client_ip(peer, &headers, key, req.client_ip.as_deref())?;
     app.allocate(ip, &req).map(Json)
-}
-
-/// A call id travels in join tokens: bounded, so a token always fits their size limit.
-fn check_call_id(id: Option<&str>) -> Result<(), ApiError> {
-    match id {
-        Some(c) if c.is_empty() || c.len() > 128 => Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "call_id: 1-128 characters".into(),
-        )),
-        _ => Ok(()),
-    }
 }
 
 async fn calls(
@@ -1241,26 +1170,7 @@ async fn calls(
         ));
     }
     let body = read_body(body).await?;
-    let req: CallRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
-    let [a, b] = req.parties.as_slice() else {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "parties: exactly two".into(),
-        ));
-    };
-    let parse = |p: &Party| {
-        p.client_ip.parse::<IpAddr>().map_err(|_| {
-            ApiError(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "parties[].client_ip is not an IP address".into(),
-            )
-        })
-    };
-    check_call_id(req.call_id.as_deref())?;
-    let ips = [parse(a)?, parse(b)?];
+    let (req, ips) = request::call(&body)?;
     app.timed(|| app.place_call(ips, &req)).map(Json)
 }
 
@@ -1285,7 +1195,7 @@ async fn turn_rest(
             "service=turn is required".into(),
         ));
     }
-    check_user(key, q.username.as_deref())?;
+    request::check_user(key.backend, q.username.as_deref())?;
     let ip = app.client_ip(peer, &headers, key, q.client_ip.as_deref())?;
     let req = IceRequest {
         user: q.username,
@@ -1633,7 +1543,10 @@ mod tests {
     fn calls_joins_and_the_cross_border_record() {
         let app = app_with(CALL_POLICY, CALL_RELAYS).unwrap();
         let req = CallRequest {
-            parties: vec![Party::default(), Party::default()],
+            parties: vec![
+                crate::request::Party::default(),
+                crate::request::Party::default(),
+            ],
             ..CallRequest::default()
         };
         // DE [eu] and US [us, eu]: one EU relay for both.

@@ -15,7 +15,7 @@ use veil_proto::auth::{self, Credentials, Key, NonceKey};
 use veil_proto::peer_filter::PeerFilter;
 use veil_proto::privacy::Redactor;
 use veil_proto::server::{
-    Action, ClientKey, HEADROOM, Now, RelayId, Server, ServerConfig, Shared, TAILROOM,
+    Action, ClientKey, HEADROOM, Live, Now, RelayId, Server, ServerConfig, Shared, TAILROOM,
 };
 use veil_proto::stun::{Class, Integrity, Writer, attr, method};
 use veil_proto::testing::FakeEnv;
@@ -53,10 +53,27 @@ fn seed_allocate(nonces: &NonceKey) -> Vec<u8> {
 }
 
 fuzz_target!(|data: &[u8]| {
+    // Small caps, so that inputs reach every limit: permissions, channels, bandwidth, the
+    // unauthenticated rate.
+    let caps = veil_proto::limiter::BandwidthCaps {
+        allocation: veil_proto::limiter::Caps {
+            bytes_per_second: 4000,
+            packets_per_second: 20,
+        },
+        user: veil_proto::limiter::Caps {
+            bytes_per_second: 6000,
+            packets_per_second: 30,
+        },
+    };
     let cfg = ServerConfig {
         realm: "fuzz".into(),
         user_quota: 4,
         total_quota: 8,
+        max_permissions: 4,
+        max_channels: 4,
+        unauthenticated_rate: 5,
+        unauthenticated_burst: 10,
+        bandwidth: vec![caps],
         ..veil_proto::testing::config()
     };
     let nonces = NonceKey::new(b"fuzz-node");
@@ -64,6 +81,9 @@ fuzz_target!(|data: &[u8]| {
     let creds = Credentials {
         secrets: vec![SECRET.to_vec()],
         static_users: vec![],
+        max_session: Some(60),
+        removed_secret_grace: Some(10),
+        ..Default::default()
     };
     let shared = Arc::new(Shared::new(
         cfg,
@@ -133,7 +153,28 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             _ => {
-                secs += u64::from(pkt.first().copied().unwrap_or(1)) * 8;
+                let step = pkt.first().copied().unwrap_or(1);
+                secs += u64::from(step) * 8;
+                if step & 0xc0 == 0xc0 {
+                    // A reload: revoke the seeded user, or remove the secret, or restore both.
+                    let live = shared.live();
+                    let mut credentials = live.credentials.clone();
+                    match step % 3 {
+                        0 => {
+                            credentials.revoked_users.insert("f".into());
+                        }
+                        1 => credentials.secrets.clear(),
+                        _ => {
+                            credentials.revoked_users.clear();
+                            credentials.secrets = vec![SECRET.to_vec()];
+                        }
+                    }
+                    shared.replace_live(Live {
+                        credentials,
+                        filter: live.filter.clone(),
+                        bandwidth: live.bandwidth.clone(),
+                    });
+                }
                 server.handle_timeout(now(secs), &mut env);
             }
         }

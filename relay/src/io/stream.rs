@@ -356,6 +356,6 @@ mod tests {
         assert!(c.take(ip("192.0.2.2"), 100, 2), "another IPv4 address");
         c.give_back(ip("2001:db8:1:2::1"));
         assert!(c.take(ip("2001:db8:1:2::77"), 100, 2), "a place given back");
-        assert!(!c.take(ip("198.51.100.1"), 6, 2), "the total cap");
+        assert!(!c.take(ip("198.51.100.1"), 5, 2), "the total cap");
     }
 }
