@@ -45,6 +45,19 @@ fn setup() -> Bench {
         ],
         user_quota: u32::MAX,
         total_quota: u32::MAX,
+        // The challenge is measured answered (one source sends them all), and the bandwidth
+        // meters on, as the relay's defaults have them, but too large to ever bind.
+        unauthenticated_rate: 0,
+        bandwidth: vec![veil_relay::proto::limiter::BandwidthCaps {
+            allocation: veil_relay::proto::limiter::Caps {
+                bytes_per_second: 1 << 40,
+                packets_per_second: 1 << 40,
+            },
+            user: veil_relay::proto::limiter::Caps {
+                bytes_per_second: 1 << 40,
+                packets_per_second: 1 << 40,
+            },
+        }],
         ..ServerConfig::default()
     };
     let creds = Credentials {
