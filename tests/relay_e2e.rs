@@ -1274,20 +1274,7 @@ fn send_indications_never_reach_the_nodes_own_addresses() {
     assert_eq!((&buf[..n], from), (&b"to a peer"[..], relayed));
 
     // Workers report their counters every tick: wait for them, then check nothing else counted.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let body = loop {
-        let (_, body) = common::http_get(admin, "/metrics");
-        let v = common::metric(&body, "veil_relay_peer_sends_denied_total");
-        if v >= Some(2.0) || std::time::Instant::now() > deadline {
-            break body;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(
-        common::metric(&body, "veil_relay_peer_sends_denied_total"),
-        Some(2.0),
-        "{body}"
-    );
+    common::wait_metric(admin, "veil_relay_peer_sends_denied_total", 2.0);
 }
 
 /// Issue 14 §2 against the binary: a spoofed source (here: one address that never answers a
@@ -1346,16 +1333,11 @@ fn unauthenticated_floods_draw_small_replies_and_only_a_burst() {
         (3..=4).contains(&answered),
         "the burst, and at most one token more: {answered}"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = common::http_get(admin, "/metrics");
-        let v = common::metric(&body, "veil_relay_unauthenticated_suppressed_total");
-        if v == Some(50.0 - answered as f64) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{v:?}\n{body}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_metric(
+        admin,
+        "veil_relay_unauthenticated_suppressed_total",
+        50.0 - answered as f64,
+    );
 }
 
 /// Issue 14 §6 against the binary: revoking a user id is a config reload, not a secret
@@ -1448,17 +1430,9 @@ fn bandwidth_caps_drop_and_count_the_excess() {
     }
     // The burst of 20, and a token or two refilled while the 100 were sent.
     assert!((20..=25).contains(&got), "{got} of 100 reached the peer");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = common::http_get(admin, "/metrics");
-        let v = common::metric(
-            &body,
-            "veil_relay_bandwidth_dropped_total{direction=\"to_peer\"}",
-        );
-        if v == Some((100 - got) as f64) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{v:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_metric(
+        admin,
+        "veil_relay_bandwidth_dropped_total{direction=\"to_peer\"}",
+        (100 - got) as f64,
+    );
 }

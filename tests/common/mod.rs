@@ -75,6 +75,25 @@ pub fn start_relay(ports: &str, extra: &[&str]) -> Relay {
     relay
 }
 
+/// Waits (10 s at most: workers publish their counters every tick) until `series` on the
+/// relay's `/metrics` is exactly `want`; panics with the last value otherwise (a value that
+/// overshoots fails too).
+pub fn wait_metric(admin: SocketAddr, series: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = http_get(admin, "/metrics");
+        let v = metric(&body, series);
+        if v == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline && v.is_none_or(|v| v < want),
+            "{series} is {v:?}, want {want}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Sends STUN Binding requests until the relay answers (10 s at most).
 pub fn wait_ready(addr: SocketAddr) {
     let s = StdUdpSocket::bind("127.0.0.1:0").unwrap();

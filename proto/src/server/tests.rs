@@ -1640,6 +1640,14 @@ fn send_indication(
     matches!(c.send(s, env, clock, &buf[..n]), Reply::Forward(..))
 }
 
+/// Allocates for `c` and permits [`PEER`], asserting both succeed.
+fn allocate_and_permit(c: &mut Client, s: &mut Server, env: &mut FakeEnv, clock: &Clock) {
+    let r = c.allocate(s, env, clock, &[]);
+    assert_eq!(class(&r), Class::Success, "{:?}", code(&r));
+    let r = c.permit(s, env, clock, PEER);
+    assert_eq!(class(&r), Class::Success, "{:?}", code(&r));
+}
+
 /// Issue 14 §5: a stolen credential must not make the node a bandwidth cannon. Each
 /// allocation, per direction, gets its packets and bytes per second (a second's burst);
 /// a user's allocations on a worker share the user's cap; a profile (`;s=`) has its own.
@@ -1669,14 +1677,7 @@ fn bandwidth_caps_per_allocation_user_and_profile() {
     let mut s = server_with(cfg);
     let (mut env, mut clock) = (FakeEnv::default(), Clock::new());
     let mut a = Client::rest(40000, "u");
-    assert_eq!(
-        class(&a.allocate(&mut s, &mut env, &clock, &[])),
-        Class::Success
-    );
-    assert_eq!(
-        class(&a.permit(&mut s, &mut env, &clock, PEER)),
-        Class::Success
-    );
+    allocate_and_permit(&mut a, &mut s, &mut env, &clock);
     let sent =
         |c: &mut Client, s: &mut Server, env: &mut FakeEnv, clock: &Clock, n: usize, len: usize| {
             (0..n)
@@ -1703,36 +1704,15 @@ fn bandwidth_caps_per_allocation_user_and_profile() {
     // A second allocation of the same user: the user's 15/s is shared (a fresh user bucket
     // had 15 at first; 10 taken by `a` this second already: 5 left for `b`).
     let mut b = Client::rest(40001, "u");
-    assert_eq!(
-        class(&b.allocate(&mut s, &mut env, &clock, &[])),
-        Class::Success
-    );
-    assert_eq!(
-        class(&b.permit(&mut s, &mut env, &clock, PEER)),
-        Class::Success
-    );
+    allocate_and_permit(&mut b, &mut s, &mut env, &clock);
     assert_eq!(sent(&mut b, &mut s, &mut env, &clock, 50, 100), 5);
     // Another user is not affected.
     let mut other = Client::rest(40002, "v");
-    assert_eq!(
-        class(&other.allocate(&mut s, &mut env, &clock, &[])),
-        Class::Success
-    );
-    assert_eq!(
-        class(&other.permit(&mut s, &mut env, &clock, PEER)),
-        Class::Success
-    );
+    allocate_and_permit(&mut other, &mut s, &mut env, &clock);
     assert_eq!(sent(&mut other, &mut s, &mut env, &clock, 50, 100), 10);
     // The video profile: 3000 bytes/s binds, not packets.
     let mut v = Client::rest(40003, "w;s=video");
-    assert_eq!(
-        class(&v.allocate(&mut s, &mut env, &clock, &[])),
-        Class::Success
-    );
-    assert_eq!(
-        class(&v.permit(&mut s, &mut env, &clock, PEER)),
-        Class::Success
-    );
+    allocate_and_permit(&mut v, &mut s, &mut env, &clock);
     assert_eq!(sent(&mut v, &mut s, &mut env, &clock, 50, 1000), 3);
     // A reload raises the node's caps for allocations already running.
     let live = s.shared().live();
