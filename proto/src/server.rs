@@ -285,14 +285,8 @@ impl Server {
     #[inline]
     fn meter(&mut self, slot: usize, dir: usize, now: Instant, len: usize) -> bool {
         let ms = self.millis(now);
+        let caps = self.caps(self.allocs[slot].profile);
         let a = &mut self.allocs[slot];
-        let caps = {
-            let b = &self.live.bandwidth;
-            match b.get(a.profile as usize).or_else(|| b.first()) {
-                Some(c) => *c,
-                None => return true,
-            }
-        };
         let ok = a.meters[dir].admit(&caps.allocation, ms, len)
             && self
                 .users

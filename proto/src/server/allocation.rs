@@ -144,16 +144,15 @@ impl Server {
 
     /// The user meter of `quota_key` on this worker, created (full) if it has none; one more
     /// allocation holds it.
-    fn user_slot(&mut self, quota_key: &str, ms: u64) -> usize {
+    fn user_slot(&mut self, quota_key: &str, caps: &crate::limiter::Caps, ms: u64) -> usize {
         if let Some(&slot) = self.user_slots.get(quota_key) {
             self.users[slot].allocations += 1;
             return slot;
         }
-        let caps = self.caps(0).user;
         let slot = self.users.insert(UserMeter {
             key: quota_key.into(),
             allocations: 1,
-            meters: [Meter::new(&caps, ms); 2],
+            meters: [Meter::new(caps, ms); 2],
         });
         self.user_slots.insert(quota_key.into(), slot);
         slot
@@ -267,7 +266,7 @@ impl Server {
         let credential_expiry = auth::rest_expiry(who.username);
         let ms = self.millis(r.now.mono);
         let caps = self.caps(profile);
-        let user = self.user_slot(&quota_key, ms);
+        let user = self.user_slot(&quota_key, &caps.user, ms);
         let (granted, expires) =
             self.bounded_lifetime(r.now, req.lifetime, credential_expiry, None);
         let a = Allocation {

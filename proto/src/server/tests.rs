@@ -39,6 +39,19 @@ fn lifetime_of(resp: &[u8]) -> u32 {
     u32::from_be_bytes(v.try_into().unwrap())
 }
 
+/// Allocates for `c`, asserting it succeeds.
+fn allocate_ok(c: &mut Client, s: &mut Server, env: &mut FakeEnv, clock: &Clock) {
+    let r = c.allocate(s, env, clock, &[]);
+    assert_eq!(class(&r), Class::Success, "{:?}", code(&r));
+}
+
+/// Allocates for `c` and permits [`PEER`], asserting both succeed.
+fn allocate_and_permit(c: &mut Client, s: &mut Server, env: &mut FakeEnv, clock: &Clock) {
+    allocate_ok(c, s, env, clock);
+    let r = c.permit(s, env, clock, PEER);
+    assert_eq!(class(&r), Class::Success, "{:?}", code(&r));
+}
+
 #[test]
 fn binding_answers_xor_mapped_address_and_mirrors_fingerprint() {
     let (mut s, mut env, clock) = setup();
@@ -149,10 +162,7 @@ fn allocate_with_rest_credentials() {
 fn rotated_secret_still_validates_and_wrong_or_expired_credentials_get_401() {
     let (mut s, mut env, clock) = setup();
     let mut old = Client::new(40001, format!("{}:bob", T0 + 60), OLD_SECRET);
-    assert_eq!(
-        class(&old.allocate(&mut s, &mut env, &clock, &[])),
-        Class::Success
-    );
+    allocate_ok(&mut old, &mut s, &mut env, &clock);
 
     let mut wrong = Client::rest(40002, "carol");
     wrong.password = "not-the-password".into();
@@ -199,20 +209,14 @@ fn static_users_work_for_development() {
     let mut c = Client::rest(40000, "x");
     c.username = "dev".into();
     c.password = "devpass".into();
-    assert_eq!(
-        class(&c.allocate(&mut s, &mut env, &clock, &[])),
-        Class::Success
-    );
+    allocate_ok(&mut c, &mut s, &mut env, &clock);
 }
 
 #[test]
 fn stale_nonce_gets_438_with_a_fresh_one() {
     let (mut s, mut env, mut clock) = setup();
     let mut c = Client::new(40000, format!("{}:a", T0 + 86_400), SECRET);
-    assert_eq!(
-        class(&c.allocate(&mut s, &mut env, &clock, &[])),
-        Class::Success
-    );
+    allocate_ok(&mut c, &mut s, &mut env, &clock);
     let old_nonce = c.nonce.clone();
     clock.secs = 3601; // past nonce_lifetime, allocation (600 s) gone too
     s.handle_timeout(clock.now(), &mut env);
@@ -236,10 +240,7 @@ fn stale_nonce_gets_438_with_a_fresh_one() {
     );
     // Retrying with the fresh nonce succeeds.
     c.nonce = fresh.to_vec();
-    assert_eq!(
-        class(&c.allocate(&mut s, &mut env, &clock, &[])),
-        Class::Success
-    );
+    allocate_ok(&mut c, &mut s, &mut env, &clock);
 }
 
 #[test]
@@ -1194,10 +1195,7 @@ fn permissions_and_channels_are_capped_per_allocation() {
     let mut s = server_with(cfg);
     let (mut env, mut clock) = (FakeEnv::default(), Clock::new());
     let mut c = Client::rest(40000, "greedy");
-    assert_eq!(
-        class(&c.allocate(&mut s, &mut env, &clock, &[])),
-        Class::Success
-    );
+    allocate_ok(&mut c, &mut s, &mut env, &clock);
     for i in 0..4 {
         let r = c.permit(&mut s, &mut env, &clock, &format!("93.184.216.{i}:1"));
         assert_eq!(class(&r), Class::Success, "{i}: {:?}", code(&r));
@@ -1270,10 +1268,7 @@ fn reservations_count_in_quotas_and_end_with_their_allocation() {
     assert_eq!(code(&d.allocate(&mut s, &mut env, &clock, &[])), Some(486));
     // The node's quota counts it too: one unit left for everyone else.
     let mut e = Client::rest(40002, "other");
-    assert_eq!(
-        class(&e.allocate(&mut s, &mut env, &clock, &[])),
-        Class::Success
-    );
+    allocate_ok(&mut e, &mut s, &mut env, &clock);
     let mut f = Client::rest(40003, "third");
     assert_eq!(code(&f.allocate(&mut s, &mut env, &clock, &[])), Some(508));
     // Deleting the allocation frees its reservation at once: port and both units.
@@ -1334,10 +1329,7 @@ fn own_addresses_refused_per_datagram_and_reloads_cut_existing_permissions() {
     };
     s.shared().replace_live(live(filter.clone()));
     let mut c = Client::rest(40000, "a");
-    assert_eq!(
-        class(&c.allocate(&mut s, &mut env, &clock, &[])),
-        Class::Success
-    );
+    allocate_ok(&mut c, &mut s, &mut env, &clock);
     assert_eq!(
         class(&c.permit(&mut s, &mut env, &clock, "203.0.113.5:20001")),
         Class::Success
@@ -1557,14 +1549,8 @@ fn revoked_users_lose_their_allocations_at_the_reload() {
     let (mut s, mut env, clock) = setup();
     let mut bad = Client::rest(40000, "mallory;z=eu");
     let mut good = Client::rest(40001, "alice");
-    assert_eq!(
-        class(&bad.allocate(&mut s, &mut env, &clock, &[])),
-        Class::Success
-    );
-    assert_eq!(
-        class(&good.allocate(&mut s, &mut env, &clock, &[])),
-        Class::Success
-    );
+    allocate_ok(&mut bad, &mut s, &mut env, &clock);
+    allocate_ok(&mut good, &mut s, &mut env, &clock);
     reload_credentials(&s, |c| {
         c.revoked_users.insert("mallory".into());
     });
@@ -1590,14 +1576,8 @@ fn removing_a_secret_ends_its_allocations_after_the_grace() {
     let (mut s, mut env, mut clock) = setup();
     let mut old = Client::new(40000, format!("{}:o", T0 + 3600), OLD_SECRET);
     let mut new = Client::rest(40001, "n");
-    assert_eq!(
-        class(&old.allocate(&mut s, &mut env, &clock, &[])),
-        Class::Success
-    );
-    assert_eq!(
-        class(&new.allocate(&mut s, &mut env, &clock, &[])),
-        Class::Success
-    );
+    allocate_ok(&mut old, &mut s, &mut env, &clock);
+    allocate_ok(&mut new, &mut s, &mut env, &clock);
     // A rotation: the old secret goes, its allocations stay.
     reload_credentials(&s, |c| c.secrets = vec![SECRET.to_vec()]);
     s.handle_timeout(clock.now(), &mut env);
@@ -1638,14 +1618,6 @@ fn send_indication(
     w.attr(attr::DATA, &vec![7u8; len]).unwrap();
     let n = w.finish();
     matches!(c.send(s, env, clock, &buf[..n]), Reply::Forward(..))
-}
-
-/// Allocates for `c` and permits [`PEER`], asserting both succeed.
-fn allocate_and_permit(c: &mut Client, s: &mut Server, env: &mut FakeEnv, clock: &Clock) {
-    let r = c.allocate(s, env, clock, &[]);
-    assert_eq!(class(&r), Class::Success, "{:?}", code(&r));
-    let r = c.permit(s, env, clock, PEER);
-    assert_eq!(class(&r), Class::Success, "{:?}", code(&r));
 }
 
 /// Issue 14 §5: a stolen credential must not make the node a bandwidth cannon. Each
