@@ -294,7 +294,7 @@ fn main() {
     );
     let cover = Some(Cover {
         interval: ms(20),
-        size: 128,
+        size: Some(128),
     });
     let modes = [
         ("off", Timing::Off, None),

@@ -404,9 +404,10 @@ fn binding_request_gets_our_address() {
     assert!(stun::find_attr(&buf[..len], stun::attr::SOFTWARE).is_none());
 }
 
-/// Shaping on (buckets, 20 ms slots, cover 50:128): the webrtc-rs client still relays with zero
-/// loss and intact payloads, every frame it receives has a bucket size, arrivals sit on one 20 ms
-/// grid, and cover frames fill silences without reaching the application.
+/// The default of `--shaping` (one size per flow, 20 ms slots, cover at the flow's size): the
+/// webrtc-rs client still relays with zero loss and intact payloads, every frame it receives has
+/// a bucket size, arrivals sit on one 20 ms grid, and cover frames of the flow's size fill
+/// silences without reaching the application.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shaping_pads_to_buckets_and_reclocks_to_slots() {
     let relay = start_relay(
@@ -450,8 +451,9 @@ async fn shaping_pads_to_buckets_and_reclocks_to_slots() {
     assert_eq!((got_a, got_b), (N, N), "zero loss");
     peer.await.unwrap();
 
-    // Silence: cover frames (Binding indications of 128 bytes) keep arriving on the slot grid,
-    // and the client neither surfaces them nor stops working.
+    // Silence: cover frames (Binding indications of the flow's size: 1200, the bucket its
+    // 700-byte frames needed) keep arriving on the slot grid, and the client neither surfaces
+    // them nor stops working.
     let before = counts.received.lock().unwrap().len();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let cover: Vec<usize> = counts.received.lock().unwrap()[before..]
@@ -464,7 +466,7 @@ async fn shaping_pads_to_buckets_and_reclocks_to_slots() {
         "about 15 cover frames in 300 ms, got {}",
         cover.len()
     );
-    assert!(cover.iter().all(|n| *n == 128), "{cover:?}");
+    assert!(cover.iter().all(|n| *n == 1200), "{cover:?}");
     let nothing = tokio::time::timeout(Duration::from_millis(50), conn.recv_from(&mut buf)).await;
     assert!(nothing.is_err(), "cover never reaches the application");
     let (peer_a, _, peer) = echo_peer(1).await;
@@ -489,6 +491,11 @@ async fn shaping_pads_to_buckets_and_reclocks_to_slots() {
             "a {k:x?} frame of {n} bytes is not a bucket size"
         );
     }
+    // One size per flow: the size only rises (to what a frame needed), never falls back for a
+    // smaller frame; from the first 700-byte frame on, everything is 1200.
+    assert!(media.windows(2).all(|w| w[0].2 <= w[1].2), "{media:?}");
+    let big = media.iter().position(|(_, _, n)| *n == 1200).unwrap();
+    assert!(big <= 12, "the sixth message needed 1200: {big}");
     // Slots: arrivals of media frames fall on one 20 ms grid. Phase from the first frame; the
     // tolerance covers this test client's own scheduling, not the relay's.
     let slot = Duration::from_millis(20).as_micros() as i64;

@@ -33,6 +33,9 @@ pub struct IceRequest {
     pub transports: Option<Vec<String>>,
     /// Another party's `joinToken`: place this party with that one where its rule allows.
     pub join: Option<String>,
+    /// The relays' shaping profile for this credential (backend keys only): the claim
+    /// `s=<profile>`; a profile the relays admit only over TLS gets `turns:` URIs only.
+    pub profile: Option<String>,
 }
 
 /// `POST /v1/calls`.
@@ -55,6 +58,8 @@ pub struct Party {
     pub client_ip: String,
     /// The user id in its credential.
     pub user: Option<String>,
+    /// Its shaping profile, as [`IceRequest::profile`].
+    pub profile: Option<String>,
 }
 
 /// `POST /v1/ice-servers`: an empty body is a request with every field unset. `backend`: the
@@ -67,6 +72,7 @@ pub fn ice(body: &[u8], backend: bool) -> Result<IceRequest, RequestError> {
     };
     check_call_id(req.call_id.as_deref())?;
     check_user(backend, req.user.as_deref())?;
+    check_profile(backend, req.profile.as_deref())?;
     Ok(req)
 }
 
@@ -85,6 +91,9 @@ pub fn call(body: &[u8]) -> Result<(CallRequest, [IpAddr; 2]), RequestError> {
     };
     let ips = [parse(a)?, parse(b)?];
     check_call_id(req.call_id.as_deref())?;
+    for p in &req.parties {
+        check_profile(true, p.profile.as_deref())?;
+    }
     Ok((req, ips))
 }
 
@@ -93,6 +102,27 @@ pub fn check_user(backend: bool, user: Option<&str>) -> Result<(), RequestError>
     if user.is_some() && !backend {
         return Err(RequestError::Forbidden(
             "only backend keys may name the user (it picks whose relay quota is used)",
+        ));
+    }
+    Ok(())
+}
+
+/// A shaping profile chooses how a caller's media is protected and what bandwidth it may use:
+/// only a backend may choose it, and it is a relay profile name (1-32 of `[A-Za-z0-9_-]`).
+pub fn check_profile(backend: bool, profile: Option<&str>) -> Result<(), RequestError> {
+    let Some(p) = profile else { return Ok(()) };
+    if !backend {
+        return Err(RequestError::Forbidden(
+            "only backend keys may choose the shaping profile",
+        ));
+    }
+    let ok = !p.is_empty()
+        && p.len() <= 32
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(RequestError::BadRequest(
+            "profile: 1-32 of [A-Za-z0-9_-]".into(),
         ));
     }
     Ok(())

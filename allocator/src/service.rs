@@ -184,6 +184,8 @@ struct Tracked {
     entry: RelayEntry,
     view: RelayView,
     uris: Vec<String>,
+    /// Profiles the relay admits only over TLS (from its `/status`).
+    tls_only: Vec<String>,
     good: u32,
     bad: u32,
 }
@@ -205,6 +207,7 @@ impl Tracked {
             },
             entry,
             uris: Vec::new(),
+            tls_only: Vec::new(),
             good: 0,
             bad: 0,
         }
@@ -740,15 +743,12 @@ impl App {
             (None, Some(c)) => c.clone(),
             (None, None) => random_id(),
         };
-        let mut answer = self.answer(
-            &relays,
-            placement,
-            &location,
-            req.ttl,
-            req.user.as_deref(),
-            &call,
-            now,
-        )?;
+        let mint = Mint {
+            ttl: req.ttl,
+            user: req.user.as_deref(),
+            profile: req.profile.as_deref(),
+        };
+        let mut answer = self.answer(&relays, placement, &location, mint, &call, now)?;
         drop(relays);
         if let (Some(j), Some(cross)) = (&joined, cross) {
             answer.cross_zone = Some(cross);
@@ -809,8 +809,12 @@ impl App {
         let parties = [(pa, 0), (pb, 1)]
             .into_iter()
             .map(|(p, i)| {
-                let user = req.parties[i].user.as_deref();
-                self.answer(&relays, p, &locations[i], req.ttl, user, &call, now)
+                let mint = Mint {
+                    ttl: req.ttl,
+                    user: req.parties[i].user.as_deref(),
+                    profile: req.parties[i].profile.as_deref(),
+                };
+                self.answer(&relays, p, &locations[i], mint, &call, now)
             })
             .collect::<Result<Vec<_>, _>>()?;
         drop(relays);
@@ -824,17 +828,16 @@ impl App {
     }
 
     /// Mints the credential and the answer for one placed party, and records the placement.
-    #[allow(clippy::too_many_arguments)]
     fn answer(
         &self,
         relays: &[Tracked],
         placement: Placement,
         location: &Location,
-        ttl: Option<u64>,
-        user: Option<&str>,
+        mint: Mint,
         call: &str,
         now: u64,
     ) -> Result<IceAnswer, ApiError> {
+        let Mint { ttl, user, profile } = mint;
         let primary = &relays[placement.primary];
         let zone = primary.view.zone.clone();
         let ttl = ttl
@@ -858,7 +861,11 @@ impl App {
             }
             None => random_id(),
         };
-        let username = auth::username_with_claims(now + ttl, &user, &[("z", &zone)]);
+        let mut claims = vec![("z", zone.as_str())];
+        if let Some(p) = profile {
+            claims.push(("s", p));
+        }
+        let username = auth::username_with_claims(now + ttl, &user, &claims);
         let secret = self
             .secret
             .read()
@@ -874,12 +881,29 @@ impl App {
                 relay: primary.view.name.clone(),
             },
         );
-        let mut urls = primary.uris.clone();
+        // A profile the relay admits only over TLS: its `turns:` URIs only (the others would
+        // draw 403, or worse, a client's fallback onto a leg the profile cannot protect).
+        let uris_of = |t: &Tracked| -> Vec<String> {
+            let tls_only = profile.is_some_and(|p| t.tls_only.iter().any(|x| x == p));
+            t.uris
+                .iter()
+                .filter(|u| !tls_only || u.starts_with("turns:"))
+                .cloned()
+                .collect()
+        };
+        let mut urls = uris_of(primary);
         if let Some(b) = placement.backup
             && relays[b].view.zone == zone
         {
             // A backup in the same zone accepts the same credential.
-            urls.extend(relays[b].uris.iter().cloned());
+            urls.extend(uris_of(&relays[b]));
+        }
+        if urls.is_empty() {
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_tls",
+                "the profile requires TLS and the placed relay offers no turns: URI".into(),
+            ));
         }
         self.audit.lock().unwrap_or_else(|e| e.into_inner()).placed(
             now,
@@ -999,6 +1023,7 @@ impl App {
                     t.view.capacity = s.capacity;
                     t.view.draining = s.draining || !s.ready;
                     t.uris = s.uris;
+                    t.tls_only = s.tls_only_profiles;
                     if !t.view.healthy && t.good >= self.cfg.up_after {
                         tracing::info!(relay = %t.view.name, "relay up");
                         t.view.healthy = true;
@@ -1087,6 +1112,14 @@ async fn fetch_status(admin: &str) -> Option<Status> {
         .await
         .ok()
         .flatten()
+}
+
+/// What a credential is minted with besides its zone.
+#[derive(Clone, Copy)]
+struct Mint<'a> {
+    ttl: Option<u64>,
+    user: Option<&'a str>,
+    profile: Option<&'a str>,
 }
 
 /// The answer to `POST /v1/calls`.

@@ -3,17 +3,20 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use veil_proto::shaping::{Padding, pad_frame, pad_stream_frame};
+use veil_proto::shaping::{Padding, pad_frame_to, pad_stream_frame};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 3 {
         return;
     }
-    let padding = match data[0] % 3 {
+    let padding = match data[0] % 4 {
         0 => Padding::Buckets(vec![64, 128, 256, 1200]),
         1 => Padding::Multiple(((data[1] as u16 % 16) + 2) * 4),
+        2 => Padding::Flow(vec![64, 128, 132, 256, 1200]),
         _ => Padding::Off,
     };
+    // A flow's size under per-flow padding (or none): frames are padded to at least it.
+    let floor = [0, 64, 128, 132, 256, 1200][(data[0] as usize / 4) % 6];
     let frame = &data[2..];
     let room = frame.len() + (data[1] as usize) * 4;
     for stream in [false, true] {
@@ -21,10 +24,15 @@ fuzz_target!(|data: &[u8]| {
         buf[8..8 + frame.len()].copy_from_slice(frame);
         let range = 8..8 + frame.len();
         let out = if stream {
-            pad_stream_frame(&padding, &mut buf, range.clone(), &[1; 12])
+            pad_stream_frame(&padding, &mut buf, range.clone(), floor, &[1; 12])
         } else {
-            pad_frame(&padding, &mut buf, range.clone())
+            let target = padding.target_at_least(frame.len(), floor);
+            pad_frame_to(&mut buf, range.clone(), target)
         };
+        let fits = out.start + padding.target_at_least(frame.len(), floor) <= buf.len();
+        if padding != Padding::Off && fits && out.end > range.end {
+            assert!(out.len() >= floor, "at least the flow's size");
+        }
         assert_eq!(out.start, 8);
         assert!(out.end <= buf.len());
         assert!(out.end >= range.end);

@@ -52,4 +52,8 @@ pub struct Status {
     pub capacity: u32,
     /// TURN URIs clients use to reach this node (`turn:IP:PORT?transport=udp`).
     pub uris: Vec<String>,
+    /// Shaping profiles this node admits only over TLS: the allocator hands their credentials
+    /// out with `turns:` URIs only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_only_profiles: Vec<String>,
 }

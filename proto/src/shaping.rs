@@ -4,7 +4,13 @@
 //! [`Shaper`] belongs to one worker; it holds a bounded pool of preallocated packet buffers and
 //! one timer heap, so shaping allocates nothing per packet and needs no sleep per packet.
 //!
-//! What each defence buys, honestly (the README repeats this for operators):
+//! What each defence buys, honestly (the README repeats this for operators, per observer and leg,
+//! with the on-the-wire measurements of `benches/shaping_wire.rs`):
+//! * **One size per flow** (`flow:` buckets, the default of `--shaping`): every frame of a flow
+//!   and its cover leave at one size, the largest bucket the flow needed recently (raised at once,
+//!   lowered one bucket after [`FLOW_SIZE_HOLD`] without needing it). Per-frame buckets leak the
+//!   talk spurts: voice frames fall into a larger bucket than silence and cover, so the bytes per
+//!   time bin draw the speech.
 //! * **Padding** on UDP adds zero bytes after a ChannelData payload (clients accept trailing bytes
 //!   when the length after the header is a multiple of 4, hence buckets are multiples of 4) and a
 //!   comprehension-optional attribute inside a Data indication. The ChannelData Length field stays
@@ -47,7 +53,15 @@ pub enum Padding {
     Buckets(Vec<u16>),
     /// Up to the next multiple of N (a multiple of 4).
     Multiple(u16),
+    /// One size per flow: every frame of a flow (and its cover) is padded to the flow's size,
+    /// the largest of these buckets the flow needed recently (see [`FLOW_SIZE_HOLD`]).
+    Flow(Vec<u16>),
 }
+
+/// How long a flow keeps a bucket it no longer needs before it steps down one bucket. Longer
+/// than a conversation's pauses (a listener's silence of seconds to tens of seconds), so a flow's
+/// size follows what kind of media it carries (voice, video) and not when someone speaks.
+pub const FLOW_SIZE_HOLD: Duration = Duration::from_secs(30);
 
 impl Padding {
     /// Checks the sizes: buckets and multiples must be multiples of 4 (coturn's parser), at least
@@ -56,8 +70,8 @@ impl Padding {
         let ok = |n: u16| n >= 8 && n % 4 == 0 && n <= 65_532;
         match self {
             Padding::Off => Ok(()),
-            Padding::Buckets(b) if b.is_empty() => Err("no buckets".into()),
-            Padding::Buckets(b) => match b.iter().find(|n| !ok(**n)) {
+            Padding::Buckets(b) | Padding::Flow(b) if b.is_empty() => Err("no buckets".into()),
+            Padding::Buckets(b) | Padding::Flow(b) => match b.iter().find(|n| !ok(**n)) {
                 Some(n) => Err(format!(
                     "bucket {n}: must be a multiple of 4 between 8 and 65532"
                 )),
@@ -73,30 +87,74 @@ impl Padding {
         }
     }
 
-    /// The size a frame of `len` bytes is sent as (never smaller than `len`; a multiple of 4).
+    /// The size a frame of `len` bytes is sent as on its own (never smaller than `len`; a
+    /// multiple of 4). Under [`Padding::Flow`] the flow's size may be larger ([`Shaper`]).
     pub fn target(&self, len: usize) -> usize {
+        self.target_at_least(len, 0)
+    }
+
+    /// The smallest size for a frame of `len` bytes that is at least `floor` (a bucket of the
+    /// flow), or `len` aligned to 4 beyond the largest bucket.
+    pub fn target_at_least(&self, len: usize, floor: usize) -> usize {
+        self.target_where(len, floor, |_| true)
+    }
+
+    /// [`Padding::target_at_least`] among sizes `ok` accepts.
+    fn target_where(&self, len: usize, floor: usize, ok: impl Fn(usize) -> bool) -> usize {
         let aligned = (len + 3) & !3;
         match self {
             Padding::Off => len,
-            Padding::Buckets(b) => b
+            Padding::Buckets(b) | Padding::Flow(b) => b
                 .iter()
                 .map(|&n| n as usize)
-                .find(|&n| n >= len)
+                .find(|&n| n >= len && n >= floor && ok(n))
                 .unwrap_or(aligned),
             Padding::Multiple(n) => {
                 let n = *n as usize;
-                len.div_ceil(n) * n
+                let mut t = len.max(floor).div_ceil(n) * n;
+                while !ok(t) {
+                    t += n;
+                }
+                t
             }
+        }
+    }
+
+    /// The size a stream frame of `aligned` bytes is written as: the frame alone, or the frame and
+    /// a filler of at least a STUN header ([`pad_stream_frame`]); at least `floor`.
+    pub fn stream_target(&self, aligned: usize, floor: usize) -> usize {
+        if *self == Padding::Off {
+            return aligned;
+        }
+        self.target_where(aligned, floor, |t| {
+            t == aligned || t >= aligned + stun::HEADER_LEN
+        })
+    }
+
+    /// The buckets of a per-flow padding.
+    fn flow_buckets(&self) -> Option<&[u16]> {
+        match self {
+            Padding::Flow(b) => Some(b),
+            _ => None,
         }
     }
 }
 
 impl FromStr for Padding {
     type Err = String;
-    /// `off`, `multiple:N`, or a comma-separated bucket list `128,256,512,1200`.
+    /// `off`, `multiple:N`, a comma-separated bucket list `128,256,512,1200` (per frame), or
+    /// `flow:128,256,512,1200` (one size per flow).
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let p = if s == "off" {
+        let (flow, list) = match s.strip_prefix("flow:") {
+            Some(rest) => (true, rest.trim()),
+            None => (false, s),
+        };
+        let p = if flow {
+            Padding::Flow(parse_sizes(list).map_err(|_| {
+                format!("`{s}`: flow: and a list of sizes like flow:128,256,512,1200")
+            })?)
+        } else if s == "off" {
             Padding::Off
         } else if let Some(n) = s.strip_prefix("multiple:") {
             Padding::Multiple(
@@ -105,19 +163,18 @@ impl FromStr for Padding {
                     .map_err(|_| format!("`{s}`: multiple:N with N a number"))?,
             )
         } else {
-            let mut v = Vec::new();
-            for part in s.split(',') {
-                v.push(
-                    part.trim()
-                        .parse::<u16>()
-                        .map_err(|_| format!("`{s}`: a list of sizes like 128,256,512,1200"))?,
-                );
-            }
-            Padding::Buckets(v)
+            Padding::Buckets(
+                parse_sizes(s)
+                    .map_err(|_| format!("`{s}`: a list of sizes like 128,256,512,1200"))?,
+            )
         };
         p.validate()?;
         Ok(p)
     }
+}
+
+fn parse_sizes(s: &str) -> Result<Vec<u16>, std::num::ParseIntError> {
+    s.split(',').map(|p| p.trim().parse::<u16>()).collect()
 }
 
 impl fmt::Display for Padding {
@@ -125,7 +182,10 @@ impl fmt::Display for Padding {
         match self {
             Padding::Off => f.write_str("off"),
             Padding::Multiple(n) => write!(f, "multiple:{n}"),
-            Padding::Buckets(b) => {
+            Padding::Buckets(b) | Padding::Flow(b) => {
+                if matches!(self, Padding::Flow(_)) {
+                    f.write_str("flow:")?;
+                }
                 let s: Vec<String> = b.iter().map(|n| n.to_string()).collect();
                 f.write_str(&s.join(","))
             }
@@ -199,34 +259,47 @@ impl fmt::Display for Timing {
 }
 
 /// Cover traffic: once a flow has carried media, keep at least `rate` frames per second going to
-/// its client until its allocation ends, filling gaps (silences) with filler frames of `size`
-/// bytes. Real frames count towards the rate; cover never delays them.
+/// its client until its allocation ends, filling gaps (silences) with filler frames. Real frames
+/// count towards the rate; cover never delays them.
 ///
-/// On UDP the filler is a STUN Binding *indication* grown to `size` with the padding attribute:
-/// libwebrtc, pion, webrtc-rs, aioice and coturn's uclient discard an indication of a method they
-/// do not use (the end-to-end tests prove it for webrtc-rs and uclient). Never ChannelData on an
-/// unbound channel: pion and webrtc-rs end their receive loop on it.
+/// A filler is as large as the flow's frames: under [`Padding::Flow`] the flow's size, otherwise
+/// the padded size of the flow's last frame; `RATE:SIZE` fixes the size instead (which, with
+/// media of other sizes, lets the byte volume per time bin tell media from cover).
+///
+/// On UDP the filler is a STUN Binding *indication* grown with the padding attribute: libwebrtc,
+/// pion, webrtc-rs, aioice and coturn's uclient discard an indication of a method they do not use
+/// (the end-to-end tests prove it for webrtc-rs and uclient). Never ChannelData on an unbound
+/// channel: pion and webrtc-rs end their receive loop on it. A TURN-aware observer of plain UDP
+/// tells the two apart by their first byte; inside TLS they are records of one size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cover {
     /// At most this long between two frames of a flow.
     pub interval: Duration,
-    /// The size of a cover frame.
-    pub size: u16,
+    /// A fixed size of cover frames; `None`: the flow's size.
+    pub size: Option<u16>,
 }
 
 impl FromStr for Cover {
     type Err = String;
-    /// `RATE:SIZE`: frames per second and bytes, e.g. `50:128`.
+    /// `RATE` (frames per second, fillers at the flow's size) or `RATE:SIZE` (bytes), e.g. `50`.
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || {
             format!(
-                "`{s}`: RATE:SIZE, e.g. 50:128 (1-200 frames/s, 28-1200 bytes, size a multiple of 4)"
+                "`{s}`: RATE or RATE:SIZE, e.g. 50 (1-200 frames/s; SIZE 28-1200 bytes, a multiple of 4)"
             )
         };
-        let (r, z) = s.trim().split_once(':').ok_or_else(bad)?;
+        let (r, z) = match s.trim().split_once(':') {
+            Some((r, z)) => (r, Some(z)),
+            None => (s.trim(), None),
+        };
         let rate: u32 = r.trim().parse().map_err(|_| bad())?;
-        let size: u16 = z.trim().parse().map_err(|_| bad())?;
-        if !(1..=200).contains(&rate) || !(28..=1200).contains(&size) || size % 4 != 0 {
+        let size: Option<u16> = match z {
+            Some(z) => Some(z.trim().parse().map_err(|_| bad())?),
+            None => None,
+        };
+        if !(1..=200).contains(&rate)
+            || size.is_some_and(|z| !(28..=1200).contains(&z) || z % 4 != 0)
+        {
             return Err(bad());
         }
         Ok(Cover {
@@ -239,7 +312,10 @@ impl FromStr for Cover {
 impl fmt::Display for Cover {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rate = (1_000_000_000 / self.interval.as_nanos().max(1)) as u64;
-        write!(f, "{rate}:{}", self.size)
+        match self.size {
+            Some(z) => write!(f, "{rate}:{z}"),
+            None => write!(f, "{rate}"),
+        }
     }
 }
 
@@ -257,6 +333,17 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The longest a frame should wait under this timing: two slots (a frame bunched behind its
+    /// flow's previous one takes the next slot), or the jitter maximum. A frame that leaves later
+    /// (the worker woke late) is counted in [`ShapingStats::late_frames`].
+    pub fn delay_bound(&self) -> Option<Duration> {
+        match self.timing {
+            Timing::Off => None,
+            Timing::Slots(iv) => Some(2 * iv),
+            Timing::Jitter(max) => Some(max),
+        }
+    }
+
     /// Whether this policy changes nothing.
     pub fn is_off(&self) -> bool {
         self.padding == Padding::Off && self.timing == Timing::Off && self.cover.is_none()
@@ -288,12 +375,13 @@ pub fn write_cover_frame(out: &mut [u8], size: usize, txid: &[u8; 12]) -> usize 
 /// Pads a frame for a stream transport (TCP, TLS), where every client delimits frames by their
 /// own lengths: ChannelData is aligned to 4 (required on streams) and the frame is followed by a
 /// filler Binding indication, so that what is written together — one TLS record — is a bucket
-/// size. A gap too small for a filler (under 20 bytes) moves to the next bucket. Returns the range
-/// to write, frame and filler together.
+/// size, at least `floor` ([`Padding::stream_target`]: a gap too small for a filler, under 20
+/// bytes, moves to the next bucket). Returns the range to write, frame and filler together.
 pub fn pad_stream_frame(
     padding: &Padding,
     buf: &mut [u8],
     frame: Range<usize>,
+    floor: usize,
     txid: &[u8; 12],
 ) -> Range<usize> {
     let aligned = (frame.len() + 3) & !3;
@@ -301,10 +389,7 @@ pub fn pad_stream_frame(
         return frame;
     }
     buf[frame.end..frame.start + aligned].fill(0);
-    let mut target = padding.target(aligned);
-    if target > aligned && target - aligned < stun::HEADER_LEN {
-        target = padding.target(aligned + stun::HEADER_LEN);
-    }
+    let target = padding.stream_target(aligned, floor);
     let gap = target.saturating_sub(aligned);
     let filler_at = frame.start + aligned;
     if gap == 0 || filler_at + gap > buf.len() {
@@ -318,8 +403,13 @@ pub fn pad_stream_frame(
 /// what it adds. Returns the padded range (unchanged if padding is off, the frame is not
 /// ChannelData or a Data indication, or the buffer has no room).
 pub fn pad_frame(padding: &Padding, buf: &mut [u8], frame: Range<usize>) -> Range<usize> {
+    let target = padding.target(frame.len());
+    pad_frame_to(buf, frame, target)
+}
+
+/// [`pad_frame`] to a given size (a multiple of 4 for Data indications).
+pub fn pad_frame_to(buf: &mut [u8], frame: Range<usize>, target: usize) -> Range<usize> {
     let len = frame.len();
-    let target = padding.target(len);
     if target <= len || frame.start + target > buf.len() {
         return frame;
     }
@@ -332,7 +422,7 @@ pub fn pad_frame(padding: &Padding, buf: &mut [u8], frame: Range<usize>) -> Rang
         }
         // A Data indication: grow inside the STUN length with the padding attribute. Both sizes
         // are multiples of 4, so the gap is at least the 4-byte attribute header.
-        0 if len % 4 == 0 && target - len >= 4 && len >= stun::HEADER_LEN => {
+        0 if len % 4 == 0 && target % 4 == 0 && target - len >= 4 && len >= stun::HEADER_LEN => {
             let value = target - len - 4;
             let b = &mut buf[frame.start..end];
             b[len..len + 2].copy_from_slice(&PADDING_ATTR.to_be_bytes());
@@ -369,6 +459,9 @@ crate::counters! {
         pub cover_bytes: u64,
         /// Sum of added delays, microseconds.
         pub delay_us_sum: u64,
+        /// Frames that left later than their timing's bound ([`Policy::delay_bound`]): the
+        /// worker woke late. They leave at once when it wakes, never later.
+        pub late_frames: u64,
     }
 }
 
@@ -408,19 +501,78 @@ pub struct Shaper<K> {
     txids: TxidPrf,
     /// Release time of each flow's last queued frame: order under jitter, pacing under slots.
     last_release: HashMap<K, Instant>,
+    /// Each flow's size under [`Padding::Flow`].
+    sizes: HashMap<K, FlowSize>,
     pool: Vec<u8>,
     free: Vec<u32>,
-    entries: Vec<Option<(K, u16, u8)>>,
+    entries: Vec<Option<Queued<K>>>,
     heap: BinaryHeap<Reverse<(Instant, u64, u32)>>,
     seq: u64,
     stats: ShapingStats,
-    /// Flows under cover: when a frame last left for each, and its profile.
-    covered: HashMap<K, (Instant, u8)>,
+    /// Flows under cover.
+    covered: HashMap<K, Covered>,
     /// The next point of the cover grid to check, while any flow is covered.
     cover_next: Option<Instant>,
     /// The cover grid: the shortest cover interval of any profile.
     cover_tick: Option<Duration>,
     cover_buf: Vec<u8>,
+}
+
+/// A frame waiting in the pool.
+#[derive(Clone, Copy)]
+struct Queued<K> {
+    flow: K,
+    len: u16,
+    profile: u8,
+    /// When the shaper got it: the delay counted at release is measured from here.
+    arrived: Instant,
+}
+
+/// A flow's size under [`Padding::Flow`].
+#[derive(Clone, Copy, Debug)]
+struct FlowSize {
+    /// The bucket every frame of the flow is padded to.
+    size: u16,
+    /// When a frame last needed `size` (or the flow stepped down to it).
+    needed_at: Instant,
+}
+
+/// The size `flow`'s frame of `need` bytes (its own smallest padded size) is padded to under
+/// per-flow `buckets`: the flow's size, raised at once to what this frame needs, lowered one
+/// bucket once the flow has not needed its size for [`FLOW_SIZE_HOLD`].
+fn flow_floor<K: Eq + Hash>(
+    sizes: &mut HashMap<K, FlowSize>,
+    flow: K,
+    now: Instant,
+    need: usize,
+    buckets: &[u16],
+) -> usize {
+    let largest = buckets.last().copied().unwrap_or(0);
+    let need_b = need.min(largest as usize) as u16;
+    let f = sizes.entry(flow).or_insert(FlowSize {
+        size: need_b,
+        needed_at: now,
+    });
+    if need_b >= f.size {
+        f.size = need_b;
+        f.needed_at = now;
+    } else if now.saturating_duration_since(f.needed_at) >= FLOW_SIZE_HOLD {
+        // One step down, never below what this frame needs.
+        let below = buckets.iter().rev().find(|b| **b < f.size).copied();
+        f.size = below.map_or(need_b, |b| b.max(need_b));
+        f.needed_at = now;
+    }
+    f.size as usize
+}
+
+/// A flow under cover.
+#[derive(Clone, Copy, Debug)]
+struct Covered {
+    /// When a frame last left for it (a grid time for released frames).
+    last: Instant,
+    profile: u8,
+    /// The size of its last frame: the size its cover takes unless the profile fixes one.
+    size: u16,
 }
 
 impl<K: Copy + Eq + Hash> Shaper<K> {
@@ -448,7 +600,10 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
             .min();
         let cover_size = profiles
             .iter()
-            .filter_map(|p| p.cover.map(|c| c.size as usize))
+            .filter_map(|p| {
+                p.cover
+                    .map(|c| c.size.map_or(MAX_QUEUED_FRAME, usize::from))
+            })
             .max()
             .unwrap_or(0);
         Shaper {
@@ -457,6 +612,7 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
             rng: XorShift::new(seed),
             txids: TxidPrf::new(),
             last_release: HashMap::new(),
+            sizes: HashMap::new(),
             pool: vec![0u8; slots * MAX_QUEUED_FRAME],
             free: (0..slots as u32).rev().collect(),
             entries: vec![None; slots],
@@ -472,7 +628,8 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
 
     /// Puts new policies in force (a reload), keeping the counters. Frames waiting leave at once
     /// through `send`: nothing is lost, only those frames' timing at that instant is unshaped.
-    /// Covered flows stay covered if their profile still has cover.
+    /// Covered flows stay covered if their profile still has cover; flows keep their sizes if
+    /// their profile still pads per flow.
     pub fn set_profiles(
         &mut self,
         now: Instant,
@@ -480,26 +637,29 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         mut send: impl FnMut(K, &[u8]),
     ) {
         while let Some(Reverse((_, _, slot))) = self.heap.pop() {
-            if let Some((flow, len, _)) = self.entries[slot as usize].take() {
+            if let Some(q) = self.entries[slot as usize].take() {
                 let at = slot as usize * MAX_QUEUED_FRAME;
-                send(flow, &self.pool[at..at + len as usize]);
+                send(q.flow, &self.pool[at..at + q.len as usize]);
+                self.stats
+                    .record_delay(now.saturating_duration_since(q.arrived));
             }
         }
         let mut next = Self::with_profiles(profiles, self.epoch, self.rng.state());
         next.stats = self.stats;
-        next.covered = std::mem::take(&mut self.covered);
         let still = |p: u8| {
             next.profiles
                 .get(p as usize)
                 .is_some_and(|x| x.cover.is_some())
         };
-        let keep: HashMap<K, (Instant, u8)> = next
-            .covered
+        next.covered = std::mem::take(&mut self.covered);
+        next.covered.retain(|_, c| still(c.profile));
+        if next
+            .profiles
             .iter()
-            .filter(|(_, (_, p))| still(*p))
-            .map(|(k, v)| (*k, *v))
-            .collect();
-        next.covered = keep;
+            .any(|p| p.padding.flow_buckets().is_some())
+        {
+            next.sizes = std::mem::take(&mut self.sizes);
+        }
         if !next.covered.is_empty() {
             next.cover_next = next.cover_tick.map(|t| next_slot(next.epoch, t, now));
         }
@@ -507,14 +667,20 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
     }
 
     /// Pads a response to a TCP/TLS client under the node policy (a filler after it), so that
-    /// control traffic on a stream leaves at bucket sizes too. `buf` must have room after the
-    /// frame for the largest bucket.
-    pub fn pad_stream_reply(&mut self, buf: &mut [u8], frame: Range<usize>) -> Range<usize> {
+    /// control traffic on a stream leaves at bucket sizes too (under per-flow padding, at the
+    /// flow's size when it has one). `buf` must have room after the frame for the largest bucket.
+    pub fn pad_stream_reply(
+        &mut self,
+        flow: K,
+        buf: &mut [u8],
+        frame: Range<usize>,
+    ) -> Range<usize> {
         if self.profiles[0].padding == Padding::Off {
             return frame;
         }
+        let floor = self.sizes.get(&flow).map_or(0, |f| f.size as usize);
         let txid = self.txids.next_txid();
-        pad_stream_frame(&self.profiles[0].padding, buf, frame, &txid)
+        pad_stream_frame(&self.profiles[0].padding, buf, frame, floor, &txid)
     }
 
     /// True if no profile shapes anything: the driver can skip the shaper.
@@ -536,6 +702,11 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         self.heap.len()
     }
 
+    /// The size `flow` is padded to under per-flow padding, if it has one yet.
+    pub fn flow_size(&self, flow: &K) -> Option<u16> {
+        self.sizes.get(flow).map(|f| f.size)
+    }
+
     fn random(&mut self) -> u64 {
         self.rng.next_u64()
     }
@@ -550,8 +721,9 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
             Timing::Off => now,
             Timing::Slots(interval) => {
                 // At most one frame per flow per slot: a frame that arrives bunched behind the
-                // flow's previous one takes the following slot (at most one extra), so a
-                // constant-rate stream leaves strictly periodic whatever jitter it arrived with.
+                // flow's previous one takes the following slot, but never a later one, so no
+                // frame waits two intervals or more and a constant-rate stream leaves strictly
+                // periodic whatever jitter it arrived with (a burst shares the second slot).
                 let first = next_slot(self.epoch, interval, now);
                 let t = match self.last_release.get(&flow) {
                     Some(last) if *last + interval > first => {
@@ -584,6 +756,62 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         self.submit_in(now, flow, 0, false, buf, frame)
     }
 
+    /// Pads `buf[frame]` for `flow` under its profile, in place: to its own bucket, or to the
+    /// flow's size under per-flow padding; `stream` for a TCP/TLS client, whose frames are
+    /// followed by a filler frame ([`pad_stream_frame`]) so stream framing holds.
+    fn pad(
+        &mut self,
+        now: Instant,
+        flow: K,
+        profile: u8,
+        stream: bool,
+        buf: &mut [u8],
+        frame: Range<usize>,
+    ) -> Range<usize> {
+        let Shaper {
+            profiles,
+            sizes,
+            txids,
+            ..
+        } = self;
+        let padding = &profiles[profile as usize].padding;
+        if *padding == Padding::Off {
+            return frame;
+        }
+        let len = if stream {
+            (frame.len() + 3) & !3
+        } else {
+            frame.len()
+        };
+        let need = if stream {
+            padding.stream_target(len, 0)
+        } else {
+            padding.target(len)
+        };
+        let floor = match padding.flow_buckets() {
+            Some(b) => flow_floor(sizes, flow, now, need, b),
+            None => 0,
+        };
+        if stream {
+            let txid = txids.next_txid();
+            let r = pad_stream_frame(padding, buf, frame, floor, &txid);
+            // A gap under a filler's size moved the frame to a larger bucket: that is the
+            // flow's size now.
+            if floor > 0
+                && r.len() > floor
+                && r.len() <= MAX_QUEUED_FRAME
+                && let Some(f) = sizes.get_mut(&flow)
+            {
+                f.size = r.len() as u16;
+                f.needed_at = now;
+            }
+            r
+        } else {
+            let target = padding.target_at_least(len, floor);
+            pad_frame_to(buf, frame, target)
+        }
+    }
+
     /// [`Shaper::submit`] under the flow's profile; `stream` for a TCP/TLS client, whose frames
     /// are padded with a filler frame after them ([`pad_stream_frame`]) so stream framing holds.
     pub fn submit_in(
@@ -601,33 +829,25 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
             0
         };
         let before = frame.len();
-        let padding = &self.profiles[profile as usize].padding;
-        let frame = if !stream {
-            pad_frame(padding, buf, frame)
-        } else if *padding == Padding::Off {
-            frame
-        } else {
-            let txid = self.txids.next_txid();
-            let padding = &self.profiles[profile as usize].padding;
-            pad_stream_frame(padding, buf, frame, &txid)
-        };
+        let frame = self.pad(now, flow, profile, stream, buf, frame);
         if frame.len() > before {
             self.stats.padded_frames += 1;
             self.stats.padding_bytes += (frame.len() - before) as u64;
         }
+        let size = frame.len();
         if self.profiles[profile as usize].timing == Timing::Off || self.entries.is_empty() {
-            self.note_sent(flow, now, profile);
+            self.note_sent(flow, now, profile, size);
             return (Decision::SendNow, frame);
         }
         if frame.len() > MAX_QUEUED_FRAME {
             self.stats.oversize_unshaped += 1;
-            self.note_sent(flow, now, profile);
+            self.note_sent(flow, now, profile, size);
             return (Decision::SendNow, frame);
         }
         let release = self.release_time_in(now, flow, profile);
         if release <= now {
             self.stats.record_delay(Duration::ZERO);
-            self.note_sent(flow, now, profile);
+            self.note_sent(flow, now, profile, size);
             return (Decision::SendNow, frame);
         }
         let slot = match self.free.pop() {
@@ -644,11 +864,15 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         };
         let at = slot as usize * MAX_QUEUED_FRAME;
         self.pool[at..at + frame.len()].copy_from_slice(&buf[frame.clone()]);
-        self.entries[slot as usize] = Some((flow, frame.len() as u16, profile));
+        self.entries[slot as usize] = Some(Queued {
+            flow,
+            len: frame.len() as u16,
+            profile,
+            arrived: now,
+        });
         self.seq += 1;
         self.heap.push(Reverse((release, self.seq, slot)));
         self.stats.delayed_frames += 1;
-        self.stats.record_delay(release - now);
         (Decision::Queued, frame)
     }
 
@@ -657,30 +881,48 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         self.heap.peek().map(|Reverse((t, _, _))| *t)
     }
 
-    /// Hands every frame due by `now` to `send`, in release order (FIFO within a time).
+    /// Hands every frame due by `now` to `send`, in release order (FIFO within a time). A frame
+    /// whose release time passed while the worker was busy leaves now, at once; if that is past
+    /// its timing's bound it is counted as late.
     pub fn pop_due(&mut self, now: Instant, mut send: impl FnMut(K, &[u8])) {
         while let Some(&Reverse((t, _, slot))) = self.heap.peek() {
             if t > now {
                 break;
             }
             self.heap.pop();
-            if let Some((flow, len, profile)) = self.entries[slot as usize].take() {
+            if let Some(q) = self.entries[slot as usize].take() {
                 let at = slot as usize * MAX_QUEUED_FRAME;
-                send(flow, &self.pool[at..at + len as usize]);
+                send(q.flow, &self.pool[at..at + q.len as usize]);
+                let waited = now.saturating_duration_since(q.arrived);
+                self.stats.record_delay(waited);
+                if self.profiles[q.profile as usize]
+                    .delay_bound()
+                    .is_some_and(|b| waited > b)
+                {
+                    self.stats.late_frames += 1;
+                }
                 // Its slot, not the (later) moment the task woke: cover compares grid times.
-                self.note_sent(flow, t, profile);
+                self.note_sent(q.flow, t, q.profile, q.len as usize);
             }
             self.free.push(slot);
         }
     }
 
-    /// Records that a real frame left for `flow`; if its profile has cover, the flow is covered
-    /// from now on.
-    fn note_sent(&mut self, flow: K, at: Instant, profile: u8) {
+    /// Records that a real frame of `size` bytes left for `flow`; if its profile has cover, the
+    /// flow is covered from now on.
+    fn note_sent(&mut self, flow: K, at: Instant, profile: u8, size: usize) {
         if self.profiles[profile as usize].cover.is_none() {
             return;
         }
-        self.covered.insert(flow, (at, profile));
+        let size = size.clamp(24, MAX_QUEUED_FRAME).div_ceil(4) * 4;
+        self.covered.insert(
+            flow,
+            Covered {
+                last: at,
+                profile,
+                size: size.min(MAX_QUEUED_FRAME) as u16,
+            },
+        );
         if let (None, Some(tick)) = (self.cover_next, self.cover_tick) {
             self.cover_next = Some(next_slot(self.epoch, tick, at));
         }
@@ -716,6 +958,7 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         };
         let Shaper {
             covered,
+            sizes,
             cover_buf,
             txids,
             stats,
@@ -724,30 +967,40 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
             profiles,
             ..
         } = self;
+        let before = covered.len();
         covered.retain(|k, _| alive(k));
+        if covered.len() < before {
+            sizes.retain(|k, _| alive(k));
+        }
         *cover_next =
             (!covered.is_empty()).then(|| next_slot(*epoch, tick, now + Duration::from_nanos(1)));
         // Tolerance for a tick that fires a little late or a frame released on the same tick.
         let slack = Duration::from_micros(500);
-        for (flow, (last, profile)) in covered.iter_mut() {
-            let Some(c) = profiles[*profile as usize].cover else {
+        for (flow, c) in covered.iter_mut() {
+            let Some(cover) = profiles[c.profile as usize].cover else {
                 continue;
             };
-            if *last + c.interval > due + slack {
+            if c.last + cover.interval > due + slack {
                 continue;
             }
+            let size = cover.size.unwrap_or(c.size) as usize;
             let txid = txids.next_txid();
-            let n = write_cover_frame(cover_buf, c.size as usize, &txid);
+            let n = write_cover_frame(cover_buf, size, &txid);
             emit(*flow, &cover_buf[..n]);
-            *last = due;
+            c.last = due;
             stats.cover_frames += 1;
             stats.cover_bytes += n as u64;
         }
     }
 
-    /// Forgets per-flow ordering state that can no longer matter.
+    /// Forgets per-flow state that can no longer matter: ordering state of flows with nothing
+    /// waiting, and the sizes of flows idle and uncovered for longer than [`FLOW_SIZE_HOLD`].
     pub fn housekeeping(&mut self, now: Instant) {
         self.last_release.retain(|_, t| *t > now);
+        let covered = &self.covered;
+        self.sizes.retain(|k, f| {
+            covered.contains_key(k) || now.saturating_duration_since(f.needed_at) < FLOW_SIZE_HOLD
+        });
     }
 }
 
@@ -909,7 +1162,7 @@ mod tests {
             let mut buf = vec![0xEEu8; 512];
             let payload: Vec<u8> = (0..payload_len).map(|i| i as u8).collect();
             let f = channel_frame(&mut buf, 16, &payload);
-            let out = pad_stream_frame(&p, &mut buf, f, &[1; 12]);
+            let out = pad_stream_frame(&p, &mut buf, f, 0, &[1; 12]);
             let total = out.len();
             assert!(total == 128 || total == 256, "{payload_len}: {total}");
             let frames = split_stream(&buf[out]);
@@ -924,7 +1177,7 @@ mod tests {
         // Beyond the largest bucket: only aligned.
         let mut buf = vec![0u8; 512];
         let f = channel_frame(&mut buf, 0, &[7; 301]);
-        assert_eq!(pad_stream_frame(&p, &mut buf, f, &[1; 12]).len(), 308);
+        assert_eq!(pad_stream_frame(&p, &mut buf, f, 0, &[1; 12]).len(), 308);
     }
 
     #[test]
@@ -943,10 +1196,10 @@ mod tests {
             "50:128".parse(),
             Ok(Cover {
                 interval: Duration::from_millis(20),
-                size: 128
+                size: Some(128)
             })
         );
-        for bad in ["50", "0:128", "50:130", "50:8", "500:128", "x:y"] {
+        for bad in ["0:128", "50:130", "50:8", "500:128", "x:y"] {
             assert!(bad.parse::<Cover>().is_err(), "{bad}");
         }
     }
@@ -958,7 +1211,7 @@ mod tests {
             timing: Timing::Slots(iv),
             cover: Some(Cover {
                 interval: iv,
-                size: 128,
+                size: Some(128),
             }),
             queue_limit: 64,
         }
@@ -1223,6 +1476,177 @@ mod tests {
             s.submit_in(now, 3, 9, false, &mut buf, f).0,
             Decision::SendNow
         );
+    }
+
+    /// Per-flow padding under DTX voice: once the flow has needed 256, every frame and every
+    /// cover frame is 256 through talk and silence alike; only after [`FLOW_SIZE_HOLD`] of
+    /// small frames does it step down, one bucket.
+    #[test]
+    fn flow_padding_gives_media_and_cover_one_size_through_talk_and_silence() {
+        let epoch = Instant::now();
+        let iv = Duration::from_millis(20);
+        let p = Policy {
+            padding: "flow:128,256,512,1200".parse().unwrap(),
+            timing: Timing::Slots(iv),
+            cover: Some("50".parse().unwrap()),
+            queue_limit: 64,
+        };
+        let mut s: Shaper<u8> = Shaper::new(p, epoch, 11);
+        let mut buf = vec![0u8; 4096];
+        let mut sizes = Vec::new();
+        let mut run = |s: &mut Shaper<u8>, from_ms: u64, to_ms: u64, payload: usize, every: u64| {
+            let mut out = Vec::new();
+            let mut t = from_ms;
+            while t < to_ms {
+                let now = epoch + Duration::from_millis(t) + Duration::from_micros(300);
+                s.pop_due(now, |_, b| out.push(b.len()));
+                s.cover_due(now, |_| true, |_, b| out.push(b.len()));
+                if (t - from_ms) % every == 0 {
+                    let f = channel_frame(&mut buf, 0, &vec![7u8; payload]);
+                    let (d, r) = s.submit(now, 1, &mut buf, f);
+                    if d == Decision::SendNow {
+                        out.push(r.len());
+                    }
+                }
+                t += 1;
+            }
+            out
+        };
+        // Silence first (SID frames of 20 bytes every 400 ms): the flow is at 128.
+        sizes.extend(run(&mut s, 0, 2_000, 20, 400));
+        assert!(sizes.iter().all(|n| *n == 128), "{sizes:?}");
+        assert_eq!(s.flow_size(&1), Some(128));
+        // Talk (180-byte frames every 20 ms), silence, talk: everything is 256 from the first
+        // talk frame on, cover included.
+        let mut after = Vec::new();
+        after.extend(run(&mut s, 2_000, 4_000, 180, 20));
+        after.extend(run(&mut s, 4_000, 9_000, 20, 400));
+        after.extend(run(&mut s, 9_000, 10_000, 180, 20));
+        let covered = s.stats().cover_frames;
+        assert!(covered > 200, "silences are filled: {covered}");
+        // (The 2 s tick's cover leaves before the first talk frame of that millisecond.)
+        let first = after.iter().position(|n| *n == 256).unwrap();
+        assert!(first <= 1, "{:?}", &after[..4]);
+        let after = &after[first..];
+        assert!(
+            after.iter().all(|n| *n == 256),
+            "one size: {:?}",
+            &after[..20]
+        );
+        // Roughly one frame per 20 ms slot throughout: counts carry no speech either.
+        assert!((after.len() as i64 - 400).abs() < 12, "{}", after.len());
+        // Thirty seconds of silence, then a SID frame: one step down, not a flap.
+        let late = run(
+            &mut s,
+            10_000,
+            10_000 + FLOW_SIZE_HOLD.as_millis() as u64 + 500,
+            20,
+            400,
+        );
+        assert_eq!(s.flow_size(&1), Some(128));
+        let steps = late.windows(2).filter(|w| w[0] != w[1]).count();
+        assert_eq!(steps, 1, "one step down");
+    }
+
+    #[test]
+    fn flow_padding_on_streams_writes_the_flows_size_per_record() {
+        let epoch = Instant::now();
+        let p = Policy {
+            padding: "flow:128,256,512,1200".parse().unwrap(),
+            timing: Timing::Off,
+            cover: None,
+            queue_limit: 8,
+        };
+        let mut s: Shaper<u8> = Shaper::new(p, epoch, 3);
+        let mut buf = vec![0xEEu8; 4096];
+        let mut got = Vec::new();
+        for (i, payload) in [300usize, 10, 100, 105, 480, 2].into_iter().enumerate() {
+            let now = epoch + Duration::from_millis(i as u64 * 20);
+            let f = channel_frame(&mut buf, 0, &vec![1u8; payload]);
+            let (_, r) = s.submit_in(now, 1, 0, true, &mut buf, f);
+            let frames = split_stream(&buf[r.clone()]);
+            let (_, data) = channel_data::decode(frames[0]).unwrap();
+            assert_eq!(data.len(), payload);
+            got.push(r.len());
+        }
+        assert_eq!(
+            got,
+            vec![512; 6],
+            "the first frame needed 512: the flow stays there"
+        );
+        // A reply on the connection takes the flow's size too.
+        let mut reply = vec![0u8; 2048];
+        let n = {
+            let mut w = Writer::new(&mut reply, method::REFRESH, Class::Success, &[2; 12]).unwrap();
+            w.attr(attr::LIFETIME, &600u32.to_be_bytes()).unwrap();
+            w.finish()
+        };
+        assert_eq!(s.pad_stream_reply(1, &mut reply, 0..n).len(), 512);
+        assert_eq!(
+            s.pad_stream_reply(2, &mut reply, 0..n).len(),
+            128,
+            "another flow"
+        );
+    }
+
+    /// Bunched arrivals on the virtual clock: a burst landing just after a slot boundary behind
+    /// a frame already placed in the next slot waits less than two intervals; a worker that
+    /// wakes late sends each frame at once when it wakes and counts it as late.
+    #[test]
+    fn bunched_arrivals_wait_under_two_slots_and_late_wakeups_are_counted() {
+        let epoch = Instant::now();
+        let iv = Duration::from_millis(20);
+        let mut s: Shaper<u8> = Shaper::new(policy(Timing::Slots(iv), 64), epoch, 7);
+        let mut buf = vec![0u8; 64];
+        // A frame at 19.9 ms takes the 20 ms slot; of a burst of five at 20.1 ms (the slot has
+        // just passed) the first takes the 40 ms slot and the others the 60 ms one, the latest
+        // any may take: 39.9 ms of wait.
+        let t0 = epoch + Duration::from_micros(19_900);
+        let f = channel_frame(&mut buf, 0, b"a");
+        s.submit(t0, 1, &mut buf, f);
+        let t1 = epoch + Duration::from_micros(20_100);
+        s.pop_due(epoch + iv, |_, _| {});
+        for _ in 0..5 {
+            let f = channel_frame(&mut buf, 0, b"b");
+            assert_eq!(s.submit(t1, 1, &mut buf, f).0, Decision::Queued);
+        }
+        assert_eq!(s.next_release(), Some(epoch + 2 * iv));
+        let mut sent = 0;
+        s.pop_due(epoch + 2 * iv, |_, _| sent += 1);
+        assert_eq!(sent, 1, "one frame per flow per slot");
+        assert_eq!(
+            s.next_release(),
+            Some(epoch + 3 * iv),
+            "no later than the next slot"
+        );
+        s.pop_due(epoch + 3 * iv, |_, _| sent += 1);
+        assert_eq!(sent, 5, "the rest of the burst shares the second slot");
+        assert_eq!(s.stats().late_frames, 0, "39.9 ms: within the bound");
+        // The worker stalls 25 ms past a release: the frame leaves at the wake-up, counted.
+        let t2 = epoch + Duration::from_millis(101);
+        let f = channel_frame(&mut buf, 0, b"c");
+        s.submit(t2, 2, &mut buf, f);
+        let f = channel_frame(&mut buf, 0, b"d");
+        s.submit(t2, 2, &mut buf, f);
+        let mut got = Vec::new();
+        s.pop_due(epoch + Duration::from_millis(165), |_, b| got.push(b[4]));
+        assert_eq!(got, vec![b'c', b'd'], "both leave at once, in order");
+        assert_eq!(s.stats().late_frames, 2, "64 ms > two slots");
+        assert_eq!(s.stats().delay_ms_hist[5], 2, "counted beyond 40 ms");
+    }
+
+    #[test]
+    fn cover_takes_the_flows_size_unless_fixed() {
+        assert_eq!("50".parse::<Cover>().unwrap().size, None);
+        assert_eq!("50".parse::<Cover>().unwrap().to_string(), "50");
+        assert_eq!("50:256".parse::<Cover>().unwrap().to_string(), "50:256");
+        let p: Padding = "flow:128,256".parse().unwrap();
+        assert_eq!(p.to_string(), "flow:128,256");
+        assert_eq!(p.target(100), 128, "alone, a frame takes its own bucket");
+        assert_eq!(p.target_at_least(100, 256), 256);
+        for bad in ["flow:", "flow:130", "flow:256,128", "flow:x"] {
+            assert!(bad.parse::<Padding>().is_err(), "{bad}");
+        }
     }
 
     #[test]

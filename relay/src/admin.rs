@@ -115,6 +115,13 @@ impl AdminState {
             allocations,
             capacity: cfg.total_quota,
             uris: self.uris.clone(),
+            tls_only_profiles: cfg
+                .shaping_profiles
+                .iter()
+                .zip(&cfg.tls_only_profiles)
+                .filter(|(_, tls)| **tls)
+                .map(|(name, _)| name.clone())
+                .collect(),
         }
     }
 }

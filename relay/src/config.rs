@@ -323,14 +323,19 @@ pub struct LogConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShapingConfig {
-    /// Off by default: shaping costs bytes and latency.
+    /// Off by default: shaping costs bytes and latency. On, the defaults below are the ones
+    /// measured against flow-matching observers (README: Traffic-analysis resistance).
     pub enabled: bool,
-    /// `off`, `multiple:N` or a bucket list `128,256,512,1200` (multiples of 4).
+    /// `flow:128,256,512,1200` (default: one size per flow, the largest bucket it needed
+    /// recently), a per-frame bucket list `128,256,512,1200` (leaks talk spurts in the byte
+    /// volume), `multiple:N` or `off`; sizes are multiples of 4.
     pub padding: Padding,
-    /// `off`, `slots:INTERVAL` (fixed grid, one frame per flow per slot, at most two intervals of delay) or `jitter:MAX`.
+    /// `off`, `slots:INTERVAL` (default `slots:20ms`: fixed grid, one frame per flow per slot,
+    /// under two intervals of delay) or `jitter:MAX`.
     pub timing: Timing,
-    /// Cover traffic `RATE:SIZE` (e.g. `50:128`): once a flow carries media, keep at least RATE
-    /// frames/s going to its client, filling silences with ignorable filler; none by default.
+    /// Cover traffic `RATE` (default 50: fillers at the flow's size) or `RATE:SIZE`: once a flow
+    /// carries media, keep at least RATE frames/s going to its client, filling silences with
+    /// ignorable filler; `null` for none.
     pub cover: Option<Cover>,
     /// Named profiles a credential selects with the claim in a REST username `<expiry>:<id>;s=<profile>`
     /// (`veil credentials --profile NAME`), whatever `enabled` says; unset fields are off.
@@ -344,9 +349,12 @@ impl Default for ShapingConfig {
     fn default() -> Self {
         ShapingConfig {
             enabled: false,
-            padding: Padding::Buckets(vec![128, 256, 512, 1200]),
+            padding: Padding::Flow(vec![128, 256, 512, 1200]),
             timing: Timing::Slots(std::time::Duration::from_millis(20)),
-            cover: None,
+            cover: Some(Cover {
+                interval: std::time::Duration::from_millis(20),
+                size: None,
+            }),
             profiles: Default::default(),
             queue_limit: 4096,
         }
@@ -366,6 +374,11 @@ pub struct ShapingProfile {
     /// Bandwidth caps of this profile's credentials (e.g. more for video than for voice);
     /// unset: `limits.bandwidth`.
     pub bandwidth: Option<Bandwidth>,
+    /// Only over TLS: an Allocate with this profile over UDP or TCP gets 403, and the
+    /// allocator hands its credentials out with `turns:` URIs only. On plain UDP a TURN-aware
+    /// observer reads ChannelData lengths and tells cover from media; inside TLS it sees only
+    /// records of one size.
+    pub require_tls: bool,
 }
 
 /// The relay node's configuration file.
@@ -620,7 +633,10 @@ impl Resolved {
         };
         let mut changed = Vec::new();
         diff_paths(&a, &b, &mut Vec::new(), &mut changed);
-        changed.retain(|path| !is_reloadable(path));
+        // A profile's policy reloads; whether it requires TLS does not (allocations were
+        // admitted by their transport).
+        changed
+            .retain(|path| !is_reloadable(path) || path.last().is_some_and(|l| l == "require_tls"));
         changed.into_iter().map(|p| p.join(".")).collect()
     }
 
@@ -628,6 +644,7 @@ impl Resolved {
     /// allocations hold profiles by index).
     pub fn profiles_renamed(&self, new: &Resolved) -> bool {
         self.server.shaping_profiles != new.server.shaping_profiles
+            || self.server.tls_only_profiles != new.server.tls_only_profiles
     }
 }
 
@@ -987,6 +1004,12 @@ impl RelayConfig {
             max_channels: self.quotas.channels,
             total_quota: self.quotas.total,
             shaping_profiles: self.shaping.profiles.keys().cloned().collect(),
+            tls_only_profiles: self
+                .shaping
+                .profiles
+                .values()
+                .map(|p| p.require_tls)
+                .collect(),
             bandwidth: bandwidth.clone(),
             zone: self.zone.clone().filter(|z| !z.is_empty()),
         };
@@ -1025,6 +1048,12 @@ impl RelayConfig {
                 return Err(invalid(
                     "shaping.profiles",
                     format!("`{name}`: names are 1-32 of [A-Za-z0-9_-]"),
+                ));
+            }
+            if p.require_tls && self.listen_tls.is_empty() {
+                return Err(invalid(
+                    "shaping.profiles",
+                    format!("`{name}`: require_tls needs a listen_tls address"),
                 ));
             }
             shaping.push(Policy {

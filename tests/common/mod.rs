@@ -7,6 +7,10 @@ use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod observe;
+pub mod stream;
+pub mod wire;
+
 use veil_relay::proto::stun::{Class, Message, Writer, method};
 
 pub const SECRET: &str = "e2e-secret-0123456789abcdef";
@@ -223,15 +227,16 @@ pub fn start_stream_relay(ports: &str, extra: &[&str]) -> (Relay, SocketAddr, So
     (relay, tcp, tls)
 }
 
-/// The shaping every shaped test relay runs with: padding to buckets, 20 ms slots, cover.
-pub const SHAPING: [&str; 6] = [
-    "--pad-buckets",
-    "128,256,512,1200",
-    "--timing",
-    "slots:20ms",
-    "--cover",
-    "50:128",
-];
+/// The certificate [`start_stream_relay`] made for the relay on `ports`.
+pub fn stream_relay_cert(ports: &str) -> std::path::PathBuf {
+    std::env::temp_dir()
+        .join(format!("veil-tls-{}-{ports}", std::process::id()))
+        .join("cert.pem")
+}
+
+/// The shaping every shaped test relay runs with: the default of `--shaping` (one size per flow
+/// from the buckets 128,256,512,1200, 20 ms slots, cover at 50 frames/s of the flow's size).
+pub const SHAPING: [&str; 1] = ["--shaping"];
 
 /// `base` followed by [`SHAPING`].
 pub fn shaped(base: &[&'static str]) -> Vec<&'static str> {

@@ -201,6 +201,12 @@ impl Server {
             return Err(self.refuse(Refusal::Zone));
         }
         let profile = self.profile_of(who.username);
+        if profile > 0
+            && cfg.tls_only_profiles.get(profile as usize - 1) == Some(&true)
+            && r.from.transport != super::Transport::Tls
+        {
+            return Err(self.refuse(Refusal::TlsRequired));
+        }
         if self
             .live
             .credentials

@@ -58,6 +58,8 @@ pub struct ServerConfig {
     /// Names of the shaping profiles a credential may select; profile `i + 1` is
     /// `shaping_profiles[i]`, 0 the node's default.
     pub shaping_profiles: Vec<String>,
+    /// Whether `shaping_profiles[i]` may only be used over TLS (403 over UDP and TCP).
+    pub tls_only_profiles: Vec<bool>,
     /// The residency zone this node serves. When set, a REST credential must carry the claim
     /// `z=<zone>` (the allocator mints it); others get 403. Static development users are exempt.
     pub zone: Option<String>,
@@ -82,6 +84,7 @@ impl Default for ServerConfig {
             user_quota: 10,
             total_quota: 100_000,
             shaping_profiles: Vec::new(),
+            tls_only_profiles: Vec::new(),
             zone: None,
         }
     }

@@ -211,17 +211,20 @@ pub enum Refusal {
     Zone,
     /// 403: the user id is on the revocation list.
     Revoked,
+    /// 403: the credential's shaping profile requires TLS and the client is not on it.
+    TlsRequired,
 }
 
 impl Refusal {
     /// Every refusal, in label order.
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 7] = [
         Refusal::UserQuota,
         Refusal::NodeCapacity,
         Refusal::Ports,
         Refusal::Draining,
         Refusal::Zone,
         Refusal::Revoked,
+        Refusal::TlsRequired,
     ];
 
     /// The metrics label value.
@@ -233,6 +236,7 @@ impl Refusal {
             Refusal::Draining => "draining",
             Refusal::Zone => "zone",
             Refusal::Revoked => "revoked",
+            Refusal::TlsRequired => "tls_required",
         }
     }
 
@@ -247,6 +251,7 @@ impl Refusal {
             Refusal::Draining => TurnError::new(508, "node draining"),
             Refusal::Zone => TurnError::new(403, "credential not valid in this zone"),
             Refusal::Revoked => TurnError::new(403, "user revoked"),
+            Refusal::TlsRequired => TurnError::new(403, "this credential's profile requires TLS"),
         }
     }
 }

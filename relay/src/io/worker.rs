@@ -204,7 +204,7 @@ fn stream_reply(
         .get(&from)
         .is_some_and(|c| c.mark_padded(server.has_allocation(&from)));
     if padded {
-        shaping.shaper.pad_stream_reply(reply, 0..len)
+        shaping.shaper.pad_stream_reply(from, reply, 0..len)
     } else {
         0..len
     }
