@@ -154,10 +154,10 @@ struct RelayArgs {
     /// Turn traffic shaping of the relay → client leg on (default: off). Its defaults, measured
     /// on the wire by benches/shaping_wire.rs: padding flow:128,256,512,1200 (one size per
     /// flow), timing slots:20ms, cover 50 (fillers at the flow's size). Against an observer of
-    /// flow records or of the TLS leg, flows then match at chance by packet counts and by
-    /// bytes; on plain UDP a TURN-aware observer still tells cover from media and reads
-    /// ChannelData lengths (require TLS in a profile for callers who need that leg protected).
-    /// Costs ~51-102 kbit/s per flow and < 40 ms of delay.
+    /// flow records or of the TLS leg, 20 voice flows then matched at chance by packet counts
+    /// and by bytes; on plain UDP a TURN-aware observer still tells cover from media and reads
+    /// ChannelData lengths (matched 20 of 20: require TLS in a profile for callers who need
+    /// that). Costs about 103 kbit/s per voice flow and at most 32 ms of delay (measured).
     #[arg(long)]
     shaping: bool,
     /// Padding: flow:SIZES (one size per flow, the largest bucket it needed recently; the

@@ -1572,6 +1572,44 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// A profile the relays admit only over TLS gets their `turns:` URIs only and the claim
+    /// `s=<profile>`; without a `turns:` URI the request is refused, never answered with a leg
+    /// the profile cannot protect.
+    #[test]
+    fn tls_only_profiles_get_turns_uris_only() {
+        let app = app_with(CALL_POLICY, CALL_RELAYS).unwrap();
+        for t in app.relays.write().unwrap().iter_mut() {
+            t.uris.push("turn:127.0.0.1:3478?transport=tcp".into());
+            if t.view.name != "apac-1" {
+                t.uris.push("turns:relay.example:443?transport=tcp".into());
+            }
+            t.tls_only = vec!["private".into()];
+        }
+        let req = |profile: Option<&str>| IceRequest {
+            profile: profile.map(str::to_string),
+            ..IceRequest::default()
+        };
+        let us = ip("127.0.2.7");
+        let a = app.allocate(us, &req(Some("private"))).unwrap();
+        let s = &a.ice_servers[0];
+        assert!(!s.urls.is_empty());
+        assert!(
+            s.urls.iter().all(|u| u.starts_with("turns:")),
+            "{:?}",
+            s.urls
+        );
+        assert!(s.username.ends_with(";s=private"), "{}", s.username);
+        let plain = app.allocate(us, &req(Some("voice"))).unwrap();
+        let urls = &plain.ice_servers[0].urls;
+        assert_eq!(urls.len(), 3 * s.urls.len(), "every URI: {urls:?}");
+        let jp = ip("127.0.3.7");
+        let e = app.allocate(jp, &req(Some("private"))).unwrap_err();
+        assert_eq!(e.0, StatusCode::SERVICE_UNAVAILABLE);
+        // Only a backend key chooses a profile.
+        assert!(crate::request::ice(b"{\"profile\":\"private\"}", false).is_err());
+        assert!(crate::request::ice(b"{\"profile\":\"a b\"}", true).is_err());
+    }
+
     #[test]
     fn calls_joins_and_the_cross_border_record() {
         let app = app_with(CALL_POLICY, CALL_RELAYS).unwrap();

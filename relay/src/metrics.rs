@@ -392,6 +392,12 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
     );
     c(
         &mut o,
+        "veil_relay_shaping_late_frames",
+        "Frames that left later than their timing's bound (two slots, or the jitter maximum) because the worker woke late; they leave at once when it wakes.",
+        t.shaping.late_frames,
+    );
+    c(
+        &mut o,
         "veil_relay_shaping_cover_frames",
         "Cover frames sent.",
         t.shaping.cover_frames,

@@ -1095,6 +1095,43 @@ fn a_credential_selects_its_shaping_profile() {
     assert_eq!(auth::quota_key(&format!("{}:a;s=voice", T0)), "a");
 }
 
+/// A profile that requires TLS: its credentials allocate over TLS only (403 over UDP and TCP,
+/// counted); other profiles and the node's policy are not affected.
+#[test]
+fn a_tls_only_profile_refuses_udp_and_tcp() {
+    let mut cfg = config();
+    cfg.shaping_profiles = vec!["private".into(), "voice".into()];
+    cfg.tls_only_profiles = vec![true, false];
+    let (mut s, mut env, clock) = (server_with(cfg), FakeEnv::default(), Clock::new());
+    let private = format!("{}:p;s=private", T0 + 60);
+    for (port, transport, username, ok) in [
+        (40000u16, Transport::Udp, private.clone(), false),
+        (40001, Transport::Tcp, private.clone(), false),
+        (40002, Transport::Tls, private.clone(), true),
+        (
+            40003,
+            Transport::Udp,
+            format!("{}:v;s=voice", T0 + 60),
+            true,
+        ),
+        (40004, Transport::Udp, format!("{}:n", T0 + 60), true),
+    ] {
+        let mut c = Client::new(port, username, SECRET);
+        c.key.transport = transport;
+        let r = c.allocate(&mut s, &mut env, &clock, &[]);
+        if ok {
+            assert_eq!(class(&r), Class::Success, "{transport:?}");
+        } else {
+            assert_eq!(code(&r), Some(403), "{transport:?}");
+        }
+    }
+    assert_eq!(
+        s.stats().allocations_refused[Refusal::TlsRequired as usize],
+        2
+    );
+    assert_eq!(s.allocation_count(), 3);
+}
+
 #[test]
 fn a_zoned_relay_accepts_only_credentials_for_its_zone() {
     let mut cfg = config();
