@@ -143,7 +143,7 @@ fn bench(c: &mut Criterion) {
                 black_box(place_call(
                     black_box(&client),
                     &other,
-                    &relays,
+                    [&relays, &relays],
                     &policy,
                     &scoring,
                 ))

@@ -237,18 +237,24 @@ fn place_in(
 
 /// Places both parties of a call: on one relay allowed for both (least total cost) when there
 /// is one, else each in its own zones. Either party refused or without a relay is an error.
+/// `relays` are the same relays as each party may use them (`[a, b]`, same order: a relay may
+/// serve one party's profile and not the other's); a shared relay is one both may use.
 pub fn place_call(
     a: &ClientFacts<'_>,
     b: &ClientFacts<'_>,
-    relays: &[RelayView],
+    relays: [&[RelayView]; 2],
     policy: &Policy,
     scoring: &Scoring,
 ) -> Result<CallPlacement, PlacementError> {
     let (za, zb) = (allowed(a, policy)?, allowed(b, policy)?);
     let both: Vec<String> = za.iter().filter(|z| zb.contains(z)).cloned().collect();
-    let shared = eligible(relays, &both);
+    let in_b = eligible(relays[1], &both);
+    let shared: Vec<usize> = eligible(relays[0], &both)
+        .into_iter()
+        .filter(|i| in_b.contains(i))
+        .collect();
     if !shared.is_empty() {
-        let by_score = ranked(&shared, relays, |r| {
+        let by_score = ranked(&shared, relays[0], |r| {
             scoring.distance.cost_ms(&a.location, &r.location)
                 + scoring.distance.cost_ms(&b.location, &r.location)
                 + load_ms(r, scoring)
@@ -256,8 +262,8 @@ pub fn place_call(
         return Ok(CallPlacement::Shared(with_backup(by_score[0], &by_score)));
     }
     Ok(CallPlacement::Split(
-        place_in(a, za, relays, scoring)?,
-        place_in(b, zb, relays, scoring)?,
+        place_in(a, za, relays[0], scoring)?,
+        place_in(b, zb, relays[1], scoring)?,
     ))
 }
 
@@ -439,7 +445,7 @@ mod tests {
         let nyc = client("US", "NA", (40.71, -74.01));
         let tokyo = client("JP", "AS", (35.68, 139.69));
         // DE: [eu]; US: [us, eu]: both in the EU.
-        match place_call(&berlin, &nyc, &r, &p, &s).unwrap() {
+        match place_call(&berlin, &nyc, [&r, &r], &p, &s).unwrap() {
             CallPlacement::Shared(pl) => {
                 assert_eq!(r[pl.primary].zone, "eu");
                 // Berlin–Frankfurt 424 km + Frankfurt–New York 6 200 km beats Berlin–Paris 878 km
@@ -453,7 +459,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // DE: [eu]; JP (default): [us]: no zone for both.
-        match place_call(&berlin, &tokyo, &r, &p, &s).unwrap() {
+        match place_call(&berlin, &tokyo, [&r, &r], &p, &s).unwrap() {
             CallPlacement::Split(a, b) => {
                 assert_eq!(
                     (r[a.primary].zone.as_str(), r[b.primary].zone.as_str()),
@@ -469,7 +475,7 @@ mod tests {
         }
         assert!(
             matches!(
-                place_call(&berlin, &nyc, &eu_down, &p, &s),
+                place_call(&berlin, &nyc, [&eu_down, &eu_down], &p, &s),
                 Err(PlacementError::NoRelayInAllowedZones { .. })
             ),
             "the German party has nowhere to go: an error, not a US relay"

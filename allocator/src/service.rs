@@ -191,6 +191,12 @@ struct Tracked {
 }
 
 impl Tracked {
+    /// It can serve a client of `profile`: the profile is not TLS-only here, or it offers TLS.
+    fn serves(&self, profile: Option<&str>) -> bool {
+        let tls_only = profile.is_some_and(|p| self.tls_only.iter().any(|x| x == p));
+        !tls_only || self.uris.iter().any(|u| u.starts_with("turns:"))
+    }
+
     fn new(name: String, entry: RelayEntry, policy: &Policy) -> Tracked {
         Tracked {
             view: RelayView {
@@ -715,7 +721,8 @@ impl App {
         };
         let location = self.locate(ip);
         let relays = self.relays.read().unwrap_or_else(|e| e.into_inner());
-        let views: Vec<RelayView> = relays.iter().map(|t| t.view.clone()).collect();
+        let profiles = [req.profile.as_deref()];
+        let views = views_for(&relays, &profiles);
         let facts = ClientFacts {
             ip,
             location,
@@ -729,14 +736,17 @@ impl App {
                     zone: &j.zone,
                     relay: &j.relay,
                 };
-                let (p, cross) = place_joining(&facts, &hint, &views, &self.policy, &scoring)
-                    .map_err(placement_error)?;
+                let go = |v: &[RelayView]| place_joining(&facts, &hint, v, &self.policy, &scoring);
+                let (p, cross) = go(&views)
+                    .map_err(|e| placement_error(e, go(&all_views(&relays)).is_ok(), &profiles))?;
                 (p, Some(cross))
             }
-            None => (
-                place(&facts, &views, &self.policy, &scoring).map_err(placement_error)?,
-                None,
-            ),
+            None => {
+                let go = |v: &[RelayView]| place(&facts, v, &self.policy, &scoring);
+                let p = go(&views)
+                    .map_err(|e| placement_error(e, go(&all_views(&relays)).is_ok(), &profiles))?;
+                (p, None)
+            }
         };
         let call = match (&joined, &req.call_id) {
             (Some(j), _) => j.call.clone(),
@@ -793,14 +803,20 @@ impl App {
         let now = unix_now();
         let locations = ips.map(|ip| self.locate(ip));
         let relays = self.relays.read().unwrap_or_else(|e| e.into_inner());
-        let views: Vec<RelayView> = relays.iter().map(|t| t.view.clone()).collect();
+        let profiles: Vec<Option<&str>> =
+            req.parties.iter().map(|p| p.profile.as_deref()).collect();
+        let views = [0, 1].map(|i| views_for(&relays, &[profiles.get(i).copied().flatten()]));
         let facts = |i: usize| ClientFacts {
             ip: ips[i],
             location: locations[i],
             call_id: None,
         };
-        let placed = place_call(&facts(0), &facts(1), &views, &self.policy, &self.scoring())
-            .map_err(placement_error)?;
+        let scoring = self.scoring();
+        let go = |v: [&[RelayView]; 2]| place_call(&facts(0), &facts(1), v, &self.policy, &scoring);
+        let placed = go([&views[0], &views[1]]).map_err(|e| {
+            let all = all_views(&relays);
+            placement_error(e, go([&all, &all]).is_ok(), &profiles)
+        })?;
         let (pa, pb) = match placed {
             CallPlacement::Shared(p) => (p, p),
             CallPlacement::Split(a, b) => (a, b),
@@ -1075,13 +1091,45 @@ fn unix_now() -> u64 {
 }
 
 /// The API's answer to a placement that cannot be made.
-fn placement_error(e: PlacementError) -> ApiError {
+/// The relays as placement sees them for a request whose parties ask for `profiles`: a relay
+/// that admits one of them only over TLS and offers no `turns:` URI is no candidate (a place there
+/// could only be answered with a leg the profile refuses).
+fn views_for(relays: &[Tracked], profiles: &[Option<&str>]) -> Vec<RelayView> {
+    relays
+        .iter()
+        .map(|t| {
+            let mut v = t.view.clone();
+            v.healthy &= profiles.iter().all(|p| t.serves(*p));
+            v
+        })
+        .collect()
+}
+
+/// The relays as they are, whatever the profile.
+fn all_views(relays: &[Tracked]) -> Vec<RelayView> {
+    relays.iter().map(|t| t.view.clone()).collect()
+}
+
+/// The answer for a placement that failed; `unconstrained` says whether it would have succeeded
+/// had no profile required TLS, in which case TLS is what is missing.
+fn placement_error(e: PlacementError, unconstrained: bool, profiles: &[Option<&str>]) -> ApiError {
     match e {
         PlacementError::LocationUnknown => ApiError(
             StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
             "location_unknown",
             e.to_string(),
         ),
+        _ if unconstrained => {
+            let names: Vec<&str> = profiles.iter().flatten().copied().collect();
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_tls",
+                format!(
+                    "profile {} requires TLS and no relay the caller may use offers a turns: URI",
+                    names.join(", ")
+                ),
+            )
+        }
         e => ApiError(StatusCode::SERVICE_UNAVAILABLE, "no_relay", e.to_string()),
     }
 }
@@ -1573,18 +1621,21 @@ mod tests {
     }
 
     /// A profile the relays admit only over TLS gets their `turns:` URIs only and the claim
-    /// `s=<profile>`; without a `turns:` URI the request is refused, never answered with a leg
-    /// the profile cannot protect.
+    /// `s=<profile>`; it is placed only on relays that offer TLS (in another of the caller's
+    /// zones if need be); without one the request is refused, never answered with a leg the
+    /// profile cannot protect.
     #[test]
     fn tls_only_profiles_get_turns_uris_only() {
         let app = app_with(CALL_POLICY, CALL_RELAYS).unwrap();
         for t in app.relays.write().unwrap().iter_mut() {
             t.uris.push("turn:127.0.0.1:3478?transport=tcp".into());
-            if t.view.name != "apac-1" {
+            if t.view.name == "us-1" {
                 t.uris.push("turns:relay.example:443?transport=tcp".into());
             }
             t.tls_only = vec!["private".into()];
         }
+        // A US caller [us, eu], whom distance places in the EU: the EU relays have no TLS, so
+        // the private profile goes to us-1.
         let req = |profile: Option<&str>| IceRequest {
             profile: profile.map(str::to_string),
             ..IceRequest::default()
@@ -1599,12 +1650,39 @@ mod tests {
             s.urls
         );
         assert!(s.username.ends_with(";s=private"), "{}", s.username);
+        assert_eq!(a.zone, "us");
+        // Another profile is placed as before, with every URI.
         let plain = app.allocate(us, &req(Some("voice"))).unwrap();
+        assert_eq!(plain.zone, "eu");
         let urls = &plain.ice_servers[0].urls;
-        assert_eq!(urls.len(), 3 * s.urls.len(), "every URI: {urls:?}");
+        assert!(urls.iter().all(|u| u.starts_with("turn:")), "{urls:?}");
+        // Japanese [apac] and German [eu] callers: no relay they may use offers TLS.
         let jp = ip("127.0.3.7");
-        let e = app.allocate(jp, &req(Some("private"))).unwrap_err();
-        assert_eq!(e.0, StatusCode::SERVICE_UNAVAILABLE);
+        for caller in [jp, ip("127.0.1.7")] {
+            let e = app.allocate(caller, &req(Some("private"))).unwrap_err();
+            assert_eq!((e.0, e.1), (StatusCode::SERVICE_UNAVAILABLE, "no_tls"));
+            assert!(app.allocate(caller, &req(None)).is_ok());
+        }
+        // A call with one private party: both are placed where TLS is.
+        let call = CallRequest {
+            parties: vec![
+                crate::request::Party::default(),
+                crate::request::Party {
+                    profile: Some("private".into()),
+                    ..crate::request::Party::default()
+                },
+            ],
+            ..CallRequest::default()
+        };
+        let c = app.place_call([us, us], &call).unwrap();
+        assert_eq!(c.zones, ["us", "us"]);
+        let p = &c.parties[1].ice_servers[0].urls;
+        assert!(p.iter().all(|u| u.starts_with("turns:")), "{p:?}");
+        // A Japanese caller and a private American one: each in its own zone.
+        let c = app.place_call([jp, us], &call).unwrap();
+        assert_eq!(c.zones, ["apac", "us"]);
+        let e = app.place_call([us, jp], &call).unwrap_err();
+        assert_eq!(e.1, "no_tls");
         // Only a backend key chooses a profile.
         assert!(crate::request::ice(b"{\"profile\":\"private\"}", false).is_err());
         assert!(crate::request::ice(b"{\"profile\":\"a b\"}", true).is_err());
