@@ -1,42 +1,28 @@
-//! What shaping buys, measured: sizes a client-leg observer sees, how well an observer of both
-//! relay legs matches flows by timing, and what each mode costs in latency and CPU.
+//! What shaping buys, measured on a model: sizes a client-leg observer sees, how well an
+//! observer of both relay legs matches flows by packet counts and by byte volume, and what each
+//! mode costs in bandwidth, latency and CPU.
 //!
 //! Run by hand: `cargo bench -p veil-relay --bench shaping_measure` (add `-- --quick` for a
 //! shorter trace). It drives the relay's own shaper (`veil_relay::shaping`, the code the driver
 //! runs) with ChannelData framed as the core frames it, on a virtual clock: the numbers are the
-//! policy's, free of this machine's scheduling noise. Traffic models:
-//! * **DTX voice**: Opus-like VBR with talk spurts and silences (one SID frame per 400 ms).
+//! policy's, free of this machine's scheduling noise. The traffic model and the observer are the
+//! ones the wire bench (`benches/shaping_wire.rs`) runs on captured packets
+//! (`tests/common/observe.rs`); the README's claims come from the wire, this is the fast model.
+//! Traffic models:
+//! * **DTX voice**: VBR with talk spurts and silences (one SID frame per 400 ms).
 //! * **CBR voice**: a frame every 20 ms of one size (what the README asks integrators to use).
 //!
-//! Both pass a network with 20 ms base delay and exponential jitter (mean 2 ms) before the relay.
+//! Both cross a network with exponential jitter (mean 2 ms) before the relay.
+
+#[path = "../tests/common/observe.rs"]
+mod observe;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use observe::{By, Flow, Rng, percentile, top1};
 use veil_relay::proto::stun::channel_data;
 use veil_relay::shaping::{Cover, Decision, Padding, Policy, Shaper, Timing};
-
-/// Small deterministic PRNG (xorshift64*), so runs are reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn exp(&mut self, mean: f64) -> f64 {
-        -mean * (1.0 - self.unit()).ln()
-    }
-    fn normal(&mut self, mean: f64, sd: f64) -> f64 {
-        let (u, v) = (self.unit().max(1e-12), self.unit());
-        mean + sd * (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Model {
@@ -47,51 +33,41 @@ enum Model {
 /// One packet arriving at the relay from a peer: (arrival µs, flow, payload bytes).
 type Arrival = (u64, usize, usize);
 
-/// Media payload sizes (RTP + SRTP included) of one flow's frames and their send times.
+/// One flow's frames as the peer sends them: (send time µs from the flow's start, bytes).
 fn flow_trace(model: Model, rng: &mut Rng, duration_us: u64) -> Vec<(u64, usize)> {
-    let mut out = Vec::new();
-    let mut t = (rng.unit() * 20_000.0) as u64;
-    let mut talking = rng.unit() < 0.5;
-    let mut state_end = t + (rng.exp(if talking { 1.0e6 } else { 1.5e6 })) as u64;
-    let mut last_sid = 0;
-    while t < duration_us {
-        if model == Model::Dtx && t >= state_end {
-            talking = !talking;
-            state_end = t + (rng.exp(if talking { 1.0e6 } else { 1.5e6 })) as u64;
-        }
-        match model {
-            Model::Cbr => out.push((t, 12 + 80 + 10)),
-            Model::Dtx if talking => {
-                let opus = rng.normal(70.0, 22.0).clamp(20.0, 160.0) as usize;
-                out.push((t, 12 + opus + 10));
-            }
-            Model::Dtx => {
-                if t - last_sid >= 400_000 {
-                    out.push((t, 12 + 3 + 10));
-                    last_sid = t;
-                }
-            }
-        }
-        t += 20_000;
+    match model {
+        Model::Dtx => observe::dtx_voice(rng, duration_us),
+        Model::Cbr => (0..duration_us / 20_000)
+            .map(|i| (i * 20_000 + rng.exp(2_000.0) as u64, 12 + 80 + 10))
+            .scan(0, |last, (t, n)| {
+                *last = t.max(*last);
+                Some((*last, n))
+            })
+            .collect(),
     }
-    out
 }
 
+/// Every flow's frames, each flow starting at a random point of the first 20 ms and crossing
+/// 20 ms of network before the relay, merged in arrival order.
 fn arrivals(model: Model, flows: usize, duration_us: u64, seed: u64) -> Vec<Arrival> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut all = Vec::new();
     for f in 0..flows {
+        let start = 20_000 + (rng.unit() * 20_000.0) as u64;
         for (t, size) in flow_trace(model, &mut rng, duration_us) {
-            let arrive = t + 20_000 + rng.exp(2_000.0) as u64;
-            all.push((arrive, f, size));
+            all.push((start + t, f, size));
         }
     }
     all.sort_unstable();
     all
 }
 
-/// Runs arrivals through a shaper; returns (arrival µs, departure µs, flow, client-leg size).
-fn run(policy: &Policy, arrivals: &[Arrival]) -> Vec<(u64, u64, usize, usize)> {
+/// One datagram to a client: (arrival µs or [`COVER`], departure µs, flow, client-leg size,
+/// the ChannelData size it arrived as).
+type Record = (u64, u64, usize, usize, usize);
+
+/// Runs arrivals through a shaper.
+fn run(policy: &Policy, arrivals: &[Arrival]) -> Vec<Record> {
     let epoch = Instant::now();
     let at = |us: u64| epoch + Duration::from_micros(us);
     let us_of = |t: Instant| t.duration_since(epoch).as_micros() as u64;
@@ -99,13 +75,14 @@ fn run(policy: &Policy, arrivals: &[Arrival]) -> Vec<(u64, u64, usize, usize)> {
     let flows = arrivals.iter().map(|a| a.1 + 1).max().unwrap_or(0);
     // The shaper keeps order within a flow, so a per-flow FIFO of arrival times pairs each
     // departure with its arrival.
-    let mut pending: Vec<std::collections::VecDeque<u64>> = vec![Default::default(); flows];
+    let mut pending: Vec<std::collections::VecDeque<(u64, usize)>> =
+        vec![Default::default(); flows];
     let mut buf = vec![0u8; 4096];
     let mut out = Vec::with_capacity(arrivals.len());
     let drain = |shaper: &mut Shaper<usize>,
                  until: u64,
                  out: &mut Vec<_>,
-                 pending: &mut Vec<std::collections::VecDeque<u64>>| {
+                 pending: &mut Vec<std::collections::VecDeque<(u64, usize)>>| {
         loop {
             let release = shaper.next_release();
             let cover = shaper.next_cover_tick();
@@ -113,10 +90,10 @@ fn run(policy: &Policy, arrivals: &[Arrival]) -> Vec<(u64, u64, usize, usize)> {
                 (Some(r), c) if us_of(r) <= until && c.is_none_or(|c| r <= c) => {
                     let when = us_of(r);
                     shaper.pop_due(r, |flow, frame| {
-                        let arrived = pending[flow]
+                        let (arrived, raw) = pending[flow]
                             .pop_front()
                             .expect("a departure follows an arrival");
-                        out.push((arrived, when, flow, frame.len()))
+                        out.push((arrived, when, flow, frame.len(), raw))
                     });
                 }
                 (_, Some(c)) if us_of(c) <= until => {
@@ -124,7 +101,7 @@ fn run(policy: &Policy, arrivals: &[Arrival]) -> Vec<(u64, u64, usize, usize)> {
                     shaper.cover_due(
                         c,
                         |_| true,
-                        |flow, frame| out.push((COVER, when, flow, frame.len())),
+                        |flow, frame| out.push((COVER, when, flow, frame.len(), 0)),
                     );
                 }
                 _ => break,
@@ -138,9 +115,9 @@ fn run(policy: &Policy, arrivals: &[Arrival]) -> Vec<(u64, u64, usize, usize)> {
         match shaper.submit(at(t), flow, &mut buf, 64..68 + size) {
             (Decision::SendNow, r) => {
                 assert!(pending[flow].is_empty(), "no overtaking within a flow");
-                out.push((t, t, flow, r.len()))
+                out.push((t, t, flow, r.len(), 4 + size))
             }
-            (Decision::Queued, _) => pending[flow].push_back(t),
+            (Decision::Queued, _) => pending[flow].push_back((t, 4 + size)),
         }
     }
     let end = arrivals.last().map_or(0, |a| a.0) + 100_000;
@@ -152,88 +129,24 @@ fn run(policy: &Policy, arrivals: &[Arrival]) -> Vec<(u64, u64, usize, usize)> {
 /// Marks a cover frame's "arrival": it has none.
 const COVER: u64 = u64::MAX;
 
-/// Pearson correlation of two equal-length series.
-fn pearson(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len() as f64;
-    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-    let (mut cov, mut va, mut vb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        cov += (x - ma) * (y - mb);
-        va += (x - ma).powi(2);
-        vb += (y - mb).powi(2);
-    }
-    if va == 0.0 || vb == 0.0 {
-        0.0
-    } else {
-        cov / (va * vb).sqrt()
-    }
-}
-
-fn series(times: impl Iterator<Item = u64>, bin_us: u64, bins: usize) -> Vec<f64> {
-    let mut s = vec![0.0; bins];
-    for t in times {
-        if let Some(x) = s.get_mut((t / bin_us) as usize) {
-            *x += 1.0;
+/// The two legs the observer sees, per flow: (peer leg: arrival and ChannelData size of each
+/// frame; client leg: departure and size of each datagram, cover included).
+fn legs(records: &[Record], flows: usize) -> (Vec<Flow>, Vec<Flow>) {
+    let mut ins = vec![Flow::new(); flows];
+    let mut outs = vec![Flow::new(); flows];
+    for &(arrived, left, flow, size, raw) in records {
+        if arrived != COVER {
+            ins[flow].push((arrived, raw));
         }
+        outs[flow].push((left, size));
     }
-    s
-}
-
-/// Top-1 accuracy of an observer who sees every flow's ingress times (peer side) and egress
-/// times (client side), bins both into packet counts, and matches each egress flow to the
-/// ingress flow of highest correlation, allowing the relay's delay as a lag of 0..max_lag bins.
-fn correlation_accuracy(
-    records: &[(u64, u64, usize, usize)],
-    flows: usize,
-    bin_us: u64,
-    duration_us: u64,
-) -> f64 {
-    let bins = (duration_us / bin_us) as usize + 8;
-    let max_lag = (60_000 / bin_us).max(1) as usize;
-    let ingress: Vec<Vec<f64>> = (0..flows)
-        .map(|f| {
-            series(
-                records
-                    .iter()
-                    .filter(|r| r.2 == f && r.0 != COVER)
-                    .map(|r| r.0),
-                bin_us,
-                bins,
-            )
-        })
-        .collect();
-    let egress: Vec<Vec<f64>> = (0..flows)
-        .map(|f| {
-            series(
-                records.iter().filter(|r| r.2 == f).map(|r| r.1),
-                bin_us,
-                bins,
-            )
-        })
-        .collect();
-    let mut right = 0;
-    for (e, eg) in egress.iter().enumerate() {
-        let mut best = (f64::MIN, usize::MAX);
-        for (i, ing) in ingress.iter().enumerate() {
-            let score = (0..=max_lag)
-                .map(|lag| pearson(&ing[..bins - lag], &eg[lag..]))
-                .fold(f64::MIN, f64::max);
-            if score > best.0 {
-                best = (score, i);
-            }
-        }
-        if best.1 == e {
-            right += 1;
-        }
+    for f in &mut ins {
+        f.sort_unstable();
     }
-    right as f64 / flows as f64
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
+    for f in &mut outs {
+        f.sort_unstable();
     }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    (ins, outs)
 }
 
 fn policy(padding: Padding, timing: Timing) -> Policy {
@@ -245,6 +158,46 @@ fn policy(padding: Padding, timing: Timing) -> Policy {
     }
 }
 
+/// The modes compared: (name, padding, timing, cover).
+fn modes() -> Vec<(&'static str, Policy)> {
+    let ms = Duration::from_millis;
+    let buckets = Padding::Buckets(vec![128, 256, 512, 1200]);
+    let flow = Padding::Flow(vec![128, 256, 512, 1200]);
+    let with = |padding: &Padding, timing, cover| Policy {
+        cover,
+        ..policy(padding.clone(), timing)
+    };
+    let cover = |size| {
+        Some(Cover {
+            interval: ms(20),
+            size,
+        })
+    };
+    vec![
+        ("off", with(&Padding::Off, Timing::Off, None)),
+        (
+            "buckets, jitter:30ms",
+            with(&buckets, Timing::Jitter(ms(30)), None),
+        ),
+        (
+            "buckets, slots:10ms",
+            with(&buckets, Timing::Slots(ms(10)), None),
+        ),
+        (
+            "buckets, slots:20ms",
+            with(&buckets, Timing::Slots(ms(20)), None),
+        ),
+        (
+            "buckets, slots:20ms, cover 50:128 (the old default)",
+            with(&buckets, Timing::Slots(ms(20)), cover(Some(128))),
+        ),
+        (
+            "flow:, slots:20ms, cover 50 (--shaping)",
+            with(&flow, Timing::Slots(ms(20)), cover(None)),
+        ),
+    ]
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let duration_us: u64 = if quick { 20_000_000 } else { 60_000_000 };
@@ -252,7 +205,7 @@ fn main() {
     let ms = Duration::from_millis;
 
     println!(
-        "# veil shaping measurement ({} s of traffic per run, virtual clock)\n",
+        "# veil shaping model ({} s of traffic per run, virtual clock)\n",
         duration_us / 1_000_000
     );
 
@@ -264,6 +217,10 @@ fn main() {
     for (name, pad) in [
         ("off", Padding::Off),
         ("128,256,512,1200", buckets.clone()),
+        (
+            "flow:128,256,512,1200",
+            Padding::Flow(vec![128, 256, 512, 1200]),
+        ),
         ("multiple:64", Padding::Multiple(64)),
     ] {
         let recs = run(&policy(pad, Timing::Off), &one);
@@ -288,63 +245,48 @@ fn main() {
         );
     }
 
-    // 2. Flow correlation and latency.
+    // 2. Flow correlation, bandwidth and latency.
     println!(
-        "\n## 2. Flow correlation across the relay (top-1 accuracy; chance = 1/N) and added latency\n"
-    );
-    let cover = Some(Cover {
-        interval: ms(20),
-        size: Some(128),
-    });
-    let modes = [
-        ("off", Timing::Off, None),
-        ("jitter:10ms", Timing::Jitter(ms(10)), None),
-        ("jitter:30ms", Timing::Jitter(ms(30)), None),
-        ("slots:10ms", Timing::Slots(ms(10)), None),
-        ("slots:20ms", Timing::Slots(ms(20)), None),
-        ("slots:20ms + cover 50:128", Timing::Slots(ms(20)), cover),
-    ];
-    let bins_us = [2_000u64, 5_000, 20_000, 100_000];
-    println!(
-        "Observer bins packet counts at 2, 5, 20 and 100 ms and cross-correlates (lag 0-60 ms); the best bin is reported.\n"
+        "\n## 2. Flow matching across the relay (top-1 accuracy; chance = 1/N), bandwidth, added latency\n"
     );
     println!(
-        "| traffic | N | timing | accuracy (best bin) | per bin 2/5/20/100 ms | added delay p50 | p99 | cover frames |"
+        "The observer bins each flow's packets (counts) or bytes (sums) at 20 and 100 ms on both legs and \
+         matches by Pearson correlation with a lag search of 0-100 ms (`tests/common/observe.rs`).\n"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| traffic | N | mode | packets 20/100 ms | bytes 20/100 ms | client-leg bytes | delay p50 | p99 | max | cover frames |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (model, mname) in [(Model::Cbr, "CBR"), (Model::Dtx, "DTX VBR")] {
         for n in [20usize, 50] {
             let arr = arrivals(model, n, duration_us, 1000 + n as u64);
-            for (tname, timing, cover) in modes {
-                let p = Policy {
-                    cover,
-                    ..policy(buckets.clone(), timing)
-                };
+            let raw: u64 = arr.iter().map(|a| 4 + a.2 as u64).sum();
+            for (mode, p) in modes() {
                 let recs = run(&p, &arr);
                 let real = recs.iter().filter(|r| r.0 != COVER).count();
                 assert_eq!(real, arr.len(), "the measurement queue never drops");
                 let cover_frames = recs.len() - real;
-                let per_bin: Vec<f64> = bins_us
-                    .iter()
-                    .map(|b| correlation_accuracy(&recs, n, *b, duration_us + 200_000))
-                    .collect();
-                let best = per_bin.iter().cloned().fold(0.0, f64::max);
+                let (ins, outs) = legs(&recs, n);
+                let to = duration_us + 40_000;
+                let acc = |by, bin| top1(&ins, &outs, by, bin, 0, to);
                 let mut delays: Vec<u64> = recs
                     .iter()
                     .filter(|r| r.0 != COVER)
                     .map(|r| r.1 - r.0)
                     .collect();
                 delays.sort_unstable();
-                let per: Vec<String> = per_bin
-                    .iter()
-                    .map(|a| format!("{:.0}%", a * 100.0))
-                    .collect();
+                let sent: u64 = recs.iter().map(|r| r.3 as u64).sum();
+                let ms_at = |q| percentile(&delays, q) as f64 / 1000.0;
                 println!(
-                    "| {mname} | {n} | {tname} | {:.0}% | {} | {:.1} ms | {:.1} ms | {:+.0}% |",
-                    best * 100.0,
-                    per.join(" / "),
-                    percentile(&delays, 0.5) as f64 / 1000.0,
-                    percentile(&delays, 0.99) as f64 / 1000.0,
+                    "| {mname} | {n} | {mode} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2}× | {:.1} ms | {:.1} ms | {:.1} ms | {:+.0}% |",
+                    acc(By::Packets, 20_000),
+                    acc(By::Packets, 100_000),
+                    acc(By::Bytes, 20_000),
+                    acc(By::Bytes, 100_000),
+                    sent as f64 / raw as f64,
+                    ms_at(0.5),
+                    ms_at(0.99),
+                    ms_at(1.0),
                     cover_frames as f64 / real as f64 * 100.0
                 );
             }
@@ -352,7 +294,7 @@ fn main() {
     }
 
     // 3. CPU cost per frame of each mode, against off, in the same run.
-    println!("\n## 3. Shaper CPU per frame (padding + queueing + release), ratio to off\n");
+    println!("\n## 3. Shaper CPU per media frame (padding, queueing, release, cover), ratio to off\n");
     let arr = arrivals(Model::Cbr, 50, duration_us, 5);
     let mut base = 0.0;
     println!("| mode | ns/frame | ratio |");
@@ -368,12 +310,16 @@ fn main() {
             "buckets + jitter:30ms",
             policy(buckets.clone(), Timing::Jitter(ms(30))),
         ),
-    ] {
+    ]
+    .into_iter()
+    .chain(modes().into_iter().last())
+    {
         let reps = 5;
         let start = Instant::now();
         let mut frames = 0;
         for _ in 0..reps {
-            frames += std::hint::black_box(run(&p, &arr)).len();
+            std::hint::black_box(run(&p, &arr));
+            frames += arr.len();
         }
         let ns = start.elapsed().as_nanos() as f64 / frames as f64;
         if name == "off" {
