@@ -294,7 +294,9 @@ fn main() {
     }
 
     // 3. CPU cost per frame of each mode, against off, in the same run.
-    println!("\n## 3. Shaper CPU per media frame (padding, queueing, release, cover), ratio to off\n");
+    println!(
+        "\n## 3. Shaper CPU per media frame (padding, queueing, release, cover), ratio to off\n"
+    );
     let arr = arrivals(Model::Cbr, 50, duration_us, 5);
     let mut base = 0.0;
     println!("| mode | ns/frame | ratio |");

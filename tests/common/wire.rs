@@ -402,16 +402,12 @@ pub async fn run(
         let tls_flow = i >= spec.udp_flows;
         let peer = v4(peers[i].local_addr().unwrap());
         let client = v4(client_addrs[i]);
-        let peer_times: Vec<u64> = packets
-            .iter()
-            .filter(|p| !p.tcp && p.src == peer && p.dst == v4(relayed[i]) && p.t_us >= from_us)
-            .map(|p| p.t_us)
-            .collect();
         let peer_leg: Flow = packets
             .iter()
             .filter(|p| !p.tcp && p.src == peer && p.dst == v4(relayed[i]) && p.t_us >= from_us)
             .map(|p| (p.t_us, p.len))
             .collect();
+        let peer_times: Vec<u64> = peer_leg.iter().map(|p| p.0).collect();
         let mut rec = FlowRecord {
             tls: tls_flow,
             peer_leg,

@@ -1,0 +1,148 @@
+//! aioice (PyPI, a client we did not write) relays through veil: its TURN client alone over
+//! UDP, TCP and TLS (channel data both ways, Data indications from a peer port without a
+//! channel), and two of its ICE agents limited to relay candidates, connecting through veil;
+//! each against a plain relay and one running the default of `--shaping` (padded frames,
+//! 20 ms slots, cover frames it must skip). The client side is `tests/aioice/turn_check.py`;
+//! it needs `python3` with `aioice` (`.ci/run` installs the pinned version) and fails loudly
+//! without it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+const COUNT: u64 = 64;
+
+fn require_aioice() {
+    let ok = Command::new("python3")
+        .args(["-c", "import aioice"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "python3 with aioice is required: pip install 'aioice==0.13.0' (.ci/run installs it)"
+    );
+}
+
+fn credentials() -> (String, String) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    veil_relay::proto::auth::mint(common::SECRET.as_bytes(), now + 600, Some("aioice"))
+}
+
+/// Runs the script; its one JSON line.
+fn check(
+    mode: &str,
+    transport: &str,
+    server: SocketAddr,
+    cafile: &Path,
+    creds: &(String, String),
+) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aioice/turn_check.py");
+    let port = server.port().to_string();
+    let count = COUNT.to_string();
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([
+            mode,
+            "--transport",
+            transport,
+            "--port",
+            &port,
+            "--count",
+            &count,
+        ])
+        .args(["--user", &creds.0, "--password", &creds.1])
+        .arg("--cafile")
+        .arg(cafile)
+        // The ICE agent verifies `turns:` with the default trust store.
+        .env("SSL_CERT_FILE", cafile)
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stdout.lines().find(|l| l.starts_with('{'));
+    let v: Value = match line {
+        Some(l) => serde_json::from_str(l).unwrap(),
+        None => panic!("{mode}/{transport}: no result\n{stdout}\n{stderr}"),
+    };
+    assert!(v["error"].is_null(), "{mode}/{transport}: {v}\n{stderr}");
+    v
+}
+
+fn relay_cases(tag: &str, ports: &str, extra: &[&str]) {
+    let base = ["--allow-peer", "127.0.0.0/8"];
+    let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+    let (relay, tcp, tls) = common::start_stream_relay(ports, &args);
+    let cert = common::stream_relay_cert(ports);
+    let creds = credentials();
+    for (transport, server) in [("udp", relay.addr), ("tcp", tcp), ("tls", tls)] {
+        let name = format!("{tag}/{transport}");
+        let v = check("echo", transport, server, &cert, &creds);
+        assert_eq!(v["received"], COUNT, "{name}: every echo came back: {v}");
+        assert_eq!(v["corrupt"], 0, "{name}: {v}");
+        assert_eq!(v["errors"], Value::Array(vec![]), "{name}: {v}");
+        assert_eq!(
+            v["indications"], COUNT,
+            "{name}: Data indications from a port without a channel: {v}"
+        );
+        // The peer saw the relayed address only, never the client's.
+        assert_eq!(
+            v["peer_saw"],
+            Value::Array(vec![v["relayed"].clone()]),
+            "{name}: {v}"
+        );
+        assert_ne!(v["relayed"], v["mapped"], "{name}: {v}");
+        assert_eq!(v["relayed"][0], "127.0.0.1", "{name}: {v}");
+
+        let v = check("ice", transport, server, &cert, &creds);
+        assert_eq!(
+            v["received"],
+            serde_json::json!([COUNT, COUNT]),
+            "{name} ICE: {v}"
+        );
+        assert_eq!(v["corrupt"], 0, "{name} ICE: {v}");
+        assert_eq!(
+            v["local_types"],
+            serde_json::json!([["relay"], ["relay"]]),
+            "{name} ICE: relay candidates only: {v}"
+        );
+    }
+    // A wrong password is refused: the allocation fails, so the checks above can fail.
+    let bad = (creds.0.clone(), "not-the-password".to_string());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aioice/turn_check.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([
+            "echo",
+            "--port",
+            &relay.addr.port().to_string(),
+            "--count",
+            "4",
+        ])
+        .args(["--user", &bad.0, "--password", &bad.1])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(stdout.lines().next().unwrap_or("{}")).unwrap();
+    let err = v["error"].as_str().unwrap_or_default();
+    assert!(err.contains("401"), "{tag}: a wrong password gets 401: {v}");
+}
+
+#[test]
+fn aioice_relays_over_udp_tcp_and_tls_plain() {
+    require_aioice();
+    relay_cases("plain", "14000-14099", &[]);
+}
+
+#[test]
+fn aioice_relays_over_udp_tcp_and_tls_shaped() {
+    require_aioice();
+    relay_cases("shaped", "14100-14199", &common::SHAPING);
+}
