@@ -195,6 +195,10 @@ fn modes() -> Vec<(&'static str, Policy)> {
             "flow:, slots:20ms, cover 50 (--shaping)",
             with(&flow, Timing::Slots(ms(20)), cover(None)),
         ),
+        (
+            "flow:, slots:10ms, cover 50",
+            with(&flow, Timing::Slots(ms(10)), cover(None)),
+        ),
     ]
 }
 

@@ -55,7 +55,14 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn report(mode: &str, out: &Outcome, baseline: Option<&Outcome>) {
+/// The relay's own counts, read from its `/metrics` after the run: frames held for a slot and
+/// frames that left later than the timing's bound (both legs together).
+struct Counted {
+    delayed: f64,
+    late: f64,
+}
+
+fn report(mode: &str, out: &Outcome, baseline: Option<&Outcome>, counted: &Counted) {
     for tls in [false, true] {
         let flows = out.of(tls);
         let n = flows.len();
@@ -98,8 +105,10 @@ fn report(mode: &str, out: &Outcome, baseline: Option<&Outcome>) {
         d.sort_unstable();
         let ms = |p: f64| percentile(&d, p) as f64 / 1000.0;
         let lost: usize = flows.iter().map(|f| f.sent - f.received.min(f.sent)).sum();
+        // One relay serves both legs: its counts are the node's.
+        let late = format!("{} of {} held (node)", counted.late, counted.delayed);
         println!(
-            "| {mode} | {} | {} | {turn} | {:.0}% ({:.1} kbit/s per flow, {vs_off} of off) | {:.1} / {:.1} / {:.1} / {:.1} | {lost} |",
+            "| {mode} | {} | {} | {turn} | {:.0}% ({:.1} kbit/s per flow, {vs_off} of off) | {:.1} / {:.1} / {:.1} / {:.1} | {late} | {lost} |",
             if tls { "TLS" } else { "UDP" },
             cells.join(" | "),
             (client_bytes as f64 / peer_bytes.max(1) as f64 - 1.0) * 100.0,
@@ -120,9 +129,9 @@ fn main() {
         1.0 / flows as f64
     );
     println!(
-        "| mode | leg | packets 20 ms | packets 100 ms | bytes 20 ms | bytes 100 ms | TURN-aware (ChannelData only) packets / bytes 100 ms | client-leg bytes over peer payload | delay ms p50 / p99 / p99.9 / max | lost |"
+        "| mode | leg | packets 20 ms | packets 100 ms | bytes 20 ms | bytes 100 ms | TURN-aware (ChannelData only) packets / bytes 100 ms | client-leg bytes over peer payload | delay ms p50 / p99 / p99.9 / max | late frames (relay's count) | lost |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -131,6 +140,8 @@ fn main() {
     let mut baseline: Option<Outcome> = None;
     for (i, (mode, flags)) in MODES.iter().enumerate() {
         let ports = format!("{}-{}", 13800 + i * 50, 13849 + i * 50);
+        let admin = common::free_tcp_addr();
+        let admin_arg = admin.to_string();
         let mut args = vec![
             "--allow-peer",
             "127.0.0.0/8",
@@ -138,6 +149,8 @@ fn main() {
             "limits.unauthenticated.per_second=0",
             "--user-quota",
             "1000",
+            "--admin",
+            &admin_arg,
         ];
         args.extend_from_slice(flags);
         let (relay, _tcp, tls) = common::start_stream_relay(&ports, &args);
@@ -149,8 +162,16 @@ fn main() {
             seed: 42,
         };
         let out = rt.block_on(wire::run(spec, relay.addr, tls, &cert, common::SECRET));
+        // Workers publish their counters every tick.
+        std::thread::sleep(Duration::from_millis(1_500));
+        let (_, text) = common::http_get(admin, "/metrics");
+        let count = |series: &str| common::metric(&text, series).unwrap_or(0.0);
+        let counted = Counted {
+            delayed: count("veil_relay_shaping_delayed_frames_total"),
+            late: count("veil_relay_shaping_late_frames_total"),
+        };
         drop(relay);
-        report(mode, &out, baseline.as_ref());
+        report(mode, &out, baseline.as_ref(), &counted);
         if baseline.is_none() {
             baseline = Some(out);
         }

@@ -36,8 +36,8 @@ fn credentials() -> (String, String) {
     veil_relay::proto::auth::mint(common::SECRET.as_bytes(), now + 600, Some("aioice"))
 }
 
-/// Runs the script; its one JSON line.
-fn check(
+/// Runs the script in `mode` against `server` with `creds`; its one JSON line.
+fn run(
     mode: &str,
     transport: &str,
     server: SocketAddr,
@@ -49,16 +49,15 @@ fn check(
     let count = COUNT.to_string();
     let out = Command::new("python3")
         .arg(&script)
+        .args([mode, "--transport", transport, "--port", &port])
         .args([
-            mode,
-            "--transport",
-            transport,
-            "--port",
-            &port,
             "--count",
             &count,
+            "--user",
+            &creds.0,
+            "--password",
+            &creds.1,
         ])
-        .args(["--user", &creds.0, "--password", &creds.1])
         .arg("--cafile")
         .arg(cafile)
         // The ICE agent verifies `turns:` with the default trust store.
@@ -67,12 +66,22 @@ fn check(
         .expect("python3 runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stdout.lines().find(|l| l.starts_with('{'));
-    let v: Value = match line {
+    match stdout.lines().find(|l| l.starts_with('{')) {
         Some(l) => serde_json::from_str(l).unwrap(),
         None => panic!("{mode}/{transport}: no result\n{stdout}\n{stderr}"),
-    };
-    assert!(v["error"].is_null(), "{mode}/{transport}: {v}\n{stderr}");
+    }
+}
+
+/// [`run`], which must not have failed.
+fn check(
+    mode: &str,
+    transport: &str,
+    server: SocketAddr,
+    cafile: &Path,
+    creds: &(String, String),
+) -> Value {
+    let v = run(mode, transport, server, cafile, creds);
+    assert!(v["error"].is_null(), "{mode}/{transport}: {v}");
     v
 }
 
@@ -116,21 +125,7 @@ fn relay_cases(tag: &str, ports: &str, extra: &[&str]) {
     }
     // A wrong password is refused: the allocation fails, so the checks above can fail.
     let bad = (creds.0.clone(), "not-the-password".to_string());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aioice/turn_check.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .args([
-            "echo",
-            "--port",
-            &relay.addr.port().to_string(),
-            "--count",
-            "4",
-        ])
-        .args(["--user", &bad.0, "--password", &bad.1])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let v: Value = serde_json::from_str(stdout.lines().next().unwrap_or("{}")).unwrap();
+    let v = run("echo", "udp", relay.addr, &cert, &bad);
     let err = v["error"].as_str().unwrap_or_default();
     assert!(err.contains("401"), "{tag}: a wrong password gets 401: {v}");
 }
