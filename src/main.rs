@@ -178,7 +178,8 @@ struct RelayArgs {
     timing: Option<Timing>,
     /// Cover traffic RATE (fillers at the flow's size), RATE:SIZE (fixed size) or off: once a
     /// flow carries media, keep at least RATE frames/s going to its client, filling silences
-    /// with filler frames clients discard; implies --shaping (default when shaping: 50).
+    /// with filler frames clients discard, until 15 s after its last real frame; implies
+    /// --shaping (default when shaping: 50).
     #[arg(long, value_name = "RATE[:SIZE]|off", value_parser = parse_cover)]
     cover: Option<CoverArg>,
     /// Frames a worker holds for re-clocking at most (default: 4096).

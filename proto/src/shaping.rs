@@ -131,6 +131,14 @@ impl Padding {
         })
     }
 
+    /// The largest bucket, if the padding has buckets.
+    fn largest_bucket(&self) -> Option<u16> {
+        match self {
+            Padding::Buckets(b) | Padding::Flow(b) => b.last().copied(),
+            _ => None,
+        }
+    }
+
     /// The buckets of a per-flow padding.
     fn flow_buckets(&self) -> Option<&[u16]> {
         match self {
@@ -259,8 +267,9 @@ impl fmt::Display for Timing {
 }
 
 /// Cover traffic: once a flow has carried media, keep at least `rate` frames per second going to
-/// its client until its allocation ends, filling gaps (silences) with filler frames. Real frames
-/// count towards the rate; cover never delays them.
+/// its client until its allocation ends or it has had no real frame for [`COVER_IDLE`], filling
+/// gaps (silences) with filler frames. Real frames count towards the rate; cover never delays
+/// them.
 ///
 /// A filler is as large as the flow's frames: under [`Padding::Flow`] the flow's size, otherwise
 /// the padded size of the flow's last frame; `RATE:SIZE` fixes the size instead (which, with
@@ -565,11 +574,20 @@ fn flow_floor<K: Eq + Hash>(
     f.size as usize
 }
 
+/// How long a covered flow gets cover after its last real frame. A live call never goes this
+/// long without one (Opus DTX sends a frame every 400 ms, RTCP and ICE consent checks come every
+/// few seconds), so cover ends only with the media, which an observer sees anyway; without an
+/// end, one stray datagram would keep 50 frames/s of the flow's size going to the client for
+/// the allocation's whole life.
+pub const COVER_IDLE: Duration = Duration::from_secs(15);
+
 /// A flow under cover.
 #[derive(Clone, Copy, Debug)]
 struct Covered {
     /// When a frame last left for it (a grid time for released frames).
     last: Instant,
+    /// When a real frame last left for it.
+    real: Instant,
     profile: u8,
     /// The size of its last frame: the size its cover takes unless the profile fixes one.
     size: u16,
@@ -911,14 +929,22 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
     /// Records that a real frame of `size` bytes left for `flow`; if its profile has cover, the
     /// flow is covered from now on.
     fn note_sent(&mut self, flow: K, at: Instant, profile: u8, size: usize) {
-        if self.profiles[profile as usize].cover.is_none() {
+        let policy = &self.profiles[profile as usize];
+        if policy.cover.is_none() {
             return;
         }
-        let size = size.clamp(24, MAX_QUEUED_FRAME).div_ceil(4) * 4;
+        // Cover after a frame beyond the largest bucket (sent as it is) takes the largest
+        // bucket: cover is never larger than the padding's sizes.
+        let cap = policy
+            .padding
+            .largest_bucket()
+            .map_or(MAX_QUEUED_FRAME, usize::from);
+        let size = size.min(cap).clamp(24, MAX_QUEUED_FRAME).div_ceil(4) * 4;
         self.covered.insert(
             flow,
             Covered {
                 last: at,
+                real: at,
                 profile,
                 size: size.min(MAX_QUEUED_FRAME) as u16,
             },
@@ -972,6 +998,8 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
         if covered.len() < before {
             sizes.retain(|k, _| alive(k));
         }
+        // Media gone: cover ends (a real frame starts it again).
+        covered.retain(|_, c| due.saturating_duration_since(c.real) < COVER_IDLE);
         *cover_next =
             (!covered.is_empty()).then(|| next_slot(*epoch, tick, now + Duration::from_nanos(1)));
         // Tolerance for a tick that fires a little late or a frame released on the same tick.
@@ -1309,6 +1337,75 @@ mod tests {
         assert_eq!(s.next_cover_tick(), None);
         assert_eq!(s.stats().cover_frames, 1);
         assert_eq!(s.stats().cover_bytes, 128);
+    }
+
+    /// One real frame, then nothing: cover runs for [`COVER_IDLE`] after it and ends (a stray
+    /// datagram buys the client 15 s of cover, not the allocation's life); a real frame starts
+    /// it again.
+    #[test]
+    fn cover_ends_when_media_stops_and_resumes_with_it() {
+        let epoch = Instant::now();
+        let iv = Duration::from_millis(20);
+        let mut s: Shaper<u8> = Shaper::new(slots_with_cover(iv), epoch, 3);
+        let mut buf = vec![0u8; 64];
+        let f = channel_frame(&mut buf, 0, b"stray");
+        s.submit(epoch + Duration::from_millis(3), 1, &mut buf, f);
+        s.pop_due(epoch + iv, |_, _| {});
+        let (mut n, mut last) = (0u64, epoch);
+        let horizon = epoch + Duration::from_secs(60);
+        while let Some(t) = s.next_cover_tick().filter(|t| *t < horizon) {
+            s.cover_due(
+                t,
+                |_| true,
+                |_, _| {
+                    n += 1;
+                    last = t;
+                },
+            );
+        }
+        assert_eq!(s.next_cover_tick(), None, "cover ended by itself");
+        let idle = COVER_IDLE.as_millis() as u64 / 20;
+        assert_eq!(
+            n,
+            idle - 1,
+            "one per slot after the frame's, until 15 s after it"
+        );
+        assert!(last - (epoch + iv) < COVER_IDLE);
+        // Media again: cover again.
+        let t = epoch + Duration::from_secs(61);
+        let f = channel_frame(&mut buf, 0, b"back");
+        s.submit(t, 1, &mut buf, f);
+        s.pop_due(t + iv, |_, _| {});
+        let mut again = 0;
+        for _ in 0..2 {
+            let tick = s.next_cover_tick().expect("covered again");
+            s.cover_due(tick, |_| true, |_, _| again += 1);
+        }
+        assert_eq!(again, 1, "the frame's own slot, then one cover frame");
+
+        // A voice profile's buckets bound cover: a 1 200-byte frame beyond them leaves as it
+        // is, and the cover after it is 256, not 1 200.
+        let voice = Policy {
+            padding: Padding::Flow(vec![128, 256]),
+            cover: Some(Cover {
+                interval: iv,
+                size: None,
+            }),
+            ..slots_with_cover(iv)
+        };
+        let mut s: Shaper<u8> = Shaper::new(voice, epoch, 3);
+        let mut big = vec![0u8; 1300];
+        let f = channel_frame(&mut big, 0, &[7u8; 1196]);
+        s.submit(epoch + Duration::from_millis(3), 1, &mut big, f);
+        let mut out = Vec::new();
+        s.pop_due(epoch + iv, |_, b| out.push(b.len()));
+        assert_eq!(out, vec![1200], "sent as it is");
+        let mut sizes = Vec::new();
+        for _ in 0..3 {
+            let tick = s.next_cover_tick().unwrap();
+            s.cover_due(tick, |_| true, |_, b| sizes.push(b.len()));
+        }
+        assert_eq!(sizes, vec![256, 256], "cover at the largest bucket");
     }
 
     #[test]

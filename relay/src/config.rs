@@ -335,7 +335,7 @@ pub struct ShapingConfig {
     pub timing: Timing,
     /// Cover traffic `RATE` (default 50: fillers at the flow's size) or `RATE:SIZE`: once a flow
     /// carries media, keep at least RATE frames/s going to its client, filling silences with
-    /// ignorable filler; `null` for none.
+    /// ignorable filler, until 15 s after its last real frame; `null` for none.
     pub cover: Option<Cover>,
     /// Named profiles a credential selects with the claim in a REST username `<expiry>:<id>;s=<profile>`
     /// (`veil credentials --profile NAME`), whatever `enabled` says; unset fields are off.
