@@ -478,6 +478,40 @@ async fn shaping_pads_to_buckets_and_reclocks_to_slots() {
     assert_eq!(&buf[..n], b"after silence");
     peer.await.unwrap();
 
+    // Media gone: cover ends 15 s after the flow's last real frame (one stray datagram buys
+    // 15 s of it, not the allocation's life) and starts again with the next one.
+    let cover_since = |from: usize| {
+        counts.received.lock().unwrap()[from..]
+            .iter()
+            .filter(|(_, k, _)| *k == Some(0x0011))
+            .count()
+    };
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let from = counts.received.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        cover_since(from),
+        0,
+        "no cover 16 s after the last real frame"
+    );
+    let (peer_a, _, peer) = common::echo_peer(1, false).await;
+    conn.send_to(b"back", peer_a).await.unwrap();
+    // (The copy of "after silence" from the second peer port is still queued: skip it.)
+    loop {
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), conn.recv_from(&mut buf))
+            .await
+            .expect("the echo within 5 s")
+            .unwrap();
+        if from == peer_a {
+            assert_eq!(&buf[..n], b"back");
+            break;
+        }
+    }
+    peer.await.unwrap();
+    let from = counts.received.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(cover_since(from) >= 10, "cover again with the media");
+
     let received = counts.received.lock().unwrap().clone();
     let buckets = [128usize, 256, 512, 1200];
     let media: Vec<_> = received
