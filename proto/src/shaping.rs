@@ -993,13 +993,17 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
             profiles,
             ..
         } = self;
-        let before = covered.len();
-        covered.retain(|k, _| alive(k));
-        if covered.len() < before {
+        // Allocations gone, and flows whose media is gone: no more cover (a real frame starts it
+        // again).
+        let mut ended = false;
+        covered.retain(|k, c| {
+            let alive = alive(k);
+            ended |= !alive;
+            alive && due.saturating_duration_since(c.real) < COVER_IDLE
+        });
+        if ended {
             sizes.retain(|k, _| alive(k));
         }
-        // Media gone: cover ends (a real frame starts it again).
-        covered.retain(|_, c| due.saturating_duration_since(c.real) < COVER_IDLE);
         *cover_next =
             (!covered.is_empty()).then(|| next_slot(*epoch, tick, now + Duration::from_nanos(1)));
         // Tolerance for a tick that fires a little late or a frame released on the same tick.
