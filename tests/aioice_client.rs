@@ -72,16 +72,14 @@ fn run(
     }
 }
 
-/// [`run`], which must not have failed.
-fn check(
-    mode: &str,
-    transport: &str,
-    server: SocketAddr,
-    cafile: &Path,
-    creds: &(String, String),
-) -> Value {
-    let v = run(mode, transport, server, cafile, creds);
-    assert!(v["error"].is_null(), "{mode}/{transport}: {v}");
+/// A result that must not be an error.
+fn ok(v: Value) -> Value {
+    assert!(
+        v["error"].is_null(),
+        "{}/{}: {v}",
+        v["mode"],
+        v["transport"]
+    );
     v
 }
 
@@ -93,7 +91,7 @@ fn relay_cases(tag: &str, ports: &str, extra: &[&str]) {
     let creds = credentials();
     for (transport, server) in [("udp", relay.addr), ("tcp", tcp), ("tls", tls)] {
         let name = format!("{tag}/{transport}");
-        let v = check("echo", transport, server, &cert, &creds);
+        let v = ok(run("echo", transport, server, &cert, &creds));
         assert_eq!(v["received"], COUNT, "{name}: every echo came back: {v}");
         assert_eq!(v["corrupt"], 0, "{name}: {v}");
         assert_eq!(v["errors"], Value::Array(vec![]), "{name}: {v}");
@@ -110,7 +108,7 @@ fn relay_cases(tag: &str, ports: &str, extra: &[&str]) {
         assert_ne!(v["relayed"], v["mapped"], "{name}: {v}");
         assert_eq!(v["relayed"][0], "127.0.0.1", "{name}: {v}");
 
-        let v = check("ice", transport, server, &cert, &creds);
+        let v = ok(run("ice", transport, server, &cert, &creds));
         assert_eq!(
             v["received"],
             serde_json::json!([COUNT, COUNT]),
