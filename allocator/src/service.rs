@@ -1090,7 +1090,6 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The API's answer to a placement that cannot be made.
 /// The relays as placement sees them for a request whose parties ask for `profiles`: a relay
 /// that admits one of them only over TLS and offers no `turns:` URI is no candidate (a place there
 /// could only be answered with a leg the profile refuses).
@@ -1110,8 +1109,8 @@ fn all_views(relays: &[Tracked]) -> Vec<RelayView> {
     relays.iter().map(|t| t.view.clone()).collect()
 }
 
-/// The answer for a placement that failed; `unconstrained` says whether it would have succeeded
-/// had no profile required TLS, in which case TLS is what is missing.
+/// The API's answer to a placement that cannot be made; `unconstrained` says whether it would
+/// have succeeded had no profile required TLS, in which case TLS is what is missing.
 fn placement_error(e: PlacementError, unconstrained: bool, profiles: &[Option<&str>]) -> ApiError {
     match e {
         PlacementError::LocationUnknown => ApiError(

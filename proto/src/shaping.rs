@@ -946,7 +946,7 @@ impl<K: Copy + Eq + Hash> Shaper<K> {
                 last: at,
                 real: at,
                 profile,
-                size: size.min(MAX_QUEUED_FRAME) as u16,
+                size: size as u16,
             },
         );
         if let (None, Some(tick)) = (self.cover_next, self.cover_tick) {
