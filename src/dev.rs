@@ -114,6 +114,7 @@ pub fn run(a: DevArgs) -> Result<()> {
                 shared,
                 &node.endpoints,
                 Some((node.reports.clone(), node.port_range.len())),
+                Some(node.health.clone()),
             ),
         ));
         nodes.push(node);

@@ -1,5 +1,6 @@
 //! The life of a relay process after its workers start: serve the admin endpoint, reload on
-//! SIGHUP or when a watched file changes, drain on SIGTERM/SIGINT, exit.
+//! SIGHUP or when a watched file changes, drain on SIGTERM/SIGINT, exit; or, when a worker
+//! fails (panics, loses a task, stalls), answer not ready at once and exit non-zero.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +15,20 @@ use veil_relay::proto::server::{Live, Shared};
 
 /// How often a draining node checks whether its last allocation ended.
 const DRAIN_POLL: Duration = Duration::from_millis(200);
+/// How often the workers' heartbeats are checked.
+const HEALTH_POLL: Duration = Duration::from_millis(250);
+/// How long a node whose worker failed keeps answering its probes (503, `ready: false`) before
+/// it exits: longer than the allocator's default poll, so the registry drops it at once rather
+/// than after missed polls.
+const FAILED_LINGER: Duration = Duration::from_secs(2);
+
+/// How the node's run ended.
+enum Ended {
+    /// A signal, then the drain.
+    Drained,
+    /// A worker failed.
+    Failed(veil_relay::io::Failure),
+}
 
 struct Signals {
     hup: tokio::signal::unix::Signal,
@@ -138,6 +153,7 @@ impl Running {
                     self.shared.clone(),
                     &self.node.endpoints,
                     Some((self.node.reports.clone(), self.node.port_range.len())),
+                    Some(self.node.health.clone()),
                 );
                 let addr = listener.local_addr()?;
                 listener.set_nonblocking(true)?;
@@ -152,7 +168,12 @@ impl Running {
                 })))
             }
         };
-        rt.block_on(self.until_drained(signals));
+        if let Ended::Failed(f) = rt.block_on(self.until_drained(signals)) {
+            // Probes answer 503 meanwhile; no drain (the failed worker's clients get nothing)
+            // and no join (a stalled thread never returns).
+            rt.block_on(async { tokio::time::sleep(FAILED_LINGER).await });
+            anyhow::bail!("{f}: exiting so that the node is replaced");
+        }
         let _ = stop_admin.send(());
         if let Some(a) = admin {
             rt.block_on(a)
@@ -164,7 +185,7 @@ impl Running {
         Ok(())
     }
 
-    async fn until_drained(&mut self, signals: Signals) {
+    async fn until_drained(&mut self, signals: Signals) -> Ended {
         let Signals {
             mut hup,
             mut term,
@@ -174,8 +195,16 @@ impl Running {
         let interval = self.current.watch_interval;
         let mut tick = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut health = tokio::time::interval(HEALTH_POLL);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stall = self.current.worker_stall;
         let signal = loop {
             tokio::select! {
+                _ = health.tick() => {
+                    if let Some(f) = self.node.health.check(Instant::now(), stall) {
+                        return Ended::Failed(f);
+                    }
+                }
                 _ = hup.recv() => {
                     self.reload("SIGHUP");
                     seen = fingerprint(&self.watched());
@@ -213,6 +242,9 @@ impl Running {
                 );
                 break;
             }
+            if let Some(f) = self.node.health.check(Instant::now(), stall) {
+                return Ended::Failed(f);
+            }
             tokio::select! {
                 _ = tokio::time::sleep(DRAIN_POLL) => {}
                 _ = term.recv() => { tracing::info!(allocations = left, "second signal: stopping now"); break; }
@@ -220,5 +252,6 @@ impl Running {
                 _ = hup.recv() => self.reload("SIGHUP"),
             }
         }
+        Ended::Drained
     }
 }

@@ -110,6 +110,9 @@ pub enum UserError {
     Unknown,
     /// A REST username whose timestamp has passed.
     Expired,
+    /// A REST username whose timestamp lies further ahead than [`Credentials::max_validity`]:
+    /// a minter writing "never expires" (`9999999999`, `u64::MAX`) or a clock far off.
+    TooFar,
 }
 
 /// Splits a REST username `<expiry>:<id>` into (expiry digits, id); None for other usernames.
@@ -197,6 +200,10 @@ pub struct Credentials {
     /// When a reload removes a secret, the allocations made under it end this many seconds
     /// later. `None`: they go on (a routine rotation removes the old secret).
     pub removed_secret_grace: Option<u32>,
+    /// The furthest ahead of now a REST credential's expiry may be, in seconds; a later one is
+    /// refused as a bad credential ([`UserError::TooFar`]). `None`: no bound (the core's time
+    /// arithmetic saturates whatever the expiry).
+    pub max_validity: Option<u32>,
 }
 
 /// A short fingerprint of a secret, so that an allocation remembers which one admitted it
@@ -215,6 +222,7 @@ impl std::fmt::Debug for Credentials {
             .field("revoked_users", &self.revoked_users.len())
             .field("max_session", &self.max_session)
             .field("removed_secret_grace", &self.removed_secret_grace)
+            .field("max_validity", &self.max_validity)
             .finish()
     }
 }
@@ -233,6 +241,11 @@ impl Credentials {
         {
             if expiry < unix_now {
                 return Err(UserError::Expired);
+            }
+            if let Some(max) = self.max_validity
+                && expiry - unix_now > max as u64
+            {
+                return Err(UserError::TooFar);
             }
             for s in &self.secrets {
                 if try_password(&rest_password(s, username.as_bytes())) {
@@ -399,6 +412,38 @@ mod tests {
         assert_eq!(
             creds.for_each_password("alice", 0, |_| true),
             Err(UserError::Unknown)
+        );
+    }
+
+    #[test]
+    fn an_expiry_beyond_the_validity_bound_is_refused_whatever_its_size() {
+        let creds = Credentials {
+            secrets: vec![b"s".to_vec()],
+            max_validity: Some(86_400),
+            ..Default::default()
+        };
+        let now = 1_000_000;
+        for expiry in [now + 86_401, 9_999_999_999_999_999_999, u64::MAX] {
+            let (user, pw) = mint(b"s", expiry, Some("mallory"));
+            assert_eq!(
+                creds.for_each_password(&user, now, |p| p == pw.as_bytes()),
+                Err(UserError::TooFar),
+                "{expiry}"
+            );
+        }
+        let (user, pw) = mint(b"s", now + 86_400, Some("alice"));
+        assert_eq!(
+            creds.for_each_password(&user, now, |p| p == pw.as_bytes()),
+            Ok(true)
+        );
+        let unbounded = Credentials {
+            max_validity: None,
+            ..creds
+        };
+        let (user, pw) = mint(b"s", u64::MAX, Some("mallory"));
+        assert_eq!(
+            unbounded.for_each_password(&user, now, |p| p == pw.as_bytes()),
+            Ok(true)
         );
     }
 

@@ -54,8 +54,8 @@ pub use request::{
 };
 pub use state::{Live, RESERVATION_SECS, ServerConfig, Shared};
 pub use types::{
-    Action, ClientKey, Delivery, Family, Now, Occupancy, Refusal, RelayAddr, RelayId, Stats,
-    Transport,
+    Action, ClientKey, Delivery, Family, MAX_HORIZON, Now, Occupancy, Refusal, RelayAddr, RelayId,
+    Stats, Transport, later,
 };
 
 /// Bytes the driver must leave free in front of a peer's payload so that the server can write
@@ -265,7 +265,7 @@ impl Server {
                 && cut_off.is_none()
                 && !kept.contains(&id)
             {
-                cut_off = Some(now.mono + std::time::Duration::from_secs(grace as u64));
+                cut_off = Some(later(now.mono, grace as u64));
             }
             let end = self.session_end(now, a.credential_expiry, cut_off);
             let a = &mut self.allocs[slot];

@@ -1,5 +1,6 @@
 //! The relay's admin HTTP endpoint, for the allocator's registry and for Kubernetes probes:
-//! `/healthz` (the process answers), `/readyz` (it accepts new allocations), `/status` (zone,
+//! `/healthz` (every worker turns its loop), `/readyz` (it accepts new allocations: healthy,
+//! not draining, below its quota), `/status` (zone,
 //! advertised TURN URIs, load and capacity as JSON) and `/metrics` (Prometheus). Counts only: never a client address or
 //! username. Bind it to a private address.
 
@@ -12,6 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 
+use crate::io::Health;
 use crate::metrics::Reports;
 use crate::proto::server::{Family, ServerConfig, Shared};
 
@@ -22,6 +24,7 @@ pub struct AdminState {
     core: Arc<Shared>,
     uris: Vec<String>,
     metrics: Option<(Arc<Reports>, usize)>,
+    health: Option<Arc<Health>>,
 }
 
 /// Where clients reach a node: its UDP, TCP and TLS listeners, and the host name of `turns:`
@@ -89,18 +92,26 @@ fn uris_of(
 
 impl AdminState {
     /// The admin state of a node; with `metrics` (the workers' reports and the port range size)
-    /// it also serves `/metrics`.
+    /// it also serves `/metrics`; with `health` (the node's, [`crate::io::Node::health`]) a
+    /// failed worker makes `/healthz` and `/readyz` answer 503.
     pub fn new(
         core: Arc<Shared>,
         endpoints: &Endpoints,
         metrics: Option<(Arc<Reports>, usize)>,
+        health: Option<Arc<Health>>,
     ) -> Arc<Self> {
         let uris = turn_uris(endpoints, &core.config);
         Arc::new(AdminState {
             core,
             uris,
             metrics,
+            health,
         })
+    }
+
+    /// What failed on the node, if anything did.
+    fn failure(&self) -> Option<crate::io::Failure> {
+        self.health.as_ref().and_then(|h| h.failure())
     }
 
     /// The node's `/status` document now.
@@ -110,7 +121,7 @@ impl AdminState {
         let draining = self.core.draining();
         Status {
             zone: cfg.zone.clone(),
-            ready: !draining && allocations < cfg.total_quota,
+            ready: self.failure().is_none() && !draining && allocations < cfg.total_quota,
             draining,
             allocations,
             capacity: cfg.total_quota,
@@ -126,15 +137,20 @@ impl AdminState {
     }
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+async fn healthz(State(s): State<Arc<AdminState>>) -> Response {
+    match s.failure() {
+        None => "ok\n".into_response(),
+        Some(f) => (StatusCode::SERVICE_UNAVAILABLE, format!("{f}\n")).into_response(),
+    }
 }
 
-async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
-    if s.status().ready {
-        (StatusCode::OK, "ready\n")
+async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
+    if let Some(f) = s.failure() {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {f}\n")).into_response()
+    } else if s.status().ready {
+        (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
     }
 }
 

@@ -82,6 +82,10 @@ pub struct AuthConfig {
     /// When a reload removes a secret, the allocations it admitted end this many seconds later;
     /// null: they go on (a routine rotation removes the old secret while calls continue).
     pub removed_secret_grace: Option<u32>,
+    /// The furthest ahead of now, in seconds, a REST credential's expiry may be; a later one
+    /// is refused with 401 as a bad credential (a minter writing "never expires"). null: no
+    /// bound.
+    pub max_validity: Option<u32>,
 }
 
 impl Default for AuthConfig {
@@ -93,9 +97,14 @@ impl Default for AuthConfig {
             revoked_users: Vec::new(),
             max_session: Some(DEFAULT_MAX_SESSION),
             removed_secret_grace: None,
+            max_validity: Some(DEFAULT_MAX_VALIDITY),
         }
     }
 }
+
+/// Thirty days: far longer than any minter of call credentials asks (the allocator hands out
+/// at most a day), far shorter than "never".
+pub const DEFAULT_MAX_VALIDITY: u32 = 30 * 86_400;
 
 /// Four hours past the credential's expiry: the longest call of a credential minted at its
 /// start with a one-hour TTL is then five hours; a stolen credential holds a relay no longer.
@@ -112,6 +121,7 @@ impl fmt::Debug for AuthConfig {
             .field("revoked_users", &self.revoked_users.len())
             .field("max_session", &self.max_session)
             .field("removed_secret_grace", &self.removed_secret_grace)
+            .field("max_validity", &self.max_validity)
             .finish()
     }
 }
@@ -503,6 +513,9 @@ pub struct Lifecycle {
     /// Seconds between checks of the config file and secret files for changes, which reload
     /// them as SIGHUP does; 0: SIGHUP only.
     pub watch_interval: u32,
+    /// Seconds a worker may go without turning its loop (its timer runs at least once a
+    /// second) before the node counts it as stalled: not ready at once, then exit non-zero.
+    pub worker_stall: u32,
 }
 
 impl Default for Lifecycle {
@@ -510,6 +523,7 @@ impl Default for Lifecycle {
         Lifecycle {
             drain_timeout: 300,
             watch_interval: 5,
+            worker_stall: 10,
         }
     }
 }
@@ -592,6 +606,8 @@ pub struct Resolved {
     pub drain_timeout: std::time::Duration,
     /// How often to look for changed files (None: SIGHUP only).
     pub watch_interval: Option<std::time::Duration>,
+    /// How long a worker may go without turning its loop before the node fails.
+    pub worker_stall: std::time::Duration,
     /// The secret files read, which a reload reads again.
     pub secret_files: Vec<PathBuf>,
     /// Things an operator should know at start (not errors).
@@ -788,6 +804,12 @@ impl RelayConfig {
         let st = &self.streams;
         if st.handshake_timeout == 0 || st.idle_timeout == 0 {
             return Err(invalid("streams", "timeouts must be >= 1 s"));
+        }
+        if !(2..=3600).contains(&self.lifecycle.worker_stall) {
+            return Err(invalid(
+                "lifecycle.worker_stall",
+                "between 2 and 3600 seconds (a worker's timer turns every second)",
+            ));
         }
         if st.max_connections == 0 || st.max_connections_per_ip == 0 {
             return Err(invalid("streams", "connection caps must be >= 1"));
@@ -1091,6 +1113,7 @@ impl RelayConfig {
                     .collect(),
                 max_session: self.auth.max_session,
                 removed_secret_grace: self.auth.removed_secret_grace,
+                max_validity: self.auth.max_validity,
             },
             filter,
             bandwidth,
@@ -1102,6 +1125,7 @@ impl RelayConfig {
             drain_timeout: std::time::Duration::from_secs(self.lifecycle.drain_timeout as u64),
             watch_interval: (self.lifecycle.watch_interval > 0)
                 .then(|| std::time::Duration::from_secs(self.lifecycle.watch_interval as u64)),
+            worker_stall: std::time::Duration::from_secs(self.lifecycle.worker_stall as u64),
             secret_files: self.auth.secret_files.clone(),
             warnings,
             source: self.clone(),

@@ -26,7 +26,9 @@
 //!   transports such as links between relays);
 //! * `ports`: the port budget, port choice, parked reservation sockets, the core's `Env`;
 //! * `sockets`: socket construction; `stream`: TCP/TLS connections; `tasks`: the worker's
-//!   thread and tasks; `node`: starting, reloading and stopping the workers.
+//!   thread and tasks; `node`: starting, reloading and stopping the workers;
+//! * `health`: whether each worker still turns its loop (a panic, an ended task or a stall
+//!   makes the node not ready, and the process exits to be replaced).
 //!
 //! Shared between workers, and touched only when allocations are created or deleted: the
 //! quota counters and reservation tokens in the core's `Shared`, the count of relayed sockets
@@ -34,6 +36,9 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+#[cfg(debug_assertions)]
+mod faults;
+mod health;
 mod node;
 mod peers;
 mod ports;
@@ -42,6 +47,7 @@ mod stream;
 mod tasks;
 mod worker;
 
+pub use health::{Failure, Fault, Health};
 pub use node::{Node, shutdown_signal};
 pub use sockets::bind_listeners;
 

@@ -236,8 +236,9 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
         &mut o,
         "veil_relay_auth_failures_total",
         "counter",
-        "Requests answered 401, by reason: an expired REST credential, or a bad one (wrong \
-         password or secret, unknown user, USERHASH).",
+        "Requests answered 401, by reason: an expired REST credential, one whose expiry lies \
+         beyond auth.max_validity, or a bad one (wrong password or secret, unknown user, \
+         USERHASH).",
     );
     sample(
         &mut o,
@@ -248,8 +249,17 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
     sample(
         &mut o,
         "veil_relay_auth_failures_total",
+        "reason=\"expiry_too_far\"",
+        t.core.auth_expiry_too_far,
+    );
+    sample(
+        &mut o,
+        "veil_relay_auth_failures_total",
         "reason=\"bad_credentials\"",
-        t.core.auth_failures - t.core.auth_expired.min(t.core.auth_failures),
+        t.core
+            .auth_failures
+            .saturating_sub(t.core.auth_expired)
+            .saturating_sub(t.core.auth_expiry_too_far),
     );
     c(
         &mut o,

@@ -48,6 +48,11 @@ pub fn free_udp_port() -> u16 {
 /// Starts a relay on a free loopback port with relayed ports in `ports` (below the kernel's
 /// ephemeral range), REST secrets ["old", SECRET] and `extra` flags; waits until it answers.
 pub fn start_relay(ports: &str, extra: &[&str]) -> Relay {
+    start_relay_env(ports, extra, &[])
+}
+
+/// [`start_relay`] with environment variables set for the relay.
+pub fn start_relay_env(ports: &str, extra: &[&str], env: &[(&str, &str)]) -> Relay {
     let dir = std::env::temp_dir().join(format!("veil-e2e-{}-{}", std::process::id(), ports));
     std::fs::create_dir_all(&dir).unwrap();
     let secrets = dir.join("secrets");
@@ -68,6 +73,7 @@ pub fn start_relay(ports: &str, extra: &[&str]) -> Relay {
     .arg(&secrets)
     .args(extra)
     .env("RUST_LOG", "warn")
+    .envs(env.iter().copied())
     .stdin(Stdio::null());
     let child = cmd.spawn().expect("veil binary runs");
     let relay = Relay {

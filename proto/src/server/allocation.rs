@@ -2,7 +2,7 @@
 //! deleting it (§8).
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::authn::Authed;
 use super::error::{Fail, Req};
@@ -92,8 +92,8 @@ impl Server {
     ) -> Option<Instant> {
         let bound = match (credential_expiry, self.live.credentials.max_session) {
             (Some(exp), Some(past)) => {
-                let left = (exp + past as u64).saturating_sub(now.unix);
-                Some(now.mono + Duration::from_secs(left))
+                let left = exp.saturating_add(past as u64).saturating_sub(now.unix);
+                Some(super::later(now.mono, left))
             }
             _ => None,
         };
@@ -167,7 +167,7 @@ impl Server {
         cut_off: Option<Instant>,
     ) -> (u32, Instant) {
         let granted = self.lifetime(requested);
-        let mut expires = now.mono + Duration::from_secs(granted as u64);
+        let mut expires = super::later(now.mono, granted as u64);
         if let Some(end) = self.session_end(now, credential_expiry, cut_off)
             && end < expires
         {

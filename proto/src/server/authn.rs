@@ -105,6 +105,10 @@ impl Server {
                         self.stats.auth_expired += 1;
                         None
                     }
+                    Err(UserError::TooFar) => {
+                        self.stats.auth_expiry_too_far += 1;
+                        None
+                    }
                     Err(UserError::Unknown) => None,
                 }
             }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::error::{Fail, Req};
 use super::{ChannelBindRequest, PermissionRequest, Server, TurnError};
@@ -218,8 +218,7 @@ impl Server {
             self.vet_peer(slot, *p)?;
         }
         let cfg = &self.shared.config;
-        let lifetime = Duration::from_secs(cfg.permission_lifetime as u64);
-        let expires = r.now.mono + lifetime;
+        let expires = super::later(r.now.mono, cfg.permission_lifetime as u64);
         let a = &mut self.allocs[slot];
         let new = req
             .peers()
@@ -259,8 +258,8 @@ impl Server {
             self.stats.permissions_refused += 1;
             return Err(TurnError::new(508, "channel or permission quota reached").into());
         }
-        let ch_exp = r.now.mono + Duration::from_secs(cfg.channel_lifetime as u64);
-        let perm_exp = r.now.mono + Duration::from_secs(cfg.permission_lifetime as u64);
+        let ch_exp = super::later(r.now.mono, cfg.channel_lifetime as u64);
+        let perm_exp = super::later(r.now.mono, cfg.permission_lifetime as u64);
         let a = &mut self.allocs[slot];
         a.channels.bind(number, peer, ch_exp);
         a.perms.grant(peer.ip(), perm_exp);

@@ -7,7 +7,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{Env, Refusal, RelayAddr};
 use crate::auth::{Credentials, NonceKey};
@@ -228,7 +228,7 @@ impl Shared {
             env.release_reserved(parked);
             return None;
         }
-        let expires = now + Duration::from_secs(RESERVATION_SECS);
+        let expires = super::later(now, RESERVATION_SECS);
         let mut r = self.reservations();
         r.by_token.insert(
             token,

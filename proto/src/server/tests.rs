@@ -190,6 +190,46 @@ fn rotated_secret_still_validates_and_wrong_or_expired_credentials_get_401() {
     assert_eq!(s.stats().auth_failures, 4);
 }
 
+/// "Never expires" written as a huge timestamp: the session bound (expiry + max_session) and the
+/// lifetime saturate instead of overflowing the clock (a panic in debug builds, which killed the
+/// worker; a wrap to LIFETIME 0 in release builds).
+#[test]
+fn a_huge_credential_expiry_saturates_the_session_bound() {
+    let creds = Credentials {
+        secrets: vec![SECRET.to_vec()],
+        max_session: Some(14_400),
+        removed_secret_grace: Some(u32::MAX),
+        ..Default::default()
+    };
+    let shared = Shared::new(
+        config(),
+        creds,
+        NonceKey::new(b"n"),
+        PeerFilter::new(&[], &[]),
+        Redactor::with_secret(b"r", false),
+    );
+    let mut s = Server::new(Arc::new(shared));
+    let (mut env, clock) = (FakeEnv::default(), Clock::new());
+    for (port, expiry) in [(40000, "9999999999999999999"), (40001, "18446744073709551615")] {
+        let mut c = Client::new(port, format!("{expiry}:m"), SECRET);
+        let r = c.allocate(&mut s, &mut env, &clock, &[]);
+        assert_eq!(class(&r), Class::Success, "{:?}", code(&r));
+        assert_eq!(lifetime_of(&r), 600);
+    }
+    // A reload that removes the secret with the longest grace also saturates.
+    s.shared.replace_live(Live {
+        credentials: Credentials {
+            removed_secret_grace: Some(u32::MAX),
+            max_session: Some(u32::MAX),
+            ..Default::default()
+        },
+        filter: PeerFilter::new(&[], &[]),
+        bandwidth: Vec::new(),
+    });
+    s.handle_timeout(clock.now(), &mut env);
+    assert_eq!(s.allocation_count(), 2);
+}
+
 #[test]
 fn static_users_work_for_development() {
     let creds = Credentials {

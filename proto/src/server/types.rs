@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The time, passed in by the driver.
 #[derive(Clone, Copy, Debug)]
@@ -12,6 +12,28 @@ pub struct Now {
     pub mono: Instant,
     /// Unix seconds, for credential timestamps and nonces.
     pub unix: u64,
+}
+
+/// The furthest ahead any deadline is set (about 136 years): a lifetime, an expiry or a grace
+/// period computed from a credential or a config is cut to this before it meets an `Instant`,
+/// so no input can overflow the clock's arithmetic (which panics, or wraps in release builds).
+pub const MAX_HORIZON: Duration = Duration::from_secs(u32::MAX as u64);
+
+/// `t` plus `secs` seconds, saturating at [`MAX_HORIZON`] ahead of `t`.
+///
+/// ```
+/// # use std::time::Instant;
+/// # use veil_proto::server::{later, MAX_HORIZON};
+/// let t = Instant::now();
+/// assert_eq!(later(t, u64::MAX), t + MAX_HORIZON);
+/// assert_eq!(later(t, 5) - t, std::time::Duration::from_secs(5));
+/// ```
+#[inline]
+pub fn later(t: Instant, secs: u64) -> Instant {
+    let d = Duration::from_secs(secs).min(MAX_HORIZON);
+    // Linux's monotonic clock holds centuries past any `t` a running process sees; were it
+    // ever not to, the deadline stays at `t` rather than wrap into the past.
+    t.checked_add(d).unwrap_or(t)
 }
 
 /// How a client reaches the relay. Relaying to peers is UDP whatever this is.
@@ -178,6 +200,9 @@ crate::counters! {
         pub auth_failures: u64,
         /// 401s for a REST credential past its expiry (a subset of `auth_failures`).
         pub auth_expired: u64,
+        /// 401s for a REST credential whose expiry lies beyond `max_validity` (a subset of
+        /// `auth_failures`).
+        pub auth_expiry_too_far: u64,
         /// CreatePermission/ChannelBind peers the filter refused.
         pub peers_denied: u64,
         /// Send indications dropped because they named one of the node's own addresses (a

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
+use super::health::Health;
 use super::ports::{Parked, PortUse};
 use super::sockets::{bind_listeners, bind_stream_listeners};
 use super::stream::ConnCount;
@@ -31,6 +32,8 @@ pub(super) struct NodeShared {
     /// Relayed ports taken per relay IP, and the sockets parked for reservations.
     pub(super) ports: PortUse,
     pub(super) parked: Parked,
+    /// Each worker's heartbeat and the node's first failure.
+    pub(super) health: Arc<Health>,
 }
 
 /// A running node: its workers and the addresses it listens on.
@@ -43,6 +46,9 @@ pub struct Node {
     pub reports: Arc<Reports>,
     /// The relayed port range.
     pub port_range: PortRange,
+    /// Whether every worker still turns its loop (read by the admin endpoint and the
+    /// lifecycle, which exits when one fails).
+    pub health: Arc<Health>,
     shaping: watch::Sender<Vec<Policy>>,
     stop: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<io::Result<()>>>,
@@ -69,7 +75,9 @@ impl Node {
             tls: resolved.tls.clone(),
             conns: ConnCount::default(),
             parked: Parked::default(),
+            health: Arc::new(Health::new(workers)),
         });
+        let health = node.health.clone();
         let reports = node.reports.clone();
         let (stop, stop_rx) = watch::channel(false);
         let mut threads = Vec::new();
@@ -100,6 +108,7 @@ impl Node {
             reports,
             port_range: resolved.port_range,
             shaping,
+            health,
         })
     }
 
@@ -109,7 +118,8 @@ impl Node {
         self.shaping.send_replace(policies);
     }
 
-    /// Stops the workers (allocations are deleted, sockets closed) and waits for them.
+    /// Stops the workers (allocations are deleted, sockets closed) and waits for them. Not
+    /// after a worker failed: a stalled thread never comes back to be joined.
     pub fn stop(self) -> io::Result<()> {
         let _ = self.stop.send(true);
         for t in self.threads {

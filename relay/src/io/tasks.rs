@@ -13,6 +13,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
+use super::health::{self, Fault, Health};
 use super::node::NodeShared;
 use super::peers::PeerPaths;
 use super::worker::{Io, LISTENER_TOKEN, Listener, Shaping, Worker};
@@ -69,6 +70,7 @@ async fn timer_task(worker: Rc<RefCell<Worker>>, node: Arc<NodeShared>, index: u
             w.server.poll_timeout().map_or(cap, |t| t.min(cap))
         };
         tokio::time::sleep_until(deadline.into()).await;
+        node.health.beat(index, Instant::now());
         let mut w = worker.borrow_mut();
         let w = &mut *w;
         w.server.handle_timeout(now(), &mut w.io);
@@ -137,6 +139,20 @@ async fn shaper_task(worker: Rc<RefCell<Worker>>, wake: Rc<tokio::sync::Notify>)
     }
 }
 
+/// Runs a task that lasts the worker's life; its end (it returned, or panicked and tokio caught
+/// it) fails the node. On a stop it is aborted, which ends it without this.
+fn spawn_supervised(
+    health: &Arc<Health>,
+    index: usize,
+    task: impl Future<Output = ()> + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let health = health.clone();
+    tokio::task::spawn_local(async move {
+        task.await;
+        health.fail(index, Fault::TaskEnded);
+    })
+}
+
 /// Runs one worker until `stop` turns true.
 pub(super) fn run_worker(
     index: usize,
@@ -149,6 +165,8 @@ pub(super) fn run_worker(
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
+    health::watch_this_thread(&node.health, index);
+    node.health.beat(index, Instant::now());
     local.block_on(&rt, async move {
         let epoll = Epoll::new(EVENTS)?;
         let udp_listeners = listeners.len();
@@ -195,31 +213,42 @@ pub(super) fn run_worker(
             .and_then(|fd| unsafe {
                 AsyncFd::register_with_interest(fd, Interest::READABLE).map_err(|e| e.into())
             })?;
-        let mut tasks = vec![tokio::task::spawn_local(udp_task(worker.clone(), set))];
-        for (i, (l, transport)) in stream_listeners.into_iter().enumerate() {
-            let index = (udp_listeners + i) as u16;
-            tasks.push(tokio::task::spawn_local(stream::accept_task(
-                Rc::downgrade(&worker),
-                node.clone(),
-                tokio::net::TcpListener::from_std(l)?,
-                index,
-                transport,
-            )));
-        }
-        tasks.push(tokio::task::spawn_local(timer_task(
-            worker.clone(),
-            node.clone(),
+        let health = &node.health;
+        let mut tasks = vec![spawn_supervised(
+            health,
             index,
-        )));
+            udp_task(worker.clone(), set),
+        )];
+        for (i, (l, transport)) in stream_listeners.into_iter().enumerate() {
+            let listener = (udp_listeners + i) as u16;
+            tasks.push(spawn_supervised(
+                health,
+                index,
+                stream::accept_task(
+                    Rc::downgrade(&worker),
+                    node.clone(),
+                    tokio::net::TcpListener::from_std(l)?,
+                    listener,
+                    transport,
+                ),
+            ));
+        }
+        tasks.push(spawn_supervised(
+            health,
+            index,
+            timer_task(worker.clone(), node.clone(), index),
+        ));
         // Always running (it sleeps when nothing is shaped), so a reload can turn shaping on.
-        tasks.push(tokio::task::spawn_local(shaper_task(
-            worker.clone(),
-            wake.clone(),
-        )));
-        tasks.push(tokio::task::spawn_local(reload_task(
-            worker.clone(),
-            node.shaping.clone(),
-        )));
+        tasks.push(spawn_supervised(
+            health,
+            index,
+            shaper_task(worker.clone(), wake.clone()),
+        ));
+        tasks.push(spawn_supervised(
+            health,
+            index,
+            reload_task(worker.clone(), node.shaping.clone()),
+        ));
         tracing::debug!(worker = index, "worker started");
         while !*stop.borrow() {
             if stop.changed().await.is_err() {

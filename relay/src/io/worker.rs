@@ -344,6 +344,8 @@ impl Worker {
                 transport: Transport::Udp,
                 addr,
             };
+            #[cfg(debug_assertions)]
+            super::faults::inject(client_rx.get(i));
             dispatch(server, io, shaping, reply, now, from, client_rx.get(i));
         }
         n == client_rx.capacity()
