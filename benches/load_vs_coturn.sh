@@ -33,7 +33,7 @@ trap cleanup EXIT
 
 start_veil() {   # $1 port-range
   taskset -c 0 "$VEIL" relay --listen 127.0.0.1:3478 --workers 1 --port-range "$1" \
-    --auth-secret-file "$OUT/secret" --allow-peer 127.0.0.0/8 --user-quota 100000 \
+    --auth-secret-file "$OUT/secret" --allow-peer 127.0.0.0/8 --user-quota 100000 --source-quota 0 \
     --total-quota 100000 --watch-interval 0 --set limits.unauthenticated.per_second=0 --set "limits.bandwidth=$NO_CAPS" >"$OUT/veil.log" 2>&1 &
   SERVER_PID=$!; PIDS+=("$SERVER_PID"); SERVER=127.0.0.1:3478; sleep 0.5
 }
@@ -134,7 +134,7 @@ done
 # generator needs a socket per client too; this machine's hard limit is 20 000 open files).
 taskset -c 0 "$VEIL" relay --listen 127.0.0.1:3478 --workers 1 --port-range 10000-21999 \
   --relay-ip 127.0.0.1 --relay-ip 127.0.0.2 --auth-secret-file "$OUT/secret" \
-  --allow-peer 127.0.0.0/8 --user-quota 100000 --total-quota 100000 --watch-interval 0 \
+  --allow-peer 127.0.0.0/8 --user-quota 100000 --source-quota 0 --total-quota 100000 --watch-interval 0 \
   --set limits.unauthenticated.per_second=0 --set "limits.bandwidth=$NO_CAPS" \
   >"$OUT/veil.log" 2>&1 &
 SERVER_PID=$!; PIDS+=("$SERVER_PID"); SERVER=127.0.0.1:3478; sleep 0.5

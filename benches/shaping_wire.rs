@@ -149,6 +149,8 @@ fn main() {
             "limits.unauthenticated.per_second=0",
             "--user-quota",
             "1000",
+            "--source-quota",
+            "0",
             "--admin",
             &admin_arg,
         ];

@@ -15,7 +15,7 @@ echo bench-secret-0123456789abcdef > "$OUT/secret"
 ulimit -n "$(ulimit -Hn)"
 measure() {
   taskset -c 0 "$VEIL" relay --listen 127.0.0.1:3478 --workers 1 --port-range 20000-29999 \
-    --auth-secret-file "$OUT/secret" --allow-peer 127.0.0.0/8 --user-quota 100000 \
+    --auth-secret-file "$OUT/secret" --allow-peer 127.0.0.0/8 --user-quota 100000 --source-quota 0 \
     --watch-interval 0 --set limits.unauthenticated.per_second=0 --set "limits.bandwidth=$NO_CAPS" "$@" >/dev/null 2>&1 &
   local rp=$!; sleep 0.5
   local t0; t0=$(awk '{print $14+$15}' "/proc/$rp/stat")

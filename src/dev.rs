@@ -134,6 +134,8 @@ pub fn run(a: DevArgs) -> Result<()> {
             key: api_key.clone(),
             backend: true,
             requests_per_second: 100,
+            client_requests_per_second: None,
+            client_allocations: 64,
         }],
         secret_files: vec![secret_file.clone()],
         ttl: 600,

@@ -139,6 +139,10 @@ struct RelayArgs {
     /// Allocations one user may hold at once (default: 10).
     #[arg(long = "user-quota", value_name = "N")]
     user_quota: Option<u32>,
+    /// Allocations one source IPv4 address or IPv6 /64 may hold at once, whatever credentials
+    /// it presents; 0 for no cap (default: 200; load tests from one address need 0).
+    #[arg(long = "source-quota", value_name = "N")]
+    source_quota: Option<u32>,
     /// Allocations this node may hold at once (default: 100000).
     #[arg(long = "total-quota", value_name = "N")]
     total_quota: Option<u32>,
@@ -357,6 +361,9 @@ fn apply_flags(cfg: &mut RelayConfig, a: &RelayArgs) -> Result<()> {
     }
     if let Some(v) = a.user_quota {
         cfg.quotas.per_user = v;
+    }
+    if let Some(v) = a.source_quota {
+        cfg.quotas.per_source = v;
     }
     if let Some(v) = a.total_quota {
         cfg.quotas.total = v;

@@ -197,6 +197,8 @@ fn uclient_channels_send_indications_and_ipv6_with_zero_loss() {
             // uclient leaves a 777 s probe allocation per client behind, all under one user.
             "--user-quota",
             "1000",
+            "--source-quota",
+            "0",
         ],
     );
     let port = relay.addr.port();
@@ -224,7 +226,14 @@ fn uclient_channels_send_indications_and_ipv6_with_zero_loss() {
     // between uclient's messages are discarded (received must equal sent exactly).
     let shaped = start_relay(
         "31000-31999",
-        &common::shaped(&["--allow-peer", "127.0.0.0/8", "--user-quota", "1000"]),
+        &common::shaped(&[
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--user-quota",
+            "1000",
+            "--source-quota",
+            "0",
+        ]),
     );
     let (r, text) = uclient("127.0.0.7", shaped.addr.port(), PEER4, p4, &["-z", "60"]);
     assert_zero_loss("shaped ChannelData", &r, &text);
@@ -245,6 +254,8 @@ fn uclient_channels_send_indications_and_ipv6_with_zero_loss() {
             "127.0.0.0/8",
             "--user-quota",
             "1000",
+            "--source-quota",
+            "0",
             "--pad-multiple",
             "64",
             "--timing",
@@ -286,7 +297,14 @@ fn uclient_channels_send_indications_and_ipv6_with_zero_loss() {
 fn uclient_over_tcp_and_tls_plain_and_shaped_with_zero_loss() {
     common::require("turnutils_uclient");
     common::require("turnutils_peer");
-    let quota = ["--allow-peer", "127.0.0.0/8", "--user-quota", "1000"];
+    let quota = [
+        "--allow-peer",
+        "127.0.0.0/8",
+        "--user-quota",
+        "1000",
+        "--source-quota",
+        "0",
+    ];
     let (relay, tcp, tls) = common::start_stream_relay("18000-18999", &quota);
     let (_peer, p) = start_peer(PEER4);
     // -y: uclient's clients talk to each other through their relayed addresses on this one

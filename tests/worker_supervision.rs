@@ -168,7 +168,11 @@ fn a_worker_that_panics_makes_the_node_unready_at_once_then_exit_nonzero() {
     let (_, status) = http_get(admin, "/status");
     assert!(status.contains("\"ready\":false"), "{status}");
     let exit = wait_exit(&mut relay);
-    assert_eq!(exit.code(), Some(1), "the supervised exit, not a crash: {exit:?}");
+    assert_eq!(
+        exit.code(),
+        Some(1),
+        "the supervised exit, not a crash: {exit:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(8));
 }
 
@@ -195,5 +199,9 @@ fn a_worker_that_stops_turning_its_loop_makes_the_node_unready_then_exit_nonzero
     let body = wait_unready(admin, Duration::from_secs(4));
     assert!(body.contains("stalled"), "{body:?}");
     let exit = wait_exit(&mut relay);
-    assert_eq!(exit.code(), Some(1), "the supervised exit, not a crash: {exit:?}");
+    assert_eq!(
+        exit.code(),
+        Some(1),
+        "the supervised exit, not a crash: {exit:?}"
+    );
 }

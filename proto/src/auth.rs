@@ -151,7 +151,8 @@ pub fn quota_key(username: &str) -> &str {
 
 /// A claim `key=value` in a REST username's id (`<expiry>:<user>;z=eu;s=voice`). The username is
 /// covered by the credential's HMAC, so only the holder of the secret (the allocator) sets claims.
-/// Claims used: `z` the zone the credential is valid in, `s` the shaping profile.
+/// Claims used: `z` the zone the credential is valid in, `s` the shaping profile, `q` the user
+/// id's allocation quota.
 pub fn claim<'a>(username: &'a str, key: &str) -> Option<&'a str> {
     let (_, id) = rest_parts(username)?;
     id.split(';').skip(1).find_map(|kv| {
@@ -166,9 +167,37 @@ pub fn shaping_profile(username: &str) -> Option<&str> {
     claim(username, "s")
 }
 
+/// The quota of allocations a credential's user id may hold on a node, if it says (`q=<n>`):
+/// the allocator sets it for ids that stand for a whole network (a browser key's callers behind
+/// one address share one id), which needs more than one person's quota. Not a number: none.
+pub fn quota_claim(username: &str) -> Option<u32> {
+    claim(username, "q").and_then(|v| v.parse().ok())
+}
+
 /// The zone a credential is valid in, if it says.
 pub fn zone_claim(username: &str) -> Option<&str> {
     claim(username, "z")
+}
+
+/// The user id of every caller of one network (an IPv4 address, an IPv6 /64, as
+/// [`crate::limiter::source_prefix`] reduces them) on one UTC `day` (unix days): `n-` and 16 hex
+/// digits of HMAC-SHA256(secret, label ‖ day ‖ prefix). The allocator mints a browser key's
+/// credentials with it, so the relays' per-user quota follows the caller's network, not the
+/// credential (minting more adds nothing). Without the secret it tells nothing of the address;
+/// it changes every day and with the secret.
+pub fn network_id(secret: &[u8], day: u64, ip: std::net::IpAddr) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+    let mut ctx = hmac::Context::with_key(&key);
+    ctx.update(b"veil network id v1");
+    ctx.update(&day.to_be_bytes());
+    ctx.update(&crate::limiter::source_prefix(ip).to_be_bytes());
+    let tag = ctx.sign();
+    let mut id = String::with_capacity(18);
+    id.push_str("n-");
+    for b in &tag.as_ref()[..8] {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
 }
 
 /// Writes a REST username with claims: `<expiry>:<user>;k=v;...`.

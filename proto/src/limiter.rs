@@ -129,9 +129,17 @@ pub struct PrefixLimiter {
 impl PrefixLimiter {
     /// `rate` per second and `burst` per prefix; a `rate` of 0 turns the limit off.
     pub fn new(rate: u32, burst: u32) -> Self {
+        Self::with_slots(rate, burst, PREFIX_SLOTS)
+    }
+
+    /// As [`PrefixLimiter::new`] with `slots` buckets (rounded up to a power of two): a table
+    /// for many distinct callers (the allocator's per-caller limit) needs more, so that
+    /// prefixes rarely share one.
+    pub fn with_slots(rate: u32, burst: u32, slots: usize) -> Self {
         let burst = (burst as u64).max(1);
+        let slots = slots.max(1).next_power_of_two();
         PrefixLimiter {
-            buckets: vec![TokenBucket::full(burst, 0); if rate == 0 { 0 } else { PREFIX_SLOTS }]
+            buckets: vec![TokenBucket::full(burst, 0); if rate == 0 { 0 } else { slots }]
                 .into_boxed_slice(),
             key: RandomState::new(),
             rate: rate as u64,
@@ -149,7 +157,7 @@ impl PrefixLimiter {
         if self.buckets.is_empty() {
             return true;
         }
-        let slot = self.key.hash_one(source_prefix(ip)) as usize & (PREFIX_SLOTS - 1);
+        let slot = self.key.hash_one(source_prefix(ip)) as usize & (self.buckets.len() - 1);
         self.buckets[slot].take(now_ms, self.rate, self.burst, 1)
     }
 

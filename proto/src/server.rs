@@ -322,6 +322,7 @@ impl Server {
             env.close_relay(r.id);
         }
         self.shared.release(&a.quota_key);
+        self.shared.release_source(a.source);
         if let Some(u) = self.users.get_mut(a.user) {
             u.allocations -= 1;
             if u.allocations == 0 {

@@ -177,8 +177,12 @@ impl Default for Lifetimes {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Quotas {
-    /// Allocations one user (the id part of a REST username) may hold at once; 486 beyond.
+    /// Allocations one user (the id part of a REST username) may hold at once; 486 beyond. A
+    /// credential may claim another quota for its id (`q=<n>`: the allocator's network ids).
     pub per_user: u32,
+    /// Allocations one source (an IPv4 address, an IPv6 /64) may hold at once over UDP, TCP and
+    /// TLS together, whatever credentials it presents; 486 beyond. 0: no cap.
+    pub per_source: u32,
     /// Allocations this node holds at once; 508 beyond.
     pub total: u32,
     /// Peer IPs one allocation may hold permissions for; 508 beyond.
@@ -191,6 +195,7 @@ impl Default for Quotas {
     fn default() -> Self {
         Quotas {
             per_user: 10,
+            per_source: 200,
             total: 100_000,
             permissions: 64,
             channels: 64,
@@ -1020,6 +1025,7 @@ impl RelayConfig {
             channel_lifetime: l.channel,
             nonce_lifetime: l.nonce,
             user_quota: self.quotas.per_user,
+            source_quota: self.quotas.per_source,
             unauthenticated_rate: self.limits.unauthenticated.per_second,
             unauthenticated_burst: self.limits.unauthenticated.burst,
             max_permissions: self.quotas.permissions,

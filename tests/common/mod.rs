@@ -7,6 +7,7 @@ use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod api;
 pub mod observe;
 pub mod stream;
 pub mod wire;

@@ -48,7 +48,14 @@ impl IntoResponse for ApiError {
 }
 
 impl App {
-    pub(super) fn authorize(&self, headers: &HeaderMap) -> Result<&ApiKey, ApiError> {
+    /// The caller's key, once it is known and within its rates: first the rate of the
+    /// address the request comes from (`peer`, or a trusted proxy's `X-Forwarded-For`), then
+    /// the key's own, so one address over its rate spends nothing of the key's budget.
+    pub(super) fn authorize(
+        &self,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Result<&ApiKey, ApiError> {
         let token = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -73,6 +80,23 @@ impl App {
                     "unknown API key".into(),
                 )
             })?;
+        if key.client_rate() > 0 {
+            let seen = self.client_ip(peer, headers, key, None)?;
+            if !self.admit_caller(i, seen) {
+                self.metrics
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .caller_rate_limited += 1;
+                return Err(ApiError(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "this key allows {} requests per second from one address",
+                        key.client_rate()
+                    ),
+                ));
+            }
+        }
         if !self.admit(i, key.requests_per_second) {
             self.metrics
                 .lock()
@@ -99,6 +123,16 @@ impl App {
         let rate = rate as u64;
         let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
         b.take(ms, rate, rate, 1)
+    }
+
+    /// Takes one request from the bucket of `ip`'s network under key `i` (true when the key
+    /// has no per-caller limit).
+    fn admit_caller(&self, i: usize, ip: IpAddr) -> bool {
+        let Some(Some(l)) = self.callers.get(i) else {
+            return true;
+        };
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        l.lock().unwrap_or_else(|e| e.into_inner()).allow(ip, ms)
     }
 
     /// The client's address: a backend's `client_ip`, else `X-Forwarded-For`'s last hop before
@@ -161,19 +195,20 @@ pub(super) async fn ice_servers(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Json<IceAnswer>, ApiError> {
-    let key = app.authorize(&headers)?;
+    let key = app.authorize(&headers, peer)?;
     let body = read_body(body).await?;
     let req = request::ice(&body, key.backend)?;
     let ip = app.client_ip(peer, &headers, key, req.client_ip.as_deref())?;
-    app.allocate(ip, &req).map(Json)
+    app.allocate_as(ip, &req, key).map(Json)
 }
 
 pub(super) async fn calls(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Json<CallAnswer>, ApiError> {
-    let key = app.authorize(&headers)?;
+    let key = app.authorize(&headers, peer)?;
     if !key.backend {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
@@ -199,7 +234,7 @@ pub(super) async fn turn_rest(
     headers: HeaderMap,
     Query(q): Query<TurnQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let key = app.authorize(&headers)?;
+    let key = app.authorize(&headers, peer)?;
     if q.service.as_deref() != Some("turn") {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
@@ -213,7 +248,7 @@ pub(super) async fn turn_rest(
         user: q.username,
         ..IceRequest::default()
     };
-    let a = app.allocate(ip, &req)?;
+    let a = app.allocate_as(ip, &req, key)?;
     let s = &a.ice_servers[0];
     let ttl = a.expires_at.saturating_sub(
         SystemTime::now()
@@ -235,10 +270,11 @@ pub(super) struct AuditQuery {
 
 pub(super) async fn audit(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<AuditQuery>,
 ) -> Result<Response, ApiError> {
-    if !app.authorize(&headers)?.backend {
+    if !app.authorize(&headers, peer)?.backend {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -269,9 +305,10 @@ pub(super) async fn audit(
 /// `/metrics` on the API listener: a backend key's (the counts say where callers are).
 pub(super) async fn metrics_with_key(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if !app.authorize(&headers)?.backend {
+    if !app.authorize(&headers, peer)?.backend {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -40,10 +40,44 @@ pub struct ApiKey {
     /// Requests per second this key may make (a burst of as many is allowed); beyond it, 429.
     #[serde(default = "default_rate")]
     pub requests_per_second: u32,
+    /// Requests per second one caller network (the address the allocator sees a request from:
+    /// an IPv4 address, an IPv6 /64) may make with this key, a burst of twice as many, checked
+    /// before the key's own budget is spent, so one address cannot spend it for everyone;
+    /// beyond it, 429. 0: no per-caller limit. Unset: 10 for a browser key, 0 for a backend
+    /// key (its requests come from the backend's own addresses).
+    #[serde(default)]
+    pub client_requests_per_second: Option<u32>,
+    /// For a browser (non-backend) key: the allocations one caller network's credentials may
+    /// hold on a relay at once. Its credentials carry one user id per network (a keyed hash of
+    /// the /32 or /64, so minting more adds nothing) and this quota as a claim.
+    #[serde(default = "default_client_allocations")]
+    pub client_allocations: u32,
 }
 
 pub(super) fn default_rate() -> u32 {
     100
+}
+
+/// A browser key's callers per network: one address of a carrier-grade NAT stands for
+/// hundreds of phones, a call takes one to three allocations per party (Chromium allocates one
+/// per TURN URI), so 64 is about twenty calls at once from one address on one relay.
+pub(super) fn default_client_allocations() -> u32 {
+    64
+}
+
+/// Browser keys' per-caller rate when unset: a call needs one or two requests; 10/s (burst 20)
+/// is calls starting every tenth of a second behind one NAT address.
+pub const DEFAULT_CLIENT_RATE: u32 = 10;
+
+impl ApiKey {
+    /// Requests per second one caller network may make with this key; 0: no limit.
+    pub fn client_rate(&self) -> u32 {
+        self.client_requests_per_second.unwrap_or(if self.backend {
+            0
+        } else {
+            DEFAULT_CLIENT_RATE
+        })
+    }
 }
 
 /// The largest request body read (after the key is checked): a request is a few hundred bytes.

@@ -29,6 +29,8 @@ pub(super) struct Metrics {
     pub(super) secret_reloads: u64,
     /// Requests refused with 429 (a key over its rate).
     pub(super) rate_limited: u64,
+    /// Requests refused with 429 (one caller network over its rate under a key).
+    pub(super) caller_rate_limited: u64,
 }
 
 pub(super) const LATENCY_BOUNDS: [f64; 5] = [0.000_1, 0.000_5, 0.001, 0.005, 0.025];
@@ -100,8 +102,12 @@ impl App {
         counter(
             &mut o,
             "veil_allocator_rate_limited_total",
-            "Requests refused with 429 because their API key was over its rate.",
-            [("", m.rate_limited)],
+            "Requests refused with 429, by what was over its rate: the API key, or one caller \
+             network (an IPv4 address, an IPv6 /64) under its key.",
+            [
+                ("limit=\"key\"", m.rate_limited),
+                ("limit=\"caller\"", m.caller_rate_limited),
+            ],
         );
         let _ = writeln!(
             o,

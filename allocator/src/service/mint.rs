@@ -1,5 +1,6 @@
 //! Minting: the credential, join token and ICE answer handed to one placed party.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use axum::http::StatusCode;
@@ -44,7 +45,12 @@ impl App {
         call: &str,
         now: u64,
     ) -> Result<IceAnswer, ApiError> {
-        let Mint { ttl, user, profile } = mint;
+        let Mint {
+            ttl,
+            user,
+            profile,
+            network,
+        } = mint;
         let primary = &relays[placement.primary];
         let zone = primary.view.zone.clone();
         let ttl = ttl
@@ -66,11 +72,21 @@ impl App {
                     "user: 1-64 of [A-Za-z0-9_-]".into(),
                 ));
             }
-            None => random_id(),
+            None => match network {
+                Some((ip, _)) => {
+                    let secret = self.secret.read().unwrap_or_else(|e| e.into_inner());
+                    auth::network_id(&secret, now / 86_400, ip)
+                }
+                None => random_id(),
+            },
         };
+        let quota = network.map(|(_, q)| q.to_string());
         let mut claims = vec![("z", zone.as_str())];
         if let Some(p) = profile {
             claims.push(("s", p));
+        }
+        if let Some(q) = &quota {
+            claims.push(("q", q));
         }
         let username = auth::username_with_claims(now + ttl, &user, &claims);
         let secret = self
@@ -148,6 +164,9 @@ pub(super) struct Mint<'a> {
     pub(super) ttl: Option<u64>,
     pub(super) user: Option<&'a str>,
     pub(super) profile: Option<&'a str>,
+    /// A browser key's caller: the user id is its network's ([`auth::network_id`]) and the
+    /// credential claims this quota for it.
+    pub(super) network: Option<(IpAddr, u32)>,
 }
 
 /// The answer to `POST /v1/calls`.

@@ -36,7 +36,7 @@ use veil_geo::{GeoDb, Location, ReloadingGeo};
 use crate::audit::AuditLog;
 use crate::join::{self, JoinClaims};
 use crate::request::{CallRequest, IceRequest};
-use veil_proto::limiter::TokenBucket;
+use veil_proto::limiter::{PrefixLimiter, TokenBucket};
 
 use crate::placement::{
     CallPlacement, ClientFacts, Joined, PlacementError, RelayView, Scoring, place, place_call,
@@ -51,7 +51,9 @@ mod registry;
 mod tests;
 
 pub use api::{ApiError, metrics_router, router, run};
-pub use config::{AllocatorConfig, ApiKey, ConfigError, MAX_BODY, MIN_TTL, RelayEntry};
+pub use config::{
+    AllocatorConfig, ApiKey, ConfigError, DEFAULT_CLIENT_RATE, MAX_BODY, MIN_TTL, RelayEntry,
+};
 use metrics::{LATENCY_BOUNDS, Metrics};
 pub use mint::{CallAnswer, IceAnswer, IceServer};
 use mint::{Mint, random_id, signing_secret};
@@ -72,6 +74,8 @@ pub struct App {
     metrics: Mutex<Metrics>,
     /// One bucket per API key, in `cfg.api_keys` order (a fixed set: nobody can grow it).
     buckets: Vec<Mutex<TokenBucket>>,
+    /// Per key with a per-caller rate ([`ApiKey::client_rate`]): a bucket per caller network.
+    callers: Vec<Option<Mutex<PrefixLimiter>>>,
     /// The origin of the buckets' milliseconds.
     epoch: std::time::Instant,
 }
@@ -185,6 +189,32 @@ impl App {
                 "requests_per_second between 1 and 1000000".into(),
             ));
         }
+        if cfg.api_keys.iter().any(|k| {
+            k.client_rate() > 1_000_000 || !(1..=1_000_000).contains(&k.client_allocations)
+        }) {
+            return Err(invalid(
+                "api_keys",
+                "client_requests_per_second between 0 and 1000000, client_allocations between \
+                 1 and 1000000"
+                    .into(),
+            ));
+        }
+        // Per caller network: 65 536 buckets (1 MiB) a key, so that distinct networks rarely
+        // share one however many call at once; the table cannot grow.
+        let callers = cfg
+            .api_keys
+            .iter()
+            .map(|k| {
+                let rate = k.client_rate();
+                (rate > 0).then(|| {
+                    Mutex::new(PrefixLimiter::with_slots(
+                        rate,
+                        rate.saturating_mul(2),
+                        1 << 16,
+                    ))
+                })
+            })
+            .collect();
         let buckets = cfg
             .api_keys
             .iter()
@@ -201,12 +231,28 @@ impl App {
             audit,
             metrics: Mutex::default(),
             buckets,
+            callers,
             epoch: std::time::Instant::now(),
         }))
     }
 
+    /// Places a client and mints its answer, the credential's user being the request's (a
+    /// backend's) or a random one.
+    #[cfg(test)]
     fn allocate(&self, ip: IpAddr, req: &IceRequest) -> Result<IceAnswer, ApiError> {
-        self.timed(|| self.allocate_inner(ip, req))
+        self.timed(|| self.allocate_inner(ip, req, None))
+    }
+
+    /// [`App::allocate`] for a caller with `key`: a browser key's credentials get the user id
+    /// of the caller's network and that key's quota for it.
+    fn allocate_as(
+        &self,
+        ip: IpAddr,
+        req: &IceRequest,
+        key: &ApiKey,
+    ) -> Result<IceAnswer, ApiError> {
+        let network = (!key.backend).then_some(key.client_allocations);
+        self.timed(|| self.allocate_inner(ip, req, network))
     }
 
     /// Runs a placement, recording its latency and why it was refused.
@@ -247,7 +293,13 @@ impl App {
         }
     }
 
-    fn allocate_inner(&self, ip: IpAddr, req: &IceRequest) -> Result<IceAnswer, ApiError> {
+    /// With `network`, the credential's user is `ip`'s network, holding that many allocations.
+    fn allocate_inner(
+        &self,
+        ip: IpAddr,
+        req: &IceRequest,
+        network: Option<u32>,
+    ) -> Result<IceAnswer, ApiError> {
         let now = unix_now();
         let joined = match &req.join {
             Some(token) => Some(self.verify_join(token, now)?),
@@ -291,6 +343,7 @@ impl App {
             ttl: req.ttl,
             user: req.user.as_deref(),
             profile: req.profile.as_deref(),
+            network: network.map(|quota| (ip, quota)),
         };
         let mut answer = self.answer(&relays, placement, &location, mint, &call, now)?;
         drop(relays);
@@ -363,6 +416,7 @@ impl App {
                     ttl: req.ttl,
                     user: req.parties[i].user.as_deref(),
                     profile: req.parties[i].profile.as_deref(),
+                    network: None,
                 };
                 self.answer(&relays, p, &locations[i], mint, &call, now)
             })

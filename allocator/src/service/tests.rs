@@ -1,6 +1,6 @@
 //! The service's tests: configuration, DNS pools, placement through the API, metrics.
 
-use super::config::{default_listen, default_rate};
+use super::config::{default_client_allocations, default_listen, default_rate};
 use super::*;
 use axum::Router;
 use std::net::SocketAddr;
@@ -461,7 +461,7 @@ fn accepted_configs_answer_and_bad_fields_are_refused_at_load() {
                 ..IceRequest::default()
             };
             let a = app
-                .allocate_inner("127.0.1.5".parse().unwrap(), &req)
+                .allocate_inner("127.0.1.5".parse().unwrap(), &req, None)
                 .unwrap_or_else(|e| panic!("ttl {ttl}, asked {asked:?}: {}", e.2));
             let granted = a.expires_at - unix_now();
             assert!(
@@ -516,7 +516,10 @@ async fn metrics_listen_serves_metrics_apart_from_the_api() {
     );
     let m = get(metrics_router(app), "/metrics").await;
     assert!(m.starts_with("HTTP/1.1 200"), "{m}");
-    assert!(m.contains("veil_allocator_rate_limited_total 0"), "{m}");
+    assert!(
+        m.contains("veil_allocator_rate_limited_total{limit=\"key\"} 0"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -528,6 +531,8 @@ fn config_errors_name_the_field() {
         key: "short".into(),
         backend: false,
         requests_per_second: default_rate(),
+        client_requests_per_second: None,
+        client_allocations: default_client_allocations(),
     }];
     assert!(
         App::new(cfg.clone())
@@ -540,6 +545,8 @@ fn config_errors_name_the_field() {
         key: "long-enough-key-0123".into(),
         backend: false,
         requests_per_second: default_rate(),
+        client_requests_per_second: None,
+        client_allocations: default_client_allocations(),
     }];
     assert!(
         App::new(cfg.clone())

@@ -27,6 +27,8 @@ pub(super) struct Allocation {
     pub(super) generation: u32,
     pub(super) username: Box<str>,
     pub(super) quota_key: Box<str>,
+    /// The client's source prefix, which holds a unit of its cap ([`Shared::acquire_source`]).
+    pub(super) source: u64,
     pub(super) key: Key,
     /// Shaping profile chosen by the credential (0: the node's default).
     pub(super) profile: u8,
@@ -218,7 +220,35 @@ impl Server {
         if self.shared.draining() {
             return Err(self.refuse(Refusal::Draining));
         }
+        let source = crate::limiter::source_prefix(r.from.addr.ip());
+        if let Err(why) = self.shared.acquire_source(source) {
+            return Err(self.refuse(why));
+        }
+        match self.create(r, req, who, (source, profile), env) {
+            Ok(slot) => self.allocate_success(r, out, slot),
+            Err(e) => {
+                self.shared.release_source(source);
+                Err(e)
+            }
+        }
+    }
+
+    /// Creates the allocation once the source prefix's unit is held: the user's and the node's
+    /// quota units, the relayed addresses, the state; its slot.
+    fn create(
+        &mut self,
+        r: &Req,
+        req: AllocateRequest,
+        who: &Authed,
+        (source, profile): (u64, u8),
+        env: &mut impl Env,
+    ) -> Result<usize, Fail> {
         let quota_key: Box<str> = auth::quota_key(who.username).into();
+        // A claimed quota (an id that stands for a network) up to the node's; else the node's
+        // per-user quota.
+        let quota = auth::quota_claim(who.username).map_or(self.shared.config.user_quota, |q| {
+            q.min(self.shared.config.total_quota)
+        });
         // A claimed reservation's quota unit passes to the allocation that claims it.
         let claimed = match req.reservation {
             Some(t) => match self.shared.claim(r.now.mono, &t, env) {
@@ -231,11 +261,11 @@ impl Server {
             Some((_, owner)) if **owner == *quota_key => Ok(()),
             Some((parked, owner)) => {
                 self.shared.release(owner);
-                self.shared.acquire(&quota_key).inspect_err(|_| {
+                self.shared.acquire(&quota_key, quota).inspect_err(|_| {
                     env.release_reserved(*parked);
                 })
             }
-            None => self.shared.acquire(&quota_key),
+            None => self.shared.acquire(&quota_key, quota),
         };
         if let Err(why) = units {
             return Err(self.refuse(why));
@@ -243,7 +273,7 @@ impl Server {
         // The port an EVEN-PORT R bit holds counts like an allocation (in the user's quota
         // and the node's), so quota 1 cannot hold two ports.
         let reserving = matches!(req.port, PortPolicy::Even { reserve_next: true });
-        if reserving && let Err(why) = self.shared.acquire(&quota_key) {
+        if reserving && let Err(why) = self.shared.acquire(&quota_key, quota) {
             self.shared.release(&quota_key);
             return Err(self.refuse(why));
         }
@@ -280,6 +310,7 @@ impl Server {
             generation,
             username: who.username.into(),
             quota_key,
+            source,
             key: who.key,
             profile,
             allocate_txid: *r.m.transaction_id(),
@@ -310,7 +341,7 @@ impl Server {
             lifetime = granted,
             "allocation created"
         );
-        self.allocate_success(r, out, slot)
+        Ok(slot)
     }
 
     /// Opens the allocation's relayed addresses: the reserved one, or the requested family's

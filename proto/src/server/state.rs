@@ -51,8 +51,12 @@ pub struct ServerConfig {
     /// Bandwidth caps per shaping profile (`[0]` the node's, then `shaping_profiles` in
     /// order), in force at start; a reload replaces them ([`Live::bandwidth`]).
     pub bandwidth: Vec<BandwidthCaps>,
-    /// Allocations one user may hold at once (486 beyond).
+    /// Allocations one user may hold at once (486 beyond), unless its credential claims another
+    /// quota (`q=<n>`, [`crate::auth::quota_claim`]).
     pub user_quota: u32,
+    /// Allocations one source prefix (an IPv4 address, an IPv6 /64) may hold at once over any
+    /// transport, whatever credentials it presents (486 beyond); 0: no cap.
+    pub source_quota: u32,
     /// Allocations the node holds at once (508 beyond).
     pub total_quota: u32,
     /// Names of the shaping profiles a credential may select; profile `i + 1` is
@@ -82,6 +86,7 @@ impl Default for ServerConfig {
             max_channels: 64,
             bandwidth: vec![BandwidthCaps::default()],
             user_quota: 10,
+            source_quota: 0,
             total_quota: 100_000,
             shaping_profiles: Vec::new(),
             tls_only_profiles: Vec::new(),
@@ -117,6 +122,9 @@ pub struct Shared {
     draining: AtomicBool,
     total: AtomicU32,
     per_user: Mutex<HashMap<Box<str>, u32>>,
+    /// Allocations per source prefix ([`crate::limiter::source_prefix`]), while
+    /// `config.source_quota` is on.
+    per_source: Mutex<HashMap<u64, u32>>,
     reservations: Mutex<Reservations>,
 }
 
@@ -143,6 +151,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             total: AtomicU32::new(0),
             per_user: Mutex::new(HashMap::new()),
+            per_source: Mutex::new(HashMap::new()),
             reservations: Mutex::default(),
         }
     }
@@ -181,11 +190,40 @@ impl Shared {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// Takes one allocation from the user's quota and the node's.
-    pub(super) fn acquire(&self, quota_key: &str) -> Result<(), Refusal> {
+    /// Takes one allocation from the source prefix's cap, if one is set.
+    pub(super) fn acquire_source(&self, prefix: u64) -> Result<(), Refusal> {
+        if self.config.source_quota == 0 {
+            return Ok(());
+        }
+        let mut sources = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
+        let held = sources.entry(prefix).or_insert(0);
+        if *held >= self.config.source_quota {
+            return Err(Refusal::SourceQuota);
+        }
+        *held += 1;
+        Ok(())
+    }
+
+    /// Gives back what [`Shared::acquire_source`] took.
+    pub(super) fn release_source(&self, prefix: u64) {
+        if self.config.source_quota == 0 {
+            return;
+        }
+        let mut sources = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = sources.get_mut(&prefix) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                sources.remove(&prefix);
+            }
+        }
+    }
+
+    /// Takes one allocation from the user's quota (`quota`, see [`ServerConfig::user_quota`])
+    /// and the node's.
+    pub(super) fn acquire(&self, quota_key: &str, quota: u32) -> Result<(), Refusal> {
         let mut users = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
         let held = users.get(quota_key).copied().unwrap_or(0);
-        if held >= self.config.user_quota {
+        if held >= quota {
             return Err(Refusal::UserQuota);
         }
         let total = self.total.load(Ordering::Relaxed);

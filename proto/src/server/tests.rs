@@ -210,7 +210,10 @@ fn a_huge_credential_expiry_saturates_the_session_bound() {
     );
     let mut s = Server::new(Arc::new(shared));
     let (mut env, clock) = (FakeEnv::default(), Clock::new());
-    for (port, expiry) in [(40000, "9999999999999999999"), (40001, "18446744073709551615")] {
+    for (port, expiry) in [
+        (40000, "9999999999999999999"),
+        (40001, "18446744073709551615"),
+    ] {
         let mut c = Client::new(port, format!("{expiry}:m"), SECRET);
         let r = c.allocate(&mut s, &mut env, &clock, &[]);
         assert_eq!(class(&r), Class::Success, "{:?}", code(&r));
@@ -228,6 +231,84 @@ fn a_huge_credential_expiry_saturates_the_session_bound() {
     });
     s.handle_timeout(clock.now(), &mut env);
     assert_eq!(s.allocation_count(), 2);
+}
+
+/// Issue 21 §2: fresh credentials (fresh user ids) from one address add nothing past the source
+/// prefix's cap; another address is served; a freed allocation frees its unit.
+#[test]
+fn a_source_prefix_holds_at_most_its_quota_whatever_the_credentials() {
+    let mut s = server_with(ServerConfig {
+        source_quota: 3,
+        user_quota: 10,
+        total_quota: 100,
+        ..config()
+    });
+    let (mut env, clock) = (FakeEnv::default(), Clock::new());
+    let mut same: Vec<Client> = (0..4)
+        .map(|i| Client::rest(40000 + i, &format!("u{i}")))
+        .collect();
+    for c in &mut same[..3] {
+        allocate_ok(c, &mut s, &mut env, &clock);
+    }
+    let r = same[3].allocate(&mut s, &mut env, &clock, &[]);
+    assert_eq!(code(&r), Some(486));
+    assert_eq!(
+        s.stats().allocations_refused[Refusal::SourceQuota as usize],
+        1
+    );
+    // The same prefix in its IPv4-mapped IPv6 form is the same source.
+    let mut mapped = Client::rest(40010, "mapped");
+    mapped.key.addr = sa("[::ffff:192.0.2.10]:40010");
+    assert_eq!(
+        code(&mapped.allocate(&mut s, &mut env, &clock, &[])),
+        Some(486)
+    );
+    let mut other = Client::rest(40000, "other");
+    other.key.addr = sa("192.0.2.11:40000");
+    allocate_ok(&mut other, &mut s, &mut env, &clock);
+    // Refresh 0 ends one: its unit is free again.
+    let r = same[0].request(
+        &mut s,
+        &mut env,
+        &clock,
+        method::REFRESH,
+        &[(attr::LIFETIME, 0u32.to_be_bytes().to_vec())],
+    );
+    assert_eq!(class(&r), Class::Success);
+    allocate_ok(&mut same[3], &mut s, &mut env, &clock);
+}
+
+/// A credential's quota claim (`q=`, set by the allocator for ids that stand for a network)
+/// replaces the per-user quota for its id, up to the node's total.
+#[test]
+fn a_quota_claim_sets_its_ids_quota() {
+    let mut s = server_with(ServerConfig {
+        user_quota: 1,
+        total_quota: 100,
+        ..config()
+    });
+    let (mut env, clock) = (FakeEnv::default(), Clock::new());
+    let user = format!("{}:net-ab12;q=4", T0 + 3600);
+    let mut cs: Vec<Client> = (0..5)
+        .map(|i| Client::new(40000 + i, user.clone(), SECRET))
+        .collect();
+    for c in &mut cs[..4] {
+        allocate_ok(c, &mut s, &mut env, &clock);
+    }
+    let r = cs[4].allocate(&mut s, &mut env, &clock, &[]);
+    assert_eq!(code(&r), Some(486));
+    assert_eq!(
+        s.stats().allocations_refused[Refusal::UserQuota as usize],
+        1
+    );
+    // Without the claim the node's per-user quota holds.
+    let mut plain = Client::rest(41000, "p");
+    allocate_ok(&mut plain, &mut s, &mut env, &clock);
+    let mut plain2 = Client::rest(41001, "p");
+    assert_eq!(
+        code(&plain2.allocate(&mut s, &mut env, &clock, &[])),
+        Some(486)
+    );
 }
 
 #[test]

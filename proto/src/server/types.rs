@@ -238,11 +238,13 @@ pub enum Refusal {
     Revoked,
     /// 403: the credential's shaping profile requires TLS and the client is not on it.
     TlsRequired,
+    /// 486: the client's source prefix holds `source_quota` allocations.
+    SourceQuota,
 }
 
 impl Refusal {
     /// Every refusal, in label order.
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::UserQuota,
         Refusal::NodeCapacity,
         Refusal::Ports,
@@ -250,6 +252,7 @@ impl Refusal {
         Refusal::Zone,
         Refusal::Revoked,
         Refusal::TlsRequired,
+        Refusal::SourceQuota,
     ];
 
     /// The metrics label value.
@@ -262,6 +265,7 @@ impl Refusal {
             Refusal::Zone => "zone",
             Refusal::Revoked => "revoked",
             Refusal::TlsRequired => "tls_required",
+            Refusal::SourceQuota => "source_quota",
         }
     }
 
@@ -277,6 +281,7 @@ impl Refusal {
             Refusal::Zone => TurnError::new(403, "credential not valid in this zone"),
             Refusal::Revoked => TurnError::new(403, "user revoked"),
             Refusal::TlsRequired => TurnError::new(403, "this credential's profile requires TLS"),
+            Refusal::SourceQuota => TurnError::new(486, "source address quota reached"),
         }
     }
 }

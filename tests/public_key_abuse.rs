@@ -1,0 +1,174 @@
+//! Issue 21 §2 against the real binaries: the browser key is public, so one caller must not be
+//! able to take a relay with it, nor spend its request budget for everyone.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+
+use common::api::{Allocator, http_from, json};
+use common::{Attr, RawTurn, error_code, free_tcp_addr, start_relay};
+use veil_relay::proto::stun::{Class, Message, attr, method};
+
+const BACKEND_KEY: &str = "backend-key-0123456789";
+const WEB_KEY: &str = "browser-key-0123456789";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// One Allocate with a fresh client socket on `local`; the error code, None on success.
+fn try_allocate(local: &str, relay: SocketAddr, user: &str, pass: &str) -> Option<u16> {
+    let mut c = RawTurn::with(local, relay, user.into(), pass.into());
+    let resp = c.request(
+        method::ALLOCATE,
+        &[Attr::Raw(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+    );
+    let m = Message::decode(&resp).unwrap();
+    // The client socket closes when `c` drops; the allocation lives on (its lifetime).
+    (m.class != Class::Success).then(|| error_code(&resp).unwrap_or(0))
+}
+
+/// A web caller's credential from `from`; (username, password).
+fn web_credential(alloc: SocketAddr, from: &str) -> (u16, Option<(String, String)>) {
+    let (st, body) = http_from(
+        ip(from),
+        alloc,
+        "POST",
+        "/v1/ice-servers",
+        Some(WEB_KEY),
+        "{}",
+    );
+    if st != 200 {
+        return (st, None);
+    }
+    let a = json(&body);
+    let s = &a["iceServers"][0];
+    let text = |k: &str| s[k].as_str().unwrap().to_string();
+    (st, Some((text("username"), text("credential"))))
+}
+
+#[test]
+fn a_browser_key_caller_cannot_take_a_relay_nor_the_keys_budget() {
+    let relay_admin = free_tcp_addr();
+    // 60 relayed ports, as in the finding; no cap per source here, so the quota that follows
+    // the caller's network is what holds.
+    let relay = start_relay(
+        "11400-11459",
+        &[
+            "--zone",
+            "eu",
+            "--admin",
+            &relay_admin.to_string(),
+            "--source-quota",
+            "0",
+        ],
+    );
+    let listen = free_tcp_addr();
+    let metrics = free_tcp_addr();
+    let cfg = relay.dir.0.join("allocator.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: {listen}\n\
+             metrics_listen: {metrics}\n\
+             api_keys:\n  - {{key: {BACKEND_KEY}, backend: true}}\n  \
+             - {{key: {WEB_KEY}, requests_per_second: 100, client_allocations: 5}}\n\
+             secret_files: [{secrets}]\n\
+             poll_interval_ms: 200\n\
+             up_after: 1\n\
+             policy:\n  zones: {{eu: {{relays: [eu-1]}}}}\n  rules: []\n  default: [eu]\n\
+             relays:\n  - {{name: eu-1, admin: \"{relay_admin}\"}}\n",
+            secrets = relay.dir.0.join("secrets").display()
+        ),
+    )
+    .unwrap();
+    let _allocator = Allocator::start(&cfg, listen);
+    // Ready once the relay's first poll is in (asked from an address the test spends nothing
+    // else of).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while web_credential(listen, "127.0.0.9").0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "allocator not ready");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    // Seven credentials from one address: one user id (its network's), one quota claim.
+    let creds: Vec<(String, String)> = (0..7)
+        .map(|_| web_credential(listen, "127.0.0.1").1.expect("a credential"))
+        .collect();
+    let id = |u: &str| {
+        u.split_once(':')
+            .unwrap()
+            .1
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let first = id(&creds[0].0);
+    assert!(first.starts_with("n-") && first.len() == 18, "{first}");
+    for (u, _) in &creds {
+        assert_eq!(
+            id(u),
+            first,
+            "every credential of one address has its network's id"
+        );
+        assert!(u.contains(";q=5"), "{u}");
+    }
+    // Two allocations per credential asked: five in all are granted, then 486.
+    let mut refused = Vec::new();
+    let mut granted = 0;
+    for (u, p) in &creds {
+        for _ in 0..2 {
+            match try_allocate("127.0.0.1:0", relay.addr, u, p) {
+                None => granted += 1,
+                Some(code) => refused.push(code),
+            }
+        }
+    }
+    assert_eq!(granted, 5, "refused: {refused:?}");
+    assert!(refused.iter().all(|c| *c == 486), "{refused:?}");
+    // Another address has its own id and is served.
+    let (u2, p2) = web_credential(listen, "127.0.0.2").1.unwrap();
+    assert_ne!(id(&u2), first);
+    assert_eq!(try_allocate("127.0.0.2:0", relay.addr, &u2, &p2), None);
+
+    // One address spending the key's 100 requests/s: at most its own 10/s (a burst of 20)
+    // get through; another address is not refused.
+    let codes: Vec<u16> = (0..100)
+        .map(|_| web_credential(listen, "127.0.0.3").0)
+        .collect();
+    let ok = codes.iter().filter(|c| **c == 200).count();
+    assert!(
+        (20..=35).contains(&ok),
+        "one address got {ok} of 100: {codes:?}"
+    );
+    assert!(codes.iter().all(|c| *c == 200 || *c == 429));
+    let others: Vec<u16> = (0..10)
+        .map(|_| web_credential(listen, "127.0.0.4").0)
+        .collect();
+    assert!(others.iter().all(|c| *c == 200), "{others:?}");
+    let (_, m) = http_from(ip("127.0.0.1"), metrics, "GET", "/metrics", None, "");
+    let limited = common::metric(&m, "veil_allocator_rate_limited_total{limit=\"caller\"}");
+    assert!(limited.is_some_and(|v| v >= 65.0), "{limited:?}");
+    assert_eq!(
+        common::metric(&m, "veil_allocator_rate_limited_total{limit=\"key\"}"),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn a_source_address_holds_at_most_its_cap_whatever_credentials_it_presents() {
+    let relay = start_relay("11500-11599", &["--source-quota", "3"]);
+    let rest = |id: &str| {
+        let c = RawTurn::rest("127.0.0.1:0", relay.addr, id);
+        (c.username, c.password)
+    };
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        let (u, p) = rest(&format!("user{i}"));
+        codes.push(try_allocate("127.0.0.1:0", relay.addr, &u, &p));
+    }
+    assert_eq!(codes, [None, None, None, Some(486), Some(486)]);
+    let (u, p) = rest("elsewhere");
+    assert_eq!(try_allocate("127.0.0.2:0", relay.addr, &u, &p), None);
+}
