@@ -128,6 +128,7 @@ pub fn run(a: DevArgs) -> Result<()> {
     };
     let api = SocketAddr::from((lo, a.api_port));
     let cfg = AllocatorConfig {
+        connections: Default::default(),
         listen: api,
         metrics_listen: None,
         api_keys: vec![ApiKey {

@@ -542,9 +542,24 @@ pub(crate) fn start_node(resolved: &veil_relay::config::Resolved) -> Result<(Nod
 }
 
 fn allocator(args: AllocatorArgs) -> Result<()> {
-    use veil_allocator::service::{AllocatorConfig, App, run};
-    let cfg = AllocatorConfig::load(&args.config)?;
+    use veil_allocator::service::{AllocatorConfig, App, FD_RESERVE, run};
+    let mut cfg = AllocatorConfig::load(&args.config)?;
     init_logging(args.log_format.unwrap_or_default());
+    // Each API connection holds a descriptor: the soft limit (systemd's 1024) up to the hard
+    // one, and the connection cap follows what the limit allows.
+    let fds = veil_relay::sys::raise_fd_limit(65_536);
+    let fit = u32::try_from(fds.saturating_sub(FD_RESERVE)).unwrap_or(u32::MAX);
+    let limits = &mut cfg.connections;
+    if limits.max_total == 0 || limits.max_total > fit {
+        if limits.max_total > fit {
+            tracing::warn!(
+                max_total = limits.max_total,
+                open_files = fds,
+                "connections.max_total is above what the open-file limit allows; lowered"
+            );
+        }
+        limits.max_total = fit.max(1);
+    }
     if cfg.geo_db.is_none() {
         tracing::warn!("no geo_db: using the embedded demo DB, which only knows loopback ranges");
     }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::App;
 use super::config::{ApiKey, MAX_BODY};
+use super::conn::{FD_RESERVE, Held, serve};
 use super::mint::{CallAnswer, IceAnswer};
 use crate::request::{self, IceRequest};
 
@@ -179,14 +180,26 @@ impl App {
 
 /// Reads a request body of at most [`MAX_BODY`] bytes; called only once the key is checked, so
 /// an unauthenticated caller never has its body read.
-pub(super) async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
-        ApiError(
+/// It must arrive within `connections.request_timeout`: a body trickled a byte at a time would
+/// otherwise hold the connection for hours.
+pub(super) async fn read_body(
+    app: &App,
+    body: axum::body::Body,
+) -> Result<axum::body::Bytes, ApiError> {
+    let within = Duration::from_secs(app.cfg.connections.request_timeout.into());
+    match tokio::time::timeout(within, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(ApiError(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             format!("a request body is at most {MAX_BODY} bytes"),
-        )
-    })
+        )),
+        Err(_) => Err(ApiError(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("the request body did not arrive within {within:?}"),
+        )),
+    }
 }
 
 pub(super) async fn ice_servers(
@@ -196,7 +209,7 @@ pub(super) async fn ice_servers(
     body: axum::body::Body,
 ) -> Result<Json<IceAnswer>, ApiError> {
     let key = app.authorize(&headers, peer)?;
-    let body = read_body(body).await?;
+    let body = read_body(&app, body).await?;
     let req = request::ice(&body, key.backend)?;
     let ip = app.client_ip(peer, &headers, key, req.client_ip.as_deref())?;
     app.allocate_as(ip, &req, key).map(Json)
@@ -216,7 +229,7 @@ pub(super) async fn calls(
             "only backend keys may place calls (they name both parties' addresses)".into(),
         ));
     }
-    let body = read_body(body).await?;
+    let body = read_body(&app, body).await?;
     let (req, ips) = request::call(&body)?;
     app.timed(|| app.place_call(ips, &req)).map(Json)
 }
@@ -371,11 +384,22 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(app.cfg.listen).await?;
+    let limits = app.cfg.connections;
+    let max_total = match limits.max_total {
+        0 => 1024 - FD_RESERVE,
+        n => u64::from(n),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let metrics = match app.cfg.metrics_listen {
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr).await?;
             let router = metrics_router(app.clone());
-            Some(tokio::spawn(async move { axum::serve(l, router).await }))
+            let stopped = stopped.clone();
+            // Its own count: a scraper never competes with callers for a place.
+            let held = Arc::new(Held::default());
+            Some(tokio::spawn(serve(
+                l, router, limits, max_total, held, stopped,
+            )))
         }
         None => None,
     };
@@ -391,12 +415,12 @@ pub async fn run(
             }
         })
     };
-    let r = axum::serve(
-        listener,
-        router(app).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let held = app.conns.clone();
+    let r = serve(listener, router(app), limits, max_total, held, stopped).await;
     poller.abort();
     if let Some(m) = metrics {
         m.abort();

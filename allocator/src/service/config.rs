@@ -123,6 +123,9 @@ pub struct AllocatorConfig {
     /// Good polls before a down relay is up again.
     #[serde(default = "default_up")]
     pub up_after: u32,
+    /// Deadlines and caps of the API's connections.
+    #[serde(default)]
+    pub connections: super::ConnectionLimits,
     /// Hours of hourly audit buckets kept in memory for `/v1/audit` (Prometheus keeps the
     /// running totals for as long as it retains data).
     #[serde(default = "default_audit_hours")]

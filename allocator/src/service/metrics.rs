@@ -109,6 +109,29 @@ impl App {
                 ("limit=\"caller\"", m.caller_rate_limited),
             ],
         );
+        let conns = &self.conns;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(o, "# HELP veil_allocator_connections API connections open.");
+        let _ = writeln!(o, "# TYPE veil_allocator_connections gauge");
+        let _ = writeln!(o, "veil_allocator_connections {}", conns.open());
+        counter(
+            &mut o,
+            "veil_allocator_connections_refused_total",
+            "API connections refused with 503 before a byte was read: their source (an IPv4 \
+             address, an IPv6 /64) held connections.max_per_source, or the listener \
+             connections.max_total.",
+            [
+                ("reason=\"per_source\"", load(&conns.refused[0])),
+                ("reason=\"total\"", load(&conns.refused[1])),
+            ],
+        );
+        counter(
+            &mut o,
+            "veil_allocator_connections_timed_out_total",
+            "API connections closed for a request head not sent within \
+             connections.request_timeout, or no byte moved within connections.idle_timeout.",
+            [("", load(&conns.timed_out))],
+        );
         let _ = writeln!(
             o,
             "# HELP veil_allocator_placement_duration_seconds Time to answer a placement request."

@@ -44,6 +44,7 @@ use crate::placement::{
 };
 mod api;
 mod config;
+mod conn;
 mod metrics;
 mod mint;
 mod registry;
@@ -54,6 +55,7 @@ pub use api::{ApiError, metrics_router, router, run};
 pub use config::{
     AllocatorConfig, ApiKey, ConfigError, DEFAULT_CLIENT_RATE, MAX_BODY, MIN_TTL, RelayEntry,
 };
+pub use conn::{ConnectionLimits, FD_RESERVE};
 use metrics::{LATENCY_BOUNDS, Metrics};
 pub use mint::{CallAnswer, IceAnswer, IceServer};
 use mint::{Mint, random_id, signing_secret};
@@ -76,6 +78,8 @@ pub struct App {
     buckets: Vec<Mutex<TokenBucket>>,
     /// Per key with a per-caller rate ([`ApiKey::client_rate`]): a bucket per caller network.
     callers: Vec<Option<Mutex<PrefixLimiter>>>,
+    /// The API listener's connections.
+    conns: Arc<conn::Held>,
     /// The origin of the buckets' milliseconds.
     epoch: std::time::Instant,
 }
@@ -167,6 +171,16 @@ impl App {
                 tracing::info!(db = db.origin(), "{n}");
             }
         }
+        let c = &cfg.connections;
+        if !(1..=300).contains(&c.request_timeout)
+            || !(1..=3600).contains(&c.idle_timeout)
+            || c.max_per_source == 0
+        {
+            return Err(invalid(
+                "connections",
+                "request_timeout 1-300 s, idle_timeout 1-3600 s, max_per_source >= 1".into(),
+            ));
+        }
         if cfg.audit_retention_hours == 0 || cfg.audit_retention_hours > 24 * 366 {
             return Err(invalid(
                 "audit_retention_hours",
@@ -232,6 +246,7 @@ impl App {
             metrics: Mutex::default(),
             buckets,
             callers,
+            conns: Arc::default(),
             epoch: std::time::Instant::now(),
         }))
     }

@@ -1,5 +1,7 @@
-//! Issue 21 §2 against the real binaries: the browser key is public, so one caller must not be
-//! able to take a relay with it, nor spend its request budget for everyone.
+//! Issue 21 against the real binaries, as an attacker would: the browser key is public, so one
+//! caller must not be able to take a relay with it nor spend its budget for everyone (§2); slow
+//! and idle connections from one address must not take the allocator (§3); and the smaller
+//! findings after them.
 
 mod common;
 
@@ -171,4 +173,133 @@ fn a_source_address_holds_at_most_its_cap_whatever_credentials_it_presents() {
     assert_eq!(codes, [None, None, None, Some(486), Some(486)]);
     let (u, p) = rest("elsewhere");
     assert_eq!(try_allocate("127.0.0.2:0", relay.addr, &u, &p), None);
+}
+
+/// Issue 21 §3: with the allocator at systemd's 1 024 descriptors, one address opening 200 idle
+/// connections holds at most its cap, the rest get a 503 at once; another address is served;
+/// a half-sent head, a body that never comes and an idle kept-alive connection are closed at
+/// their deadlines.
+#[test]
+fn slow_and_idle_connections_from_one_address_leave_the_allocator_to_everyone_else() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    let dir =
+        common::TempDir(std::env::temp_dir().join(format!("veil-slow-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    std::fs::write(dir.0.join("secrets"), "a-secret-for-the-allocator\n").unwrap();
+    let listen = free_tcp_addr();
+    let cfg = dir.0.join("allocator.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: {listen}\n\
+             api_keys: [{{key: {BACKEND_KEY}, backend: true}}]\n\
+             secret_files: [{secrets}]\n\
+             connections: {{request_timeout: 2, idle_timeout: 3}}\n\
+             policy:\n  zones: {{eu: {{relays: [eu-1]}}}}\n  rules: []\n  default: [eu]\n\
+             relays:\n  - {{name: eu-1, admin: \"127.0.0.1:9\"}}\n",
+            secrets = dir.0.join("secrets").display()
+        ),
+    )
+    .unwrap();
+    // systemd's default soft limit; the allocator raises it to the hard one at start.
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Sn 1024 && exec {} allocator --config {}",
+            env!("CARGO_BIN_EXE_veil"),
+            cfg.display()
+        ))
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let _allocator = Allocator(child);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(listen).is_err() {
+        assert!(Instant::now() < deadline, "allocator not listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        files[3], files[4],
+        "soft limit raised to the hard one: {files:?}"
+    );
+    assert_ne!(files[3], "1024");
+    let connect_from = |from: &str| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::new(ip(from), 0).into()).unwrap();
+        s.connect(&listen.into()).unwrap();
+        let s: TcpStream = s.into();
+        s.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+        s
+    };
+    // 200 idle connections from one address: the first 128 (the default cap) stay open, the
+    // others are answered 503 and closed without a byte read.
+    // (All within the 2 s request deadline, which would close the idle ones.)
+    let conns: Vec<TcpStream> = (0..200).map(|_| connect_from("127.0.0.1")).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for mut s in conns {
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(n) => {
+                assert!(buf[..n].starts_with(b"HTTP/1.1 503"), "{:?}", &buf[..n]);
+                refused += 1;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => held.push(s),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((held.len(), refused), (128, 72));
+    // Another address is served meanwhile.
+    let started = Instant::now();
+    let (st, body) = http_from(ip("127.0.0.2"), listen, "GET", "/healthz", None, "");
+    assert_eq!((st, body.as_str()), (200, "ok\n"));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // A half-sent head and a body that never comes are cut at request_timeout (2 s).
+    let mut head = connect_from("127.0.0.3");
+    head.write_all(b"POST /v1/ice-servers HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut body = connect_from("127.0.0.3");
+    body.write_all(
+        format!(
+            "POST /v1/ice-servers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {BACKEND_KEY}\r\n\
+             Content-Length: 100\r\n\r\n{{\"cl"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let _ = body.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    let mut rest = Vec::new();
+    let closed = head.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok() && started.elapsed() < Duration::from_secs(5),
+        "{closed:?} after {:?}",
+        started.elapsed()
+    );
+    // The idle connections held by the first address are gone by now (a head never came
+    // within 2 s), and its cap is free again.
+    for mut s in held {
+        s.set_nonblocking(false).unwrap();
+        let mut b = [0u8; 16];
+        assert!(matches!(s.read(&mut b), Ok(0)), "closed");
+    }
+    let (st, _) = http_from(ip("127.0.0.1"), listen, "GET", "/healthz", None, "");
+    assert_eq!(st, 200);
 }
