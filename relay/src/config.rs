@@ -717,17 +717,19 @@ impl RelayConfig {
     /// `peers.allow=[10.0.0.0/8]`, `shaping.cover=50:256`. The value is YAML, checked as the
     /// file's would be; every setting of the file can be set this way, with no flag of its own.
     pub fn set(&mut self, assignment: &str) -> Result<(), ConfigError> {
-        let bad = |message: String| ConfigError::Yaml {
-            path: format!("--set {assignment}"),
-            message,
-        };
+        // Named by its path only: the value may be a secret (`--set auth.secrets=[…]`).
+        let origin = format!(
+            "--set {}",
+            assignment.split_once('=').map_or("", |(p, _)| p.trim())
+        );
+        let bad = |message: String| ConfigError::parse(origin.clone(), &message);
         let (path, value) = assignment
             .split_once('=')
             .ok_or_else(|| bad("expected PATH=VALUE, e.g. streams.idle_timeout=30".into()))?;
         let value: serde_json::Value = if value.trim().is_empty() {
             serde_json::Value::Null
         } else {
-            serde_saphyr::from_str(value).map_err(|e| bad(e.to_string()))?
+            serde_saphyr::from_str(value).map_err(|e| ConfigError::yaml(origin.clone(), &e))?
         };
         let mut tree = serde_json::to_value(&*self).map_err(|e| bad(e.to_string()))?;
         let mut at = &mut tree;
@@ -758,10 +760,7 @@ impl RelayConfig {
 
     /// Parses YAML text; `origin` names it in errors.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml {
-            path: origin.into(),
-            message: e.to_string(),
-        })
+        serde_saphyr::from_str(text).map_err(|e| ConfigError::yaml(origin, &e))
     }
 
     /// Reads and parses a YAML file.
@@ -1199,7 +1198,7 @@ mod tests {
             ("streams.idle_timeout", "PATH=VALUE"),
             (
                 "streams.idel_timeout=3",
-                "no setting `streams.idel_timeout`",
+                "--set streams.idel_timeout: no setting",
             ),
             ("streams.idle_timeout=soon", "idle_timeout"),
             ("port_range=1-", "port range"),
@@ -1299,18 +1298,27 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         let cases = [
-            ("listen: [127.0.0.1:3478]\nrealmm: x\n", "realmm"),
+            (
+                "listen: [127.0.0.1:3478]\nrealmm: x\n",
+                "did you mean `realm`?), expected one of",
+            ),
             (
                 "port_range: 60000-50000\nauth: {secrets: [s]}\n",
                 "port_range",
             ),
-            ("port_range: nope\n", "port_range"),
+            (
+                "port_range: nope\n",
+                "is not a port range like 49152-65535 at line 1",
+            ),
             (
                 "lifetimes: {default_allocation: 7200}\nauth: {secrets: [s]}\n",
                 "lifetimes",
             ),
             ("quotas: {per_user: 0}\nauth: {secrets: [s]}\n", "quotas"),
-            ("peers: {allow: [10.0.0.0/99]}\n", "10.0.0.0/99"),
+            (
+                "peers: {allow: [10.0.0.0/99]}\n",
+                "is not an address or address/prefix (e.g. 10.0.0.0/8, fc00::/7) at line 1, column 17",
+            ),
             (
                 "listen: [0.0.0.0:3478]\nauth: {secrets: [s]}\n",
                 "relay_ips",
@@ -1328,10 +1336,10 @@ mod tests {
                 "auth: {secret_files: [/nonexistent/veil-secrets]}\n",
                 "/nonexistent/veil-secrets",
             ),
-            ("lifetimes: {permision: 5}\n", "permision"),
-            ("workers: many\n", "workers"),
+            ("lifetimes: {permision: 5}\n", "did you mean `permission`"),
+            ("workers: many\n", "at line 1, column 10"),
             ("shaping: {padding: \"130,260\"}\n", "multiple of 4"),
-            ("shaping: {timing: slots:0ms}\n", "slots:0ms"),
+            ("shaping: {timing: slots:0ms}\n", "at line 1, column 19"),
             (
                 "shaping: {enabled: true, queue_limit: 0}\nauth: {secrets: [s]}\n",
                 "shaping.queue_limit",

@@ -165,9 +165,6 @@ impl AllocatorConfig {
             path: path.display().to_string(),
             source,
         })?;
-        serde_saphyr::from_str(&text).map_err(|e| ConfigError::Yaml {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })
+        serde_saphyr::from_str(&text).map_err(|e| ConfigError::yaml(path.display().to_string(), &e))
     }
 }
