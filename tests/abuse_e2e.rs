@@ -303,3 +303,68 @@ fn slow_and_idle_connections_from_one_address_leave_the_allocator_to_everyone_el
     let (st, _) = http_from(ip("127.0.0.1"), listen, "GET", "/healthz", None, "");
     assert_eq!(st, 200);
 }
+
+/// One TLS handshake with the relay from `from`, trusting `cert`: whether it completed.
+async fn tls_handshake(from: &str, server: SocketAddr, cert: &std::path::Path) -> bool {
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(cert).unwrap())
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(ip(from), 0)).unwrap();
+    let Ok(tcp) = sock.connect(server).await else {
+        return false;
+    };
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let go = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp);
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(5), go).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Issue 21 §5: 200 handshakes at once from one address: the new-connection rate (20/s, a
+/// burst of 40, per worker) closes the rest at accept, before any cryptography; another
+/// address still completes its handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_flood_from_one_address_is_cut_before_any_cryptography() {
+    let admin = free_tcp_addr();
+    let (_relay, _tcp, tls) =
+        common::start_stream_relay("11700-11799", &["--admin", &admin.to_string()]);
+    let cert = common::stream_relay_cert("11700-11799");
+    let started = std::time::Instant::now();
+    let attempts: Vec<_> = (0..200)
+        .map(|_| {
+            let cert = cert.clone();
+            tokio::spawn(async move { tls_handshake("127.0.0.1", tls, &cert).await })
+        })
+        .collect();
+    let mut done = 0;
+    for a in attempts {
+        done += usize::from(a.await.unwrap());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    // Two workers, each a burst of 40 and 20 a second after it.
+    let bound = 2.0 * (40.0 + 20.0 * secs);
+    assert!(
+        done >= 1 && (done as f64) <= bound + 2.0,
+        "{done} of 200 handshakes from one address in {secs:.2} s (bound {bound:.0})"
+    );
+    assert!(tls_handshake("127.0.0.2", tls, &cert).await);
+    common::wait_metric(
+        admin,
+        "veil_relay_connections_rate_limited_total",
+        (200 - done) as f64,
+    );
+}

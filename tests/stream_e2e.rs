@@ -485,7 +485,7 @@ fn unauthenticated_connections_at_the_caps_stay_within_the_memory_bound() {
         "13500-13599",
         &[
             "--set",
-            "streams={handshake_timeout: 60, idle_timeout: 60, max_connections: 1200, max_connections_per_ip: 200}",
+            "streams={handshake_timeout: 60, idle_timeout: 60, max_connections: 1200, max_connections_per_ip: 200, new_per_ip_per_second: 0, new_per_second: 0}",
         ],
     );
     let pid = relay.child.id();

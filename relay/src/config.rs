@@ -479,6 +479,12 @@ pub struct StreamConfig {
     pub max_connections_per_ip: usize,
     /// Bytes queued for one slow client before frames for it are dropped.
     pub send_buffer: usize,
+    /// New connections one client (an IPv4 address, an IPv6 /64) may open per second on each
+    /// worker, a burst of twice as many; checked at accept, before any TLS. 0: no limit.
+    pub new_per_ip_per_second: u32,
+    /// New connections each worker accepts per second from everyone, a burst of as many; what
+    /// bounds the handshake CPU a worker that also serves UDP can be made to spend. 0: none.
+    pub new_per_second: u32,
 }
 
 impl Default for StreamConfig {
@@ -489,6 +495,8 @@ impl Default for StreamConfig {
             max_connections: 20_000,
             max_connections_per_ip: 200,
             send_buffer: 256 * 1024,
+            new_per_ip_per_second: 20,
+            new_per_second: 200,
         }
     }
 }
@@ -506,6 +514,10 @@ pub struct StreamLimits {
     pub max_connections_per_ip: usize,
     /// Bytes queued for one slow client.
     pub send_buffer: usize,
+    /// New connections per second per client prefix and worker (0: no limit).
+    pub new_per_ip_per_second: u32,
+    /// New connections per second per worker (0: no limit).
+    pub new_per_second: u32,
 }
 
 /// Shutdown and reload behaviour.
@@ -1104,6 +1116,8 @@ impl RelayConfig {
                 idle_timeout: std::time::Duration::from_secs(st.idle_timeout as u64),
                 max_connections: st.max_connections,
                 max_connections_per_ip: st.max_connections_per_ip,
+                new_per_ip_per_second: st.new_per_ip_per_second,
+                new_per_second: st.new_per_second,
                 send_buffer: st.send_buffer,
             },
             server,

@@ -33,6 +33,9 @@ veil_proto::counters! {
         pub connections: [u64; 2],
         /// Connections refused by the total or per-IP cap.
         pub connections_refused: u64,
+        /// Connections closed at accept, before any TLS, over a new-connection rate (per
+        /// client prefix, or the worker's).
+        pub connections_rate_limited: u64,
         /// Connections closed for garbage, a failed TLS handshake or a timeout.
         pub stream_errors: u64,
     }
@@ -363,6 +366,13 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
         "veil_relay_connections_refused",
         "Connections refused by the total or per-IP cap.",
         t.io.connections_refused,
+    );
+    c(
+        &mut o,
+        "veil_relay_connections_rate_limited",
+        "Connections closed at accept, before any TLS, over the new-connection rate of their \
+         client (streams.new_per_ip_per_second) or of the worker (streams.new_per_second).",
+        t.io.connections_rate_limited,
     );
     c(
         &mut o,

@@ -2,8 +2,9 @@
 //! send queue per connection. A connection lives on the worker whose SO_REUSEPORT listener
 //! accepted it, with the allocation it creates, so its packets cross no thread either.
 //!
-//! Limits: a total and a per-source connection cap (an IPv4 address, an IPv6 /64; checked at
-//! accept), one deadline from accept for the TLS handshake and the first whole message
+//! Limits: a new-connection rate per source and per worker (checked at accept, before a byte is
+//! read or any TLS is done), a total and a per-source connection cap (an IPv4 address, an IPv6
+//! /64; checked at accept), one deadline from accept for the TLS handshake and the first whole message
 //! (a client trickling bytes does not restart it), an idle deadline for connections without an
 //! allocation, and small buffers until a connection holds an allocation: a read buffer of
 //! [`SMALL_FRAME`](crate::proto::framing::SMALL_FRAME) bytes and a send queue of [`SMALL_QUEUE`], then one that holds a largest
@@ -159,6 +160,21 @@ pub(super) async fn accept_task(
                 continue;
             }
         };
+        // The rates first, before a byte is read and before any cryptography.
+        let admitted = match worker.upgrade() {
+            Some(w) => {
+                let mut w = w.borrow_mut();
+                let ok = w.io.new_conns.admit(addr.ip());
+                if !ok {
+                    w.io_stats().connections_rate_limited += 1;
+                }
+                ok
+            }
+            None => return,
+        };
+        if !admitted {
+            continue; // dropping the stream closes it
+        }
         let Some(permit) = acquire(&node, addr.ip()) else {
             if let Some(w) = worker.upgrade() {
                 w.borrow_mut().io_stats().connections_refused += 1;
