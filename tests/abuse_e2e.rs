@@ -368,3 +368,20 @@ async fn a_handshake_flood_from_one_address_is_cut_before_any_cryptography() {
         (200 - done) as f64,
     );
 }
+
+/// Issue 21 §6: a validly signed 10 009-byte USERNAME (and one of 509) gets 400, not an
+/// allocation that keeps it for its life; 508 bytes is the RFC's most and is allocated.
+#[test]
+fn a_username_beyond_rfc_8489s_bound_is_refused() {
+    let relay = start_relay("11800-11899", &[]);
+    let prefix = RawTurn::rest("127.0.0.1:0", relay.addr, "x").username.len() - 1;
+    for (total, want) in [(10_009, Some(400)), (509, Some(400)), (508, None)] {
+        let c = RawTurn::rest("127.0.0.1:0", relay.addr, &"u".repeat(total - prefix));
+        assert_eq!(c.username.len(), total);
+        assert_eq!(
+            try_allocate("127.0.0.1:0", relay.addr, &c.username, &c.password),
+            want,
+            "{total} bytes"
+        );
+    }
+}

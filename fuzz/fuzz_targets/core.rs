@@ -68,6 +68,7 @@ fuzz_target!(|data: &[u8]| {
     let cfg = ServerConfig {
         realm: "fuzz".into(),
         user_quota: 4,
+        source_quota: 6,
         total_quota: 8,
         max_permissions: 4,
         max_channels: 4,
@@ -83,6 +84,7 @@ fuzz_target!(|data: &[u8]| {
         static_users: vec![],
         max_session: Some(60),
         removed_secret_grace: Some(10),
+        max_validity: Some(86_400),
         ..Default::default()
     };
     let shared = Arc::new(Shared::new(

@@ -244,6 +244,108 @@ fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
+/// How long an attribute's value may be, by its RFC.
+#[derive(Clone, Copy)]
+enum Bound {
+    /// Exactly this many bytes.
+    Exactly(usize),
+    /// Fewer than this many bytes.
+    Bytes(usize),
+    /// Fewer than 128 characters and at most 763 bytes (RFC 8489's bound of REALM, NONCE,
+    /// SOFTWARE and reason phrases).
+    Text,
+    /// From `min` to `max` bytes, a multiple of four.
+    Words(usize, usize),
+}
+
+/// The attributes a server reads whose length an RFC bounds, with the bound.
+const BOUNDS: [(u16, Bound, &str); 13] = [
+    (
+        attr::USERNAME,
+        Bound::Bytes(509),
+        "USERNAME is 509 bytes or more (RFC 8489 §14.3)",
+    ),
+    (
+        attr::REALM,
+        Bound::Text,
+        "REALM is 128 characters or more (RFC 8489 §14.9)",
+    ),
+    (
+        attr::NONCE,
+        Bound::Text,
+        "NONCE is 128 characters or more (RFC 8489 §14.10)",
+    ),
+    (
+        attr::SOFTWARE,
+        Bound::Text,
+        "SOFTWARE is 128 characters or more (RFC 8489 §14.14)",
+    ),
+    (
+        attr::USERHASH,
+        Bound::Exactly(32),
+        "USERHASH is not 32 bytes (RFC 8489 §14.4)",
+    ),
+    (
+        attr::MESSAGE_INTEGRITY_SHA256,
+        Bound::Words(16, 32),
+        "MESSAGE-INTEGRITY-SHA256 is not 16-32 bytes in words (RFC 8489 §14.6)",
+    ),
+    (
+        attr::CHANNEL_NUMBER,
+        Bound::Exactly(4),
+        "CHANNEL-NUMBER is not 4 bytes (RFC 8656 §18.1)",
+    ),
+    (
+        attr::LIFETIME,
+        Bound::Exactly(4),
+        "LIFETIME is not 4 bytes (RFC 8656 §18.2)",
+    ),
+    (
+        attr::REQUESTED_ADDRESS_FAMILY,
+        Bound::Exactly(4),
+        "REQUESTED-ADDRESS-FAMILY is not 4 bytes (RFC 8656 §18.6)",
+    ),
+    (
+        attr::EVEN_PORT,
+        Bound::Exactly(1),
+        "EVEN-PORT is not 1 byte (RFC 8656 §18.7)",
+    ),
+    (
+        attr::REQUESTED_TRANSPORT,
+        Bound::Exactly(4),
+        "REQUESTED-TRANSPORT is not 4 bytes (RFC 8656 §18.8)",
+    ),
+    (
+        attr::RESERVATION_TOKEN,
+        Bound::Exactly(8),
+        "RESERVATION-TOKEN is not 8 bytes (RFC 8656 §18.10)",
+    ),
+    (
+        attr::ADDITIONAL_ADDRESS_FAMILY,
+        Bound::Exactly(4),
+        "ADDITIONAL-ADDRESS-FAMILY is not 4 bytes (RFC 8656 §18.11)",
+    ),
+];
+
+/// The first attribute of `m` outside its RFC's bound on length, as the reason of a 400; None
+/// when every one is within. A value kept for an allocation's life (USERNAME) is never larger
+/// than its RFC allows.
+pub fn over_rfc_bound(m: &Message) -> Option<&'static str> {
+    BOUNDS.iter().find_map(|&(typ, bound, why)| {
+        let v = m.get(typ)?;
+        let ok = match bound {
+            Bound::Exactly(n) => v.len() == n,
+            Bound::Bytes(n) => v.len() < n,
+            Bound::Text => {
+                let chars = std::str::from_utf8(v).map_or(v.len(), |s| s.chars().count());
+                v.len() <= 763 && chars < 128
+            }
+            Bound::Words(min, max) => (min..=max).contains(&v.len()) && v.len() % 4 == 0,
+        };
+        (!ok).then_some(why)
+    })
+}
+
 /// True if the first byte says this could be a STUN message (top two bits 00) rather than
 /// ChannelData (01).
 pub fn looks_like_stun(b: &[u8]) -> bool {

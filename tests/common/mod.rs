@@ -399,7 +399,7 @@ impl RawTurn {
     ) -> Vec<u8> {
         use veil_relay::proto::auth::{ALG_MD5, Key};
         use veil_relay::proto::stun::{Integrity, attr};
-        let mut buf = vec![0u8; 1500];
+        let mut buf = vec![0u8; 16 * 1024];
         let mut w = Writer::new(&mut buf, m, class, &txid).unwrap();
         for a in attrs {
             match a {

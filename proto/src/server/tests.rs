@@ -311,6 +311,59 @@ fn a_quota_claim_sets_its_ids_quota() {
     );
 }
 
+/// Issue 21 §6: a validly signed USERNAME of 509 bytes or more is refused with 400 (it would be
+/// kept for the allocation's life); 508 is allocated. REALM, NONCE and SOFTWARE are bounded at
+/// 128 characters, the fixed-size TURN attributes at their size, Binding requests too.
+#[test]
+fn attributes_beyond_their_rfc_bounds_get_400() {
+    let (mut s, mut env, clock) = setup();
+    let id_for = |total: usize| "u".repeat(total - format!("{}:", T0 + 3600).len());
+    let mut long = Client::rest(40000, &id_for(509));
+    assert_eq!(long.username.len(), 509);
+    let r = long.allocate(&mut s, &mut env, &clock, &[]);
+    assert_eq!(code(&r), Some(400));
+    assert_eq!(s.allocation_count(), 0);
+    let mut edge = Client::rest(40001, &id_for(508));
+    allocate_ok(&mut edge, &mut s, &mut env, &clock);
+    let c = Client::rest(40002, "b");
+    for (attr_type, value) in [
+        (attr::SOFTWARE, "é".repeat(128).into_bytes()),
+        (attr::SOFTWARE, vec![b'x'; 764]),
+        (attr::REALM, vec![b'r'; 128]),
+        (attr::NONCE, vec![b'n'; 200]),
+        (attr::EVEN_PORT, vec![0x80, 0]),
+        (attr::LIFETIME, vec![0, 0, 2]),
+        (attr::USERHASH, vec![0; 31]),
+    ] {
+        for m in [method::BINDING, method::ALLOCATE] {
+            let mut attrs = vec![(attr_type, value.clone())];
+            if m == method::ALLOCATE {
+                attrs.push((attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]));
+            }
+            let pkt = c.build(m, [3; 12], &attrs, false, true);
+            let r = c.send(&mut s, &mut env, &clock, &pkt).bytes();
+            assert_eq!(
+                code(&r),
+                Some(400),
+                "{attr_type:#06x} of {} bytes",
+                value.len()
+            );
+        }
+    }
+    // Within the bounds: a 127-character SOFTWARE (254 bytes) is fine.
+    let pkt = c.build(
+        method::BINDING,
+        [4; 12],
+        &[(attr::SOFTWARE, "é".repeat(127).into_bytes())],
+        false,
+        true,
+    );
+    assert_eq!(
+        class(&c.send(&mut s, &mut env, &clock, &pkt).bytes()),
+        Class::Success
+    );
+}
+
 #[test]
 fn static_users_work_for_development() {
     let creds = Credentials {
