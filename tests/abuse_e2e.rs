@@ -385,3 +385,40 @@ fn a_username_beyond_rfc_8489s_bound_is_refused() {
         );
     }
 }
+
+/// Issue 21 §7: Bindings have their own budget (200/s, burst 400, per prefix and worker): 250
+/// in a row from one address are all answered (with the challenges' 20/s, 20 were lost), and a
+/// flood of unauthenticated Allocates from the same address does not spend it.
+#[test]
+fn bindings_from_one_address_have_a_budget_of_their_own() {
+    let admin = free_tcp_addr();
+    let relay = start_relay("11900-11999", &["--admin", &admin.to_string()]);
+    let mut c = RawTurn::rest("127.0.0.1:0", relay.addr, "carrier");
+    let transport = [Attr::Raw(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])];
+    for _ in 0..100 {
+        let t = c.txid();
+        let req = c.build(method::ALLOCATE, Class::Request, t, &transport, false);
+        c.sock.send_to(&req, relay.addr).unwrap();
+    }
+    let answered = (0..250)
+        .filter(|_| {
+            let t = c.txid();
+            let req = c.build(method::BINDING, Class::Request, t, &[], false);
+            c.sock.send_to(&req, relay.addr).unwrap();
+            c.response(&t).is_some()
+        })
+        .count();
+    assert_eq!(answered, 250);
+    // The Allocates beyond the challenges' burst were suppressed, and counted (workers publish
+    // their counters every second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, m) = common::http_get(admin, "/metrics");
+        let suppressed = common::metric(&m, "veil_relay_unauthenticated_suppressed_total");
+        if suppressed.is_some_and(|v| v >= 50.0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{suppressed:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -83,8 +83,10 @@ pub struct Server {
     /// Transaction ids of Data indications: a keyed PRF, so that a client cannot count what
     /// this worker sends to others.
     txids: crate::rng::TxidPrf,
-    /// Replies to unauthenticated UDP requests, per source prefix.
+    /// Replies to unauthenticated UDP requests but Bindings, per source prefix.
     unauthenticated: crate::limiter::PrefixLimiter,
+    /// Binding responses over UDP, per source prefix.
+    bindings: crate::limiter::PrefixLimiter,
     /// The driver's time of the first call, origin of the limiters' milliseconds.
     epoch: Option<Instant>,
     stats: Stats,
@@ -97,6 +99,10 @@ impl Server {
         let unauthenticated = crate::limiter::PrefixLimiter::new(
             shared.config.unauthenticated_rate,
             shared.config.unauthenticated_burst,
+        );
+        let bindings = crate::limiter::PrefixLimiter::new(
+            shared.config.binding_rate,
+            shared.config.binding_burst,
         );
         Server {
             live: shared.live(),
@@ -111,6 +117,7 @@ impl Server {
             next_generation: 1,
             txids: crate::rng::TxidPrf::new(),
             unauthenticated,
+            bindings,
             epoch: None,
             stats: Stats::default(),
         }

@@ -207,8 +207,10 @@ impl Default for Quotas {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Replies to unauthenticated UDP requests per source prefix.
+    /// Replies to unauthenticated UDP requests per source prefix, Bindings aside.
     pub unauthenticated: PrefixRate,
+    /// Binding responses per source prefix.
+    pub binding: BindingRate,
     /// Bandwidth caps for credentials without a shaping profile of their own caps.
     pub bandwidth: Bandwidth,
 }
@@ -280,6 +282,26 @@ impl Default for PrefixRate {
         PrefixRate {
             per_second: 20,
             burst: 40,
+        }
+    }
+}
+
+/// Binding responses per source prefix and worker: 200/s, a burst of 400 (see
+/// [`crate::proto::server::ServerConfig::binding_rate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BindingRate {
+    /// Responses per second; 0 turns the limit off.
+    pub per_second: u32,
+    /// Responses a prefix may draw at once.
+    pub burst: u32,
+}
+
+impl Default for BindingRate {
+    fn default() -> Self {
+        BindingRate {
+            per_second: 200,
+            burst: 400,
         }
     }
 }
@@ -882,6 +904,13 @@ impl RelayConfig {
                 "burst must be >= 1 when per_second is set (per_second 0 turns the limit off)",
             ));
         }
+        let b = &self.limits.binding;
+        if b.per_second > 0 && b.burst == 0 {
+            return Err(invalid(
+                "limits.binding",
+                "burst must be >= 1 when per_second is set (per_second 0 turns the limit off)",
+            ));
+        }
 
         // Relay IPs: configured, else the listen IPs.
         let relay_ips: Vec<IpAddr> = if self.relay_ips.is_empty() {
@@ -1039,6 +1068,8 @@ impl RelayConfig {
             source_quota: self.quotas.per_source,
             unauthenticated_rate: self.limits.unauthenticated.per_second,
             unauthenticated_burst: self.limits.unauthenticated.burst,
+            binding_rate: self.limits.binding.per_second,
+            binding_burst: self.limits.binding.burst,
             max_permissions: self.quotas.permissions,
             max_channels: self.quotas.channels,
             total_quota: self.quotas.total,

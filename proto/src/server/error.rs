@@ -151,7 +151,9 @@ impl Server {
     ///
     /// A reply to an unauthenticated UDP request (a challenge, an error before
     /// authentication, a Binding response) is sent only while its source prefix is within its
-    /// rate: a spoofed source must not turn the node into an amplifier.
+    /// rate: a spoofed source must not turn the node into an amplifier. Bindings have a budget
+    /// of their own, larger: their answer is at most 1.6× the request (2.2× on IPv6), and the
+    /// phones behind one carrier-grade NAT address all gather candidates through it.
     pub(super) fn respond(
         &mut self,
         r: &Req,
@@ -160,7 +162,12 @@ impl Server {
     ) -> Option<usize> {
         if r.seal.integrity.is_none() && !r.from.transport.is_stream() {
             let ms = self.millis(r.now.mono);
-            if !self.unauthenticated.allow(r.from.addr.ip(), ms) {
+            let limiter = if r.m.method == crate::stun::method::BINDING {
+                &mut self.bindings
+            } else {
+                &mut self.unauthenticated
+            };
+            if !limiter.allow(r.from.addr.ip(), ms) {
                 self.stats.unauthenticated_suppressed += 1;
                 return None;
             }

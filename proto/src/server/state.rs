@@ -48,6 +48,12 @@ pub struct ServerConfig {
     pub unauthenticated_rate: u32,
     /// The burst of those replies a prefix may draw at once.
     pub unauthenticated_burst: u32,
+    /// Binding responses per source prefix per second and worker, a budget of their own (a
+    /// Binding answer is at most 1.6× its request, 2.2× on IPv6, and many phones share one
+    /// carrier-grade NAT address); 0 turns the limit off.
+    pub binding_rate: u32,
+    /// The burst of Binding responses a prefix may draw at once.
+    pub binding_burst: u32,
     /// Bandwidth caps per shaping profile (`[0]` the node's, then `shaping_profiles` in
     /// order), in force at start; a reload replaces them ([`Live::bandwidth`]).
     pub bandwidth: Vec<BandwidthCaps>,
@@ -82,6 +88,8 @@ impl Default for ServerConfig {
             nonce_lifetime: 3600,
             unauthenticated_rate: 20,
             unauthenticated_burst: 40,
+            binding_rate: 200,
+            binding_burst: 400,
             max_permissions: 64,
             max_channels: 64,
             bandwidth: vec![BandwidthCaps::default()],

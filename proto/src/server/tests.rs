@@ -1653,8 +1653,9 @@ fn unauthenticated_replies_are_small_and_rate_limited_per_prefix() {
     );
     assert_eq!(c.send(&mut s, &mut env, &clock, &req).bytes().len(), 84);
 
-    // 8 answered so far in this second; the burst is 40, then 20 per second.
-    let mut answered = 8;
+    // 7 answered so far in this second (the Binding drew on its own budget); the burst is 40,
+    // then 20 per second.
+    let mut answered = 7;
     let flood = |c: &mut Client, s: &mut Server, env: &mut FakeEnv, clock: &Clock, n: u32| {
         let mut got = 0;
         for i in 0..n {
@@ -1673,13 +1674,27 @@ fn unauthenticated_replies_are_small_and_rate_limited_per_prefix() {
     };
     answered += flood(&mut c, &mut s, &mut env, &clock, 1000);
     assert_eq!(answered, 40, "the burst");
-    assert_eq!(s.stats().unauthenticated_suppressed, 1000 - 32);
+    assert_eq!(s.stats().unauthenticated_suppressed, 1000 - 33);
+    // Bindings have their own budget: a burst of 400 (one spent above), then 200 a second,
+    // untouched by the challenges' flood.
+    let bindings = |c: &mut Client, s: &mut Server, env: &mut FakeEnv, clock: &Clock, n: u32| {
+        (0..n)
+            .filter(|i| {
+                c.key.addr.set_port(10_000 + (i % 50_000) as u16);
+                let t = c.txid();
+                let req = c.build(method::BINDING, t, &[], false, false);
+                matches!(c.send(s, env, clock, &req), Reply::Bytes(_))
+            })
+            .count()
+    };
+    assert_eq!(bindings(&mut c, &mut s, &mut env, &clock, 1000), 399);
     clock.secs += 1;
     assert_eq!(
         flood(&mut c, &mut s, &mut env, &clock, 1000),
         20,
         "then the rate"
     );
+    assert_eq!(bindings(&mut c, &mut s, &mut env, &clock, 1000), 200);
     // Another /64 or /32 is not affected; the same /64 is.
     let mut v6 = Client::rest(40000, "a");
     v6.key.addr = sa("[2001:db8:1:2::1]:5000");
