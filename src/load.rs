@@ -3,6 +3,11 @@
 //! rate with a local UDP echo peer, for a bounded time. Reports offered and delivered packets/s,
 //! loss, round-trip latency percentiles and the allocation setup rate on one summary line.
 //!
+//! Clients keep their state alive as a real client does (RFC 8656): a Refresh at half the
+//! granted lifetime, and the channel (or permission) bound again every 4 minutes
+//! (`--bind-every`), before its 5-minute permission expires; a stale nonce (438) is taken and the request sent again. The
+//! summary counts these refreshes and their failures, so a long soak measures a relay in use.
+//!
 //! Built not to be the bottleneck: preallocated packet templates (no allocation per packet),
 //! `sendmmsg` per client per tick, `recvmmsg` on readiness from epoll, a batched echo peer, and
 //! several threads if asked. `--raw` drives a plain UDP forwarder instead (no TURN), to measure
@@ -68,6 +73,11 @@ pub(crate) struct LoadArgs {
     /// No TURN: send payloads straight to --server, a plain UDP forwarder to --peer.
     #[arg(long)]
     raw: bool,
+    /// Seconds between each client's channel (or permission) refreshes; RFC 8656 permissions
+    /// last 300 s, so a real client binds again within that. Lower only for a server whose
+    /// permissions are shorter. (Allocations are refreshed at half their granted lifetime.)
+    #[arg(long = "bind-every", value_name = "SECS", default_value_t = 240.0)]
+    bind_every: f64,
 }
 
 const MAGIC: &[u8; 4] = b"VLD1";
@@ -100,6 +110,77 @@ struct Client {
     failed: u64,
     /// A signed Refresh with LIFETIME 0, to delete the allocation at the end.
     goodbye: Option<Vec<u8>>,
+    /// What keeps the allocation, its permission and channel alive (None with `--raw`).
+    keep: Option<KeepAlive>,
+}
+
+/// A request unanswered this long is sent again (3 tries).
+const RETRY: Duration = Duration::from_secs(2);
+
+/// A client's credentials and what it must refresh, and when.
+struct KeepAlive {
+    user: String,
+    key: Key,
+    realm: Vec<u8>,
+    nonce: Vec<u8>,
+    peer: SocketAddr,
+    channel: bool,
+    /// Half the lifetime the server granted.
+    allocation_every: Duration,
+    /// `--bind-every`.
+    binding_every: Duration,
+    next_allocation: Duration,
+    next_binding: Duration,
+    /// The request in flight: its transaction, what it refreshes, when sent, tries so far.
+    pending: Option<([u8; 12], Refresh, Duration, u8)>,
+}
+
+/// What a keep-alive request refreshes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refresh {
+    Allocation,
+    Binding,
+}
+
+impl KeepAlive {
+    /// The signed request for `what`, under a fresh transaction id.
+    fn request(&self, what: Refresh, lifetime: u32) -> Result<([u8; 12], Vec<u8>)> {
+        let id = txid();
+        let mut req = vec![0u8; 512];
+        let meth = match (what, self.channel) {
+            (Refresh::Allocation, _) => method::REFRESH,
+            (Refresh::Binding, true) => method::CHANNEL_BIND,
+            (Refresh::Binding, false) => method::CREATE_PERMISSION,
+        };
+        let mut w = Writer::new(&mut req, meth, Class::Request, &id)?;
+        match what {
+            Refresh::Allocation => {
+                w.u32(attr::LIFETIME, lifetime)?;
+            }
+            Refresh::Binding => {
+                if self.channel {
+                    w.u32(attr::CHANNEL_NUMBER, (CHANNEL as u32) << 16)?;
+                }
+                w.xor_address(attr::XOR_PEER_ADDRESS, self.peer)?;
+            }
+        }
+        w.attr(attr::USERNAME, self.user.as_bytes())?;
+        w.attr(attr::REALM, &self.realm)?;
+        w.attr(attr::NONCE, &self.nonce)?;
+        w.integrity(Integrity::Sha1, self.key.as_bytes())?;
+        let n = w.finish();
+        req.truncate(n);
+        Ok((id, req))
+    }
+}
+
+/// Keep-alive requests sent, answered with success, and failed (an error other than a stale
+/// nonce, or no answer after 3 tries).
+#[derive(Clone, Copy, Default)]
+struct KeepStats {
+    sent: u64,
+    ok: u64,
+    failed: u64,
 }
 
 /// Asks for large socket buffers (root may exceed net.core.rmem_max): the echo peer and the
@@ -232,6 +313,7 @@ fn setup(args: &LoadArgs, c: &Creds, peer: SocketAddr) -> Result<Client> {
         Ok(w.finish())
     };
     let mut relayed = None;
+    let mut granted = 600u32;
     for _ in 0..3 {
         let n = signed(&mut req, method::ALLOCATE, &nonce, &realm, &key, &|w| {
             w.u32(attr::REQUESTED_TRANSPORT, 17 << 24).map(|_| ())
@@ -246,6 +328,9 @@ fn setup(args: &LoadArgs, c: &Creds, peer: SocketAddr) -> Result<Client> {
                     stun::decode_xor_address(v, m.transaction_id())
                         .map_err(|_| anyhow::anyhow!("bad XOR-RELAYED-ADDRESS"))?,
                 );
+                if let Some(Ok(l)) = m.get_u32(attr::LIFETIME) {
+                    granted = l;
+                }
                 break;
             }
             _ if error_code(&buf[..got]) == Some(438) => {
@@ -286,13 +371,31 @@ fn setup(args: &LoadArgs, c: &Creds, peer: SocketAddr) -> Result<Client> {
     let n = signed(&mut req, method::REFRESH, &nonce, &realm, &key, &|w| {
         w.u32(attr::LIFETIME, 0).map(|_| ())
     })?;
-    client_from(
+    let mut client = client_from(
         sock,
         args,
         peer,
         Some(with_channel),
         Some(req[..n].to_vec()),
-    )
+    )?;
+    let allocation_every = Duration::from_secs((granted / 2).max(1).into());
+    let binding_every = Duration::from_secs_f64(args.bind_every);
+    client.keep = Some(KeepAlive {
+        user: c.user.clone(),
+        key,
+        realm,
+        nonce,
+        peer,
+        channel: with_channel,
+        allocation_every,
+        binding_every,
+        // Times on the traffic clock, which starts after setup and --hold (during which
+        // nothing is sent: the first refreshes come at once if the hold was long).
+        next_allocation: allocation_every.saturating_sub(Duration::from_secs_f64(args.hold)),
+        next_binding: binding_every.saturating_sub(Duration::from_secs_f64(args.hold)),
+        pending: None,
+    });
+    Ok(client)
 }
 
 fn client_from(
@@ -330,6 +433,7 @@ fn client_from(
         sent: 0,
         failed: 0,
         goodbye,
+        keep: None,
     };
     c.template[payload_at..payload_at + 4].copy_from_slice(MAGIC);
     Ok(c)
@@ -346,11 +450,71 @@ fn payload_of(raw: bool, d: &[u8]) -> Option<&[u8]> {
     stun::find_attr(d, attr::DATA)
 }
 
+/// Sends what is due of `c`'s keep-alive at `now` (traffic clock): a retry of the request in
+/// flight, or the next refresh.
+fn keep_alive(c: &mut Client, server: SocketAddr, now: Duration, stats: &mut KeepStats) {
+    let Some(k) = c.keep.as_mut() else { return };
+    let what = match k.pending {
+        Some((_, what, sent, tries)) if now >= sent + RETRY => {
+            if tries >= 3 {
+                stats.failed += 1;
+                k.pending = None;
+                return;
+            }
+            Some((what, tries + 1))
+        }
+        Some(_) => None,
+        None if now >= k.next_allocation => Some((Refresh::Allocation, 1)),
+        None if now >= k.next_binding => Some((Refresh::Binding, 1)),
+        None => None,
+    };
+    let Some((what, tries)) = what else { return };
+    let lifetime = (k.allocation_every.as_secs() * 2) as u32;
+    if let Ok((id, req)) = k.request(what, lifetime) {
+        if tries == 1 {
+            stats.sent += 1;
+        }
+        let _ = c.sock.send_to(&req, server);
+        k.pending = Some((id, what, now, tries));
+    }
+}
+
+/// Takes a STUN response on `c`'s socket: the answer to its keep-alive request, if it is one.
+fn keep_alive_answer(c: &mut Client, d: &[u8], now: Duration, stats: &mut KeepStats) {
+    let Some(k) = c.keep.as_mut() else { return };
+    let Some((id, what, _, tries)) = k.pending else {
+        return;
+    };
+    let Ok(m) = Message::decode(d) else { return };
+    if m.transaction_id() != &id {
+        return;
+    }
+    k.pending = None;
+    match m.class {
+        Class::Success => {
+            stats.ok += 1;
+            match what {
+                Refresh::Allocation => k.next_allocation = now + k.allocation_every,
+                Refresh::Binding => k.next_binding = now + k.binding_every,
+            }
+        }
+        _ if error_code(d) == Some(438) && tries < 3 => {
+            // A stale nonce: take the new one and ask again at once.
+            if let Some(n) = m.get(attr::NONCE) {
+                k.nonce = n.to_vec();
+            }
+            k.pending = Some((id, what, Duration::ZERO, tries));
+        }
+        _ => stats.failed += 1,
+    }
+}
+
 /// What one client thread counted.
 struct ThreadReport {
     sent: u64,
     failed: u64,
     received: u64,
+    keep: KeepStats,
     /// Round trips by µs; those of a second or more are in `received` only.
     hist: Vec<u32>,
 }
@@ -376,10 +540,19 @@ fn run_clients(
     let phase: Vec<f64> = (0..clients.len())
         .map(|i| (i as f64 + first as f64) / args.clients as f64)
         .collect();
+    let mut keep = KeepStats::default();
+    let mut next_keep = Duration::ZERO;
     loop {
         let now = start.elapsed();
         if now >= duration + drain {
             break;
+        }
+        // Keep-alives are looked at ten times a second, not every tick.
+        if now >= next_keep && now < duration {
+            for c in clients.iter_mut() {
+                keep_alive(c, server, now, &mut keep);
+            }
+            next_keep = now + Duration::from_millis(100);
         }
         if now < duration {
             let t = now.as_secs_f64();
@@ -404,12 +577,18 @@ fn run_clients(
         }
         // Until the next send tick (1 ms), take what came back.
         for k in 0..poll.wait(1) {
-            let c = &clients[poll.token(k) as usize];
+            let c = &mut clients[poll.token(k) as usize];
             loop {
                 let n = inb.recv(c.sock.as_raw_fd()).unwrap_or(0);
                 let t_now = start.elapsed().as_nanos() as u64;
                 for k in 0..n {
-                    let Some(p) = payload_of(args.raw, inb.get(k)) else {
+                    let d = inb.get(k);
+                    if !args.raw && stun::looks_like_stun(d) && d.len() >= 20 && d[0] & 0x01 == 1 {
+                        // A response (class bits: success or error), not a Data indication.
+                        keep_alive_answer(c, d, Duration::from_nanos(t_now), &mut keep);
+                        continue;
+                    }
+                    let Some(p) = payload_of(args.raw, d) else {
                         continue;
                     };
                     if p.len() < 20 || &p[..4] != MAGIC {
@@ -442,6 +621,7 @@ fn run_clients(
         failed: clients.iter().map(|c| c.failed).sum(),
         sent: clients.iter().map(|c| c.sent - c.failed).sum(),
         received,
+        keep,
         hist,
     })
 }
@@ -499,6 +679,9 @@ pub(crate) fn run(args: LoadArgs) -> Result<()> {
     let in_range = |v: f64, lo: f64| v >= lo && v <= 3600.0;
     if !in_range(args.duration, 0.001) || !in_range(args.hold, 0.0) {
         bail!("--duration: up to 3600 s; --hold: 0 to 3600 s");
+    }
+    if !(1.0..=3600.0).contains(&args.bind_every) {
+        bail!("--bind-every: 1 to 3600 s");
     }
     if args.rate == 0 || args.rate as u64 * args.clients as u64 > 2_000_000 {
         bail!("--rate x --clients: 1 to 2 000 000 packets/s");
@@ -625,11 +808,15 @@ pub(crate) fn run(args: LoadArgs) -> Result<()> {
     let echoed = echo_thread.join().unwrap_or(0);
     let mut hist = vec![0u32; HIST];
     let (mut sent, mut received, mut failed) = (0u64, 0u64, 0u64);
+    let mut keep = KeepStats::default();
     for r in reports {
         let r = r?;
         sent += r.sent;
         failed += r.failed;
         received += r.received;
+        keep.sent += r.keep.sent;
+        keep.ok += r.keep.ok;
+        keep.failed += r.keep.failed;
         for (a, b) in hist.iter_mut().zip(&r.hist) {
             *a += b;
         }
@@ -645,7 +832,9 @@ pub(crate) fn run(args: LoadArgs) -> Result<()> {
         "veil-load clients={ready} setup_failures={failures} size={} mode={} duration_s={secs} \
          offered_pps={:.0} delivered_pps={:.0} sent={sent} received={received} echoed={echoed} \
          send_failed={failed} \
-         loss_pct={loss:.3} rtt_p50_us={} rtt_p99_us={} rtt_p999_us={} setup_per_s={:.0}",
+         loss_pct={loss:.3} rtt_p50_us={} rtt_p99_us={} rtt_p999_us={} setup_per_s={:.0} \
+         keepalive=refresh_half_lifetime+bind_every_{}s refreshes_sent={} refreshes_ok={} \
+         refreshes_failed={}",
         args.size,
         if args.raw {
             "raw"
@@ -660,6 +849,10 @@ pub(crate) fn run(args: LoadArgs) -> Result<()> {
         p(0.99),
         p(0.999),
         ready as f64 / setup_secs,
+        args.bind_every,
+        keep.sent,
+        keep.ok,
+        keep.failed,
     );
     Ok(())
 }

@@ -91,6 +91,51 @@ fn drives_veil_over_channels_and_send_indications() {
     }
 }
 
+/// Issue 21 §8: clients keep their allocations, permissions and channels alive. With a relay
+/// whose allocations last 4 s and permissions and channels 3 s, 12 s of traffic lose nothing
+/// (without refreshes, every packet after the third second was lost), and the summary counts
+/// the refreshes.
+#[test]
+fn clients_keep_their_allocations_permissions_and_channels_alive() {
+    let relay = start_relay(
+        "15600-15699",
+        &[
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--default-lifetime",
+            "4",
+            "--set",
+            "lifetimes={default_allocation: 4, max_allocation: 60, permission: 3, channel: 3}",
+        ],
+    );
+    let secrets = relay.dir.0.join("secrets");
+    let server = relay.addr.to_string();
+    for mode in [&[][..], &["--send-indications"][..]] {
+        let mut extra = vec!["--duration", "12", "--clients", "5", "--bind-every", "2"];
+        extra.extend_from_slice(mode);
+        let out = Command::new(env!("CARGO_BIN_EXE_veil"))
+            .args(["load", "--server", &server, "--secret-file"])
+            .arg(&secrets)
+            .args(["--rate", "50"])
+            .args(&extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = summary(&out);
+        let n = |k: &str| s[k].parse::<f64>().unwrap();
+        assert_eq!(n("loss_pct"), 0.0, "{mode:?}: {s:?}");
+        assert_eq!(n("received"), n("sent"), "{mode:?}: {s:?}");
+        // Per client: a Refresh every 2 s and a bind every 2 s, over 12 s.
+        assert!(n("refreshes_ok") >= 5.0 * 2.0 * 5.0, "{mode:?}: {s:?}");
+        assert_eq!(n("refreshes_failed"), 0.0, "{mode:?}: {s:?}");
+        assert_eq!(s["keepalive"], "refresh_half_lifetime+bind_every_2s");
+    }
+}
+
 struct Coturn(Child);
 
 impl Drop for Coturn {
