@@ -3,8 +3,8 @@
 #
 #   benches/hot_path_ab.sh REV [rounds]     (run by hand; ~1 min per round)
 #
-# Builds `cargo bench -p veil-relay --bench hot_path` for REV (in a temporary worktree) and for
-# the working tree, in one target directory, then runs the two binaries alternately `rounds`
+# Builds `cargo bench -p veil-relay --bench hot_path` for REV (in a temporary worktree, its own
+# target directory) and for the working tree, then runs the two binaries alternately `rounds`
 # times (3 by default) and prints, per benchmark, the median of criterion's estimates for each,
 # their ratio and every run, so that a change is read against the run-to-run spread.
 set -euo pipefail
@@ -15,8 +15,11 @@ TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 WT=$(mktemp -d /tmp/veil-ab.XXXXXX)
 trap 'git worktree remove --force "$WT" >/dev/null 2>&1 || true' EXIT
 git worktree add --detach -f "$WT" "$REV" >/dev/null
-bench_bin() {  # $1 tree
-  (cd "$1" && CARGO_TARGET_DIR=$TARGET cargo bench -p veil-relay --bench hot_path --no-run \
+# Each tree in its own target directory: cargo names a workspace's path crates by their place
+# in the workspace, so the two trees' crates share artifact names, and with one directory the
+# second build could take the first's artifacts for fresh (by mtime) and link them.
+bench_bin() {  # $1 tree, $2 target directory
+  (cd "$1" && CARGO_TARGET_DIR=$2 cargo bench -p veil-relay --bench hot_path --no-run \
     --message-format=json 2>/dev/null) |
     python3 -c 'import json,sys
 for l in sys.stdin:
@@ -24,8 +27,8 @@ for l in sys.stdin:
     if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="hot_path" and m.get("executable"):
         print(m["executable"])'
 }
-BEFORE=$(bench_bin "$WT")
-AFTER=$(bench_bin "$PWD")
+BEFORE=$(bench_bin "$WT" "$TARGET/ab-rev")
+AFTER=$(bench_bin "$PWD" "$TARGET")
 python3 - "$BEFORE" "$AFTER" "$ROUNDS" "$REV" <<'PY'
 import collections, re, statistics, subprocess, sys
 before, after, rounds, rev = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]

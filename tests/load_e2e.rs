@@ -28,12 +28,23 @@ fn summary(out: &std::process::Output) -> HashMap<String, String> {
         .collect()
 }
 
+/// 20 clients at 50 packets/s for 1.5 s, and `extra`: the summary.
 fn load(server: &str, secret_file: &std::path::Path, extra: &[&str]) -> HashMap<String, String> {
+    let mut args = vec!["--clients", "20", "--rate", "50", "--duration", "1.5"];
+    args.extend_from_slice(extra);
+    load_with(server, secret_file, &args)
+}
+
+/// `veil load` against `server` with `args`, which must succeed: its summary.
+fn load_with(
+    server: &str,
+    secret_file: &std::path::Path,
+    args: &[&str],
+) -> HashMap<String, String> {
     let out = Command::new(env!("CARGO_BIN_EXE_veil"))
         .args(["load", "--server", server, "--secret-file"])
         .arg(secret_file)
-        .args(["--clients", "20", "--rate", "50", "--duration", "1.5"])
-        .args(extra)
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -111,21 +122,18 @@ fn clients_keep_their_allocations_permissions_and_channels_alive() {
     let secrets = relay.dir.0.join("secrets");
     let server = relay.addr.to_string();
     for mode in [&[][..], &["--send-indications"][..]] {
-        let mut extra = vec!["--duration", "12", "--clients", "5", "--bind-every", "2"];
-        extra.extend_from_slice(mode);
-        let out = Command::new(env!("CARGO_BIN_EXE_veil"))
-            .args(["load", "--server", &server, "--secret-file"])
-            .arg(&secrets)
-            .args(["--rate", "50"])
-            .args(&extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let s = summary(&out);
+        let mut args = vec![
+            "--duration",
+            "12",
+            "--clients",
+            "5",
+            "--rate",
+            "50",
+            "--bind-every",
+            "2",
+        ];
+        args.extend_from_slice(mode);
+        let s = load_with(&server, &secrets, &args);
         let n = |k: &str| s[k].parse::<f64>().unwrap();
         assert_eq!(n("loss_pct"), 0.0, "{mode:?}: {s:?}");
         assert_eq!(n("received"), n("sent"), "{mode:?}: {s:?}");

@@ -522,18 +522,23 @@ async fn metrics_listen_serves_metrics_apart_from_the_api() {
     );
 }
 
+/// A browser (non-backend) key with the defaults.
+fn browser_key(key: &str) -> ApiKey {
+    ApiKey {
+        key: key.into(),
+        backend: false,
+        requests_per_second: default_rate(),
+        client_requests_per_second: None,
+        client_allocations: default_client_allocations(),
+    }
+}
+
 #[test]
 fn config_errors_name_the_field() {
     let mut cfg: AllocatorConfig =
         serde_saphyr::from_str(include_str!("../../allocator.example.yaml")).unwrap();
     cfg.secret_files = vec![];
-    cfg.api_keys = vec![ApiKey {
-        key: "short".into(),
-        backend: false,
-        requests_per_second: default_rate(),
-        client_requests_per_second: None,
-        client_allocations: default_client_allocations(),
-    }];
+    cfg.api_keys = vec![browser_key("short")];
     assert!(
         App::new(cfg.clone())
             .err()
@@ -541,13 +546,7 @@ fn config_errors_name_the_field() {
             .to_string()
             .contains("api_keys")
     );
-    cfg.api_keys = vec![ApiKey {
-        key: "long-enough-key-0123".into(),
-        backend: false,
-        requests_per_second: default_rate(),
-        client_requests_per_second: None,
-        client_allocations: default_client_allocations(),
-    }];
+    cfg.api_keys = vec![browser_key("long-enough-key-0123")];
     assert!(
         App::new(cfg.clone())
             .err()

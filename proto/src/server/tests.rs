@@ -233,6 +233,22 @@ fn a_huge_credential_expiry_saturates_the_session_bound() {
     assert_eq!(s.allocation_count(), 2);
 }
 
+/// Allocates for every client but the last, which gets 486, counted as `why`.
+fn all_but_the_last_allocate(
+    cs: &mut [Client],
+    s: &mut Server,
+    env: &mut FakeEnv,
+    clock: &Clock,
+    why: Refusal,
+) {
+    let (last, first) = cs.split_last_mut().expect("clients");
+    for c in first {
+        allocate_ok(c, s, env, clock);
+    }
+    assert_eq!(code(&last.allocate(s, env, clock, &[])), Some(486));
+    assert_eq!(s.stats().allocations_refused[why as usize], 1);
+}
+
 /// Issue 21 §2: fresh credentials (fresh user ids) from one address add nothing past the source
 /// prefix's cap; another address is served; a freed allocation frees its unit.
 #[test]
@@ -247,15 +263,7 @@ fn a_source_prefix_holds_at_most_its_quota_whatever_the_credentials() {
     let mut same: Vec<Client> = (0..4)
         .map(|i| Client::rest(40000 + i, &format!("u{i}")))
         .collect();
-    for c in &mut same[..3] {
-        allocate_ok(c, &mut s, &mut env, &clock);
-    }
-    let r = same[3].allocate(&mut s, &mut env, &clock, &[]);
-    assert_eq!(code(&r), Some(486));
-    assert_eq!(
-        s.stats().allocations_refused[Refusal::SourceQuota as usize],
-        1
-    );
+    all_but_the_last_allocate(&mut same, &mut s, &mut env, &clock, Refusal::SourceQuota);
     // The same prefix in its IPv4-mapped IPv6 form is the same source.
     let mut mapped = Client::rest(40010, "mapped");
     mapped.key.addr = sa("[::ffff:192.0.2.10]:40010");
@@ -292,15 +300,7 @@ fn a_quota_claim_sets_its_ids_quota() {
     let mut cs: Vec<Client> = (0..5)
         .map(|i| Client::new(40000 + i, user.clone(), SECRET))
         .collect();
-    for c in &mut cs[..4] {
-        allocate_ok(c, &mut s, &mut env, &clock);
-    }
-    let r = cs[4].allocate(&mut s, &mut env, &clock, &[]);
-    assert_eq!(code(&r), Some(486));
-    assert_eq!(
-        s.stats().allocations_refused[Refusal::UserQuota as usize],
-        1
-    );
+    all_but_the_last_allocate(&mut cs, &mut s, &mut env, &clock, Refusal::UserQuota);
     // Without the claim the node's per-user quota holds.
     let mut plain = Client::rest(41000, "p");
     allocate_ok(&mut plain, &mut s, &mut env, &clock);
