@@ -371,9 +371,7 @@ impl Server {
     /// Answers a request; `r.seal` turns signed once it authenticates.
     fn answer(&mut self, r: &mut Req, out: &mut [u8], env: &mut impl Env) -> Result<usize, Fail> {
         let m = r.m;
-        if let Some(why) = crate::stun::over_rfc_bound(m) {
-            return Err(TurnError::bad_request(why).into());
-        }
+        request::check_bounds(m)?;
         if m.method == method::BINDING {
             if !m.unknown_required().is_empty() {
                 return Err(Fail::UnknownAttributes);

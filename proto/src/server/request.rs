@@ -14,6 +14,109 @@ const PROTO_UDP: u8 = 17;
 /// Most XOR-PEER-ADDRESS attributes one CreatePermission may carry.
 pub const MAX_PEERS_PER_REQUEST: usize = 16;
 
+/// How long an attribute's value may be, by its RFC.
+#[derive(Clone, Copy)]
+enum Bound {
+    /// Exactly this many bytes.
+    Exactly(usize),
+    /// Fewer than this many bytes.
+    Bytes(usize),
+    /// Fewer than 128 characters and at most 763 bytes (RFC 8489's bound of REALM, NONCE,
+    /// SOFTWARE and reason phrases).
+    Text,
+    /// From `min` to `max` bytes, a multiple of four.
+    Words(usize, usize),
+}
+
+/// The attributes a server reads whose length an RFC bounds, with the bound.
+const BOUNDS: [(u16, Bound, &str); 13] = [
+    (
+        attr::USERNAME,
+        Bound::Bytes(509),
+        "USERNAME is 509 bytes or more (RFC 8489 §14.3)",
+    ),
+    (
+        attr::REALM,
+        Bound::Text,
+        "REALM is 128 characters or more (RFC 8489 §14.9)",
+    ),
+    (
+        attr::NONCE,
+        Bound::Text,
+        "NONCE is 128 characters or more (RFC 8489 §14.10)",
+    ),
+    (
+        attr::SOFTWARE,
+        Bound::Text,
+        "SOFTWARE is 128 characters or more (RFC 8489 §14.14)",
+    ),
+    (
+        attr::USERHASH,
+        Bound::Exactly(32),
+        "USERHASH is not 32 bytes (RFC 8489 §14.4)",
+    ),
+    (
+        attr::MESSAGE_INTEGRITY_SHA256,
+        Bound::Words(16, 32),
+        "MESSAGE-INTEGRITY-SHA256 is not 16-32 bytes in words (RFC 8489 §14.6)",
+    ),
+    (
+        attr::CHANNEL_NUMBER,
+        Bound::Exactly(4),
+        "CHANNEL-NUMBER is not 4 bytes (RFC 8656 §18.1)",
+    ),
+    (
+        attr::LIFETIME,
+        Bound::Exactly(4),
+        "LIFETIME is not 4 bytes (RFC 8656 §18.2)",
+    ),
+    (
+        attr::REQUESTED_ADDRESS_FAMILY,
+        Bound::Exactly(4),
+        "REQUESTED-ADDRESS-FAMILY is not 4 bytes (RFC 8656 §18.6)",
+    ),
+    (
+        attr::EVEN_PORT,
+        Bound::Exactly(1),
+        "EVEN-PORT is not 1 byte (RFC 8656 §18.7)",
+    ),
+    (
+        attr::REQUESTED_TRANSPORT,
+        Bound::Exactly(4),
+        "REQUESTED-TRANSPORT is not 4 bytes (RFC 8656 §18.8)",
+    ),
+    (
+        attr::RESERVATION_TOKEN,
+        Bound::Exactly(8),
+        "RESERVATION-TOKEN is not 8 bytes (RFC 8656 §18.10)",
+    ),
+    (
+        attr::ADDITIONAL_ADDRESS_FAMILY,
+        Bound::Exactly(4),
+        "ADDITIONAL-ADDRESS-FAMILY is not 4 bytes (RFC 8656 §18.11)",
+    ),
+];
+
+/// Every request's attributes against their RFCs' bounds on length: a 400 naming the first one
+/// outside, so that no value kept for an allocation's life (USERNAME) is larger than its RFC
+/// allows.
+pub(super) fn check_bounds(m: &Message) -> Result<(), TurnError> {
+    let over = BOUNDS.iter().find_map(|&(typ, bound, why)| {
+        let v = m.get(typ)?;
+        let ok = match bound {
+            Bound::Exactly(n) => v.len() == n,
+            Bound::Bytes(n) => v.len() < n,
+            Bound::Text => {
+                let chars = std::str::from_utf8(v).map_or(v.len(), |s| s.chars().count());
+                v.len() <= 763 && chars < 128
+            }
+            Bound::Words(min, max) => (min..=max).contains(&v.len()) && v.len() % 4 == 0,
+        };
+        (!ok).then_some(why)
+    });
+    over.map_or(Ok(()), |why| Err(TurnError::bad_request(why)))
+}
+
 /// An Allocate (RFC 8656 §7.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AllocateRequest {
