@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -93,6 +93,35 @@ fn acquire(node: &Arc<NodeShared>, ip: IpAddr) -> Option<ConnPermit> {
             node: node.clone(),
             ip,
         })
+}
+
+/// The new-connection rates of a worker's stream listeners.
+pub(super) struct NewConnections {
+    per_prefix: crate::proto::limiter::PrefixLimiter,
+    all: crate::proto::limiter::TokenBucket,
+    rate: u64,
+    /// The origin of the buckets' milliseconds.
+    epoch: Instant,
+}
+
+impl NewConnections {
+    pub(super) fn new(limits: &crate::config::StreamLimits) -> Self {
+        let per = limits.new_per_ip_per_second;
+        NewConnections {
+            per_prefix: crate::proto::limiter::PrefixLimiter::new(per, per.saturating_mul(2)),
+            all: crate::proto::limiter::TokenBucket::full(limits.new_per_second as u64, 0),
+            rate: limits.new_per_second as u64,
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Whether a connection from `ip` may be taken now; takes it if so. The client's own rate
+    /// first, so that one flooding address spends nothing of everyone's.
+    pub(super) fn admit(&mut self, ip: std::net::IpAddr) -> bool {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.per_prefix.allow(ip, ms)
+            && (self.rate == 0 || self.all.take(ms, self.rate, self.rate, 1))
+    }
 }
 
 /// What waits to be written to one client, bounded.

@@ -190,7 +190,7 @@ pub(super) fn run_worker(
                 rng: XorShift::from_os(),
                 stats: IoStats::default(),
                 warned_bind: false,
-                new_conns: super::worker::NewConnections::new(&node.streams),
+                new_conns: stream::NewConnections::new(&node.streams),
             },
             Shaping {
                 shaper: Shaper::with_profiles(

@@ -49,36 +49,7 @@ pub(super) struct Io {
     /// Whether a failure to open relayed sockets was logged.
     pub(super) warned_bind: bool,
     /// New TCP/TLS connections per client prefix, and from everyone, on this worker.
-    pub(super) new_conns: NewConnections,
-}
-
-/// The new-connection rates of a worker's stream listeners.
-pub(super) struct NewConnections {
-    pub(super) per_prefix: crate::proto::limiter::PrefixLimiter,
-    pub(super) all: crate::proto::limiter::TokenBucket,
-    pub(super) rate: u64,
-    /// The origin of the buckets' milliseconds.
-    pub(super) epoch: Instant,
-}
-
-impl NewConnections {
-    pub(super) fn new(limits: &crate::config::StreamLimits) -> Self {
-        let per = limits.new_per_ip_per_second;
-        NewConnections {
-            per_prefix: crate::proto::limiter::PrefixLimiter::new(per, per.saturating_mul(2)),
-            all: crate::proto::limiter::TokenBucket::full(limits.new_per_second as u64, 0),
-            rate: limits.new_per_second as u64,
-            epoch: Instant::now(),
-        }
-    }
-
-    /// Whether a connection from `ip` may be taken now; takes it if so. The client's own rate
-    /// first, so that one flooding address spends nothing of everyone's.
-    pub(super) fn admit(&mut self, ip: std::net::IpAddr) -> bool {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.per_prefix.allow(ip, ms)
-            && (self.rate == 0 || self.all.take(ms, self.rate, self.rate, 1))
-    }
+    pub(super) new_conns: super::stream::NewConnections,
 }
 
 /// The shaper and the task that releases what it holds.
