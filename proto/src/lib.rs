@@ -41,6 +41,7 @@ pub mod auth;
 pub mod counters;
 pub mod framing;
 pub mod limiter;
+pub mod mesh;
 pub mod peer_filter;
 pub mod privacy;
 pub mod rng;
