@@ -16,16 +16,32 @@ use clap::Args;
 use veil_allocator::service::{AllocatorConfig, ApiKey, App, RelayEntry};
 use veil_geo::policy::{DistanceModel, Match, PolicyConfig, Rule, Zone};
 use veil_relay::admin::AdminState;
-use veil_relay::config::{AuthConfig, LogFormat, PortRange, RelayConfig, parse_secrets};
+use veil_relay::config::{
+    AuthConfig, LogFormat, MeshPeer, MeshSettings, MeshTls, PortRange, RelayConfig, parse_secrets,
+};
 use veil_relay::proto::auth::{mint_username, username_with_claims};
 
-/// One relay of the dev cluster: zone, relay name, location, relayed ports.
-type DevRelay = (&'static str, &'static str, (f64, f64), (u16, u16));
+/// One relay of the dev cluster: zone, relay name, location, relayed ports, relayed IP.
+type DevRelay = (&'static str, &'static str, (f64, f64), (u16, u16), [u8; 4]);
 
+/// Each relay relays on its own loopback IP, as relays on separate hosts do: the mesh routes by
+/// relayed address, and a relay refuses other ports on its own IPs.
 const ZONES: [DevRelay; 3] = [
-    ("eu", "eu-1", (50.11, 8.68), (20000, 20999)),
-    ("us", "us-1", (39.04, -77.49), (21000, 21999)),
-    ("apac", "apac-1", (35.68, 139.69), (22000, 22999)),
+    ("eu", "eu-1", (50.11, 8.68), (20000, 20999), [127, 0, 0, 11]),
+    (
+        "us",
+        "us-1",
+        (39.04, -77.49),
+        (21000, 21999),
+        [127, 0, 0, 12],
+    ),
+    (
+        "apac",
+        "apac-1",
+        (35.68, 139.69),
+        (22000, 22999),
+        [127, 0, 0, 13],
+    ),
 ];
 
 #[derive(Args)]
@@ -42,6 +58,10 @@ pub struct DevArgs {
     /// Worker threads per relay.
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Link (QUIC) port of the eu relay's mesh endpoint; the us and apac relays take the next
+    /// ones.
+    #[arg(long, default_value_t = 3579)]
+    mesh_port: u16,
 }
 
 fn random_hex(n: usize) -> String {
@@ -79,14 +99,39 @@ pub fn run(a: DevArgs) -> Result<()> {
     let api_key = format!("dev-{}", random_hex(12));
     let lo = [127, 0, 0, 1];
 
+    // The mesh: a CA made for this run, and a certificate per relay.
+    let ca = crate::mesh_certs::Ca::create(&dir)?;
+    let mesh_peer = |j: usize| MeshPeer {
+        name: ZONES[j].1.into(),
+        link: format!("127.0.0.1:{}", a.mesh_port + j as u16),
+        relay_ranges: vec![],
+    };
+
     let mut nodes = Vec::new();
     let mut admins = Vec::new();
-    for (i, zone, ports) in ZONES
+    for (i, zone, ports, relay_ip) in ZONES
         .iter()
         .enumerate()
-        .map(|(i, (z, _, _, p))| (i as u16, *z, *p))
+        .map(|(i, (z, _, _, p, ip))| (i as u16, *z, *p, *ip))
     {
+        let name = ZONES[usize::from(i)].1;
+        let issued = ca.issue(&dir, name, 30)?;
         let cfg = RelayConfig {
+            relay_ips: vec![relay_ip.into()],
+            mesh: Some(MeshSettings {
+                listen: SocketAddr::from((lo, a.mesh_port + i)),
+                name: name.into(),
+                tls: MeshTls {
+                    cert: Some(issued.cert),
+                    key: Some(issued.key),
+                    ca: Some(ca.cert_path.clone()),
+                },
+                peers: (0..ZONES.len())
+                    .filter(|&j| j != usize::from(i))
+                    .map(mesh_peer)
+                    .collect(),
+                ..MeshSettings::default()
+            }),
             listen: vec![SocketAddr::from((lo, a.turn_port + i))],
             listen_tcp: vec![SocketAddr::from((lo, a.turn_port + i))],
             zone: Some(zone.into()),
@@ -115,6 +160,7 @@ pub fn run(a: DevArgs) -> Result<()> {
                 &node.endpoints,
                 Some((node.reports.clone(), node.port_range.len())),
                 Some(node.health.clone()),
+                node.mesh.as_ref().map(|m| m.status()),
             ),
         ));
         nodes.push(node);
@@ -144,7 +190,7 @@ pub fn run(a: DevArgs) -> Result<()> {
         policy: PolicyConfig {
             zones: ZONES
                 .iter()
-                .map(|(z, r, _, _)| {
+                .map(|(z, r, _, _, _)| {
                     (
                         z.to_string(),
                         Zone {
@@ -180,7 +226,7 @@ pub fn run(a: DevArgs) -> Result<()> {
         relays: ZONES
             .iter()
             .enumerate()
-            .map(|(i, (_, r, (lat, lon), _))| relay(r, admins[i].0, *lat, *lon))
+            .map(|(i, (_, r, (lat, lon), _, _))| relay(r, admins[i].0, *lat, *lon))
             .collect(),
         trusted_proxies: vec![],
         poll_interval_ms: 500,
@@ -242,7 +288,7 @@ pub fn run(a: DevArgs) -> Result<()> {
             "Asia/Oceania -> apac, everyone else -> us.".into(),
             String::new(),
         ];
-        for (i, (zone, name, _, _)) in ZONES.iter().enumerate() {
+        for (i, (zone, name, _, _, _)) in ZONES.iter().enumerate() {
             banner.push(format!("  relay      {name:<7} zone {zone:<5} {} (and tcp)  admin {}", uris[i], status[i]));
         }
         banner.extend([
@@ -257,6 +303,13 @@ pub fn run(a: DevArgs) -> Result<()> {
             "Place a call between a German and a Japanese client (no zone allowed for both: crossZone):".into(),
             format!(
                 "  curl -s -H 'Authorization: Bearer {api_key}' -d '{{\"parties\":[{{\"client_ip\":\"127.0.1.5\"}},{{\"client_ip\":\"127.0.3.5\"}}]}}' http://{api}/v1/calls"
+            ),
+            "Run that call: each party allocates on its own relay, and what crosses between eu-1 and".into(),
+            "apac-1 rides their mesh link (QUIC, mutual TLS, 1 200-byte cells at a constant rate):".into(),
+            format!("  {exe} call --allocator http://{api} --key {api_key} --from 127.0.1.5 --to 127.0.3.5"),
+            format!(
+                "  curl -s {} | grep -E 'mesh_media_datagrams_total|mesh_link_(up|cell_rate)'",
+                status[0].replace("/status", "/metrics")
             ),
             "The cross-border record (counts per client country and zone, cross-zone calls), as CSV:".into(),
             format!("  {exe} audit --allocator http://{api} --key {api_key} --format csv"),

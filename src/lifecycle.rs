@@ -77,6 +77,9 @@ impl Running {
         if let Some(tls) = &self.node.tls {
             v.extend(tls.files().map(|p| p.to_path_buf()));
         }
+        if let Some(m) = &self.current.mesh {
+            v.extend([m.cert.clone(), m.key.clone(), m.ca.clone()]);
+        }
         v
     }
 
@@ -105,6 +108,13 @@ impl Running {
             && let Err(e) = tls.reload()
         {
             tracing::error!(error = %e, "TLS certificate not reloaded; the current one stays");
+        }
+        // The mesh's certificates and CA, read again from the same files: new link handshakes
+        // use them; links up stay up.
+        if let Some(m) = &self.node.mesh
+            && let Err(e) = m.reload_tls()
+        {
+            tracing::error!(error = %e, "mesh certificates not reloaded; the current ones stay");
         }
         self.shared.replace_live(Live {
             credentials: next.credentials.clone(),
@@ -154,6 +164,7 @@ impl Running {
                     &self.node.endpoints,
                     Some((self.node.reports.clone(), self.node.port_range.len())),
                     Some(self.node.health.clone()),
+                    self.node.mesh.as_ref().map(|m| m.status()),
                 );
                 let addr = listener.local_addr()?;
                 listener.set_nonblocking(true)?;

@@ -4,11 +4,13 @@
 //! * `veil credentials` mints TURN REST API credentials from a secret file.
 
 mod audit;
+mod call;
 mod check;
 mod dev;
 mod forwarder;
 mod lifecycle;
 mod load;
+mod mesh_certs;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -57,6 +59,11 @@ enum Command {
     /// Print the allocator's cross-border record for a period (placements per client country and
     /// zone, cross-zone calls per zone pair, per hour) as CSV or JSON.
     Audit(audit::AuditArgs),
+    /// Place a call between two client addresses through the allocator and exchange datagrams
+    /// both ways through their relays (a demonstration client; `veil dev` prints an example).
+    Call(call::CallArgs),
+    /// Make a cluster CA and a certificate per relay for the mesh's mutual TLS (mesh.tls).
+    MeshCerts(mesh_certs::MeshCertsArgs),
     /// A plain UDP forwarder (no TURN), the ceiling benches/load_vs_coturn.sh compares to.
     #[command(hide = true)]
     BenchForwarder(forwarder::ForwarderArgs),
@@ -292,6 +299,8 @@ fn main() {
         Command::Load(args) => load::run(args),
         Command::BenchForwarder(args) => forwarder::run(args),
         Command::Audit(args) => audit::run(args),
+        Command::MeshCerts(args) => mesh_certs::run(args),
+        Command::Call(args) => call::run(args),
     };
     if let Err(e) = result {
         eprintln!("veil: {e:#}");

@@ -206,4 +206,25 @@ pub struct Status {
     /// out with `turns:` URIs only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tls_only_profiles: Vec<String>,
+    /// The node's links to other relays (the mesh), when it has any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<MeshLink>,
+}
+
+/// One link of a relay's mesh, as `/status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MeshLink {
+    /// The linked relay's name.
+    pub name: String,
+    /// `up` or `down`.
+    pub state: String,
+    /// The zone it announced (empty until it first linked).
+    pub remote_zone: String,
+    /// Smoothed round-trip time, microseconds.
+    pub rtt_us: u64,
+    /// Cells per second the link sends now.
+    pub cell_rate: u32,
+    /// Why it last went down, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }

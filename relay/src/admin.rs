@@ -25,6 +25,7 @@ pub struct AdminState {
     uris: Vec<String>,
     metrics: Option<(Arc<Reports>, usize)>,
     health: Option<Arc<Health>>,
+    mesh: Option<Arc<crate::mesh::status::MeshStatus>>,
 }
 
 /// Where clients reach a node: its UDP, TCP and TLS listeners, and the host name of `turns:`
@@ -99,6 +100,7 @@ impl AdminState {
         endpoints: &Endpoints,
         metrics: Option<(Arc<Reports>, usize)>,
         health: Option<Arc<Health>>,
+        mesh: Option<Arc<crate::mesh::status::MeshStatus>>,
     ) -> Arc<Self> {
         let uris = turn_uris(endpoints, &core.config);
         Arc::new(AdminState {
@@ -106,6 +108,7 @@ impl AdminState {
             uris,
             metrics,
             health,
+            mesh,
         })
     }
 
@@ -133,6 +136,23 @@ impl AdminState {
                 .filter(|(_, tls)| **tls)
                 .map(|(name, _)| name.clone())
                 .collect(),
+            links: self.mesh.as_ref().map_or_else(Vec::new, |m| {
+                m.links()
+                    .into_iter()
+                    .map(|l| veil_ops::MeshLink {
+                        state: match l.state {
+                            crate::mesh::status::LinkState::Up => "up",
+                            crate::mesh::status::LinkState::Down => "down",
+                        }
+                        .into(),
+                        remote_zone: l.remote_zone.clone(),
+                        rtt_us: u64::try_from(l.rtt.as_micros()).unwrap_or(u64::MAX),
+                        cell_rate: l.rate,
+                        last_error: l.last_error.clone(),
+                        name: l.name,
+                    })
+                    .collect()
+            }),
         }
     }
 }
@@ -165,7 +185,11 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
                 header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
             )],
-            crate::metrics::render(&s.core, reports, *ports),
+            {
+                let mut o = crate::metrics::render(&s.core, reports, *ports);
+                crate::mesh::metrics::render(&mut o, s.mesh.as_deref(), &reports.sum().io);
+                o
+            },
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, "no metrics\n").into_response(),

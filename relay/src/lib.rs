@@ -21,6 +21,7 @@ pub use veil_proto::{privacy, shaping};
 pub mod admin;
 pub mod config;
 pub mod io;
+pub mod mesh;
 pub mod metrics;
 pub mod sys;
 pub mod tls;

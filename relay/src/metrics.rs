@@ -38,6 +38,18 @@ veil_proto::counters! {
         pub connections_rate_limited: u64,
         /// Connections closed for garbage, a failed TLS handshake or a timeout.
         pub stream_errors: u64,
+        /// Datagrams handed to a link of the mesh.
+        pub mesh_sent: u64,
+        /// Datagrams for a link whose queue was full.
+        pub mesh_full: u64,
+        /// Datagrams to or from a linked relay dropped while its link was down
+        /// (`mesh.fallback: refuse`).
+        pub mesh_refused: u64,
+        /// Datagrams from one allocation of this node to another, delivered in-process.
+        pub local_delivered: u64,
+        /// Datagrams to a relayed address of this node that no allocation holds (or whose
+        /// worker's inbox was full).
+        pub local_undelivered: u64,
     }
 }
 
@@ -91,7 +103,8 @@ impl Reports {
         }
     }
 
-    fn sum(&self) -> WorkerReport {
+    /// Every worker's counters, summed.
+    pub fn sum(&self) -> WorkerReport {
         let mut t = WorkerReport::default();
         for w in &self.workers {
             t.accumulate(&w.lock().unwrap_or_else(|e| e.into_inner()));

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod api;
+pub mod mesh;
 pub mod observe;
 pub mod stream;
 pub mod wire;

@@ -50,7 +50,7 @@ async fn dns_pools_become_relays() {
         udp: vec!["127.0.0.1:3478".parse().unwrap()],
         ..Default::default()
     };
-    let state = AdminState::new(shared, &endpoints, None, None);
+    let state = AdminState::new(shared, &endpoints, None, None, None);
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
 
     let dir = std::env::temp_dir().join(format!("veil-alloc-dns-{}", std::process::id()));

@@ -78,6 +78,7 @@ pub struct Datagram<'a> {
     pub payload: &'a [u8],
 }
 
+crate::counters! {
 /// What a receiver counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RxStats {
@@ -93,6 +94,7 @@ pub struct RxStats {
     pub cut_datagrams: u64,
     /// Cells of the wrong size or version, or whose records did not add up: dropped whole.
     pub malformed: u64,
+}
 }
 
 /// Takes cells in order of arrival and hands out the datagrams they carry. Holds at most one

@@ -11,7 +11,10 @@ use crate::proto::peer_filter::PeerFilter;
 use crate::proto::server::{RelayAddr, ServerConfig};
 use crate::shaping::Policy;
 
+mod mesh;
 mod settings;
+
+pub use mesh::{MeshBreaker, MeshPeer, MeshSettings, MeshTls, RangeSpec};
 
 pub use settings::*;
 
@@ -73,6 +76,8 @@ pub struct Resolved {
     pub warnings: Vec<String>,
     /// The configuration it was resolved from (file and flags), to tell what a reload changed.
     pub source: RelayConfig,
+    /// The links to other relays, if any.
+    pub mesh: Option<crate::mesh::MeshConfig>,
 }
 
 /// The settings a reload puts in force while allocations go on; every other setting of the
@@ -599,6 +604,7 @@ impl RelayConfig {
             secret_files: self.auth.secret_files.clone(),
             warnings,
             source: self.clone(),
+            mesh: self.mesh.as_ref().map(|m| m.resolve()).transpose()?,
         })
     }
 }

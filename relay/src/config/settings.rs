@@ -463,6 +463,10 @@ pub struct RelayConfig {
     pub log: LogConfig,
     /// Shutdown and reload.
     pub lifecycle: Lifecycle,
+    /// Links to the other relays of the cluster (QUIC with mutual TLS): calls whose parties
+    /// sit on two relays cross between them in fixed-size cells at a constant rate. Off (null)
+    /// by default.
+    pub mesh: Option<super::mesh::MeshSettings>,
 }
 
 /// The certificate for `listen_tls`.
@@ -588,6 +592,7 @@ impl Default for RelayConfig {
             software: None,
             log: LogConfig::default(),
             lifecycle: Lifecycle::default(),
+            mesh: None,
         }
     }
 }

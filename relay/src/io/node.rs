@@ -1,6 +1,7 @@
 //! The node: what its workers share, starting them with their sockets, reloading, stopping.
 
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,6 +12,8 @@ use super::ports::{Parked, PortUse};
 use super::sockets::{bind_listeners, bind_stream_listeners};
 use super::stream::ConnCount;
 use crate::config::{PortRange, Resolved, StreamLimits};
+use crate::mesh::Mesh;
+use crate::mesh::routes::{Directory, Routes};
 use crate::metrics::Reports;
 use crate::proto::server::{Shared, Transport};
 use crate::shaping::Policy;
@@ -34,6 +37,22 @@ pub(super) struct NodeShared {
     pub(super) parked: Parked,
     /// Each worker's heartbeat and the node's first failure.
     pub(super) health: Arc<Health>,
+    /// Which worker holds each relayed address, and each worker's inbox.
+    pub(super) directory: Arc<Directory>,
+    /// Where peer addresses lead: this node's relayed ranges, the mesh's links.
+    pub(super) routes: Arc<Routes>,
+    /// Each relay IP and the IP it is advertised as.
+    pub(super) advertise: Vec<(IpAddr, IpAddr)>,
+}
+
+impl NodeShared {
+    /// The IP relay IP `bind` is advertised as.
+    pub(super) fn advertised(&self, bind: IpAddr) -> IpAddr {
+        self.advertise
+            .iter()
+            .find(|(b, _)| *b == bind)
+            .map_or(bind, |(_, a)| *a)
+    }
 }
 
 /// A running node: its workers and the addresses it listens on.
@@ -49,6 +68,8 @@ pub struct Node {
     /// Whether every worker still turns its loop (read by the admin endpoint and the
     /// lifecycle, which exits when one fails).
     pub health: Arc<Health>,
+    /// The links to other relays, when the node is in a mesh.
+    pub mesh: Option<Mesh>,
     shaping: watch::Sender<Vec<Policy>>,
     stop: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<io::Result<()>>>,
@@ -62,7 +83,34 @@ impl Node {
         let tcp = bind_stream_listeners(&resolved.listen_tcp, workers)?;
         let tls = bind_stream_listeners(&resolved.listen_tls, workers)?;
         let (shaping, shaping_rx) = watch::channel(resolved.shaping.clone());
+        let (directory, inboxes) = Directory::new(workers);
+        let directory = Arc::new(directory);
+        let relays: Vec<_> = resolved.server.relays.iter().flatten().copied().collect();
+        let own = crate::mesh::own_ranges(&relays, resolved.port_range);
+        let routes = Arc::new(Routes::new(
+            own,
+            resolved
+                .mesh
+                .as_ref()
+                .map_or_else(Default::default, |m| m.fallback),
+            resolved
+                .mesh
+                .as_ref()
+                .map_or_else(Vec::new, |m| m.pinned_routes()),
+        ));
+        let mesh = match &resolved.mesh {
+            Some(m) => Some(Mesh::start(
+                m,
+                resolved.server.zone.clone().unwrap_or_default(),
+                routes.clone(),
+                directory.clone(),
+            )?),
+            None => None,
+        };
         let node = Arc::new(NodeShared {
+            directory,
+            routes,
+            advertise: relays.iter().map(|r| (r.bind, r.advertise)).collect(),
             ports: PortUse::new(
                 resolved.server.relays.iter().flatten().map(|r| r.bind),
                 resolved.port_range,
@@ -81,7 +129,9 @@ impl Node {
         let reports = node.reports.clone();
         let (stop, stop_rx) = watch::channel(false);
         let mut threads = Vec::new();
-        for (i, ((socks, tcp), tls)) in udp.into_iter().zip(tcp).zip(tls).enumerate() {
+        for (i, (((socks, tcp), tls), inbox)) in
+            udp.into_iter().zip(tcp).zip(tls).zip(inboxes).enumerate()
+        {
             let streams: Vec<_> = tcp
                 .into_iter()
                 .map(|l| (l, Transport::Tcp))
@@ -92,7 +142,7 @@ impl Node {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("veil-worker-{i}"))
-                    .spawn(move || super::tasks::run_worker(i, node, socks, streams, rx))?,
+                    .spawn(move || super::tasks::run_worker(i, node, socks, streams, inbox, rx))?,
             );
         }
         Ok(Node {
@@ -109,6 +159,7 @@ impl Node {
             port_range: resolved.port_range,
             shaping,
             health,
+            mesh,
         })
     }
 
@@ -122,6 +173,9 @@ impl Node {
     /// after a worker failed: a stalled thread never comes back to be joined.
     pub fn stop(self) -> io::Result<()> {
         let _ = self.stop.send(true);
+        if let Some(m) = self.mesh {
+            m.stop();
+        }
         for t in self.threads {
             match t.join() {
                 Ok(r) => r?,

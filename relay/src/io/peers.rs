@@ -1,8 +1,9 @@
 //! Peer paths: what carries a relayed address's packets to and from its peers. The core names a
 //! relayed address by its [`RelayId`] and never learns what is behind it; here it is a relayed
-//! UDP socket, watched by the worker's epoll set. A later transport (links between veil relays)
-//! is another [`PeerPath`] variant: it sends with its own `send` arm and hands what it receives
-//! to the same [`super::worker::deliver`] the UDP plane uses, without the core changing.
+//! UDP socket, watched by the worker's epoll set, and the address it is advertised as. Where a
+//! datagram to a peer goes is decided per peer in `worker::forward`: this socket, another
+//! allocation of this node (in-process), or the link to the relay that owns the peer's address
+//! (`crate::mesh`); what comes back by any of them reaches the same `worker::deliver`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,6 +16,8 @@ pub(super) enum PeerPath {
     Udp {
         socket: std::net::UdpSocket,
         ip: IpAddr,
+        /// The relayed address as clients and peers see it (the advertised IP).
+        addr: SocketAddr,
     },
 }
 
@@ -48,6 +51,14 @@ impl PeerPaths {
     pub(super) fn udp_socket(&self, id: &RelayId) -> Option<&std::net::UdpSocket> {
         match self.paths.get(id)? {
             PeerPath::Udp { socket, .. } => Some(socket),
+        }
+    }
+
+    /// The relayed address `id` is advertised as.
+    #[inline]
+    pub(super) fn addr(&self, id: &RelayId) -> Option<SocketAddr> {
+        match self.paths.get(id)? {
+            PeerPath::Udp { addr, .. } => Some(*addr),
         }
     }
 

@@ -122,13 +122,16 @@ impl Io {
             tracing::warn!(error = %e, "cannot watch a relayed socket");
             return None;
         }
+        let addr = SocketAddr::new(self.node.advertised(bound.ip()), bound.port());
         self.peers.insert(
             id,
             PeerPath::Udp {
                 socket,
                 ip: bound.ip(),
+                addr,
             },
         );
+        self.node.directory.insert(addr, self.index, id);
         Some(bound)
     }
 
@@ -224,8 +227,9 @@ impl Env for Io {
     }
 
     fn close_relay(&mut self, id: RelayId) {
-        if let Some(PeerPath::Udp { socket, ip }) = self.peers.remove(&id) {
+        if let Some(PeerPath::Udp { socket, ip, addr }) = self.peers.remove(&id) {
             let _ = self.epoll.remove(&socket);
+            self.node.directory.remove(addr);
             self.node.ports.release(ip);
         }
     }

@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::health::{self, Fault, Health};
 use super::node::NodeShared;
 use super::peers::PeerPaths;
 use super::worker::{Io, LISTENER_TOKEN, Listener, Shaping, Worker};
 use super::{EVENTS, now, stream};
+use crate::mesh::routes::{Inbound, RouteCache};
 use crate::metrics::{IoStats, WorkerReport};
 use crate::proto::rng::XorShift;
 use crate::proto::server::{ClientKey, Server, Transport};
@@ -139,6 +140,25 @@ async fn shaper_task(worker: Rc<RefCell<Worker>>, wake: Rc<tokio::sync::Notify>)
     }
 }
 
+/// Hands what arrives in the worker's inbox (datagrams from links, and from other workers'
+/// allocations) to its allocations, a batch at a time.
+async fn inbox_task(worker: Rc<RefCell<Worker>>, mut inbox: mpsc::Receiver<Inbound>) {
+    /// Datagrams handled before the task yields.
+    const BATCH: usize = 64;
+    while let Some(first) = inbox.recv().await {
+        let mut w = worker.borrow_mut();
+        let now = now();
+        w.inbound(now, first);
+        for _ in 1..BATCH {
+            match inbox.try_recv() {
+                Ok(m) => w.inbound(now, m),
+                Err(_) => break,
+            }
+        }
+        w.io.flush();
+    }
+}
+
 /// Runs a task that lasts the worker's life; its end (it returned, or panicked and tokio caught
 /// it) fails the node. On a stop it is aborted, which ends it without this.
 fn spawn_supervised(
@@ -159,6 +179,7 @@ pub(super) fn run_worker(
     node: Arc<NodeShared>,
     listeners: Vec<std::net::UdpSocket>,
     stream_listeners: Vec<(std::net::TcpListener, Transport)>,
+    inbox: mpsc::Receiver<Inbound>,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -183,6 +204,9 @@ pub(super) fn run_worker(
             Server::new(node.core.clone()),
             Io {
                 node: node.clone(),
+                index,
+                routes: RouteCache::new(node.routes.clone()),
+                scratch: Vec::new(),
                 epoll,
                 listeners: socks,
                 conns: HashMap::new(),
@@ -249,6 +273,11 @@ pub(super) fn run_worker(
             health,
             index,
             reload_task(worker.clone(), node.shaping.clone()),
+        ));
+        tasks.push(spawn_supervised(
+            health,
+            index,
+            inbox_task(worker.clone(), inbox),
         ));
         tracing::debug!(worker = index, "worker started");
         while !*stop.borrow() {

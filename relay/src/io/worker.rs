@@ -3,9 +3,13 @@
 //!
 //! Client → peer: a listener's batch ([`Worker::read_clients`]) or a stream's frame
 //! ([`Worker::stream_frame`]) goes to [`dispatch`], which hands it to the core and executes the
-//! [`Action`]: a reply to the client, or a payload to a [`PeerPaths`] entry.
-//! Peer → client: a relayed socket's batch ([`Worker::read_peers`]) goes to [`deliver`], which
-//! has the core frame it in place, lets the shaper pad or hold it, and queues it for the client.
+//! [`Action`]: a reply to the client, or a payload for a peer, which [`forward`] sends where the
+//! peer's address leads: the relayed socket ([`PeerPaths`]), another allocation of this node
+//! (in-process), or the link to the relay owning that address ([`crate::mesh`]).
+//! Peer → client: a relayed socket's batch ([`Worker::read_peers`]), or a datagram from the
+//! worker's inbox ([`Worker::inbound`]: links, and other workers' allocations), goes to
+//! [`deliver`], which has the core frame it in place, lets the shaper pad or hold it, and
+//! queues it for the client.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,6 +23,7 @@ use super::node::NodeShared;
 use super::now;
 use super::peers::PeerPaths;
 use super::stream::Outbound;
+use crate::mesh::routes::{Inbound, Route, RouteCache, ToLink};
 use crate::metrics::IoStats;
 use crate::proto::rng::XorShift;
 use crate::proto::server::{Action, ClientKey, Delivery, Now, RelayId, Server, Transport};
@@ -38,6 +43,12 @@ pub(super) struct Listener {
 /// The I/O half of a worker: its sockets. Implements [`crate::proto::server::Env`] for the core.
 pub(super) struct Io {
     pub(super) node: Arc<NodeShared>,
+    /// This worker's index among the node's.
+    pub(super) index: usize,
+    /// Where peer addresses lead (this node, a linked relay, elsewhere).
+    pub(super) routes: RouteCache,
+    /// A datagram delivered in-process, with room for the core to frame it.
+    pub(super) scratch: Vec<u8>,
     /// Listeners and relayed sockets, watched together.
     pub(super) epoll: Epoll,
     pub(super) listeners: Vec<Listener>,
@@ -150,9 +161,9 @@ impl Io {
         }
     }
 
-    /// Sends a client's payload to a peer over the relayed address's path, and counts it.
+    /// Sends a client's payload to a peer over the relayed address's socket, and counts it.
     #[inline]
-    fn forward(&mut self, relay: RelayId, peer: SocketAddr, payload: &[u8]) {
+    fn send_udp(&mut self, relay: RelayId, peer: SocketAddr, payload: &[u8]) {
         if self.peers.send(&relay, peer, payload) {
             self.stats.client_to_peer_packets += 1;
             self.stats.client_to_peer_bytes += payload.len() as u64;
@@ -184,8 +195,92 @@ fn dispatch(
             };
             io.reply(from, &reply[range]);
         }
-        Action::Forward { relay, peer, data } => io.forward(relay, peer, &msg[data]),
+        Action::Forward { relay, peer, data } => {
+            forward(server, io, shaping, now, relay, peer, &msg[data])
+        }
     }
+}
+
+/// Sends a client's payload to a peer where the peer's address leads: its relayed socket
+/// (plain UDP), another allocation of this node (in-process: never through a socket), or the
+/// link to the relay that owns the address. Each arrives as if from `relay`'s address.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn forward(
+    server: &mut Server,
+    io: &mut Io,
+    shaping: &mut Shaping,
+    now: Now,
+    relay: RelayId,
+    peer: SocketAddr,
+    payload: &[u8],
+) {
+    match io.routes.route(peer) {
+        Route::Plain => io.send_udp(relay, peer, payload),
+        Route::Link(link) => {
+            let Some(src) = io.peers.addr(&relay) else {
+                return;
+            };
+            let sent = link.try_send(ToLink {
+                src,
+                dst: peer,
+                payload: payload.to_vec(),
+            });
+            if sent.is_ok() {
+                io.stats.mesh_sent += 1;
+                io.stats.client_to_peer_packets += 1;
+                io.stats.client_to_peer_bytes += payload.len() as u64;
+            } else {
+                io.stats.mesh_full += 1;
+            }
+        }
+        Route::Refused => io.stats.mesh_refused += 1,
+        Route::Local => {
+            let Some(src) = io.peers.addr(&relay) else {
+                return;
+            };
+            match io.node.directory.owner(peer) {
+                // Nobody holds it: as a datagram to a closed port.
+                None => io.stats.local_undelivered += 1,
+                Some((w, id)) if w == io.index => {
+                    io.stats.local_delivered += 1;
+                    io.stats.client_to_peer_packets += 1;
+                    io.stats.client_to_peer_bytes += payload.len() as u64;
+                    deliver_copy(server, io, shaping, now, id, src, payload);
+                }
+                Some((w, id)) => match io.node.directory.send(w, id, src, payload) {
+                    Ok(()) => {
+                        io.stats.local_delivered += 1;
+                        io.stats.client_to_peer_packets += 1;
+                        io.stats.client_to_peer_bytes += payload.len() as u64;
+                    }
+                    Err(_) => io.stats.local_undelivered += 1,
+                },
+            }
+        }
+    }
+}
+
+/// [`deliver`] of a payload that is not in a receive buffer: copied into the worker's scratch
+/// buffer, with room around it for the core's framing and the shaper's padding.
+#[allow(clippy::too_many_arguments)]
+fn deliver_copy(
+    server: &mut Server,
+    io: &mut Io,
+    shaping: &mut Shaping,
+    now: Now,
+    relay: RelayId,
+    from: SocketAddr,
+    payload: &[u8],
+) {
+    use crate::proto::server::{HEADROOM, TAILROOM};
+    let mut buf = std::mem::take(&mut io.scratch);
+    buf.clear();
+    buf.resize(HEADROOM + payload.len() + TAILROOM, 0);
+    let range = HEADROOM..HEADROOM + payload.len();
+    buf[range.clone()].copy_from_slice(payload);
+    deliver(server, io, shaping, now, relay, from, &mut buf, range);
+    io.scratch = buf;
 }
 
 /// Pads a response on a stream once the connection has held an allocation. Until a Binding or
@@ -373,10 +468,26 @@ impl Worker {
             let Some(peer) = peer_rx.addr(i) else {
                 continue;
             };
+            if io.routes.refuses_plain_from(peer) {
+                io.stats.mesh_refused += 1;
+                continue;
+            }
             let (buf, payload) = peer_rx.slot_mut(i);
             deliver(server, io, shaping, now, id, peer, buf, payload);
         }
         n == peer_rx.capacity()
+    }
+
+    /// Hands datagrams from the worker's inbox (a link, or another worker's allocation) to
+    /// their allocations, as a relayed socket's would be.
+    pub(super) fn inbound(&mut self, now: Now, m: Inbound) {
+        let Worker {
+            server,
+            io,
+            shaping,
+            ..
+        } = self;
+        deliver_copy(server, io, shaping, now, m.relay, m.from, &m.payload);
     }
 
     /// Handles one frame a stream client sent.

@@ -1,0 +1,197 @@
+//! Relays of a mesh for the cross-process tests: certificates made by `veil mesh-certs` (and
+//! hostile ones made here with rcgen), config files, the real binary; and the shape of a call
+//! across two relays driven by [`super::RawTurn`] clients. Loopback only; every wait bounded.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::{Relay, SECRET, TempDir, free_tcp_addr, free_udp_port, http_get, metric, wait_ready};
+
+/// Makes a CA and certificates for `names` in `dir` with the binary's own command.
+pub fn certs(dir: &Path, names: &[&str]) {
+    let st = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .arg("mesh-certs")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--names")
+        .arg(names.join(","))
+        .stdout(Stdio::null())
+        .status()
+        .expect("veil mesh-certs runs");
+    assert!(st.success());
+}
+
+/// A relay of a test mesh.
+pub struct NodeSpec<'a> {
+    pub name: &'a str,
+    /// The IP its relayed sockets bind to (each node its own, as on separate hosts).
+    pub relay_ip: &'a str,
+    pub ports: &'a str,
+    /// Other nodes: (name, mesh port).
+    pub peers: Vec<(&'a str, u16)>,
+    /// Its mesh port.
+    pub mesh_port: u16,
+    /// Certificate directory and the file stem of its certificate (normally its name).
+    pub cert_dir: &'a Path,
+    pub cert_stem: &'a str,
+    /// Extra lines under `mesh:` (indented by two spaces), e.g. `  fallback: refuse`.
+    pub mesh_extra: &'a str,
+    /// Runs the binary through `ip netns exec NS`.
+    pub netns: Option<&'a str>,
+}
+
+impl<'a> NodeSpec<'a> {
+    pub fn new(name: &'a str, relay_ip: &'a str, ports: &'a str, cert_dir: &'a Path) -> Self {
+        NodeSpec {
+            name,
+            relay_ip,
+            ports,
+            peers: vec![],
+            mesh_port: free_udp_port(),
+            cert_dir,
+            cert_stem: name,
+            mesh_extra: "",
+            netns: None,
+        }
+    }
+}
+
+/// A running mesh node.
+pub struct MeshNode {
+    pub relay: Relay,
+    pub admin: SocketAddr,
+    pub mesh_port: u16,
+    pub config: PathBuf,
+}
+
+impl MeshNode {
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics").1
+    }
+
+    pub fn metric(&self, series: &str) -> f64 {
+        metric(&self.metrics(), series).unwrap_or_else(|| panic!("no series {series}"))
+    }
+
+    /// Waits up to `secs` for `series` to satisfy `ok`; returns its last value.
+    pub fn wait_for(&self, series: &str, secs: u64, ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let v = metric(&self.metrics(), series).unwrap_or(f64::NAN);
+            if ok(v) || std::time::Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn link_up(&self, peer: &str) -> bool {
+        self.metric(&format!("veil_relay_mesh_link_up{{link=\"{peer}\"}}")) == 1.0
+    }
+}
+
+/// Writes the node's config and starts it; waits until it answers STUN.
+pub fn start_node(spec: &NodeSpec<'_>) -> MeshNode {
+    let dir = std::env::temp_dir().join(format!(
+        "veil-mesh-{}-{}-{}",
+        std::process::id(),
+        spec.name,
+        spec.mesh_port
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secrets = dir.join("secrets");
+    std::fs::write(&secrets, format!("{SECRET}\n")).unwrap();
+    let port = free_udp_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin = free_tcp_addr();
+    let c = spec.cert_dir;
+    let peers: Vec<String> = spec
+        .peers
+        .iter()
+        .map(|(n, p)| format!("    - {{name: {n}, link: \"127.0.0.1:{p}\"}}"))
+        .collect();
+    let yaml = format!(
+        "listen: [\"{addr}\"]\nrelay_ips: [\"{ip}\"]\nport_range: \"{ports}\"\nworkers: 2\n\
+         admin: \"{admin}\"\nzone: {name}-zone\nauth: {{secret_files: [\"{secrets}\"]}}\n\
+         peers: {{allow: [127.0.0.0/8]}}\n\
+         mesh:\n  listen: \"127.0.0.1:{mesh}\"\n  name: {name}\n  tls:\n    cert: \"{cert}\"\n    \
+         key: \"{key}\"\n    ca: \"{ca}\"\n  peers:\n{peers}\n{extra}\n",
+        ip = spec.relay_ip,
+        ports = spec.ports,
+        name = spec.name,
+        secrets = secrets.display(),
+        mesh = spec.mesh_port,
+        cert = c.join(format!("{}.crt", spec.cert_stem)).display(),
+        key = c.join(format!("{}.key", spec.cert_stem)).display(),
+        ca = c.join("mesh-ca.crt").display(),
+        peers = if peers.is_empty() {
+            "    []".to_string()
+        } else {
+            peers.join("\n")
+        },
+        extra = spec.mesh_extra,
+    );
+    let config = dir.join("relay.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let mut cmd = match spec.netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_veil")]);
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_veil")),
+    };
+    cmd.arg("relay")
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    let child = cmd.spawn().expect("veil binary runs");
+    let relay = Relay {
+        child,
+        addr,
+        dir: TempDir(dir),
+    };
+    if spec.netns.is_none() {
+        wait_ready(addr);
+    }
+    MeshNode {
+        relay,
+        admin,
+        mesh_port: spec.mesh_port,
+        config,
+    }
+}
+
+/// Starts two linked nodes, `a` dialling `b`, and waits until the link is up both ways.
+pub fn start_pair(
+    certs_dir: &Path,
+    a: (&str, &str),
+    b: (&str, &str),
+    extra: &str,
+) -> (MeshNode, MeshNode) {
+    let mut sa = NodeSpec::new("relay-a", a.0, a.1, certs_dir);
+    let mut sb = NodeSpec::new("relay-b", b.0, b.1, certs_dir);
+    sa.peers = vec![("relay-b", sb.mesh_port)];
+    sb.peers = vec![("relay-a", sa.mesh_port)];
+    sa.mesh_extra = extra;
+    sb.mesh_extra = extra;
+    let na = start_node(&sa);
+    let nb = start_node(&sb);
+    let up = |n: &MeshNode, p: &str| {
+        n.wait_for(
+            &format!("veil_relay_mesh_link_up{{link=\"{p}\"}}"),
+            10,
+            |v| v == 1.0,
+        ) == 1.0
+    };
+    assert!(
+        up(&na, "relay-b") && up(&nb, "relay-a"),
+        "the link comes up"
+    );
+    (na, nb)
+}
