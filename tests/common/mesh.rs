@@ -94,8 +94,9 @@ impl MeshNode {
     }
 }
 
-/// Writes the node's config and starts it; waits until it answers STUN.
-pub fn start_node(spec: &NodeSpec<'_>) -> MeshNode {
+/// Writes a node's config file: its path, the directory holding it (and the secret file), the
+/// TURN address and the admin address it names.
+pub fn write_config(spec: &NodeSpec<'_>) -> (PathBuf, TempDir, SocketAddr, SocketAddr) {
     let dir = std::env::temp_dir().join(format!(
         "veil-mesh-{}-{}-{}",
         std::process::id(),
@@ -137,6 +138,12 @@ pub fn start_node(spec: &NodeSpec<'_>) -> MeshNode {
     );
     let config = dir.join("relay.yaml");
     std::fs::write(&config, yaml).unwrap();
+    (config, TempDir(dir), addr, admin)
+}
+
+/// Writes the node's config and starts it; waits until it answers STUN.
+pub fn start_node(spec: &NodeSpec<'_>) -> MeshNode {
+    let (config, dir, addr, admin) = write_config(spec);
     let mut cmd = match spec.netns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -151,11 +158,7 @@ pub fn start_node(spec: &NodeSpec<'_>) -> MeshNode {
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null());
     let child = cmd.spawn().expect("veil binary runs");
-    let relay = Relay {
-        child,
-        addr,
-        dir: TempDir(dir),
-    };
+    let relay = Relay { child, addr, dir };
     if spec.netns.is_none() {
         wait_ready(addr);
     }
@@ -194,4 +197,107 @@ pub fn start_pair(
         "the link comes up"
     );
     (na, nb)
+}
+
+/// A hostile relay: a QUIC client speaking the link protocol with whatever certificate the test
+/// gives it (or none).
+pub mod rogue {
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use veil_relay::proto::mesh::Endpoint;
+    use veil_relay::proto::mesh::announce::Announce;
+    use veil_relay::proto::mesh::cell::CELL_SIZE;
+    use veil_relay::proto::mesh::sched::{LinkConfig, LinkScheduler};
+
+    /// Connects from `bind` to a relay's link endpoint as `server_name` expects, presenting
+    /// `identity` (certificate and key files) or no certificate; trusts `ca`.
+    pub async fn connect(
+        bind: &str,
+        to: SocketAddr,
+        server_name: &str,
+        ca: &Path,
+        identity: Option<(&Path, &Path)>,
+    ) -> Result<(quinn::Endpoint, quinn::Connection), String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let b = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots);
+        let mut tls = match identity {
+            Some((cert, key)) => {
+                let chain: Vec<_> = CertificateDer::pem_file_iter(cert)
+                    .unwrap()
+                    .map(|c| c.unwrap())
+                    .collect();
+                b.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(key).unwrap())
+                    .unwrap()
+            }
+            None => b.with_no_client_auth(),
+        };
+        tls.alpn_protocols = vec![b"veil-mesh/1".to_vec()];
+        let mut t = quinn::TransportConfig::default();
+        t.initial_mtu(1280).min_mtu(1280).mtu_discovery_config(None);
+        let mut cfg = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+        ));
+        cfg.transport_config(Arc::new(t));
+        let ep = quinn::Endpoint::client(bind.parse().unwrap()).map_err(|e| e.to_string())?;
+        let connecting = ep
+            .connect_with(cfg, to, server_name)
+            .map_err(|e| e.to_string())?;
+        let conn = tokio::time::timeout(Duration::from_secs(4), connecting)
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok((ep, conn))
+    }
+
+    /// Sends our announcement and reads the relay's. Fails when the relay closes instead.
+    pub async fn announce(conn: &quinn::Connection, ours: &Announce) -> Result<Announce, String> {
+        let mut s = conn.open_uni().await.map_err(|e| e.to_string())?;
+        s.write_all(&ours.encode().unwrap())
+            .await
+            .map_err(|e| e.to_string())?;
+        s.finish().map_err(|e| e.to_string())?;
+        let mut r = tokio::time::timeout(Duration::from_secs(4), conn.accept_uni())
+            .await
+            .map_err(|_| "no announcement".to_string())?
+            .map_err(|e| e.to_string())?;
+        let b = r.read_to_end(4096).await.map_err(|e| e.to_string())?;
+        Announce::decode(&b).map_err(|e| e.to_string())
+    }
+
+    /// Sends datagrams (source endpoint, destination endpoint, payload) in cells.
+    pub fn send(conn: &quinn::Connection, datagrams: &[(Endpoint, Endpoint, Vec<u8>)]) {
+        let t0 = Instant::now();
+        let mut s = LinkScheduler::new(
+            LinkConfig {
+                rates: vec![1000],
+                max_delay: Duration::from_secs(10),
+                ..LinkConfig::default()
+            },
+            t0,
+        );
+        for (src, dst, p) in datagrams {
+            s.push(t0, *src, *dst, p).unwrap();
+        }
+        let mut cell = vec![0u8; CELL_SIZE];
+        let mut now = t0;
+        while s.queued() > 0 {
+            while s.poll_cell(now, &mut cell) {
+                conn.send_datagram(bytes::Bytes::copy_from_slice(&cell))
+                    .unwrap();
+            }
+            now += Duration::from_millis(1);
+        }
+    }
 }
