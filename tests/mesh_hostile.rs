@@ -25,11 +25,13 @@ fn dir(tag: &str) -> TempDir {
 /// expired yesterday, as `NAME-expired.crt/.key`.
 fn expired_cert(dir: &Path, name: &str) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(dir.join("mesh-ca.key")).unwrap()).unwrap();
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(dir.join("mesh-ca.key")).unwrap()).unwrap();
     // The same subject and key as the CA's certificate: what it signs verifies against it.
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.distinguished_name.push(DnType::CommonName, "veil mesh CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "veil mesh CA");
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let issuer = ca.self_signed(&ca_key).unwrap();
     let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
@@ -47,7 +49,9 @@ fn expired_cert(dir: &Path, name: &str) {
 }
 
 fn refusals(node: &MeshNode, reason: &str) -> f64 {
-    node.metric(&format!("veil_relay_mesh_refusals_total{{reason=\"{reason}\"}}"))
+    node.metric(&format!(
+        "veil_relay_mesh_refusals_total{{reason=\"{reason}\"}}"
+    ))
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -61,7 +65,11 @@ fn rt() -> tokio::runtime::Runtime {
 /// it waits for them).
 fn node_b(cluster: &Path, a_port: u16) -> MeshNode {
     let mut b = NodeSpec::new("relay-b", "127.0.0.42", "11550-11599", cluster);
-    b.peers = vec![("relay-a", a_port), ("relay-0", 1), ("relay-c", 2)];
+    b.peers = vec![
+        ("relay-a", format!("127.0.0.1:{a_port}")),
+        ("relay-0", "127.0.0.1:1".into()),
+        ("relay-c", "127.0.0.1:2".into()),
+    ];
     start_node(&b)
 }
 
@@ -76,13 +84,20 @@ fn relays_of_another_ca_without_a_certificate_or_expired_never_link() {
     // relay-a holds a certificate of another CA (and trusts that CA): it dials B and fails.
     let mut a = NodeSpec::new("relay-a", "127.0.0.41", "11500-11549", &other.0);
     let b_port = common::free_udp_port();
-    a.peers = vec![("relay-b", b_port)];
+    a.peers = vec![("relay-b", format!("127.0.0.1:{b_port}"))];
     let na = start_node(&a);
     let mut bs = NodeSpec::new("relay-b", "127.0.0.42", "11550-11599", &cluster.0);
     bs.mesh_port = b_port;
-    bs.peers = vec![("relay-a", na.mesh_port), ("relay-0", 1)];
+    bs.peers = vec![
+        ("relay-a", format!("127.0.0.1:{}", na.mesh_port)),
+        ("relay-0", "127.0.0.1:1".into()),
+    ];
     let nb = start_node(&bs);
-    let v = nb.wait_for("veil_relay_mesh_refusals_total{reason=\"handshake\"}", 8, |v| v >= 1.0);
+    let v = nb.wait_for(
+        "veil_relay_mesh_refusals_total{reason=\"handshake\"}",
+        8,
+        |v| v >= 1.0,
+    );
     assert!(v >= 1.0, "B refused A's handshake: {v}");
     assert!(!na.link_up("relay-b") && !nb.link_up("relay-a"));
 
@@ -106,14 +121,18 @@ fn relays_of_another_ca_without_a_certificate_or_expired_never_link() {
         });
         assert!(r.is_err(), "refused: {r:?}");
     }
-    let after = nb.wait_for("veil_relay_mesh_refusals_total{reason=\"handshake\"}", 5, |v| v >= before + 2.0);
+    let after = nb.wait_for(
+        "veil_relay_mesh_refusals_total{reason=\"handshake\"}",
+        5,
+        |v| v >= before + 2.0,
+    );
     assert!(after >= before + 2.0, "{before} -> {after}");
     assert!(!nb.link_up("relay-0"));
 
     // A relay whose own certificate expired does not start, and says why without a secret.
     let mut x = NodeSpec::new("relay-0", "127.0.0.43", "11600-11649", &cluster.0);
     x.cert_stem = "relay-0-expired";
-    x.peers = vec![("relay-b", b_port)];
+    x.peers = vec![("relay-b", format!("127.0.0.1:{b_port}"))];
     let (cfg, _dir, _, _) = common::mesh::write_config(&x);
     let out = Command::new(env!("CARGO_BIN_EXE_veil"))
         .args(["relay", "--config"])
@@ -123,7 +142,10 @@ fn relays_of_another_ca_without_a_certificate_or_expired_never_link() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("mesh.tls.cert") && err.contains("relay-0"), "{err}");
+    assert!(
+        err.contains("mesh.tls.cert") && err.contains("relay-0"),
+        "{err}"
+    );
     assert!(!err.contains("PRIVATE KEY"), "{err}");
 }
 
@@ -141,7 +163,10 @@ fn a_prober_that_is_no_relay_gets_no_packet_back() {
         link,
         "relay-b",
         &cluster.0.join("mesh-ca.crt"),
-        Some((&cluster.0.join("relay-a.crt"), &cluster.0.join("relay-a.key"))),
+        Some((
+            &cluster.0.join("relay-a.crt"),
+            &cluster.0.join("relay-a.key"),
+        )),
     ));
     assert!(r.is_err());
     std::thread::sleep(Duration::from_millis(200));
@@ -180,7 +205,10 @@ fn a_linked_relay_cannot_speak_for_another() {
             link,
             "relay-b",
             &ca,
-            Some((&cluster.0.join("relay-0.crt"), &cluster.0.join("relay-0.key"))),
+            Some((
+                &cluster.0.join("relay-0.crt"),
+                &cluster.0.join("relay-0.key"),
+            )),
         )
         .await
         .expect("a relay of the cluster links");
@@ -192,7 +220,9 @@ fn a_linked_relay_cannot_speak_for_another() {
             }],
         };
         let theirs = rogue::announce(&conn, &ours).await.expect("B announces");
-        let dst = theirs.endpoint(relayed).expect("B's relayed address is announced");
+        let dst = theirs
+            .endpoint(relayed)
+            .expect("B's relayed address is announced");
         let ep = |range, port| Endpoint { range, port };
         rogue::send(
             &conn,
@@ -228,7 +258,10 @@ fn a_linked_relay_cannot_speak_for_another() {
             link,
             "relay-b",
             &ca,
-            Some((&cluster.0.join("relay-c.crt"), &cluster.0.join("relay-c.key"))),
+            Some((
+                &cluster.0.join("relay-c.crt"),
+                &cluster.0.join("relay-c.key"),
+            )),
         )
         .await?;
         let ours = Announce {

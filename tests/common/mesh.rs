@@ -31,9 +31,10 @@ pub struct NodeSpec<'a> {
     /// The IP its relayed sockets bind to (each node its own, as on separate hosts).
     pub relay_ip: &'a str,
     pub ports: &'a str,
-    /// Other nodes: (name, mesh port).
-    pub peers: Vec<(&'a str, u16)>,
-    /// Its mesh port.
+    /// Other nodes: (name, link address).
+    pub peers: Vec<(&'a str, String)>,
+    /// Its mesh endpoint: IP and port.
+    pub mesh_ip: &'a str,
     pub mesh_port: u16,
     /// Certificate directory and the file stem of its certificate (normally its name).
     pub cert_dir: &'a Path,
@@ -51,6 +52,7 @@ impl<'a> NodeSpec<'a> {
             relay_ip,
             ports,
             peers: vec![],
+            mesh_ip: "127.0.0.1",
             mesh_port: free_udp_port(),
             cert_dir,
             cert_stem: name,
@@ -113,18 +115,19 @@ pub fn write_config(spec: &NodeSpec<'_>) -> (PathBuf, TempDir, SocketAddr, Socke
     let peers: Vec<String> = spec
         .peers
         .iter()
-        .map(|(n, p)| format!("    - {{name: {n}, link: \"127.0.0.1:{p}\"}}"))
+        .map(|(n, l)| format!("    - {{name: {n}, link: \"{l}\"}}"))
         .collect();
     let yaml = format!(
         "listen: [\"{addr}\"]\nrelay_ips: [\"{ip}\"]\nport_range: \"{ports}\"\nworkers: 2\n\
          admin: \"{admin}\"\nzone: {name}-zone\nauth: {{secret_files: [\"{secrets}\"]}}\n\
          peers: {{allow: [127.0.0.0/8]}}\n\
-         mesh:\n  listen: \"127.0.0.1:{mesh}\"\n  name: {name}\n  tls:\n    cert: \"{cert}\"\n    \
+         mesh:\n  listen: \"{mesh_ip}:{mesh}\"\n  name: {name}\n  tls:\n    cert: \"{cert}\"\n    \
          key: \"{key}\"\n    ca: \"{ca}\"\n  peers:\n{peers}\n{extra}\n",
         ip = spec.relay_ip,
         ports = spec.ports,
         name = spec.name,
         secrets = secrets.display(),
+        mesh_ip = spec.mesh_ip,
         mesh = spec.mesh_port,
         cert = c.join(format!("{}.crt", spec.cert_stem)).display(),
         key = c.join(format!("{}.key", spec.cert_stem)).display(),
@@ -177,14 +180,37 @@ pub fn start_pair(
     b: (&str, &str),
     extra: &str,
 ) -> (MeshNode, MeshNode) {
+    let (sa, sb) = pair_specs(
+        certs_dir,
+        (a.0, a.1, "127.0.0.1"),
+        (b.0, b.1, "127.0.0.1"),
+        extra,
+    );
+    start_specs(&sa, &sb)
+}
+
+/// The specs of two linked nodes: (relay IP, port range, mesh IP) each.
+pub fn pair_specs<'a>(
+    certs_dir: &'a Path,
+    a: (&'a str, &'a str, &'a str),
+    b: (&'a str, &'a str, &'a str),
+    extra: &'a str,
+) -> (NodeSpec<'a>, NodeSpec<'a>) {
     let mut sa = NodeSpec::new("relay-a", a.0, a.1, certs_dir);
     let mut sb = NodeSpec::new("relay-b", b.0, b.1, certs_dir);
-    sa.peers = vec![("relay-b", sb.mesh_port)];
-    sb.peers = vec![("relay-a", sa.mesh_port)];
+    sa.mesh_ip = a.2;
+    sb.mesh_ip = b.2;
+    sa.peers = vec![("relay-b", format!("{}:{}", sb.mesh_ip, sb.mesh_port))];
+    sb.peers = vec![("relay-a", format!("{}:{}", sa.mesh_ip, sa.mesh_port))];
     sa.mesh_extra = extra;
     sb.mesh_extra = extra;
-    let na = start_node(&sa);
-    let nb = start_node(&sb);
+    (sa, sb)
+}
+
+/// Starts both and waits until their link is up both ways.
+pub fn start_specs(sa: &NodeSpec<'_>, sb: &NodeSpec<'_>) -> (MeshNode, MeshNode) {
+    let na = start_node(sa);
+    let nb = start_node(sb);
     let up = |n: &MeshNode, p: &str| {
         n.wait_for(
             &format!("veil_relay_mesh_link_up{{link=\"{p}\"}}"),
@@ -197,6 +223,73 @@ pub fn start_pair(
         "the link comes up"
     );
     (na, nb)
+}
+
+/// A network namespace of the test's own, with `lo` up, deleted on drop. Code run in it
+/// ([`Netns::run`]) and the processes and threads it starts see only its loopback.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("veil-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip netns add needs root");
+        let ns = Netns(name);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs `ip -n NS args…`, asserting success.
+    pub fn ip(&self, args: &[&str]) {
+        let ok = Command::new("ip")
+            .arg("-n")
+            .arg(&self.0)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip {args:?}");
+    }
+
+    /// Runs `f` on a thread inside the namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                use std::os::fd::AsRawFd;
+                let f_ns = std::fs::File::open(&path).unwrap();
+                // SAFETY: setns on a namespace fd this thread opened; it moves only this thread.
+                let r = unsafe { libc::setns(f_ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    /// Makes every packet to `ip` fail (a route rule that prohibits it), or lets it through
+    /// again: a cut that leaves every other address of the loopback working.
+    pub fn cut(&self, ip: &str, cut: bool) {
+        let to = format!("{ip}/32");
+        let verb = if cut { "add" } else { "del" };
+        self.ip(&["rule", verb, "pref", "10", "to", &to, "prohibit"]);
+    }
+
+    /// Moves the local table's rule behind room for [`Netns::cut`] rules.
+    pub fn allow_cuts(&self) {
+        self.ip(&["rule", "add", "pref", "100", "lookup", "local"]);
+        self.ip(&["rule", "del", "pref", "0"]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
 }
 
 /// A hostile relay: a QUIC client speaking the link protocol with whatever certificate the test

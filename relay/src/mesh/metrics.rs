@@ -210,8 +210,7 @@ pub fn render(o: &mut String, mesh: Option<&MeshStatus>, io: &IoStats) {
             "veil_relay_mesh_media_bytes_total",
             "Media payload bytes that crossed a link, by direction (out: from this relay's zone \
              to the remote one) and the two zones: the data-plane record of cross-border media.",
-            (|c| (c.routed.tx_bytes, c.routed.rx_bytes))
-                as fn(&LinkCounters) -> (u64, u64),
+            (|c| (c.routed.tx_bytes, c.routed.rx_bytes)) as fn(&LinkCounters) -> (u64, u64),
         ),
         (
             "veil_relay_mesh_media_datagrams_total",

@@ -1,0 +1,167 @@
+//! The mesh when a link fails, through the real binary, each case in a network namespace of its
+//! own (so its loopback can lose the link's addresses while everything else works): the link
+//! cut mid-call under `fallback: udp` (the call goes on over plain relayed UDP) and
+//! `fallback: refuse` (nothing crosses, counted), the link back, and a restarted relay that
+//! rejoins. Needs root.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::mesh::{MeshNode, Netns, certs, pair_specs, start_node, start_specs};
+use common::wire::Capture;
+use common::{RawTurn, TempDir};
+
+fn party(node: &MeshNode, id: &str) -> (RawTurn, SocketAddr) {
+    let zone = common::http_get(node.admin, "/status").1;
+    let zone: serde_json::Value = serde_json::from_str(&zone).unwrap();
+    let id = format!("{id};z={}", zone["zone"].as_str().unwrap());
+    let mut c = RawTurn::rest("127.0.0.1:0", node.relay.addr, &id);
+    let relayed = c.allocate();
+    (c, relayed)
+}
+
+/// Sends `n` datagrams each way; how many arrived each way.
+fn call(
+    x: &mut RawTurn,
+    xa: SocketAddr,
+    y: &mut RawTurn,
+    ya: SocketAddr,
+    n: usize,
+) -> (usize, usize) {
+    let mut got = (0, 0);
+    for i in 0..n {
+        x.send_indication(ya, format!("x{i}").as_bytes());
+        if y.data_indication(Duration::from_millis(400))
+            .is_some_and(|(p, _)| p == xa)
+        {
+            got.0 += 1;
+        }
+        y.send_indication(xa, format!("y{i}").as_bytes());
+        if x.data_indication(Duration::from_millis(400))
+            .is_some_and(|(p, _)| p == ya)
+        {
+            got.1 += 1;
+        }
+    }
+    got
+}
+
+fn up(n: &MeshNode, peer: &str, want: bool, secs: u64) -> bool {
+    let s = format!("veil_relay_mesh_link_up{{link=\"{peer}\"}}");
+    let w = if want { 1.0 } else { 0.0 };
+    n.wait_for(&s, secs, |v| v == w) == w
+}
+
+fn udp_between(packets: &[common::wire::Packet], a: &str, b: &str) -> usize {
+    packets
+        .iter()
+        .filter(|p| !p.tcp && p.src.ip().to_string() == a && p.dst.ip().to_string() == b)
+        .count()
+}
+
+fn cut_mid_call(fallback: &str) {
+    let ns = Netns::new(&format!("cut-{fallback}"));
+    ns.allow_cuts();
+    let certs_dir =
+        std::env::temp_dir().join(format!("veil-mesh-fail-{}-{fallback}", std::process::id()));
+    std::fs::create_dir_all(&certs_dir).unwrap();
+    let _certs = TempDir(certs_dir.clone());
+    certs(&certs_dir, &["relay-a", "relay-b"]);
+    let extra = format!("  fallback: {fallback}\n  idle_timeout: 1\n");
+    ns.run(|| {
+        let (sa, sb) = pair_specs(
+            &certs_dir,
+            ("127.0.0.61", "11700-11749", "127.0.0.71"),
+            ("127.0.0.62", "11750-11799", "127.0.0.72"),
+            &extra,
+        );
+        let (a, b) = start_specs(&sa, &sb);
+        let (mut x, xa) = party(&a, "caller");
+        let (mut y, ya) = party(&b, "callee");
+        assert_eq!(x.permit(ya), None);
+        assert_eq!(y.permit(xa), None);
+        assert_eq!(call(&mut x, xa, &mut y, ya, 10), (10, 10), "over the link");
+
+        // The link's addresses become unreachable; the relayed ones stay.
+        ns.cut("127.0.0.71", true);
+        ns.cut("127.0.0.72", true);
+        assert!(
+            up(&a, "relay-b", false, 6),
+            "the link is down within the idle timeout"
+        );
+        let cap = Capture::start();
+        let got = call(&mut x, xa, &mut y, ya, 10);
+        let packets = cap.stop();
+        let plain = udp_between(&packets, "127.0.0.61", "127.0.0.62")
+            + udp_between(&packets, "127.0.0.62", "127.0.0.61");
+        match fallback {
+            "udp" => {
+                assert_eq!(got, (10, 10), "the call goes on over plain UDP");
+                assert_eq!(plain, 20, "as plain relayed UDP between the relays");
+            }
+            _ => {
+                assert_eq!(got, (0, 0), "nothing crosses unprotected");
+                assert_eq!(plain, 0);
+                let refused = a.metric("veil_relay_mesh_refused_total");
+                assert!(refused >= 10.0, "counted: {refused}");
+            }
+        }
+
+        // The link comes back (redialled with backoff) and carries the call again.
+        ns.cut("127.0.0.71", false);
+        ns.cut("127.0.0.72", false);
+        assert!(up(&a, "relay-b", true, 20), "the link is back");
+        assert!(up(&b, "relay-a", true, 5));
+        let cap = Capture::start();
+        assert_eq!(call(&mut x, xa, &mut y, ya, 10), (10, 10));
+        let packets = cap.stop();
+        assert_eq!(udp_between(&packets, "127.0.0.61", "127.0.0.62"), 0);
+        assert_eq!(udp_between(&packets, "127.0.0.62", "127.0.0.61"), 0);
+    });
+}
+
+#[test]
+fn a_link_cut_mid_call_falls_back_to_plain_udp() {
+    cut_mid_call("udp");
+}
+
+#[test]
+fn a_link_cut_mid_call_under_refuse_carries_nothing_unprotected() {
+    cut_mid_call("refuse");
+}
+
+#[test]
+fn a_restarted_relay_rejoins() {
+    let ns = Netns::new("restart");
+    let certs_dir = std::env::temp_dir().join(format!("veil-mesh-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&certs_dir).unwrap();
+    let _certs = TempDir(certs_dir.clone());
+    certs(&certs_dir, &["relay-a", "relay-b"]);
+    ns.run(|| {
+        let (sa, sb) = pair_specs(
+            &certs_dir,
+            ("127.0.0.63", "11800-11849", "127.0.0.1"),
+            ("127.0.0.64", "11850-11899", "127.0.0.1"),
+            "  idle_timeout: 1\n",
+        );
+        let (a, b) = start_specs(&sa, &sb);
+        drop(b);
+        assert!(
+            up(&a, "relay-b", false, 6),
+            "the link is down once B is gone"
+        );
+        let b = start_node(&sb);
+        assert!(up(&a, "relay-b", true, 20), "B rejoins");
+        assert!(up(&b, "relay-a", true, 5));
+        let (mut x, xa) = party(&a, "caller");
+        let (mut y, ya) = party(&b, "callee");
+        assert_eq!(x.permit(ya), None);
+        assert_eq!(y.permit(xa), None);
+        assert_eq!(call(&mut x, xa, &mut y, ya, 10), (10, 10));
+        let out = "veil_relay_mesh_media_datagrams_total{link=\"relay-b\",direction=\"out\",\
+                   local_zone=\"relay-a-zone\",remote_zone=\"relay-b-zone\"}";
+        assert_eq!(a.wait_for(out, 5, |v| v >= 10.0), 10.0, "over the link");
+    });
+}
