@@ -5,7 +5,8 @@ Prints one JSON line with what it saw; the Rust test asserts on it. Two modes:
   echo  aioice's TURN client alone (`aioice.turn.create_turn_endpoint`) over udp, tcp or tls:
         it allocates, binds a channel to a UDP peer on 127.0.0.2 that echoes, and sends COUNT
         messages of sizes from 1 to 1200 bytes; reports what came back and what the peer saw.
-  ice   two aioice ICE agents (`aioice.Connection`) in this process that may use only the relay
+  ice   two aioice ICE agents (`aioice.Connection`) in this process (each on its own relay with
+        --port-b) that may use only the relay
         (`TransportPolicy.RELAY`): gather, exchange candidates, check, then COUNT messages each
         way over the nominated pair (relay to relay).
 
@@ -163,18 +164,23 @@ async def echo(args) -> dict:
 
 async def ice(args) -> dict:
     kind = "tcp" if args.transport in ("tcp", "tls") else "udp"
+    # Agent b may use a relay of its own (--port-b): the two parties on two relays of a mesh.
+    servers = [
+        (True, args.port, args.user, args.password),
+        (False, args.port_b or args.port, args.user_b or args.user, args.password_b or args.password),
+    ]
     agents = [
         aioice.Connection(
             ice_controlling=controlling,
-            turn_server=(args.host, args.port),
-            turn_username=args.user,
-            turn_password=args.password,
+            turn_server=(args.host, port),
+            turn_username=user,
+            turn_password=password,
             turn_ssl=args.transport == "tls",
             turn_transport=kind,
             use_ipv6=False,
             transport_policy=aioice.TransportPolicy.RELAY,
         )
-        for controlling in (True, False)
+        for controlling, port, user, password in servers
     ]
     a, b = agents
     await asyncio.gather(a.gather_candidates(), b.gather_candidates())
@@ -222,6 +228,9 @@ def main():
     p.add_argument("--cafile")
     p.add_argument("--user", required=True)
     p.add_argument("--password", required=True)
+    p.add_argument("--port-b", type=int, help="agent b's relay (default: --port)")
+    p.add_argument("--user-b")
+    p.add_argument("--password-b")
     p.add_argument("--count", type=int, default=64)
     p.add_argument("--linger", type=float, default=0.5)
     args = p.parse_args()

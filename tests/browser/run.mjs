@@ -2,10 +2,12 @@
 // driven by playwright-core; no browser is downloaded). Meant to run inside a network
 // namespace that has only `lo` (tests/browser.rs sets it up), so nothing can leave the machine.
 //
-//   node run.mjs '<json>'   with json = {"scenarios": [{"name", "iceServers"}], "messages": N}
+//   node run.mjs '<json>'   with json = {"scenarios": [{"name", "iceServers", "iceServersB"?}],
+//                                       "messages": N}
 //
 // Serves the page on 127.0.0.1, opens two RTCPeerConnections in it that may use only the given
-// ICE servers (iceTransportPolicy "relay"), sends N messages over a data channel, and prints one
+// ICE servers (iceTransportPolicy "relay"; the second one its own, iceServersB, when given: the
+// two parties on two relays), sends N messages over a data channel, and prints one
 // JSON line per scenario: messages received, their order, the selected candidate pair from
 // getStats(). Exits 0 even when a scenario fails: the test decides.
 
@@ -19,10 +21,9 @@ const config = JSON.parse(process.argv[2]);
 
 const PAGE = `<!doctype html><meta charset="utf-8"><title>veil browser test</title>
 <script>
-async function relayChat(iceServers, n) {
-  const cfg = { iceServers, iceTransportPolicy: 'relay' };
-  const a = new RTCPeerConnection(cfg);
-  const b = new RTCPeerConnection(cfg);
+async function relayChat(iceServers, n, iceServersB) {
+  const a = new RTCPeerConnection({ iceServers, iceTransportPolicy: 'relay' });
+  const b = new RTCPeerConnection({ iceServers: iceServersB || iceServers, iceTransportPolicy: 'relay' });
   const candidates = { a: [], b: [] };
   a.onicecandidate = (e) => { if (e.candidate) { candidates.a.push(e.candidate.candidate); b.addIceCandidate(e.candidate); } };
   b.onicecandidate = (e) => { if (e.candidate) { candidates.b.push(e.candidate.candidate); a.addIceCandidate(e.candidate); } };
@@ -71,7 +72,7 @@ async function relayChat(iceServers, n) {
     inOrder: got.every((m, i) => m === 'message ' + i),
     pairState: pair && pair.state,
     local: local && { candidateType: local.candidateType, relayProtocol: local.relayProtocol, protocol: local.protocol, address: local.address },
-    remote: remote && { candidateType: remote.candidateType, relayProtocol: remote.relayProtocol },
+    remote: remote && { candidateType: remote.candidateType, relayProtocol: remote.relayProtocol, address: remote.address },
     candidates: candidates.a.length + candidates.b.length,
   };
 }
@@ -102,7 +103,8 @@ try {
   for (const s of config.scenarios) {
     let result;
     try {
-      result = await page.evaluate(([servers, n]) => relayChat(servers, n), [s.iceServers, config.messages]);
+      result = await page.evaluate(([servers, n, serversB]) => relayChat(servers, n, serversB),
+        [s.iceServers, config.messages, s.iceServersB || null]);
     } catch (e) {
       result = { error: String(e.message || e) };
     }
