@@ -43,6 +43,8 @@ pub struct NodeSpec<'a> {
     pub mesh_extra: &'a str,
     /// Runs the binary through `ip netns exec NS`.
     pub netns: Option<&'a str>,
+    /// No `mesh:` section: a relay of the same cluster that is not linked (a baseline).
+    pub no_mesh: bool,
 }
 
 impl<'a> NodeSpec<'a> {
@@ -58,6 +60,7 @@ impl<'a> NodeSpec<'a> {
             cert_stem: name,
             mesh_extra: "",
             netns: None,
+            no_mesh: false,
         }
     }
 }
@@ -117,28 +120,33 @@ pub fn write_config(spec: &NodeSpec<'_>) -> (PathBuf, TempDir, SocketAddr, Socke
         .iter()
         .map(|(n, l)| format!("    - {{name: {n}, link: \"{l}\"}}"))
         .collect();
-    let yaml = format!(
+    let mut yaml = format!(
         "listen: [\"{addr}\"]\nrelay_ips: [\"{ip}\"]\nport_range: \"{ports}\"\nworkers: 2\n\
          admin: \"{admin}\"\nzone: {name}-zone\nauth: {{secret_files: [\"{secrets}\"]}}\n\
-         peers: {{allow: [127.0.0.0/8]}}\n\
-         mesh:\n  listen: \"{mesh_ip}:{mesh}\"\n  name: {name}\n  tls:\n    cert: \"{cert}\"\n    \
-         key: \"{key}\"\n    ca: \"{ca}\"\n  peers:\n{peers}\n{extra}\n",
+         peers: {{allow: [127.0.0.0/8]}}\n",
         ip = spec.relay_ip,
         ports = spec.ports,
         name = spec.name,
         secrets = secrets.display(),
-        mesh_ip = spec.mesh_ip,
-        mesh = spec.mesh_port,
-        cert = c.join(format!("{}.crt", spec.cert_stem)).display(),
-        key = c.join(format!("{}.key", spec.cert_stem)).display(),
-        ca = c.join("mesh-ca.crt").display(),
-        peers = if peers.is_empty() {
-            "    []".to_string()
-        } else {
-            peers.join("\n")
-        },
-        extra = spec.mesh_extra,
     );
+    if !spec.no_mesh {
+        yaml += &format!(
+            "mesh:\n  listen: \"{mesh_ip}:{mesh}\"\n  name: {name}\n  tls:\n    cert: \"{cert}\"\n    \
+             key: \"{key}\"\n    ca: \"{ca}\"\n  peers:\n{peers}\n{extra}\n",
+            name = spec.name,
+            mesh_ip = spec.mesh_ip,
+            mesh = spec.mesh_port,
+            cert = c.join(format!("{}.crt", spec.cert_stem)).display(),
+            key = c.join(format!("{}.key", spec.cert_stem)).display(),
+            ca = c.join("mesh-ca.crt").display(),
+            peers = if peers.is_empty() {
+                "    []".to_string()
+            } else {
+                peers.join("\n")
+            },
+            extra = spec.mesh_extra,
+        );
+    }
     let config = dir.join("relay.yaml");
     std::fs::write(&config, yaml).unwrap();
     (config, TempDir(dir), addr, admin)
