@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, invalid};
+use crate::mesh::Congestion;
 use crate::mesh::routes::Fallback;
 use crate::mesh::{MeshConfig, PeerConfig};
 use crate::proto::mesh::announce::RelayRange;
@@ -46,6 +47,11 @@ pub struct MeshSettings {
     pub step_down_after: u32,
     /// Seconds without a packet from the other side before a link is down.
     pub idle_timeout: u32,
+    /// QUIC's congestion response: `fixed` (a fixed window; the scheduler sets the rate and the
+    /// breaker stops a path that cannot carry it) or `quinn` (quinn's defaults: Cubic and a
+    /// 1 MiB datagram buffer, under which the visible rate follows congestion and congestion
+    /// becomes delay). `quinn` is kept to measure the difference (`benches/mesh.rs`).
+    pub congestion: Congestion,
     /// The circuit breaker: a link losing more than `max_loss_percent` of its packets for
     /// `seconds` seconds in a row is closed (and redialled).
     pub breaker: MeshBreaker,
@@ -64,6 +70,7 @@ impl Default for MeshSettings {
             step_up_after: 3,
             step_down_after: 300,
             idle_timeout: 3,
+            congestion: Congestion::Fixed,
             breaker: MeshBreaker::default(),
         }
     }
@@ -251,6 +258,7 @@ impl MeshSettings {
                 ..BreakerConfig::default()
             },
             idle_timeout: Duration::from_secs(u64::from(self.idle_timeout)),
+            congestion: self.congestion,
         })
     }
 }

@@ -62,6 +62,19 @@ pub struct MeshConfig {
     pub breaker: BreakerConfig,
     /// Silence after which a link is down.
     pub idle_timeout: Duration,
+    /// QUIC's congestion response.
+    pub congestion: Congestion,
+}
+
+/// QUIC's congestion response on the links (see `mesh.congestion`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// A fixed window: the link's rate is the scheduler's; its breaker protects the path.
+    #[default]
+    Fixed,
+    /// quinn's defaults (Cubic, a 1 MiB datagram buffer), for comparison.
+    Quinn,
 }
 
 /// One other relay.

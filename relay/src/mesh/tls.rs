@@ -55,10 +55,7 @@ fn transport(cfg: &MeshConfig) -> Result<Arc<quinn::TransportConfig>, String> {
         // Announcements only: one unidirectional stream each way.
         .max_concurrent_bidi_streams(0u32.into())
         .max_concurrent_uni_streams(1u32.into())
-        // A cell waits for the wire no longer than a few cells: never seconds in a buffer.
-        .datagram_send_buffer_size(8 * CELL_SIZE)
         .datagram_receive_buffer_size(Some(1024 * CELL_SIZE))
-        .congestion_controller_factory(Arc::new(FixedWindow))
         // Acknowledgements ride on the cells (one leaves every few ms) instead of leaving as
         // packets of their own every other packet received (RFC 9000's default), which would
         // add packets to the link at a rate of QUIC's choosing. The peer is asked to wait for
@@ -73,6 +70,11 @@ fn transport(cfg: &MeshConfig) -> Result<Arc<quinn::TransportConfig>, String> {
         // one super-packet that loopback (and a capture on a GSO-capable interface) shows at
         // twice the size; on the wire they are the same 1 280 bytes either way.
         .enable_segmentation_offload(false);
+    if cfg.congestion == super::Congestion::Fixed {
+        // A cell waits for the wire no longer than a few cells: never seconds in a buffer.
+        t.datagram_send_buffer_size(8 * CELL_SIZE)
+            .congestion_controller_factory(Arc::new(FixedWindow));
+    }
     Ok(Arc::new(t))
 }
 
