@@ -453,8 +453,75 @@ fn dashboard_queries_only_exported_series() {
 }
 
 #[test]
-fn helm_lint_strict_passes_for_both_value_sets() {
-    for v in ["ci/daemonset-values.yaml", "ci/deployment-values.yaml"] {
+fn mesh_values_link_every_pool_and_keep_the_link_port_internal() {
+    let docs = validate("ci/mesh-values.yaml");
+    let configs: Vec<Value> = kind(&docs, "ConfigMap")
+        .into_iter()
+        .filter_map(|cm| cm["data"]["relay.yaml"].as_str())
+        .map(|t| serde_saphyr::from_str::<Value>(t).unwrap())
+        .collect();
+    assert_eq!(configs.len(), 2);
+    for c in &configs {
+        let m = &c["mesh"];
+        let me = m["name"].as_str().unwrap();
+        assert_eq!(m["listen"], "0.0.0.0:3479");
+        assert_eq!(m["fallback"], "refuse");
+        assert_eq!(m["tls"]["ca"], "/etc/veil/mesh/ca.crt");
+        let peers = m["peers"].as_array().unwrap();
+        // Every other pool, by its name, at its headless mesh Service.
+        assert_eq!(peers.len(), 1, "{c}");
+        let other = peers[0]["name"].as_str().unwrap();
+        assert_ne!(other, me);
+        assert_eq!(
+            peers[0]["link"],
+            format!("ci-veil-relay-{other}-mesh.veil.svc.cluster.local:3479")
+        );
+    }
+    // The certificate Secrets: the default name, or the pool's own.
+    let secrets: Vec<&str> = kind(&docs, "Deployment")
+        .iter()
+        .flat_map(|d| d["spec"]["template"]["spec"]["volumes"].as_array().unwrap())
+        .filter(|v| v["name"] == "mesh")
+        .map(|v| v["secret"]["secretName"].as_str().unwrap())
+        .collect();
+    assert_eq!(secrets, ["ci-veil-relay-eu-mesh", "apac-mesh-cert"]);
+    // The link port: on a headless Service that lists draining relays too, never on the
+    // client-facing LoadBalancer; the NetworkPolicy opens it to relay pods only.
+    for svc in kind(&docs, "Service") {
+        let name = svc["metadata"]["name"].as_str().unwrap();
+        let ports = svc["spec"]["ports"].as_array().unwrap();
+        let has_mesh = ports.iter().any(|p| p["port"] == 3479);
+        if name.ends_with("-mesh") {
+            assert!(has_mesh && svc["spec"]["clusterIP"] == "None", "{name}");
+            assert_eq!(svc["spec"]["publishNotReadyAddresses"], true, "{name}");
+        } else {
+            assert!(!has_mesh, "{name} must not expose the link port");
+        }
+    }
+    let np = kind(&docs, "NetworkPolicy")
+        .into_iter()
+        .find(|n| n["metadata"]["name"] == "ci-veil-relay")
+        .unwrap();
+    let rule = np["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["ports"][0]["port"] == 3479)
+        .expect("a rule for the link port");
+    assert_eq!(rule["ports"][0]["protocol"], "UDP");
+    assert_eq!(
+        rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "relay"
+    );
+}
+
+#[test]
+fn helm_lint_strict_passes_for_every_value_set() {
+    for v in [
+        "ci/daemonset-values.yaml",
+        "ci/deployment-values.yaml",
+        "ci/mesh-values.yaml",
+    ] {
         let out = run(
             Command::new("helm")
                 .args(["lint", "--strict", CHART, "-f"])

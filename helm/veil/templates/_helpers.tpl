@@ -100,7 +100,28 @@ seccompProfile:
 {{- if $r.tls.name }}{{ $_ := set $t "name" $r.tls.name }}{{ end -}}
 {{- $_ := set $cfg "tls" $t -}}
 {{- end -}}
+{{- if $r.mesh.enabled -}}
+{{- $peers := list -}}
+{{- $self := .pool.name -}}
+{{- range $r.pools -}}
+{{- if ne .name $self -}}
+{{- $link := printf "%s-mesh.%s.svc.cluster.local:%d" (include "veil.relayName" (dict "root" $.root "pool" .)) $.root.Release.Namespace (int $r.mesh.port) -}}
+{{- $peers = append $peers (dict "name" .name "link" $link) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $cfg "mesh" (dict
+  "listen" (printf "0.0.0.0:%d" (int $r.mesh.port))
+  "name" .pool.name
+  "tls" (dict "cert" "/etc/veil/mesh/tls.crt" "key" "/etc/veil/mesh/tls.key" "ca" "/etc/veil/mesh/ca.crt")
+  "fallback" $r.mesh.fallback
+  "peers" $peers) -}}
+{{- end -}}
 {{- toYaml $cfg -}}
+{{- end -}}
+
+{{/* The Secret holding a pool's mesh certificate. */}}
+{{- define "veil.meshSecret" -}}
+{{- .pool.meshSecret | default (printf "%s-mesh" (include "veil.relayName" .)) -}}
 {{- end -}}
 
 {{/* The allocator config, exactly in the format `veil allocator --config` reads. */}}
