@@ -391,12 +391,19 @@ fn bad_values_are_refused_with_the_field_named() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("secrets.turnSecrets"));
 }
 
-/// Every series the dashboard queries exists in what a relay and an allocator export.
+/// Every series the dashboard queries exists in what a relay (one of two meshed relays, so the
+/// mesh's series are there) and an allocator export.
 #[test]
 fn dashboard_queries_only_exported_series() {
-    let admin = common::free_tcp_addr();
-    let _relay = common::start_relay("19300-19399", &["--admin", &admin.to_string()]);
-    let (_, relay_metrics) = common::http_get(admin, "/metrics");
+    let certs = temp_dir("dash-certs");
+    common::mesh::certs(&certs.0, &["relay-a", "relay-b"]);
+    let (relay, _b) = common::mesh::start_pair(
+        &certs.0,
+        ("127.0.0.95", "19300-19349"),
+        ("127.0.0.96", "19350-19399"),
+        "",
+    );
+    let relay_metrics = relay.metrics();
 
     let dir = temp_dir("dash");
     let secret = dir.0.join("secret");
