@@ -1,8 +1,12 @@
 //! A circuit breaker for a link (after RFC 8084): QUIC's own congestion response is turned off
 //! so that the visible rate never follows the calls, and this is what stops a link that the
 //! path cannot carry. Each interval it compares the packets QUIC declared lost with those it
-//! sent; a link that lost more than `max_loss` of them for `trip_after` intervals in a row is
-//! broken (the driver closes it, and media takes the fallback path until it is back).
+//! sent, and the round-trip time with the least the link has seen; an interval that lost more
+//! than `max_loss` of its packets, or whose RTT stood more than `max_queueing` above that least
+//! (a queue building at a bottleneck with a deep buffer, which loses little and delays all), is
+//! bad, and `trip_after` bad intervals in a row break the link: the driver closes it, holds it
+//! down for [`BreakerConfig::hold`] (doubled at each trip in a row, up to eight times), and media
+//! takes the fallback path meanwhile.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +19,10 @@ pub struct BreakerConfig {
     pub max_loss: f64,
     /// Bad intervals in a row that break the link.
     pub trip_after: u32,
+    /// RTT above the link's least beyond which an interval counts as bad.
+    pub max_queueing: Duration,
+    /// How long a broken link stays down before it is tried again.
+    pub hold: Duration,
 }
 
 impl Default for BreakerConfig {
@@ -23,6 +31,8 @@ impl Default for BreakerConfig {
             interval: Duration::from_secs(1),
             max_loss: 0.2,
             trip_after: 3,
+            max_queueing: Duration::from_millis(100),
+            hold: Duration::from_secs(60),
         }
     }
 }
@@ -36,6 +46,10 @@ pub struct Breaker {
     bad: u32,
     /// The last interval's loss fraction.
     last_loss: f64,
+    /// The least RTT seen.
+    min_rtt: Option<Duration>,
+    /// Whether the last interval's RTT stood above the least by more than allowed.
+    queueing: bool,
 }
 
 impl Breaker {
@@ -46,6 +60,8 @@ impl Breaker {
             mark: None,
             bad: 0,
             last_loss: 0.0,
+            min_rtt: None,
+            queueing: false,
         }
     }
 
@@ -54,9 +70,21 @@ impl Breaker {
         self.last_loss
     }
 
-    /// Takes the connection's running totals of packets sent and lost; true when the link
-    /// must be broken.
-    pub fn observe(&mut self, now: Instant, sent: u64, lost: u64) -> bool {
+    /// Whether the last whole interval's RTT showed a standing queue.
+    pub fn queueing(&self) -> bool {
+        self.queueing
+    }
+
+    /// How long a link broken after `trips` trips in a row stays down.
+    pub fn hold(cfg: &BreakerConfig, trips: u32) -> Duration {
+        cfg.hold.saturating_mul(1 << trips.saturating_sub(1).min(3))
+    }
+
+    /// Takes the connection's running totals of packets sent and lost and its current RTT;
+    /// true when the link must be broken.
+    pub fn observe(&mut self, now: Instant, sent: u64, lost: u64, rtt: Duration) -> bool {
+        let min = self.min_rtt.map_or(rtt, |m| m.min(rtt));
+        self.min_rtt = Some(min);
         let Some((t0, s0, l0)) = self.mark else {
             self.mark = Some((now, sent, lost));
             return false;
@@ -68,7 +96,8 @@ impl Breaker {
         let l = lost.saturating_sub(l0);
         self.mark = Some((now, sent, lost));
         self.last_loss = if s == 0 { 0.0 } else { l as f64 / s as f64 };
-        if s > 0 && self.last_loss > self.cfg.max_loss {
+        self.queueing = rtt.saturating_sub(min) > self.cfg.max_queueing;
+        if (s > 0 && self.last_loss > self.cfg.max_loss) || self.queueing {
             self.bad = self.bad.saturating_add(1);
         } else {
             self.bad = 0;

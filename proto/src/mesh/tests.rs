@@ -338,13 +338,38 @@ fn the_breaker_trips_on_sustained_loss_only() {
     let t0 = Instant::now();
     let mut b = Breaker::new(BreakerConfig::default());
     let s = |i: u64| t0 + Duration::from_secs(i);
-    assert!(!b.observe(s(0), 0, 0));
+    let rtt = Duration::from_millis(20);
+    assert!(!b.observe(s(0), 0, 0, rtt));
     // One bad second, then good ones.
-    assert!(!b.observe(s(1), 100, 50));
-    assert!(!b.observe(s(2), 200, 50));
+    assert!(!b.observe(s(1), 100, 50, rtt));
+    assert!(!b.observe(s(2), 200, 50, rtt));
     // Three bad seconds in a row.
-    assert!(!b.observe(s(3), 300, 100));
-    assert!(!b.observe(s(4), 400, 150));
-    assert!(b.observe(s(5), 500, 200));
+    assert!(!b.observe(s(3), 300, 100, rtt));
+    assert!(!b.observe(s(4), 400, 150, rtt));
+    assert!(b.observe(s(5), 500, 200, rtt));
     assert!((b.last_loss() - 0.5).abs() < 1e-9);
+}
+
+#[test]
+fn the_breaker_trips_on_a_standing_queue_and_holds_longer_each_time() {
+    let t0 = Instant::now();
+    let cfg = BreakerConfig::default();
+    let mut b = Breaker::new(cfg);
+    let s = |i: u64| t0 + Duration::from_secs(i);
+    let ms = Duration::from_millis;
+    // No loss; the RTT climbs from 20 ms as a deep buffer fills. Within the allowance (and
+    // a single spike above it) is not a trip.
+    assert!(!b.observe(s(0), 0, 0, ms(20)));
+    assert!(!b.observe(s(1), 100, 0, ms(110)));
+    assert!(!b.observe(s(2), 200, 0, ms(200)));
+    assert!(b.queueing());
+    assert!(!b.observe(s(3), 300, 0, ms(40)));
+    assert!(!b.queueing());
+    assert!(!b.observe(s(4), 400, 0, ms(180)));
+    assert!(!b.observe(s(5), 500, 0, ms(400)));
+    assert!(b.observe(s(6), 600, 0, ms(900)));
+    assert_eq!(b.last_loss(), 0.0);
+    // The hold doubles with each trip in a row, and stops growing.
+    let holds: Vec<u64> = (1..=6).map(|t| Breaker::hold(&cfg, t).as_secs()).collect();
+    assert_eq!(holds, [60, 120, 240, 480, 480, 480]);
 }

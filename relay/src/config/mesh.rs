@@ -110,6 +110,12 @@ pub struct MeshBreaker {
     pub max_loss_percent: u32,
     /// Bad seconds in a row that close the link.
     pub seconds: u32,
+    /// Milliseconds the RTT may stand above the least the link has seen before a second counts
+    /// as bad (a queue at a bottleneck with a deep buffer: delay rather than loss).
+    pub max_queueing_ms: u32,
+    /// Seconds a link its breaker closed stays down (media takes the fallback path), doubled
+    /// at each trip in a row up to eight times.
+    pub hold_seconds: u32,
 }
 
 impl Default for MeshBreaker {
@@ -117,6 +123,8 @@ impl Default for MeshBreaker {
         MeshBreaker {
             max_loss_percent: 20,
             seconds: 3,
+            max_queueing_ms: 100,
+            hold_seconds: 60,
         }
     }
 }
@@ -231,10 +239,15 @@ impl MeshSettings {
         if !(1..=300).contains(&self.idle_timeout) {
             return Err(invalid("mesh.idle_timeout", "between 1 and 300 seconds"));
         }
-        if self.breaker.max_loss_percent > 100 || self.breaker.seconds == 0 {
+        if self.breaker.max_loss_percent > 100
+            || self.breaker.seconds == 0
+            || self.breaker.max_queueing_ms == 0
+            || !(1..=86_400).contains(&self.breaker.hold_seconds)
+        {
             return Err(invalid(
                 "mesh.breaker",
-                "max_loss_percent at most 100, seconds at least 1",
+                "max_loss_percent at most 100, seconds and max_queueing_ms at least 1, \
+                 hold_seconds between 1 and 86400",
             ));
         }
         Ok(MeshConfig {
@@ -255,6 +268,8 @@ impl MeshSettings {
             breaker: BreakerConfig {
                 max_loss: f64::from(self.breaker.max_loss_percent) / 100.0,
                 trip_after: self.breaker.seconds,
+                max_queueing: Duration::from_millis(u64::from(self.breaker.max_queueing_ms)),
+                hold: Duration::from_secs(u64::from(self.breaker.hold_seconds)),
                 ..BreakerConfig::default()
             },
             idle_timeout: Duration::from_secs(u64::from(self.idle_timeout)),

@@ -1,11 +1,10 @@
-//! One link, up: the announcements, then cells out on the scheduler's clock and cells in
-//! through the reassembler to the allocations they are for. It moves cells; every rule is in
+//! One link, up: the announcements, then datagrams into the scheduler (whose cells the
+//! [`super::clock`] sends) and cells in through the reassembler to the allocations they are for. It moves cells; every rule is in
 //! [`crate::proto::mesh`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::routes::{ToLink, Undelivered};
@@ -35,13 +34,29 @@ pub(super) enum LinkEnd {
     OutsidePinned,
     #[error("QUIC datagrams cannot carry a cell (max {0:?})")]
     CellTooLarge(Option<usize>),
-    #[error("the circuit breaker tripped (loss {0:.0} %)")]
-    Breaker(f64),
+    #[error("the circuit breaker tripped (loss {0:.0} %, standing queue: {1})")]
+    Breaker(f64, bool),
     #[error("sending a cell: {0}")]
     Send(#[from] quinn::SendDatagramError),
     #[error("stopped")]
     Stopped,
 }
+
+impl LinkEnd {
+    /// Whether a circuit breaker closed the link: this relay's, or the peer's (its close code).
+    pub(super) fn is_breaker(&self) -> bool {
+        match self {
+            LinkEnd::Breaker(..) => true,
+            LinkEnd::Connection(quinn::ConnectionError::ApplicationClosed(c)) => {
+                c.error_code == BREAKER_CLOSE.into()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The close code of a link its breaker closed.
+const BREAKER_CLOSE: u32 = 3;
 
 /// Exchanges announcements: ours on a unidirectional stream, theirs read from the one the
 /// peer opens, both within the handshake timeout.
@@ -79,13 +94,14 @@ pub(super) async fn run(
     ctx.routes.update(&peer.name, |l| l.tx = None);
     let code: u32 = match end {
         LinkEnd::Overlap | LinkEnd::OutsidePinned => 2,
-        LinkEnd::Breaker(_) => 3,
+        LinkEnd::Breaker(..) => BREAKER_CLOSE,
         _ => 0,
     };
     conn.close(code.into(), b"");
     status.update(|s| {
         s.state = LinkState::Down;
         s.last_error = Some(end.to_string());
+        s.breaker_trips += u64::from(end.is_breaker());
     });
     status.ended();
     end
@@ -135,15 +151,18 @@ async fn run_inner(
     });
     tracing::info!(link = %peer.name, remote_zone = %theirs.zone, "mesh link up");
 
-    let start = Instant::now();
-    let mut sched = LinkScheduler::new(ctx.cfg.link.clone(), start);
+    // The clock sends the cells; this task fills the scheduler and empties the peer's cells.
+    let clocked = ctx.clock.add(
+        LinkScheduler::new(ctx.cfg.link.clone(), Instant::now()),
+        conn.clone(),
+    );
     let mut asm = Reassembler::default();
     let mut breaker = Breaker::new(ctx.cfg.breaker);
-    let mut cell = vec![0u8; CELL_SIZE];
     let mut tick = tokio::time::interval(TICK);
     let mut routed = Routed::default();
-    let publish = |sched: &LinkScheduler, asm: &Reassembler, routed: &Routed, breaker: &Breaker| {
+    let publish = |asm: &Reassembler, routed: &Routed, breaker: &Breaker| {
         let q = conn.stats();
+        let sched = clocked.sched();
         status.update(|s| {
             s.rtt = conn.rtt();
             s.rate = sched.rate();
@@ -157,22 +176,15 @@ async fn run_inner(
             c.udp_tx_bytes = q.udp_tx.bytes;
             c.udp_rx_datagrams = q.udp_rx.datagrams;
             c.lost_packets = q.path.lost_packets;
+            c.unsent_cells = clocked.unsent();
         });
     };
     let end = loop {
         tokio::select! {
             biased;
             _ = stop.changed() => break LinkEnd::Stopped,
-            _ = tokio::time::sleep_until(sched.poll_timeout().into()) => {
-                let now = Instant::now();
-                let mut failed = None;
-                while sched.poll_cell(now, &mut cell) {
-                    if let Err(e) = conn.send_datagram(Bytes::copy_from_slice(&cell)) {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-                if let Some(e) = failed {
+            _ = clocked.failure.notified() => {
+                if let Some(e) = clocked.take_failure() {
                     break e.into();
                 }
             }
@@ -182,7 +194,7 @@ async fn run_inner(
                     routed.no_route += 1;
                     continue;
                 };
-                if sched.push(Instant::now(), src, dst, &m.payload).is_ok() {
+                if clocked.sched().push(Instant::now(), src, dst, &m.payload).is_ok() {
                     routed.tx_datagrams += 1;
                     routed.tx_bytes += m.payload.len() as u64;
                 }
@@ -214,15 +226,24 @@ async fn run_inner(
             }
             _ = tick.tick() => {
                 let q = conn.stats();
-                let tripped = breaker.observe(Instant::now(), q.path.sent_packets, q.path.lost_packets);
-                publish(&sched, &asm, &routed, &breaker);
+                // Cells that never left (QUIC's send buffer full) are lost as much as those the
+                // path dropped.
+                let unsent = clocked.unsent();
+                let tripped = breaker.observe(
+                    Instant::now(),
+                    q.path.sent_packets.saturating_add(unsent),
+                    q.path.lost_packets.saturating_add(unsent),
+                    conn.rtt(),
+                );
+                publish(&asm, &routed, &breaker);
                 if tripped {
-                    tracing::warn!(link = %peer.name, loss = breaker.last_loss(), "mesh link breaker tripped");
-                    break LinkEnd::Breaker(breaker.last_loss() * 100.0);
+                    tracing::warn!(link = %peer.name, loss = breaker.last_loss(), queueing = breaker.queueing(), "mesh link breaker tripped");
+                    break LinkEnd::Breaker(breaker.last_loss() * 100.0, breaker.queueing());
                 }
             }
         }
     };
-    publish(&sched, &asm, &routed, &breaker);
+    ctx.clock.remove(&clocked);
+    publish(&asm, &routed, &breaker);
     end
 }

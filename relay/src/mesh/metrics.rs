@@ -95,6 +95,17 @@ pub fn render(o: &mut String, mesh: Option<&MeshStatus>, io: &IoStats) {
             sample(o, name, &lbl(l), f(l));
         }
     }
+    let name = "veil_relay_mesh_link_breaker_trips_total";
+    family(
+        o,
+        name,
+        "counter",
+        "Times a circuit breaker (this relay's or the peer's) closed the link: loss or a \
+         standing queue beyond mesh.breaker; it stays down for mesh.breaker.hold_seconds.",
+    );
+    for l in &links {
+        sample(o, name, &lbl(l), l.breaker_trips);
+    }
     family(
         o,
         "veil_relay_mesh_link_cell_bytes",
@@ -104,7 +115,7 @@ pub fn render(o: &mut String, mesh: Option<&MeshStatus>, io: &IoStats) {
     sample(o, "veil_relay_mesh_link_cell_bytes", "", CELL_SIZE);
     let totals: Vec<_> = links.iter().map(|l| (l, l.totals())).collect();
     type Get = fn(&LinkCounters) -> u64;
-    let counters: [(&str, &str, Get); 6] = [
+    let counters: [(&str, &str, Get); 7] = [
         (
             "veil_relay_mesh_link_media_cells_total",
             "Cells sent that carried media.",
@@ -130,6 +141,12 @@ pub fn render(o: &mut String, mesh: Option<&MeshStatus>, io: &IoStats) {
             "veil_relay_mesh_link_lost_packets_total",
             "Packets the link's QUIC connection declared lost.",
             |c| c.lost_packets,
+        ),
+        (
+            "veil_relay_mesh_link_unsent_cells_total",
+            "Cells that never left: QUIC's send buffer was full (this relay's egress is backed \
+             up). The breaker counts them as lost.",
+            |c| c.unsent_cells,
         ),
         (
             "veil_relay_mesh_link_rate_steps_total",

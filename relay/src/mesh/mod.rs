@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod routes;
 pub mod status;
 
+mod clock;
 mod link;
 mod tls;
 
@@ -35,7 +36,7 @@ use self::routes::{Directory, Fallback, LinkRoute, Routes};
 use self::status::{MeshStatus, Refusal};
 use crate::config::PortRange;
 use crate::proto::mesh::announce::{Announce, RelayRange};
-use crate::proto::mesh::breaker::BreakerConfig;
+use crate::proto::mesh::breaker::{Breaker, BreakerConfig};
 use crate::proto::mesh::sched::LinkConfig;
 use crate::proto::server::RelayAddr;
 
@@ -126,6 +127,8 @@ struct Ctx {
     creds: RwLock<Arc<tls::Creds>>,
     /// IPs the peers' link names resolve to: the only sources answered.
     peer_ips: RwLock<HashSet<IpAddr>>,
+    /// Sends every link's cells when they are due.
+    clock: clock::Clock,
 }
 
 impl Ctx {
@@ -185,6 +188,7 @@ impl Mesh {
             announce_bytes,
             creds: RwLock::new(Arc::new(creds)),
             peer_ips: RwLock::default(),
+            clock: clock::Clock::start()?,
         });
         let (stop, stop_rx) = watch::channel(false);
         let thread = {
@@ -316,7 +320,8 @@ async fn accept(ctx: Arc<Ctx>, incoming: quinn::Incoming, stop: watch::Receiver<
     tracing::info!(link = %peer.name, reason = %end, "mesh link down");
 }
 
-/// Dials one peer, and again whenever its link ends (backing off to 10 s while it fails).
+/// Dials one peer, and again whenever its link ends (backing off to 10 s while it fails; a
+/// link a breaker closed stays down for the breaker's hold, longer at each trip in a row).
 async fn dial_task(
     ctx: Arc<Ctx>,
     endpoint: quinn::Endpoint,
@@ -324,17 +329,29 @@ async fn dial_task(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(250);
+    let mut trips = 0u32;
     loop {
         if *stop.borrow() {
             return;
         }
         let started = tokio::time::Instant::now();
+        let mut wait = None;
         match dial(&ctx, &endpoint, &peer).await {
             Ok(conn) => {
                 let end = link::run(&ctx, &peer, conn, stop.clone()).await;
                 tracing::info!(link = %peer.name, reason = %end, "mesh link down");
                 if matches!(end, link::LinkEnd::Stopped) {
                     return;
+                }
+                // A link that carried its rate for a while starts its holds afresh.
+                if started.elapsed() > 2 * Breaker::hold(&ctx.cfg.breaker, 1) {
+                    trips = 0;
+                }
+                if end.is_breaker() {
+                    trips = trips.saturating_add(1);
+                    let hold = Breaker::hold(&ctx.cfg.breaker, trips);
+                    tracing::warn!(link = %peer.name, hold_s = hold.as_secs(), "mesh link held down by its breaker");
+                    wait = Some(hold);
                 }
             }
             Err(e) => {
@@ -348,7 +365,7 @@ async fn dial_task(
         }
         tokio::select! {
             _ = stop.changed() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait.unwrap_or(backoff)) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }

@@ -64,6 +64,8 @@ crate::proto::counters! {
         pub udp_rx_datagrams: u64,
         /// Packets QUIC declared lost.
         pub lost_packets: u64,
+        /// Cells pushed out of QUIC's send buffer before they left (egress backed up).
+        pub unsent_cells: u64,
     }
 }
 
@@ -86,6 +88,8 @@ pub struct LinkSnapshot {
     pub loss: f64,
     /// Times it came up.
     pub ups: u64,
+    /// Times a circuit breaker closed it (this relay's or the peer's).
+    pub breaker_trips: u64,
     /// Why it last ended, if it did.
     pub last_error: Option<String>,
     /// Counters of the links that ended.
