@@ -165,3 +165,71 @@ fn a_restarted_relay_rejoins() {
         assert_eq!(a.wait_for(out, 5, |v| v >= 10.0), 10.0, "over the link");
     });
 }
+
+/// A bottleneck below the link's rate, with a deep buffer (tbf on the namespace's loopback:
+/// 4 Mbit/s against the link's 7.7, up to 300 ms queued): the link would lose little and delay
+/// everything; its breaker sees the standing queue (or the loss once the buffer is full),
+/// closes it and holds it down, the call goes on as plain relayed UDP, which the path carries,
+/// and once the path is wide again the link comes back after its hold.
+#[test]
+fn a_path_that_cannot_carry_the_rate_trips_the_breaker_and_the_call_goes_on() {
+    let ns = Netns::new("breaker");
+    let certs_dir = std::env::temp_dir().join(format!("veil-mesh-breaker-{}", std::process::id()));
+    std::fs::create_dir_all(&certs_dir).unwrap();
+    let _certs = TempDir(certs_dir.clone());
+    certs(&certs_dir, &["relay-a", "relay-b"]);
+    let tbf = |on: bool| {
+        let mut c = std::process::Command::new("tc");
+        c.args(["-n", &ns.0, "qdisc", if on { "add" } else { "del" }]);
+        c.args(["dev", "lo", "root"]);
+        if on {
+            // A burst of 128 KB lets loopback's 64 KB TCP segments (the admin endpoint) through.
+            c.args(["tbf", "rate", "4mbit", "burst", "128kb", "latency", "300ms"]);
+        }
+        assert!(c.status().expect("tc (iproute2)").success(), "tc {on}");
+    };
+    ns.run(|| {
+        let (sa, sb) = pair_specs(
+            &certs_dir,
+            ("127.0.0.65", "11900-11949", "127.0.0.1"),
+            ("127.0.0.66", "11950-11999", "127.0.0.1"),
+            "  breaker: {hold_seconds: 8}\n",
+        );
+        let (a, b) = start_specs(&sa, &sb);
+        let (mut x, xa) = party(&a, "caller");
+        let (mut y, ya) = party(&b, "callee");
+        assert_eq!(x.permit(ya), None);
+        assert_eq!(y.permit(xa), None);
+        assert_eq!(call(&mut x, xa, &mut y, ya, 5), (5, 5), "over the link");
+        let trips = "veil_relay_mesh_link_breaker_trips_total{link=\"relay-b\"}";
+        assert_eq!(a.metric(trips), 0.0);
+
+        tbf(true);
+        // A counts its own breaker's trips and B's (by the close code).
+        assert_eq!(
+            a.wait_for(trips, 15, |v| v >= 1.0),
+            1.0,
+            "the breaker trips"
+        );
+        assert!(up(&a, "relay-b", false, 2), "and the link is down");
+        let (_, status) = common::http_get(a.admin, "/status");
+        assert!(status.contains("circuit breaker"), "{status}");
+        // Held down: the call goes on as plain relayed UDP.
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(call(&mut x, xa, &mut y, ya, 10), (10, 10), "over plain UDP");
+        assert_eq!(
+            a.metric("veil_relay_mesh_link_up{link=\"relay-b\"}"),
+            0.0,
+            "still held"
+        );
+
+        tbf(false);
+        assert!(up(&a, "relay-b", true, 20), "back after its hold");
+        assert_eq!(call(&mut x, xa, &mut y, ya, 5), (5, 5));
+        assert_eq!(
+            a.metric(trips),
+            1.0,
+            "no trip on a path that carries the rate"
+        );
+    });
+}

@@ -45,6 +45,10 @@ pub struct NodeSpec<'a> {
     pub netns: Option<&'a str>,
     /// No `mesh:` section: a relay of the same cluster that is not linked (a baseline).
     pub no_mesh: bool,
+    /// `peers.allow` of the relay (the peers clients may reach).
+    pub allow: &'a str,
+    /// More top-level YAML (e.g. `limits:` for a load).
+    pub top_extra: &'a str,
 }
 
 impl<'a> NodeSpec<'a> {
@@ -61,6 +65,8 @@ impl<'a> NodeSpec<'a> {
             mesh_extra: "",
             netns: None,
             no_mesh: false,
+            allow: "127.0.0.0/8",
+            top_extra: "",
         }
     }
 }
@@ -123,12 +129,14 @@ pub fn write_config(spec: &NodeSpec<'_>) -> (PathBuf, TempDir, SocketAddr, Socke
     let mut yaml = format!(
         "listen: [\"{addr}\"]\nrelay_ips: [\"{ip}\"]\nport_range: \"{ports}\"\nworkers: 2\n\
          admin: \"{admin}\"\nzone: {name}-zone\nauth: {{secret_files: [\"{secrets}\"]}}\n\
-         peers: {{allow: [127.0.0.0/8]}}\n",
+         peers: {{allow: [{allow}]}}\n",
+        allow = spec.allow,
         ip = spec.relay_ip,
         ports = spec.ports,
         name = spec.name,
         secrets = secrets.display(),
     );
+    yaml += spec.top_extra;
     if !spec.no_mesh {
         yaml += &format!(
             "mesh:\n  listen: \"{mesh_ip}:{mesh}\"\n  name: {name}\n  tls:\n    cert: \"{cert}\"\n    \
@@ -166,7 +174,11 @@ pub fn start_node(spec: &NodeSpec<'_>) -> MeshNode {
     cmd.arg("relay")
         .arg("--config")
         .arg(&config)
-        .env("RUST_LOG", "warn")
+        // VEIL_TEST_LOG=info shows what the relays say when a test fails.
+        .env(
+            "RUST_LOG",
+            std::env::var("VEIL_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null());
     let child = cmd.spawn().expect("veil binary runs");
     let relay = Relay { child, addr, dir };
@@ -240,7 +252,10 @@ pub struct Netns(pub String);
 impl Netns {
     pub fn new(tag: &str) -> Netns {
         let name = format!("veil-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
         let ok = Command::new("ip")
             .args(["netns", "add", &name])
             .status()
