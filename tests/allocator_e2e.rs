@@ -579,7 +579,7 @@ async fn veil_dev_runs_a_working_cluster() {
 
     // The first curl line: an ICE config for a German client (retried until the first poll).
     let curls = find("curl ");
-    assert_eq!(curls.len(), 2, "{commands:?}");
+    assert_eq!(curls.len(), 3, "{commands:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     let answer = loop {
         let out = sh(&curls[0]);
@@ -605,6 +605,39 @@ async fn veil_dev_runs_a_working_cluster() {
     let call: serde_json::Value = serde_json::from_slice(&sh(&curls[1]).stdout).unwrap();
     assert_eq!(call["crossZone"], true, "{call}");
     assert_eq!(call["zones"], serde_json::json!(["eu", "apac"]));
+    // `veil call` as printed: that call's two parties, on eu and apac, over their relays' link.
+    let veil_call = find(&format!("{} call", env!("CARGO_BIN_EXE_veil")));
+    assert_eq!(veil_call.len(), 1, "{commands:?}");
+    let out = sh(&veil_call[0]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let delivered: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once(": ")?.1.split_once(" delivered").map(|d| d.0))
+        .collect();
+    assert_eq!(delivered.len(), 2, "{text}");
+    for d in &delivered {
+        let (got, sent) = d.split_once('/').unwrap();
+        assert_eq!(got, sent, "every datagram both ways: {text}");
+    }
+    // The metrics line: the media crossed eu -> apac on the link.
+    let metrics = String::from_utf8_lossy(&sh(&curls[2]).stdout).to_string();
+    let crossed = metrics
+        .lines()
+        .filter(|l| l.starts_with("veil_relay_mesh_media_datagrams_total{"))
+        .filter(|l| l.contains("direction=\"out\"") && l.contains("remote_zone=\"apac\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    let sent: f64 = delivered[0].split_once('/').unwrap().1.parse().unwrap();
+    assert!(crossed >= sent, "{crossed} < {sent}: {metrics}");
+    assert!(
+        metrics.contains("veil_relay_mesh_link_up{link="),
+        "{metrics}"
+    );
 
     // The webrtc-rs client with that credential.
     let fake = Relay {
@@ -672,7 +705,12 @@ async fn veil_dev_runs_a_working_cluster() {
     );
     let csv = String::from_utf8_lossy(&out.stdout);
     assert!(csv.contains(",placement,DE,eu,,"), "{csv}");
-    assert!(csv.contains(",cross_zone_call,,apac,eu,1\n"), "{csv}");
+    // The curl's call and the one `veil call` placed (in one hour's row, or two).
+    let calls: u64 = csv
+        .lines()
+        .filter_map(|l| l.split_once(",cross_zone_call,,apac,eu,")?.1.parse().ok())
+        .sum();
+    assert_eq!(calls, 2, "{csv}");
     assert!(!key.is_empty());
     drop(dev);
 }
