@@ -708,7 +708,12 @@ async fn veil_dev_runs_a_working_cluster() {
     // The curl's call and the one `veil call` placed (in one hour's row, or two).
     let calls: u64 = csv
         .lines()
-        .filter_map(|l| l.split_once(",cross_zone_call,,apac,eu,")?.1.parse().ok())
+        .filter_map(|l| {
+            l.split_once(",cross_zone_call,,apac,eu,")?
+                .1
+                .parse::<u64>()
+                .ok()
+        })
         .sum();
     assert_eq!(calls, 2, "{csv}");
     assert!(!key.is_empty());
