@@ -47,6 +47,7 @@ pub mod privacy;
 pub mod rng;
 pub mod server;
 pub mod shaping;
+pub mod site;
 pub mod stun;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

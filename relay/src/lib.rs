@@ -23,5 +23,6 @@ pub mod config;
 pub mod io;
 pub mod mesh;
 pub mod metrics;
+pub mod site;
 pub mod sys;
 pub mod tls;

@@ -38,6 +38,10 @@ veil_proto::counters! {
         pub connections_rate_limited: u64,
         /// Connections closed for garbage, a failed TLS handshake or a timeout.
         pub stream_errors: u64,
+        /// Connections of a port shared with a website handed to the site.
+        pub to_site: u64,
+        /// Connections of a port shared with a website that were TURN.
+        pub to_turn: u64,
         /// Datagrams handed to a link of the mesh.
         pub mesh_sent: u64,
         /// Datagrams for a link whose queue was full.
@@ -393,6 +397,16 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
         "Connections closed for garbage, a failed TLS handshake, a missed deadline or a stalled write.",
         t.io.stream_errors,
     );
+    let name = "veil_relay_shared_port_connections_total";
+    family(
+        &mut o,
+        name,
+        "counter",
+        "Connections of a TLS port shared with a website (tls.site), by where they went: \
+         turn, or the site.",
+    );
+    sample(&mut o, name, "route=\"turn\"", t.io.to_turn);
+    sample(&mut o, name, "route=\"site\"", t.io.to_site);
     c(
         &mut o,
         "veil_relay_stream_drops",

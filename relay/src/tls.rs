@@ -54,8 +54,11 @@ pub struct TlsState {
     /// For clients that offer `stun.turn`: it is selected.
     with_alpn: Arc<rustls::ServerConfig>,
     /// For clients that offer no ALPN or others (a browser's `turns:` on 443 may offer none):
-    /// nothing is selected, the handshake goes on.
+    /// nothing is selected, the handshake goes on. With a site (`tls.site`), the site's ALPN
+    /// list, selected as the site would.
     without_alpn: Arc<rustls::ServerConfig>,
+    /// The site's ALPN list: a client offering any of it never gets `stun.turn`.
+    site_alpn: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for TlsState {
@@ -68,8 +71,14 @@ impl std::fmt::Debug for TlsState {
 }
 
 impl TlsState {
-    /// Loads the certificate and builds the configs; `tls12` also allows TLS 1.2.
-    pub fn new(cert: &Path, key: &Path, tls12: bool) -> Result<Arc<TlsState>, String> {
+    /// Loads the certificate and builds the configs; `tls12` also allows TLS 1.2; `site_alpn`
+    /// is the ALPN list of a site sharing the port (empty: none).
+    pub fn new(
+        cert: &Path,
+        key: &Path,
+        tls12: bool,
+        site_alpn: &[Vec<u8>],
+    ) -> Result<Arc<TlsState>, String> {
         let ck = load_certified_key(cert, key)?;
         let resolver = Arc::new(Resolver(RwLock::new(Arc::new(ck))));
         let versions: &[&'static rustls::SupportedProtocolVersion] = if tls12 {
@@ -86,6 +95,8 @@ impl TlsState {
                 .with_cert_resolver(resolver.clone());
             if alpn {
                 c.alpn_protocols = vec![ALPN_STUN_TURN.to_vec()];
+            } else {
+                c.alpn_protocols = site_alpn.to_vec();
             }
             // No resumption: a ticket or session id would link a client's connections across
             // networks, and a TURN connection lives long enough that a full handshake is cheap.
@@ -98,8 +109,19 @@ impl TlsState {
             key: key.to_path_buf(),
             with_alpn: build(true)?,
             without_alpn: build(false)?,
+            site_alpn: site_alpn.to_vec(),
             resolver,
         }))
+    }
+
+    /// The leaf certificate served now.
+    pub fn leaf(&self) -> CertificateDer<'static> {
+        self.resolver
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .cert[0]
+            .clone()
     }
 
     /// The files to watch for changes.
@@ -117,11 +139,12 @@ impl TlsState {
     /// Runs the server handshake on an accepted connection.
     pub async fn accept(&self, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
-        let offers_turn = start
-            .client_hello()
-            .alpn()
-            .is_some_and(|mut protos| protos.any(|p| p == ALPN_STUN_TURN));
-        let config = if offers_turn {
+        let hello = start.client_hello();
+        let offers = |want: &dyn Fn(&[u8]) -> bool| hello.alpn().is_some_and(|mut p| p.any(want));
+        // Never `stun.turn` when the client also offers what the site speaks.
+        let offers_site = offers(&|p| self.site_alpn.iter().any(|s| s == p));
+        let offers_turn = offers(&|p| p == ALPN_STUN_TURN);
+        let config = if offers_turn && !offers_site {
             self.with_alpn.clone()
         } else {
             self.without_alpn.clone()

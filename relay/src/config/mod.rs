@@ -43,6 +43,8 @@ pub struct Resolved {
     pub tls: Option<std::sync::Arc<crate::tls::TlsState>>,
     /// Host name of `turns:` URIs.
     pub tls_name: Option<String>,
+    /// The website sharing `listen_tls`.
+    pub site: Option<std::sync::Arc<crate::site::Site>>,
     /// TCP/TLS connection limits.
     pub streams: StreamLimits,
     /// What the protocol core needs.
@@ -251,10 +253,19 @@ impl RelayConfig {
                 return Err(invalid(field, "port 0 is not a TURN port"));
             }
         }
+        let site_alpn: Vec<Vec<u8>> = match &self.tls.site {
+            Some(s) => {
+                if s.alpn.iter().any(|a| a.is_empty() || a.len() > 255) {
+                    return Err(invalid("tls.site.alpn", "protocol ids of 1 to 255 bytes"));
+                }
+                s.alpn.iter().map(|a| a.as_bytes().to_vec()).collect()
+            }
+            None => vec![],
+        };
         let tls = match (&self.tls.cert, &self.tls.key, self.listen_tls.is_empty()) {
             (_, _, true) => None,
             (Some(cert), Some(key), false) => Some(
-                crate::tls::TlsState::new(cert, key, self.tls.allow_tls12)
+                crate::tls::TlsState::new(cert, key, self.tls.allow_tls12, &site_alpn)
                     .map_err(|e| invalid("tls", e))?,
             ),
             _ => {
@@ -262,6 +273,36 @@ impl RelayConfig {
                     "tls",
                     "listen_tls needs tls.cert and tls.key (--tls-cert, --tls-key)",
                 ));
+            }
+        };
+        let site = match (&self.tls.site, &tls) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "tls.site",
+                    "needs listen_tls, tls.cert and tls.key",
+                ));
+            }
+            (Some(s), Some(tls)) => {
+                let port_ok = s
+                    .upstream
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                if !port_ok {
+                    return Err(invalid(
+                        "tls.site.upstream",
+                        "host:port of the site's own server",
+                    ));
+                }
+                let cfg = crate::site::SiteConfig {
+                    upstream: s.upstream.clone(),
+                    tls: s.tls,
+                    proxy_v2: s.proxy_protocol == settings::ProxyProtocol::V2,
+                    alpn: site_alpn.clone(),
+                };
+                Some(std::sync::Arc::new(
+                    crate::site::Site::new(cfg, tls).map_err(|e| invalid("tls.site", e))?,
+                ))
             }
         };
         let st = &self.streams;
@@ -566,6 +607,7 @@ impl RelayConfig {
             listen_tcp: self.listen_tcp.clone(),
             listen_tls: self.listen_tls.clone(),
             tls,
+            site,
             tls_name: self.tls.name.clone().filter(|n| !n.is_empty()),
             streams: StreamLimits {
                 handshake_timeout: std::time::Duration::from_secs(st.handshake_timeout as u64),

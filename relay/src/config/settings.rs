@@ -482,6 +482,47 @@ pub struct TlsConfig {
     /// Host name in the `turns:` URIs the node advertises (it must match the certificate);
     /// none: the advertised IP.
     pub name: Option<String>,
+    /// A website sharing the TLS port (README: One port for TURN and a website): veil serves
+    /// its certificate (`cert`, `key`) and ALPN list, and hands every connection that does not
+    /// start with a STUN message to `upstream`.
+    pub site: Option<SiteSettings>,
+}
+
+/// The website behind `listen_tls`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiteSettings {
+    /// The site's own server, `host:port` (e.g. nginx on 127.0.0.1:8443).
+    pub upstream: String,
+    /// Whether the upstream speaks TLS; it must present the certificate of `tls.cert`.
+    pub tls: bool,
+    /// `v2`: a PROXY protocol v2 header before each connection, so the site logs the real
+    /// client (nginx: `listen … proxy_protocol`); `none`.
+    pub proxy_protocol: ProxyProtocol,
+    /// ALPN protocols offered, as the site offers them.
+    pub alpn: Vec<String>,
+}
+
+impl Default for SiteSettings {
+    fn default() -> Self {
+        SiteSettings {
+            upstream: String::new(),
+            tls: true,
+            proxy_protocol: ProxyProtocol::None,
+            alpn: vec!["h2".into(), "http/1.1".into()],
+        }
+    }
+}
+
+/// The PROXY protocol toward a site.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// None: the site sees veil's address.
+    #[default]
+    None,
+    /// Version 2 (binary).
+    V2,
 }
 
 /// Limits of TCP and TLS connections.

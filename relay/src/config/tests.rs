@@ -193,6 +193,18 @@ fn bad_fields_are_named() {
             "shaping: {enabled: true, queue_limit: 0}\nauth: {secrets: [s]}\n",
             "shaping.queue_limit",
         ),
+        (
+            "tls: {site: {upstream: '127.0.0.1:8443'}}\nauth: {secrets: [s]}\n",
+            "tls.site`: needs listen_tls",
+        ),
+        (
+            "tls: {site: {upstream: '127.0.0.1:8443', alpn: ['']}}\nauth: {secrets: [s]}\n",
+            "tls.site.alpn",
+        ),
+        (
+            "tls: {site: {upstream: x, proxy_protocol: v3}}\n",
+            "expected one of none, v2",
+        ),
     ];
     for (yaml, needle) in cases {
         let e = err_of(yaml);

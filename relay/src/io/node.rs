@@ -31,6 +31,8 @@ pub(super) struct NodeShared {
     /// TCP/TLS connection limits, the TLS setup, and the connections held.
     pub(super) streams: StreamLimits,
     pub(super) tls: Option<Arc<crate::tls::TlsState>>,
+    /// The website sharing the TLS listeners.
+    pub(super) site: Option<Arc<crate::site::Site>>,
     pub(super) conns: ConnCount,
     /// Relayed ports taken per relay IP, and the sockets parked for reservations.
     pub(super) ports: PortUse,
@@ -121,6 +123,7 @@ impl Node {
             reports: Arc::new(Reports::new(workers)),
             streams: resolved.streams,
             tls: resolved.tls.clone(),
+            site: resolved.site.clone(),
             conns: ConnCount::default(),
             parked: Parked::default(),
             health: Arc::new(Health::new(workers)),

@@ -229,6 +229,19 @@ pub(super) async fn accept_task(
     }
 }
 
+/// Counts a connection of a shared port: to the site or to TURN.
+fn count_route(worker: &Weak<RefCell<Worker>>, site: bool) {
+    if let Some(w) = worker.upgrade() {
+        let mut w = w.borrow_mut();
+        let s = w.io_stats();
+        if site {
+            s.to_site += 1;
+        } else {
+            s.to_turn += 1;
+        }
+    }
+}
+
 fn count_error(worker: &Weak<RefCell<Worker>>) {
     if let Some(w) = worker.upgrade() {
         w.borrow_mut().io_stats().stream_errors += 1;
@@ -245,9 +258,24 @@ async fn connection(
 ) {
     match (key.transport, &node.tls) {
         (Transport::Tls, Some(tls)) => {
-            match tokio::time::timeout_at(first_by, tls.accept(tcp)).await {
-                Ok(Ok(s)) => serve(worker, node, s, key, first_by).await,
-                _ => count_error(&worker),
+            let local = tcp.local_addr();
+            let s = match tokio::time::timeout_at(first_by, tls.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                _ => return count_error(&worker),
+            };
+            let (Some(site), Ok(local)) = (node.site.clone(), local) else {
+                return serve(worker, node, s, key, first_by).await;
+            };
+            // A port shared with a website: STUN stays, the rest is the site's.
+            let sni = s.get_ref().1.server_name().map(str::to_owned);
+            let alpn = s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+            match crate::site::route(&site, s, (key.addr, local), sni, alpn, first_by).await {
+                crate::site::Route::Turn(s) => {
+                    count_route(&worker, false);
+                    serve(worker, node, s, key, first_by).await
+                }
+                crate::site::Route::Site => count_route(&worker, true),
+                crate::site::Route::Closed => {}
             }
         }
         (Transport::Tcp, _) => serve(worker, node, tcp, key, first_by).await,

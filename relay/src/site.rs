@@ -1,0 +1,322 @@
+//! The website behind a shared TLS port (`tls.site`): veil terminates TLS with the site's own
+//! certificate chain and ALPN list, and every connection whose first plaintext is not a STUN
+//! message is handed, bytes and all, to the site's upstream, which learns the client's address
+//! from a PROXY protocol v2 header. The upstream is connected as soon as the handshake ends,
+//! so its own timers (a silent client, a slow one) run from the moment they would without veil;
+//! a TURN client's connection to it is closed unused.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::proto::site::{FirstBytes, classify, proxy_v2};
+use crate::tls::TlsState;
+
+/// Where the site is and how to reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteConfig {
+    /// The site's own server, `host:port`.
+    pub upstream: String,
+    /// Whether it speaks TLS there (its certificate must be the one veil serves).
+    pub tls: bool,
+    /// Whether a PROXY protocol v2 header precedes each connection.
+    pub proxy_v2: bool,
+    /// ALPN protocols offered to clients, in the site's order of preference.
+    pub alpn: Vec<Vec<u8>>,
+}
+
+/// A byte stream either way.
+pub trait Io: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
+
+/// The site of a node.
+pub struct Site {
+    cfg: SiteConfig,
+    /// The TLS client toward the upstream (`tls: true`), trusting exactly the certificate veil
+    /// serves.
+    client: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Site").field("cfg", &self.cfg).finish()
+    }
+}
+
+impl Site {
+    /// The site, with its upstream's certificate pinned to the one `tls` serves.
+    pub fn new(cfg: SiteConfig, tls: &Arc<TlsState>) -> Result<Site, String> {
+        let client = if cfg.tls {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let verifier = Arc::new(Pinned {
+                tls: tls.clone(),
+                provider: provider.clone(),
+            });
+            let c = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_no_client_auth();
+            Some(Arc::new(c))
+        } else {
+            None
+        };
+        Ok(Site { cfg, client })
+    }
+
+    /// The ALPN list clients are offered.
+    pub fn alpn(&self) -> &[Vec<u8>] {
+        &self.cfg.alpn
+    }
+
+    /// Opens a connection to the upstream on behalf of `client`, which reached `local`, with
+    /// the server name and ALPN protocol the client's handshake settled on.
+    pub async fn connect(
+        &self,
+        client: SocketAddr,
+        local: SocketAddr,
+        sni: Option<&str>,
+        alpn: Option<&[u8]>,
+    ) -> io::Result<Box<dyn Io>> {
+        let mut tcp = TcpStream::connect(self.cfg.upstream.as_str()).await?;
+        let _ = tcp.set_nodelay(true);
+        if self.cfg.proxy_v2 {
+            tcp.write_all(&proxy_v2(client, local)).await?;
+        }
+        let Some(base) = &self.client else {
+            return Ok(Box::new(tcp));
+        };
+        let mut cfg = (**base).clone();
+        cfg.alpn_protocols = alpn.map(|a| vec![a.to_vec()]).unwrap_or_default();
+        let name = match sni {
+            Some(n) => ServerName::try_from(n.to_owned()),
+            None => ServerName::try_from(
+                self.cfg
+                    .upstream
+                    .rsplit_once(':')
+                    .map_or(self.cfg.upstream.as_str(), |h| h.0)
+                    .trim_matches(['[', ']'])
+                    .to_owned(),
+            ),
+        }
+        .map_err(|e| io::Error::other(e.to_string()))?;
+        let s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await?;
+        Ok(Box::new(s))
+    }
+}
+
+/// Trusts exactly the leaf certificate veil serves: the upstream is the same site.
+#[derive(Debug)]
+struct Pinned {
+    tls: Arc<TlsState>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.tls.leaf().as_ref() == end_entity.as_ref() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "the site's upstream presents another certificate than tls.cert".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Where a connection on the shared port goes.
+pub enum Route<S> {
+    /// TURN: the stream with the bytes already read in front.
+    Turn(Prefixed<S>),
+    /// Handed to the site (and finished there).
+    Site,
+    /// Closed before it was either (the site closed it, or it could not be reached).
+    Closed,
+}
+
+/// Reads the client's first bytes while the upstream connects: STUN stays with veil; anything
+/// else goes to the site. Whatever ALPN protocol was negotiated: coturn's clients offer
+/// `http/1.1` before `stun.turn`, get `http/1.1` (as the site would choose) and speak STUN. Anything the site sends
+/// first (or its close) reaches the client at once, as it would without veil. With the site
+/// unreachable, TURN clients are still served and the rest is closed (at `first_by` if silent).
+pub async fn route<S: Io>(
+    site: &Site,
+    mut client: S,
+    (peer, local): (SocketAddr, SocketAddr),
+    sni: Option<String>,
+    alpn: Option<Vec<u8>>,
+    first_by: tokio::time::Instant,
+) -> Route<S> {
+    let upstream = site.connect(peer, local, sni.as_deref(), alpn.as_deref());
+    let mut prefix = Vec::new();
+    {
+        tokio::pin!(upstream);
+        let mut up: Option<Box<dyn Io>> = None;
+        let mut unreachable = false;
+        let mut buf = [0u8; 512];
+        let mut ubuf = [0u8; 4096];
+        let decided = loop {
+            tokio::select! {
+                r = client.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break FirstBytes::Other,
+                    Ok(n) => {
+                        prefix.extend_from_slice(&buf[..n]);
+                        match classify(&prefix) {
+                            FirstBytes::Unknown if prefix.len() < 8 => continue,
+                            FirstBytes::Stun => break FirstBytes::Stun,
+                            _ => break FirstBytes::Other,
+                        }
+                    }
+                },
+                u = &mut upstream, if up.is_none() && !unreachable => match u {
+                    Ok(u) => up = Some(u),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the site's upstream cannot be reached");
+                        unreachable = true;
+                    }
+                },
+                _ = tokio::time::sleep_until(first_by), if up.is_none() => return Route::Closed,
+                r = async { up.as_mut().expect("guarded").read(&mut ubuf).await }, if up.is_some() => {
+                    match r {
+                        Ok(n) if n > 0 => {
+                            // The site spoke first: the connection is the site's.
+                            if client.write_all(&ubuf[..n]).await.is_err() {
+                                return Route::Closed;
+                            }
+                            break FirstBytes::Other;
+                        }
+                        _ => {
+                            let _ = client.shutdown().await;
+                            return Route::Closed;
+                        }
+                    }
+                }
+            }
+        };
+        if decided == FirstBytes::Stun {
+            return Route::Turn(Prefixed::new(prefix, client));
+        }
+        let up = match up {
+            Some(u) => u,
+            None if unreachable => return Route::Closed,
+            None => match upstream.await {
+                Ok(u) => u,
+                Err(_) => return Route::Closed,
+            },
+        };
+        splice(client, up, &prefix).await;
+        Route::Site
+    }
+}
+
+/// Moves bytes both ways until both sides are done.
+async fn splice<S: Io>(mut client: S, mut up: Box<dyn Io>, prefix: &[u8]) {
+    if !prefix.is_empty() && up.write_all(prefix).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+}
+
+/// A stream with bytes already read from it put back in front.
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Prefixed {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = (self.prefix.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

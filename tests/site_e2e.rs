@@ -1,0 +1,190 @@
+//! One TLS port for TURN and a real website (`tls.site`), against Debian's nginx on loopback:
+//! curl over HTTP/2, HTTP/1.1 and without ALPN gets the site's bytes through veil exactly as
+//! from nginx directly, nginx logs the real client address (PROXY protocol v2), and TURN
+//! clients (coturn's uclient over TLS) relay on the same port. Needs nginx, curl and coturn's
+//! tools (.ci/run installs them).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TempDir;
+
+struct Nginx {
+    child: Child,
+    dir: PathBuf,
+    /// Plain TLS, for comparison (veil's upstream is another server, behind PROXY v2).
+    direct: SocketAddr,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Nginx {
+    fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
+    }
+}
+
+fn nginx(dir: &Path, cert: &Path, key: &Path, direct: SocketAddr, behind: SocketAddr) -> Nginx {
+    common::require("nginx");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    // A page with bytes a proxy could mangle (binary, long).
+    let page: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(www.join("page.bin"), &page).unwrap();
+    std::fs::write(www.join("index.html"), "<h1>the site</h1>\n").unwrap();
+    let d = dir.display();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+         error_log {d}/error.log;\nevents {{}}\nhttp {{\n\
+           log_format veil '$remote_addr $proxy_protocol_addr \"$request\" $status $body_bytes_sent';\n\
+           access_log {d}/access.log veil;\n\
+           client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;\n\
+           uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+           ssl_certificate {cert}; ssl_certificate_key {key};\n\
+           server {{ listen {direct} ssl http2; root {www}; }}\n\
+           server {{ listen {behind} ssl http2 proxy_protocol; root {www}; }}\n\
+         }}\n",
+        cert = cert.display(),
+        key = key.display(),
+        www = www.display(),
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let child = Command::new("nginx")
+        .args(["-c", &path.display().to_string(), "-p", &d.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("nginx runs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(behind).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not start: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Nginx {
+        child,
+        dir: dir.to_path_buf(),
+        direct,
+    }
+}
+
+/// curl with `args` to `path` on `at`: (status line facts, body bytes).
+fn curl(at: SocketAddr, path: &str, args: &[&str], from: &str) -> (String, Vec<u8>) {
+    let out = Command::new("curl")
+        .args(["-sk", "--max-time", "10", "--interface", from])
+        .args(["-w", "\n%{http_version} %{http_code}", "-o", "-"])
+        .args(args)
+        .arg(format!("https://{at}{path}"))
+        .output()
+        .expect("curl runs");
+    assert!(out.status.success(), "curl {args:?}: {:?}", out.status);
+    let mut body = out.stdout;
+    let at = body.iter().rposition(|&b| b == b'\n').unwrap();
+    let facts = String::from_utf8_lossy(&body[at + 1..]).to_string();
+    body.truncate(at);
+    (facts, body)
+}
+
+#[test]
+fn the_site_is_served_through_veil_as_it_is_directly_and_turn_shares_the_port() {
+    common::require("curl");
+    let dir = std::env::temp_dir().join(format!("veil-site-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _d = TempDir(dir.clone());
+    // veil and the site serve one certificate: the relay's (veil pins its upstream to it).
+    let direct = common::free_tcp_addr();
+    let behind = common::free_tcp_addr();
+    let set = format!("tls.site={{upstream: '{behind}', tls: true, proxy_protocol: v2}}");
+    let admin = common::free_tcp_addr().to_string();
+    let (_relay, _tcp, tls) = common::start_stream_relay(
+        "19600-19649",
+        &[
+            "--set",
+            &set,
+            "--admin",
+            &admin,
+            "--static-user",
+            "dev:dev",
+            "--user-quota",
+            "100",
+            "--allow-peer",
+            "127.0.0.0/8",
+        ],
+    );
+    let cert = common::stream_relay_cert("19600-19649");
+    let key = cert.with_file_name("key.pem");
+    let site = nginx(&dir, &cert, &key, direct, behind);
+
+    for (alpn, want_version) in [
+        (&["--http2"][..], "2"),
+        (&["--http1.1"][..], "1.1"),
+        (&["--http1.1", "--no-alpn"][..], "1.1"),
+    ] {
+        for path in ["/index.html", "/page.bin", "/missing"] {
+            let direct = curl(site.direct, path, alpn, "127.0.0.1");
+            let through = curl(tls, path, alpn, "127.0.0.7");
+            assert_eq!(direct.1, through.1, "{alpn:?} {path}: the same bytes");
+            assert_eq!(
+                direct.0, through.0,
+                "{alpn:?} {path}: the same version and status"
+            );
+            assert!(
+                through.0.starts_with(want_version),
+                "{alpn:?}: {}",
+                through.0
+            );
+        }
+    }
+    // The site saw the real client (127.0.0.7) behind veil, on every request through it.
+    let log = site.access_log();
+    let behind: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("127.0.0.1 127.0.0.7 "))
+        .collect();
+    assert_eq!(behind.len(), 9, "{log}");
+
+    // TURN on the same port: coturn's uclient over TLS, zero loss.
+    common::require("turnutils_uclient");
+    let peer_port = common::free_udp_port();
+    let mut peer = Command::new("turnutils_peer")
+        .args(["-L", "127.0.0.2", "-p", &peer_port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("turnutils_peer");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new("turnutils_uclient")
+        .args(["-S", "-t", "-u", "dev", "-w", "dev", "-e", "127.0.0.2"])
+        .args(["-r", &peer_port.to_string(), "-p", &tls.port().to_string()])
+        .args(["-m", "2", "-n", "20", "127.0.0.1"])
+        .output()
+        .expect("turnutils_uclient");
+    let _ = peer.kill();
+    let _ = peer.wait();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("Total lost packets 0"), "{text}");
+    let (_, metrics) = common::http_get(admin.parse().unwrap(), "/metrics");
+    let turn = common::metric(
+        &metrics,
+        "veil_relay_shared_port_connections_total{route=\"turn\"}",
+    );
+    let to_site = common::metric(
+        &metrics,
+        "veil_relay_shared_port_connections_total{route=\"site\"}",
+    );
+    assert!(turn.unwrap_or(0.0) >= 2.0, "{metrics}");
+    assert_eq!(to_site, Some(9.0));
+}
