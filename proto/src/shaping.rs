@@ -108,7 +108,16 @@ impl Padding {
                 .iter()
                 .map(|&n| n as usize)
                 .find(|&n| n >= len && n >= floor && ok(n))
-                .unwrap_or(aligned),
+                .unwrap_or_else(|| {
+                    // No bucket fits: the frame as it is, or, never below the flow's size, the
+                    // first size at least that a filler can make (a stream frame a few bytes
+                    // under the largest bucket cannot reach it: a filler needs 20 bytes).
+                    let mut t = aligned.max(floor);
+                    while t != aligned && !ok(t) {
+                        t += 4;
+                    }
+                    t
+                }),
             Padding::Multiple(n) => {
                 let n = *n as usize;
                 let mut t = len.max(floor).div_ceil(n) * n;
@@ -1053,6 +1062,17 @@ serde_via_str!(Cover);
 mod tests {
     use super::*;
     use crate::stun::{Class, Message, Writer, channel_data, method};
+
+    /// Found by the fuzzer: a stream frame a few bytes under the largest bucket cannot reach
+    /// it (a filler needs 20 bytes) and was written below its flow's size.
+    #[test]
+    fn a_stream_frame_never_falls_below_its_flows_size() {
+        let p: Padding = "flow:128,256,1200".parse().unwrap();
+        assert_eq!(p.stream_target(1196, 1200), 1216);
+        assert_eq!(p.stream_target(1200, 1200), 1200);
+        // Above a smaller flow size the frame goes as it is.
+        assert_eq!(p.stream_target(1196, 256), 1196);
+    }
 
     #[test]
     fn bucket_choice() {
