@@ -41,6 +41,11 @@ fn nginx(dir: &Path, cert: &Path, key: &Path, direct: SocketAddr, behind: Socket
     let page: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(www.join("page.bin"), &page).unwrap();
     std::fs::write(www.join("index.html"), "<h1>the site</h1>\n").unwrap();
+    // Another name on the same server, whose key veil does not hold (passthrough).
+    let shop = dir.join("shop");
+    std::fs::create_dir_all(shop.join("www")).unwrap();
+    std::fs::write(shop.join("www/index.html"), "<h1>the shop</h1>\n").unwrap();
+    let (shop_cert, shop_key) = common::self_signed(&shop);
     let d = dir.display();
     let conf = format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
@@ -52,10 +57,15 @@ fn nginx(dir: &Path, cert: &Path, key: &Path, direct: SocketAddr, behind: Socket
            ssl_certificate {cert}; ssl_certificate_key {key};\n\
            server {{ listen {direct} ssl http2; root {www}; }}\n\
            server {{ listen {behind} ssl http2 proxy_protocol; root {www}; }}\n\
+           server {{ listen {behind} ssl http2 proxy_protocol; server_name shop.test;\n\
+             ssl_certificate {sc}; ssl_certificate_key {sk}; root {sw}; }}\n\
          }}\n",
         cert = cert.display(),
         key = key.display(),
         www = www.display(),
+        sc = shop_cert.display(),
+        sk = shop_key.display(),
+        sw = shop.join("www").display(),
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
@@ -106,7 +116,9 @@ fn the_site_is_served_through_veil_as_it_is_directly_and_turn_shares_the_port() 
     // veil and the site serve one certificate: the relay's (veil pins its upstream to it).
     let direct = common::free_tcp_addr();
     let behind = common::free_tcp_addr();
-    let set = format!("tls.site={{upstream: '{behind}', tls: true, proxy_protocol: v2}}");
+    let set = format!(
+        "tls.site={{upstream: '{behind}', tls: true, proxy_protocol: v2, passthrough: [shop.test]}}"
+    );
     let admin = common::free_tcp_addr().to_string();
     let (_relay, _tcp, tls) = common::start_stream_relay(
         "19600-19649",
@@ -155,6 +167,62 @@ fn the_site_is_served_through_veil_as_it_is_directly_and_turn_shares_the_port() 
         .collect();
     assert_eq!(behind.len(), 9, "{log}");
 
+    // A passthrough name: the site's own TLS, with the certificate veil holds no key for.
+    let shop = Command::new("curl")
+        .args(["-sk", "--max-time", "10", "--resolve"])
+        .arg(format!("shop.test:{}:127.0.0.1", tls.port()))
+        .args(["-w", "%{certs}"])
+        .arg(format!("https://shop.test:{}/index.html", tls.port()))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&shop.stdout).to_string();
+    assert!(text.starts_with("<h1>the shop</h1>"), "{text}");
+    let shop_pem = std::fs::read_to_string(dir.join("shop/cert.pem")).unwrap();
+    let shop_b64: String = shop_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let served: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    assert_eq!(served, shop_b64, "the shop's own certificate: {text}");
+
+    // Not TLS: plain HTTP on the TLS port gets what the site gives plain HTTP on its TLS port.
+    let raw = |at: SocketAddr| {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(at).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        let out = String::from_utf8_lossy(&out).to_string();
+        let status = out.lines().next().unwrap_or_default().to_string();
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|b| b.1.to_string())
+            .unwrap_or_default();
+        (status, body)
+    };
+    let (direct_raw, through_raw) = (raw(site.direct), raw(tls));
+    assert!(direct_raw.0.contains(" 400 "), "{direct_raw:?}");
+    assert_eq!(direct_raw, through_raw);
+    // Not TLS, STUN: TURN over TCP on the same port (a Binding answered).
+    {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(tls).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut req = vec![0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42];
+        req.extend_from_slice(&[7; 12]);
+        c.write_all(&req).unwrap();
+        let mut head = [0u8; 20];
+        c.read_exact(&mut head).unwrap();
+        assert_eq!(&head[..2], &[1, 1], "a Binding success");
+        assert_eq!(&head[8..], &req[8..], "for our transaction");
+    }
+
     // TURN on the same port: coturn's uclient over TLS, zero loss.
     common::require("turnutils_uclient");
     let peer_port = common::free_udp_port();
@@ -185,6 +253,7 @@ fn the_site_is_served_through_veil_as_it_is_directly_and_turn_shares_the_port() 
         &metrics,
         "veil_relay_shared_port_connections_total{route=\"site\"}",
     );
-    assert!(turn.unwrap_or(0.0) >= 2.0, "{metrics}");
-    assert_eq!(to_site, Some(9.0));
+    // uclient's connections and the Binding; nine curls, the shop and the plain HTTP request.
+    assert!(turn.unwrap_or(0.0) >= 3.0, "{metrics}");
+    assert_eq!(to_site, Some(11.0));
 }

@@ -31,6 +31,9 @@ pub struct SiteConfig {
     pub proxy_v2: bool,
     /// ALPN protocols offered to clients, in the site's order of preference.
     pub alpn: Vec<Vec<u8>>,
+    /// Server names (lower case) whose connections go to the site untouched: veil never
+    /// decrypts them (it holds no key for them).
+    pub passthrough: Vec<String>,
 }
 
 /// A byte stream either way.
@@ -78,6 +81,34 @@ impl Site {
         &self.cfg.alpn
     }
 
+    /// A TCP connection to the upstream, with the PROXY header if configured.
+    async fn connect_raw(&self, client: SocketAddr, local: SocketAddr) -> io::Result<TcpStream> {
+        let mut tcp = TcpStream::connect(self.cfg.upstream.as_str()).await?;
+        let _ = tcp.set_nodelay(true);
+        if self.cfg.proxy_v2 {
+            tcp.write_all(&proxy_v2(client, local)).await?;
+        }
+        Ok(tcp)
+    }
+
+    /// Hands a connection to the upstream untouched, the bytes read so far first.
+    async fn pass(
+        &self,
+        mut tcp: TcpStream,
+        read: &[u8],
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Opened {
+        let Ok(mut up) = self.connect_raw(peer, local).await else {
+            return Opened::Done(false);
+        };
+        if up.write_all(read).await.is_err() {
+            return Opened::Done(false);
+        }
+        let _ = tokio::io::copy_bidirectional(&mut tcp, &mut up).await;
+        Opened::Done(true)
+    }
+
     /// Opens a connection to the upstream on behalf of `client`, which reached `local`, with
     /// the server name and ALPN protocol the client's handshake settled on.
     pub async fn connect(
@@ -87,11 +118,7 @@ impl Site {
         sni: Option<&str>,
         alpn: Option<&[u8]>,
     ) -> io::Result<Box<dyn Io>> {
-        let mut tcp = TcpStream::connect(self.cfg.upstream.as_str()).await?;
-        let _ = tcp.set_nodelay(true);
-        if self.cfg.proxy_v2 {
-            tcp.write_all(&proxy_v2(client, local)).await?;
-        }
+        let tcp = self.connect_raw(client, local).await?;
         let Some(base) = &self.client else {
             return Ok(Box::new(tcp));
         };
@@ -173,6 +200,74 @@ impl ServerCertVerifier for Pinned {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// What a connection on the shared port is, before any TLS.
+pub enum Opened {
+    /// A ClientHello for a name veil serves: the handshake goes on over this stream.
+    Tls(Prefixed<TcpStream>),
+    /// STUN without TLS: TURN over TCP.
+    Turn(Prefixed<TcpStream>),
+    /// Handed to the site untouched (true: a passthrough name, or neither TLS nor STUN), or
+    /// closed (false: the site unreachable).
+    Done(bool),
+}
+
+/// Largest ClientHello read before the connection is left to the site.
+const MAX_HELLO: usize = 16 * 1024;
+
+/// Reads a connection's first bytes (all of a ClientHello, if it is TLS) and decides: STUN is
+/// TURN over TCP, a ClientHello for a passthrough name or anything that is neither goes to the
+/// site untouched (so the site answers it as it would), and the rest is TLS for veil. A client
+/// silent past `first_by` is left to the site, which applies its own timeout from then on.
+pub async fn open(
+    site: &Site,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    first_by: tokio::time::Instant,
+) -> Opened {
+    let mut read = Vec::with_capacity(1024);
+    let mut buf = [0u8; 2048];
+    let mut hello = rustls::server::Acceptor::default();
+    let mut fed = 0;
+    loop {
+        match classify(&read) {
+            FirstBytes::Unknown => {}
+            FirstBytes::Stun => return Opened::Turn(Prefixed::new(read, tcp)),
+            FirstBytes::Other => return site.pass(tcp, &read, peer, local).await,
+            FirstBytes::TlsHandshake => {
+                let mut rest = &read[fed..];
+                while !rest.is_empty() {
+                    match hello.read_tls(&mut rest) {
+                        Ok(n) if n > 0 => {}
+                        _ => return site.pass(tcp, &read, peer, local).await,
+                    }
+                }
+                fed = read.len();
+                match hello.accept() {
+                    Ok(Some(h)) => {
+                        let name = h.client_hello().server_name().map(str::to_ascii_lowercase);
+                        if name.is_some_and(|n| site.cfg.passthrough.contains(&n)) {
+                            return site.pass(tcp, &read, peer, local).await;
+                        }
+                        return Opened::Tls(Prefixed::new(read, tcp));
+                    }
+                    Ok(None) => {}
+                    // Not a ClientHello rustls takes: the site answers it.
+                    Err(_) => return site.pass(tcp, &read, peer, local).await,
+                }
+            }
+        }
+        if read.len() > MAX_HELLO {
+            return site.pass(tcp, &read, peer, local).await;
+        }
+        match tokio::time::timeout_at(first_by, tcp.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => read.extend_from_slice(&buf[..n]),
+            // A close, an error or silence: whatever the site does with it.
+            _ => return site.pass(tcp, &read, peer, local).await,
+        }
     }
 }
 
@@ -277,7 +372,7 @@ pub struct Prefixed<S> {
 }
 
 impl<S> Prefixed<S> {
-    fn new(prefix: Vec<u8>, inner: S) -> Self {
+    pub(crate) fn new(prefix: Vec<u8>, inner: S) -> Self {
         Prefixed {
             prefix,
             at: 0,

@@ -11,7 +11,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -137,7 +137,10 @@ impl TlsState {
     }
 
     /// Runs the server handshake on an accepted connection.
-    pub async fn accept(&self, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
+    pub async fn accept<IO: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        tcp: IO,
+    ) -> io::Result<TlsStream<IO>> {
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
         let hello = start.client_hello();
         let offers = |want: &dyn Fn(&[u8]) -> bool| hello.alpn().is_some_and(|mut p| p.any(want));

@@ -299,6 +299,11 @@ impl RelayConfig {
                     tls: s.tls,
                     proxy_v2: s.proxy_protocol == settings::ProxyProtocol::V2,
                     alpn: site_alpn.clone(),
+                    passthrough: s
+                        .passthrough
+                        .iter()
+                        .map(|n| n.to_ascii_lowercase())
+                        .collect(),
                 };
                 Some(std::sync::Arc::new(
                     crate::site::Site::new(cfg, tls).map_err(|e| invalid("tls.site", e))?,

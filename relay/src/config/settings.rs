@@ -501,6 +501,9 @@ pub struct SiteSettings {
     pub proxy_protocol: ProxyProtocol,
     /// ALPN protocols offered, as the site offers them.
     pub alpn: Vec<String>,
+    /// Server names whose connections go to the upstream untouched (veil holds no key for
+    /// them and never decrypts them).
+    pub passthrough: Vec<String>,
 }
 
 impl Default for SiteSettings {
@@ -510,6 +513,7 @@ impl Default for SiteSettings {
             tls: true,
             proxy_protocol: ProxyProtocol::None,
             alpn: vec!["h2".into(), "http/1.1".into()],
+            passthrough: vec![],
         }
     }
 }

@@ -258,15 +258,31 @@ async fn connection(
 ) {
     match (key.transport, &node.tls) {
         (Transport::Tls, Some(tls)) => {
-            let local = tcp.local_addr();
-            let s = match tokio::time::timeout_at(first_by, tls.accept(tcp)).await {
+            let (Some(site), Ok(local)) = (node.site.clone(), tcp.local_addr()) else {
+                match tokio::time::timeout_at(first_by, tls.accept(tcp)).await {
+                    Ok(Ok(s)) => serve(worker, node, s, key, first_by).await,
+                    _ => count_error(&worker),
+                }
+                return;
+            };
+            // A port shared with a website: STUN stays, the rest is the site's.
+            let io = match crate::site::open(&site, tcp, key.addr, local, first_by).await {
+                crate::site::Opened::Tls(io) => io,
+                crate::site::Opened::Turn(s) => {
+                    count_route(&worker, false);
+                    return serve(worker, node, s, key, first_by).await;
+                }
+                crate::site::Opened::Done(to_site) => {
+                    if to_site {
+                        count_route(&worker, true);
+                    }
+                    return;
+                }
+            };
+            let s = match tokio::time::timeout_at(first_by, tls.accept(io)).await {
                 Ok(Ok(s)) => s,
                 _ => return count_error(&worker),
             };
-            let (Some(site), Ok(local)) = (node.site.clone(), local) else {
-                return serve(worker, node, s, key, first_by).await;
-            };
-            // A port shared with a website: STUN stays, the rest is the site's.
             let sni = s.get_ref().1.server_name().map(str::to_owned);
             let alpn = s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
             match crate::site::route(&site, s, (key.addr, local), sni, alpn, first_by).await {
