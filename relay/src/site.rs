@@ -265,7 +265,9 @@ pub async fn open(
         }
         match tokio::time::timeout_at(first_by, tcp.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => read.extend_from_slice(&buf[..n]),
-            // A close, an error or silence: whatever the site does with it.
+            // Closed before a byte: nothing to hand over.
+            Ok(_) if read.is_empty() => return Opened::Done(false),
+            // Silence, or a close mid-hello: whatever the site does with it.
             _ => return site.pass(tcp, &read, peer, local).await,
         }
     }
@@ -305,6 +307,8 @@ pub async fn route<S: Io>(
         let decided = loop {
             tokio::select! {
                 r = client.read(&mut buf) => match r {
+                    // Closed before a byte: the site sees its connection close too.
+                    Ok(0) | Err(_) if prefix.is_empty() => return Route::Closed,
                     Ok(0) | Err(_) => break FirstBytes::Other,
                     Ok(n) => {
                         prefix.extend_from_slice(&buf[..n]);
