@@ -1,7 +1,8 @@
 //! A real browser relays through veil: headless Chromium (Debian's `chromium`) driven by
 //! playwright-core (npm, `tests/browser/`), two RTCPeerConnections in one page that may use only
 //! veil (`iceTransportPolicy: "relay"`), a data channel between them, over `turn:` UDP, `turn:`
-//! TCP and `turns:`, with and without shaping (padding, 20 ms slots, cover).
+//! TCP and `turns:`, with and without shaping (padding, 20 ms slots, cover), and `turns:` on a
+//! port shared with a real site (nginx behind veil), whose page the same profile loads.
 //!
 //! Chromium, the relays and the page server run inside a network namespace that has only `lo`,
 //! so none of Chromium's background services can reach anything. Needs root (`ip netns`),
@@ -187,6 +188,42 @@ fn chromium_relays_data_channels_through_veil_over_udp_tcp_and_tls() {
     let ns = Netns::new();
     let _plain = relay(&ns, &dir, (3478, 5349), "20000-20999", &[]);
     let _shaped = relay(&ns, &dir, (3479, 5350), "21000-21999", &common::shaped(&[]));
+    // A real site behind veil's TLS port 5351: nginx on 8444 (after PROXY v2), same certificate.
+    require(
+        Command::new("nginx").arg("-v").output().is_ok(),
+        "Debian's nginx is required",
+    );
+    let site_dir = dir.join("site");
+    std::fs::create_dir_all(&site_dir).unwrap();
+    let conf = common::site::nginx_conf(
+        &site_dir,
+        (&dir.join("cert.pem"), &dir.join("key.pem")),
+        "127.0.0.1:8443",
+        "127.0.0.1:8444",
+        "",
+    );
+    let _nginx = Killed(
+        ns.cmd(&[
+            "nginx",
+            "-c",
+            conf.to_str().unwrap(),
+            "-p",
+            site_dir.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("nginx starts in the namespace"),
+    );
+    let _shared = relay(
+        &ns,
+        &dir,
+        (3480, 5351),
+        "22000-22999",
+        &[
+            "--set",
+            "tls.site={upstream: '127.0.0.1:8444', proxy_protocol: v2}",
+        ],
+    );
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -194,10 +231,14 @@ fn chromium_relays_data_channels_through_veil_over_udp_tcp_and_tls() {
     let (user, pass) = veil_relay::proto::auth::mint(SECRET.as_bytes(), now + 600, Some("browser"));
     let mut all = scenarios(3478, 5349, &user, &pass, "plain");
     all.extend(scenarios(3479, 5350, &user, &pass, "shaped"));
+    // turns: on the port shared with the site.
+    all.push(scenarios(3480, 5351, &user, &pass, "site").remove(2));
     let config = json!({
         "messages": MESSAGES,
         "scenarios": all,
         "chromiumArgs": [format!("--ignore-certificate-errors-spki-list={spki}")],
+        // The same profile loads the site from the same port.
+        "visit": "https://localhost:5351/index.html",
     });
     let out = ns
         .cmd(&[
@@ -212,14 +253,25 @@ fn chromium_relays_data_channels_through_veil_over_udp_tcp_and_tls() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "run.mjs failed:\n{stdout}\n{stderr}");
-    let results: Vec<Value> = stdout
+    let lines: Vec<Value> = stdout
         .lines()
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    let visit = lines
+        .iter()
+        .find(|l| l["visit"].is_string())
+        .unwrap_or_else(|| panic!("no visit:\n{stdout}\n{stderr}"));
+    assert_eq!(visit["status"], 200, "{visit}");
+    assert_eq!(
+        visit["body"],
+        common::site::INDEX,
+        "the site's page: {visit}"
+    );
+    let results: Vec<&Value> = lines.iter().filter(|l| l["scenario"].is_string()).collect();
     assert_eq!(
         results.len(),
-        6,
+        7,
         "one result per scenario:\n{stdout}\n{stderr}"
     );
     for r in &results {

@@ -36,40 +36,26 @@ impl Nginx {
 
 fn nginx(dir: &Path, cert: &Path, key: &Path, direct: SocketAddr, behind: SocketAddr) -> Nginx {
     common::require("nginx");
-    let www = dir.join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    // A page with bytes a proxy could mangle (binary, long).
-    let page: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    std::fs::write(www.join("page.bin"), &page).unwrap();
-    std::fs::write(www.join("index.html"), "<h1>the site</h1>\n").unwrap();
     // Another name on the same server, whose key veil does not hold (passthrough).
     let shop = dir.join("shop");
     std::fs::create_dir_all(shop.join("www")).unwrap();
     std::fs::write(shop.join("www/index.html"), "<h1>the shop</h1>\n").unwrap();
     let (shop_cert, shop_key) = common::self_signed(&shop);
-    let d = dir.display();
-    let conf = format!(
-        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-         error_log {d}/error.log;\nevents {{}}\nhttp {{\n\
-           log_format veil '$remote_addr $proxy_protocol_addr \"$request\" $status $body_bytes_sent';\n\
-           access_log {d}/access.log veil;\n\
-           client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;\n\
-           uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-           ssl_certificate {cert}; ssl_certificate_key {key};\n\
-           server {{ listen {direct} ssl http2; root {www}; }}\n\
-           server {{ listen {behind} ssl http2 proxy_protocol; root {www}; }}\n\
-           server {{ listen {behind} ssl http2 proxy_protocol; server_name shop.test;\n\
-             ssl_certificate {sc}; ssl_certificate_key {sk}; root {sw}; }}\n\
-         }}\n",
-        cert = cert.display(),
-        key = key.display(),
-        www = www.display(),
-        sc = shop_cert.display(),
-        sk = shop_key.display(),
-        sw = shop.join("www").display(),
+    let servers = format!(
+        "server {{ listen {behind} ssl http2 proxy_protocol; server_name shop.test;\n\
+           ssl_certificate {}; ssl_certificate_key {}; root {}; }}",
+        shop_cert.display(),
+        shop_key.display(),
+        shop.join("www").display(),
     );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf).unwrap();
+    let path = common::site::nginx_conf(
+        dir,
+        (cert, key),
+        &direct.to_string(),
+        &behind.to_string(),
+        &servers,
+    );
+    let d = dir.display();
     let child = Command::new("nginx")
         .args(["-c", &path.display().to_string(), "-p", &d.to_string()])
         .stdout(Stdio::null())

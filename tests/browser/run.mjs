@@ -110,6 +110,16 @@ try {
     }
     console.log(JSON.stringify({ scenario: s.name, ...result }));
   }
+  if (config.visit) {
+    // A page load from the same profile: what a browser gets from the port.
+    const site = await browser.newPage();
+    try {
+      const resp = await site.goto(config.visit);
+      console.log(JSON.stringify({ visit: config.visit, status: resp.status(), body: await resp.text() }));
+    } catch (e) {
+      console.log(JSON.stringify({ visit: config.visit, error: String(e.message || e) }));
+    }
+  }
 } finally {
   await browser.close();
   server.close();
