@@ -620,9 +620,12 @@ async fn veil_dev_runs_a_working_cluster() {
         .filter_map(|l| l.split_once(": ")?.1.split_once(" delivered").map(|d| d.0))
         .collect();
     assert_eq!(delivered.len(), 2, "{text}");
+    // The link never queues a datagram past its delay bound (5 ms): on a loaded machine one
+    // may be dropped, and counted; the call itself must go through.
     for d in &delivered {
         let (got, sent) = d.split_once('/').unwrap();
-        assert_eq!(got, sent, "every datagram both ways: {text}");
+        let (got, sent): (u32, u32) = (got.parse().unwrap(), sent.parse().unwrap());
+        assert!(got * 100 >= sent * 95, "the datagrams both ways: {text}");
     }
     // The metrics line: the media crossed eu -> apac on the link.
     let metrics = String::from_utf8_lossy(&sh(&curls[2]).stdout).to_string();
@@ -632,8 +635,9 @@ async fn veil_dev_runs_a_working_cluster() {
         .filter(|l| l.contains("direction=\"out\"") && l.contains("remote_zone=\"apac\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>();
-    let sent: f64 = delivered[0].split_once('/').unwrap().1.parse().unwrap();
-    assert!(crossed >= sent, "{crossed} < {sent}: {metrics}");
+    // At least what the callee got went out over the link.
+    let got: f64 = delivered[0].split_once('/').unwrap().0.parse().unwrap();
+    assert!(crossed >= got, "{crossed} < {got}: {metrics}");
     assert!(
         metrics.contains("veil_relay_mesh_link_up{link="),
         "{metrics}"
