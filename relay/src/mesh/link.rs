@@ -100,7 +100,12 @@ pub(super) async fn run(
     conn.close(code.into(), b"");
     status.update(|s| {
         s.state = LinkState::Down;
-        s.last_error = Some(end.to_string());
+        s.last_error = Some(match end {
+            LinkEnd::Connection(_) if end.is_breaker() => {
+                "the peer's circuit breaker closed the link".to_string()
+            }
+            _ => end.to_string(),
+        });
         s.breaker_trips += u64::from(end.is_breaker());
     });
     status.ended();
