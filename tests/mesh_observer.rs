@@ -233,8 +233,13 @@ fn the_link_shows_one_size_one_rate_and_matches_callers_at_chance() {
                 &vec![1280],
                 "{n} flows: one datagram size on the link"
             );
+            // Within 5 %: on this 2-core machine under the test's own load (three relays, 33
+            // senders, the capture) a run measured 32 flows at 579.6/s against 600: a clock
+            // thread descheduled for more than four cell intervals skips cells rather than
+            // bursting them (counted as late), and the capture may miss packets. A rate that
+            // followed the calls would move by a rung (1.5x).
             assert!(
-                (rate - rate0).abs() / rate0 < 0.03,
+                (rate - rate0).abs() / rate0 < 0.05,
                 "{n} flows: the same rate ({rate:.1}/s against {rate0:.1}/s with none)"
             );
         }
