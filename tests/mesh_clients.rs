@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::mesh::{MeshNode, Netns, certs, start_pair};
-use common::wire::{Capture, Packet};
+use common::mesh::{MeshNode, Netns, certs, start_pair, udp_between};
+use common::wire::Capture;
 use common::{SECRET, TempDir};
 use serde_json::{Value, json};
 
@@ -26,17 +26,6 @@ fn credential(id: &str, zone: &str) -> (String, String) {
     let user = format!("{exp}:{id};z={zone}");
     let pass = veil_relay::proto::auth::rest_password(SECRET.as_bytes(), user.as_bytes());
     (user, String::from_utf8(pass.to_vec()).unwrap())
-}
-
-fn udp_between(packets: &[Packet], a: &str, b: &str) -> usize {
-    packets
-        .iter()
-        .filter(|p| !p.tcp)
-        .filter(|p| {
-            let (s, d) = (p.src.ip().to_string(), p.dst.ip().to_string());
-            (s == a && d == b) || (s == b && d == a)
-        })
-        .count()
 }
 
 fn cert_dir(tag: &str) -> TempDir {

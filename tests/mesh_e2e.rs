@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::mesh::{MeshNode, certs, start_pair};
+use common::mesh::{certs, party, start_pair, udp_between};
 use common::wire::Capture;
 use common::{RawTurn, TempDir};
 
@@ -16,17 +16,6 @@ fn cert_dir(tag: &str) -> TempDir {
     std::fs::create_dir_all(&d).unwrap();
     certs(&d, &["relay-a", "relay-b", "relay-c", "relay-0"]);
     TempDir(d)
-}
-
-/// Two clients, each allocated on its relay, permitted to each other's relayed address.
-fn party(node: &MeshNode, id: &str) -> (RawTurn, SocketAddr) {
-    // Each node serves the zone `<name>-zone`, which credentials must name.
-    let zone = common::http_get(node.admin, "/status").1;
-    let zone: serde_json::Value = serde_json::from_str(&zone).unwrap();
-    let id = format!("{id};z={}", zone["zone"].as_str().unwrap());
-    let mut c = RawTurn::rest("127.0.0.1:0", node.relay.addr, &id);
-    let relayed = c.allocate();
-    (c, relayed)
 }
 
 /// Sends `n` datagrams from `from` to `to_addr` and counts what `to` receives from
@@ -52,17 +41,6 @@ fn exchange(
         }
     }
     got
-}
-
-fn udp_between(packets: &[common::wire::Packet], a: &str, b: &str) -> usize {
-    packets
-        .iter()
-        .filter(|p| !p.tcp)
-        .filter(|p| {
-            let (s, d) = (p.src.ip().to_string(), p.dst.ip().to_string());
-            (s == a && d == b) || (s == b && d == a)
-        })
-        .count()
 }
 
 #[test]

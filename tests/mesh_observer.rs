@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::RawTurn;
-use common::mesh::{MeshNode, NodeSpec, certs, start_node};
+use common::mesh::{MeshNode, NodeSpec, certs, party, start_node};
 use common::observe::{By, Flow, Rng, dtx_voice, pearson, series};
 use common::wire::{Capture, Packet, now_us};
 
@@ -67,22 +67,13 @@ fn trio(
     t
 }
 
-fn client(node: &MeshNode, id: &str) -> (RawTurn, SocketAddr) {
-    let zone = common::http_get(node.admin, "/status").1;
-    let zone: serde_json::Value = serde_json::from_str(&zone).unwrap();
-    let id = format!("{id};z={}", zone["zone"].as_str().unwrap());
-    let mut c = RawTurn::rest("127.0.0.1:0", node.relay.addr, &id);
-    let relayed = c.allocate();
-    (c, relayed)
-}
-
 /// Callers on A, each with a callee on B (even) or C (odd), permitted both ways.
 fn calls(t: &Trio, n: usize) -> Vec<(RawTurn, SocketAddr)> {
     let mut out = Vec::new();
     for i in 0..n {
-        let (mut x, xa) = client(&t.a, &format!("caller{i}"));
+        let (mut x, xa) = party(&t.a, &format!("caller{i}"));
         let callee_node = if i % 2 == 0 { &t.b } else { &t.c };
-        let (mut y, ya) = client(callee_node, &format!("callee{i}"));
+        let (mut y, ya) = party(callee_node, &format!("callee{i}"));
         assert_eq!(x.permit(ya), None);
         assert_eq!(y.permit(xa), None);
         let _ = xa;

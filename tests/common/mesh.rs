@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{Relay, SECRET, TempDir, free_tcp_addr, free_udp_port, http_get, metric, wait_ready};
+use super::wire::Packet;
+use super::{
+    RawTurn, Relay, SECRET, TempDir, free_tcp_addr, free_udp_port, http_get, metric, wait_ready,
+};
 
 /// Makes a CA and certificates for `names` in `dir` with the binary's own command.
 pub fn certs(dir: &Path, names: &[&str]) {
@@ -416,4 +419,27 @@ pub mod rogue {
             now += Duration::from_millis(1);
         }
     }
+}
+
+/// A client allocated on `node` with a credential for the node's zone (each test node serves
+/// `<name>-zone`, which credentials must name): the client and its relayed address.
+pub fn party(node: &MeshNode, id: &str) -> (RawTurn, SocketAddr) {
+    let zone = http_get(node.admin, "/status").1;
+    let zone: serde_json::Value = serde_json::from_str(&zone).unwrap();
+    let id = format!("{id};z={}", zone["zone"].as_str().unwrap());
+    let mut c = RawTurn::rest("127.0.0.1:0", node.relay.addr, &id);
+    let relayed = c.allocate();
+    (c, relayed)
+}
+
+/// UDP datagrams captured between IPs `a` and `b`, either way.
+pub fn udp_between(packets: &[Packet], a: &str, b: &str) -> usize {
+    packets
+        .iter()
+        .filter(|p| !p.tcp)
+        .filter(|p| {
+            let (s, d) = (p.src.ip().to_string(), p.dst.ip().to_string());
+            (s == a && d == b) || (s == b && d == a)
+        })
+        .count()
 }
