@@ -315,7 +315,7 @@ async fn serve<S: AsyncRead + AsyncWrite>(
     let (rd, wr) = tokio::io::split(stream);
     let clean = tokio::select! {
         r = read_side(&worker, &node, rd, key, &out, first_by) => r,
-        r = write_side(&worker, wr, &out) => r.is_ok(),
+        r = write_side(&worker, wr, &out, key.transport == Transport::Tls) => r.is_ok(),
     };
     if !clean {
         count_error(&worker);
@@ -387,13 +387,16 @@ async fn read_side<R: AsyncRead>(
     }
 }
 
-/// Writes what is queued. While the worker shapes traffic each frame (with its filler) is
-/// written on its own, so over TLS each leaves as one record of a bucket size; otherwise
-/// everything queued goes in one write.
+/// Writes what is queued. Over TLS each frame is written on its own, so it leaves as a record of
+/// its own: while the worker shapes traffic, one of a bucket size; and always because clients
+/// read a record as a message (coturn's `turnutils_uclient -S` keeps the first frame of a record
+/// and drops the rest). Each frame is written on its own over TCP too while shaping (the filler
+/// and the frame leave together); otherwise everything queued goes in one write.
 async fn write_side<W: AsyncWrite>(
     worker: &Weak<RefCell<Worker>>,
     wr: W,
     out: &Outbound,
+    tls: bool,
 ) -> io::Result<()> {
     tokio::pin!(wr);
     let mut batch = Queue::default();
@@ -403,9 +406,10 @@ async fn write_side<W: AsyncWrite>(
         if batch.data.is_empty() {
             continue;
         }
-        let per_frame = worker
-            .upgrade()
-            .is_some_and(|w| w.borrow().per_frame_writes());
+        let per_frame = tls
+            || worker
+                .upgrade()
+                .is_some_and(|w| w.borrow().per_frame_writes());
         let write = async {
             if per_frame {
                 let mut at = 0;
