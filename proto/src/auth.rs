@@ -393,6 +393,69 @@ impl NonceKey {
     }
 }
 
+/// Marks a [credential nonce](credential_nonce) after the cookie and features.
+const CREDENTIAL_NONCE_MARK: u8 = b'c';
+/// Bytes of HMAC in a credential nonce.
+const CREDENTIAL_NONCE_MAC_LEN: usize = 16;
+/// Length of a credential nonce (36 bytes, 36 on the wire).
+pub const CREDENTIAL_NONCE_LEN: usize =
+    NONCE_COOKIE.len() + FEATURES.len() + 1 + (CREDENTIAL_NONCE_MAC_LEN * 4).div_ceil(3);
+
+fn credential_nonce_mac(secret: &[u8], username: &str) -> [u8; CREDENTIAL_NONCE_MAC_LEN] {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+    let mut ctx = hmac::Context::with_key(&key);
+    ctx.update(b"veil credential nonce\0");
+    ctx.update(username.as_bytes());
+    ctx.sign().as_ref()[..CREDENTIAL_NONCE_MAC_LEN]
+        .try_into()
+        .expect("HMAC-SHA256 is longer")
+}
+
+/// The nonce issued with a REST credential (by the allocator, which holds the signing secret):
+/// a client given it sends its first Allocate already authenticated, with no 401 round trip,
+/// which is what lets a shared port in `strict` mode hand every unauthenticated request to the
+/// website. It is bound to the username (so to its expiry) under the secret, not to a 5-tuple:
+/// the client's address and port are unknown when it is issued. Valid wherever the credential
+/// is, until the credential expires or its secret is removed.
+pub fn credential_nonce(secret: &[u8], username: &str) -> String {
+    let mut out = Vec::with_capacity(CREDENTIAL_NONCE_LEN);
+    out.extend_from_slice(NONCE_COOKIE);
+    out.extend_from_slice(FEATURES);
+    out.push(CREDENTIAL_NONCE_MARK);
+    let mac = URL_SAFE_NO_PAD.encode(credential_nonce_mac(secret, username));
+    out.extend_from_slice(mac.as_bytes());
+    debug_assert_eq!(out.len(), CREDENTIAL_NONCE_LEN);
+    String::from_utf8(out).expect("ASCII")
+}
+
+impl Credentials {
+    /// Whether `nonce` is the [credential nonce](credential_nonce) of `username` under one of
+    /// the secrets in force (REST usernames only; expiry is the credential check's business).
+    pub fn issued_nonce(&self, username: &str, nonce: &[u8]) -> bool {
+        let prefix = NONCE_COOKIE.len() + FEATURES.len();
+        if nonce.len() != CREDENTIAL_NONCE_LEN
+            || &nonce[..NONCE_COOKIE.len()] != NONCE_COOKIE
+            || &nonce[NONCE_COOKIE.len()..prefix] != FEATURES
+            || nonce[prefix] != CREDENTIAL_NONCE_MARK
+            || !is_rest_username(username)
+        {
+            return false;
+        }
+        let mut raw = [0u8; CREDENTIAL_NONCE_MAC_LEN + 2];
+        let Ok(CREDENTIAL_NONCE_MAC_LEN) =
+            URL_SAFE_NO_PAD.decode_slice(&nonce[prefix + 1..], &mut raw)
+        else {
+            return false;
+        };
+        self.secrets.iter().any(|s| {
+            crate::stun::ct_eq(
+                &credential_nonce_mac(s, username),
+                &raw[..CREDENTIAL_NONCE_MAC_LEN],
+            )
+        })
+    }
+}
+
 /// True if a nonce we minted announces the password-algorithms feature (all of ours do).
 pub fn nonce_announces_algorithms(nonce: &[u8]) -> bool {
     nonce.starts_with(NONCE_COOKIE)
@@ -421,6 +484,43 @@ mod tests {
         // `printf 1700000000:alice | openssl dgst -sha1 -hmac secret -binary | base64`.
         let pw = rest_password(b"secret", b"1700000000:alice");
         assert_eq!(&pw, b"d8soP47RbdIKLDUOpnJPVQyq5Ts=");
+    }
+
+    /// Issue 23 §3: the nonce issued with a credential holds for that username under any
+    /// secret in force, and for nothing else: another user, a removed secret, an altered byte,
+    /// a node nonce, a static user.
+    #[test]
+    fn credential_nonces_hold_for_their_username_only() {
+        let creds = Credentials {
+            secrets: vec![b"new".to_vec(), b"old".to_vec()],
+            static_users: vec![("dev".into(), "dev".into())],
+            ..Default::default()
+        };
+        let (user, _) = mint(b"old", 2_000, Some("bob"));
+        let nonce = credential_nonce(b"old", &user);
+        assert_eq!(nonce.len(), CREDENTIAL_NONCE_LEN);
+        assert!(nonce.starts_with("obMatJos2"), "{nonce}");
+        assert!(nonce_announces_algorithms(nonce.as_bytes()));
+        assert!(creds.issued_nonce(&user, nonce.as_bytes()));
+        assert!(creds.issued_nonce(&user, credential_nonce(b"new", &user).as_bytes()));
+        let (other, _) = mint(b"old", 2_000, Some("eve"));
+        assert!(
+            !creds.issued_nonce(&other, nonce.as_bytes()),
+            "another user"
+        );
+        assert!(
+            !creds.issued_nonce(&user, credential_nonce(b"gone", &user).as_bytes()),
+            "a secret not in force"
+        );
+        for at in 0..nonce.len() {
+            let mut bad = nonce.clone().into_bytes();
+            bad[at] ^= 0x01;
+            assert!(!creds.issued_nonce(&user, &bad), "byte {at} altered");
+        }
+        assert!(!creds.issued_nonce(&user, &nonce.as_bytes()[..30]));
+        let node = NonceKey::new(b"k").mint(2_000, 3478, "192.0.2.1:5000".parse().unwrap());
+        assert!(!creds.issued_nonce(&user, &node));
+        assert!(!creds.issued_nonce("dev", credential_nonce(b"new", "dev").as_bytes()));
     }
 
     #[test]

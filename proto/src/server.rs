@@ -35,6 +35,7 @@ use crate::stun::{Class, Message, method};
 
 mod allocation;
 mod authn;
+pub(crate) use authn::password_algorithm;
 mod env;
 mod error;
 mod permission;

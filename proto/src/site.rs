@@ -4,7 +4,8 @@
 
 use std::net::SocketAddr;
 
-use crate::stun::MAGIC_COOKIE;
+use crate::auth::{Credentials, Key};
+use crate::stun::{Class, MAGIC_COOKIE, Message, attr};
 
 /// What the first bytes of a stream are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +46,49 @@ pub fn classify(b: &[u8]) -> FirstBytes {
             }
         }
     }
+}
+
+/// The largest first STUN message strict mode reads before it leaves the connection to the
+/// site (an Allocate with every attribute a client sends is a few hundred bytes).
+pub const STRICT_MAX_MESSAGE: usize = 2048;
+
+/// How many bytes the STUN message at the front of `b` takes, once its header is in.
+pub fn stun_len(b: &[u8]) -> Option<usize> {
+    (b.len() >= 4).then(|| 20 + usize::from(u16::from_be_bytes([b[2], b[3]])))
+}
+
+/// Strict mode's test of the first message on a shared port (issue 23 §3): a request signed
+/// (MESSAGE-INTEGRITY or -SHA256) with a REST credential in force, in `realm`, carrying the
+/// nonce issued with that credential. Whatever fails it goes to the site, so a prober who
+/// speaks TURN but holds no credential never meets a 401.
+pub fn strict_admits(msg: &[u8], creds: &Credentials, realm: &str, unix_now: u64) -> bool {
+    let Ok(m) = Message::decode(msg) else {
+        return false;
+    };
+    let (Some(user), Some(r), Some(nonce)) = (
+        m.get(attr::USERNAME),
+        m.get(attr::REALM),
+        m.get(attr::NONCE),
+    ) else {
+        return false;
+    };
+    let Ok(username) = std::str::from_utf8(user) else {
+        return false;
+    };
+    if m.class != Class::Request
+        || !m.has_integrity()
+        || r != realm.as_bytes()
+        || !creds.issued_nonce(username, nonce)
+    {
+        return false;
+    }
+    let Ok(alg) = crate::server::password_algorithm(&m) else {
+        return false;
+    };
+    creds.for_each_password(username, unix_now, |pw| {
+        let k = Key::derive(alg, user, r, pw);
+        m.verify_integrity(k.as_bytes()).is_some()
+    }) == Ok(true)
 }
 
 /// The 12-byte signature every PROXY v2 header starts with.
@@ -120,6 +164,90 @@ mod tests {
         assert_eq!(classify(b"GET / HTTP/1.1\r\n"), FirstBytes::Other);
         assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), FirstBytes::Other);
         assert_eq!(classify(b""), FirstBytes::Unknown);
+    }
+
+    /// Strict mode admits a request signed with a credential in force and carrying the nonce
+    /// issued with it; everything a prober without one can send is left to the site.
+    #[test]
+    fn strict_mode_admits_signed_requests_with_the_issued_nonce_only() {
+        use crate::auth::{ALG_SHA256, Credentials, NonceKey, credential_nonce};
+        use crate::stun::method;
+        use crate::testing::{Client, REALM, SECRET, T0};
+        let creds = Credentials {
+            secrets: vec![SECRET.to_vec()],
+            static_users: vec![("dev".into(), "dev".into())],
+            ..Default::default()
+        };
+        let now = T0;
+        let transport = [(attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0])];
+        let build = |c: &mut Client, signed: bool| {
+            let txid = c.txid();
+            c.build(method::ALLOCATE, txid, &transport, signed, true)
+        };
+        let mut c = Client::rest(40000, "native");
+        c.nonce = credential_nonce(SECRET, &c.username).into_bytes();
+        let good = build(&mut c, true);
+        assert_eq!(stun_len(&good), Some(good.len()));
+        assert!(strict_admits(&good, &creds, REALM, now));
+        c.alg = ALG_SHA256;
+        assert!(strict_admits(&build(&mut c, true), &creds, REALM, now));
+        c.alg = crate::auth::ALG_MD5;
+
+        assert!(
+            !strict_admits(&build(&mut c, false), &creds, REALM, now),
+            "unsigned"
+        );
+        assert!(
+            !strict_admits(&good, &creds, "other.realm", now),
+            "another realm"
+        );
+        assert!(!strict_admits(&good, &creds, REALM, T0 + 7200), "expired");
+        assert!(
+            !strict_admits(&good[..good.len() - 8], &creds, REALM, now),
+            "cut short"
+        );
+        let mut flipped = good.clone();
+        let at = flipped.len() - 12;
+        flipped[at] ^= 1;
+        assert!(
+            !strict_admits(&flipped, &creds, REALM, now),
+            "integrity altered"
+        );
+        let rotated = Credentials {
+            secrets: vec![b"another".to_vec()],
+            ..Default::default()
+        };
+        assert!(
+            !strict_admits(&good, &rotated, REALM, now),
+            "secret not in force"
+        );
+        // A nonce from a challenge (what a prober gets by asking) is not the issued one.
+        c.nonce = NonceKey::new(b"k")
+            .mint(T0 as u32 + 60, 0, c.key.addr)
+            .to_vec();
+        assert!(
+            !strict_admits(&build(&mut c, true), &creds, REALM, now),
+            "node nonce"
+        );
+        // A static user has no issued nonce.
+        let mut dev = Client::rest(40001, "x");
+        dev.username = "dev".into();
+        dev.password = "dev".into();
+        dev.nonce = credential_nonce(SECRET, "dev").into_bytes();
+        assert!(
+            !strict_admits(&build(&mut dev, true), &creds, REALM, now),
+            "static user"
+        );
+        // A success response (class), and no STUN at all.
+        let mut resp = good.clone();
+        resp[0] |= 0x01; // class bit C1: success
+        assert!(!strict_admits(&resp, &creds, REALM, now), "not a request");
+        assert!(!strict_admits(
+            b"GET / HTTP/1.1\r\n\r\n",
+            &creds,
+            REALM,
+            now
+        ));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The website behind a shared TLS port (`tls.site`): veil terminates TLS with the site's own
 //! certificate chain and ALPN list, and every connection whose first plaintext is not a STUN
 //! message is handed, bytes and all, to the site's upstream, which learns the client's address
-//! from a PROXY protocol v2 header. The upstream is connected as soon as the handshake ends,
+//! from a PROXY protocol v2 header. The upstream is connected as soon as the client connects,
 //! so its own timers (a silent client, a slow one) run from the moment they would without veil;
-//! a TURN client's connection to it is closed unused.
+//! a TURN client's connection to it is closed unused. In strict mode only a first request
+//! signed with a credential and the nonce issued with it is TURN's.
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,7 +18,10 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::proto::site::{FirstBytes, classify, proxy_v2};
+use crate::proto::server::Shared;
+use crate::proto::site::{
+    FirstBytes, STRICT_MAX_MESSAGE, classify, proxy_v2, strict_admits, stun_len,
+};
 use crate::tls::TlsState;
 
 /// Where the site is and how to reach it.
@@ -31,6 +35,9 @@ pub struct SiteConfig {
     pub proxy_v2: bool,
     /// ALPN protocols offered to clients, in the site's order of preference.
     pub alpn: Vec<Vec<u8>>,
+    /// Strict mode: only a first request signed with a credential and its issued nonce is
+    /// TURN's.
+    pub strict: bool,
     /// Server names (lower case) whose connections go to the site untouched: veil never
     /// decrypts them (it holds no key for them).
     pub passthrough: Vec<String>,
@@ -91,36 +98,16 @@ impl Site {
         Ok(tcp)
     }
 
-    /// Hands a connection to the upstream untouched, the bytes read so far first.
-    async fn pass(
-        &self,
-        mut tcp: TcpStream,
-        read: &[u8],
-        peer: SocketAddr,
-        local: SocketAddr,
-    ) -> Opened {
-        let Ok(mut up) = self.connect_raw(peer, local).await else {
-            return Opened::Done(false);
-        };
-        if up.write_all(read).await.is_err() {
-            return Opened::Done(false);
-        }
-        let _ = tokio::io::copy_bidirectional(&mut tcp, &mut up).await;
-        Opened::Done(true)
-    }
-
-    /// Opens a connection to the upstream on behalf of `client`, which reached `local`, with
-    /// the server name and ALPN protocol the client's handshake settled on.
+    /// Continues a connection to the upstream (`raw`, opened when the client connected) with
+    /// TLS, offering the server name and ALPN protocol the client's handshake settled on.
     pub async fn connect(
         &self,
-        client: SocketAddr,
-        local: SocketAddr,
+        raw: TcpStream,
         sni: Option<&str>,
         alpn: Option<&[u8]>,
     ) -> io::Result<Box<dyn Io>> {
-        let tcp = self.connect_raw(client, local).await?;
         let Some(base) = &self.client else {
-            return Ok(Box::new(tcp));
+            return Ok(Box::new(raw));
         };
         let mut cfg = (**base).clone();
         cfg.alpn_protocols = alpn.map(|a| vec![a.to_vec()]).unwrap_or_default();
@@ -137,10 +124,47 @@ impl Site {
         }
         .map_err(|e| io::Error::other(e.to_string()))?;
         let s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(name, tcp)
+            .connect(name, raw)
             .await?;
         Ok(Box::new(s))
     }
+
+    /// Whether the first STUN message in `read` is TURN's: always in compat mode; in strict
+    /// mode once it is whole, if it is signed with a credential and its issued nonce. None:
+    /// more bytes are needed to tell.
+    fn admits(&self, core: &Shared, read: &[u8]) -> Option<bool> {
+        if !self.cfg.strict {
+            return Some(true);
+        }
+        let n = stun_len(read)?;
+        if n > STRICT_MAX_MESSAGE {
+            return Some(false);
+        }
+        if read.len() < n {
+            return None;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Some(strict_admits(
+            &read[..n],
+            &core.live().credentials,
+            &core.config.realm,
+            now,
+        ))
+    }
+}
+
+/// Hands a connection to the upstream untouched, the bytes read so far first.
+async fn pass(mut tcp: TcpStream, read: &[u8], up: Option<TcpStream>) -> Opened {
+    let Some(mut up) = up else {
+        return Opened::Done(false);
+    };
+    if up.write_all(read).await.is_err() {
+        return Opened::Done(false);
+    }
+    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut up).await;
+    Opened::Done(true)
 }
 
 /// Trusts exactly the leaf certificate veil serves: the upstream is the same site.
@@ -205,24 +229,38 @@ impl ServerCertVerifier for Pinned {
 
 /// What a connection on the shared port is, before any TLS.
 pub enum Opened {
-    /// A ClientHello for a name veil serves: the handshake goes on over this stream.
-    Tls(Prefixed<TcpStream>),
-    /// STUN without TLS: TURN over TCP.
+    /// A ClientHello for a name veil serves: the handshake goes on over this stream, and the
+    /// connection to the site opened meanwhile (none if it cannot be reached).
+    Tls(Prefixed<TcpStream>, Option<TcpStream>),
+    /// STUN without TLS, admitted: TURN over TCP.
     Turn(Prefixed<TcpStream>),
-    /// Handed to the site untouched (true: a passthrough name, or neither TLS nor STUN), or
-    /// closed (false: the site unreachable).
+    /// Handed to the site untouched (true: a passthrough name, neither TLS nor STUN, STUN that
+    /// strict mode does not admit, silence), or closed (false: before a byte, or the site
+    /// unreachable).
     Done(bool),
 }
 
 /// Largest ClientHello read before the connection is left to the site.
 const MAX_HELLO: usize = 16 * 1024;
 
-/// Reads a connection's first bytes (all of a ClientHello, if it is TLS) and decides: STUN is
-/// TURN over TCP, a ClientHello for a passthrough name or anything that is neither goes to the
-/// site untouched (so the site answers it as it would), and the rest is TLS for veil. A client
-/// silent past `first_by` is left to the site, which applies its own timeout from then on.
+/// What the first bytes say, as far as they go.
+enum Verdict {
+    More,
+    Turn,
+    Site,
+    Tls,
+}
+
+/// Reads a connection's first bytes (all of a ClientHello, if it is TLS) and decides: STUN
+/// (in strict mode, signed with an issued nonce) is TURN over TCP, a ClientHello for a
+/// passthrough name or anything else goes to the site untouched (so the site answers it as it
+/// would), and the rest is TLS for veil. The site is connected at once, so its own timers (a
+/// silent client, a slow one) run from the moment they would without veil, and its close ends
+/// the client's connection as it would; a TURN client's connection to it is closed unused.
+/// With the site unreachable a silent client is closed at `first_by`.
 pub async fn open(
     site: &Site,
+    core: &Shared,
     mut tcp: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
@@ -232,43 +270,101 @@ pub async fn open(
     let mut buf = [0u8; 2048];
     let mut hello = rustls::server::Acceptor::default();
     let mut fed = 0;
+    let upstream = site.connect_raw(peer, local);
+    tokio::pin!(upstream);
+    let mut up: Option<TcpStream> = None;
+    let mut unreachable = false;
     loop {
-        match classify(&read) {
-            FirstBytes::Unknown => {}
-            FirstBytes::Stun => return Opened::Turn(Prefixed::new(read, tcp)),
-            FirstBytes::Other => return site.pass(tcp, &read, peer, local).await,
+        let verdict = match classify(&read) {
+            FirstBytes::Unknown => Verdict::More,
+            FirstBytes::Stun => match site.admits(core, &read) {
+                None => Verdict::More,
+                Some(true) => Verdict::Turn,
+                Some(false) => Verdict::Site,
+            },
+            FirstBytes::Other => Verdict::Site,
             FirstBytes::TlsHandshake => {
                 let mut rest = &read[fed..];
+                let mut fed_ok = true;
                 while !rest.is_empty() {
                     match hello.read_tls(&mut rest) {
                         Ok(n) if n > 0 => {}
-                        _ => return site.pass(tcp, &read, peer, local).await,
+                        _ => {
+                            fed_ok = false;
+                            break;
+                        }
                     }
                 }
                 fed = read.len();
-                match hello.accept() {
-                    Ok(Some(h)) => {
+                match (fed_ok, fed_ok.then(|| hello.accept())) {
+                    (true, Some(Ok(Some(h)))) => {
                         let name = h.client_hello().server_name().map(str::to_ascii_lowercase);
                         if name.is_some_and(|n| site.cfg.passthrough.contains(&n)) {
-                            return site.pass(tcp, &read, peer, local).await;
+                            Verdict::Site
+                        } else {
+                            Verdict::Tls
                         }
-                        return Opened::Tls(Prefixed::new(read, tcp));
                     }
-                    Ok(None) => {}
+                    (true, Some(Ok(None))) => Verdict::More,
                     // Not a ClientHello rustls takes: the site answers it.
-                    Err(_) => return site.pass(tcp, &read, peer, local).await,
+                    _ => Verdict::Site,
                 }
             }
+        };
+        let verdict = match verdict {
+            Verdict::More if read.len() > MAX_HELLO => Verdict::Site,
+            v => v,
+        };
+        match verdict {
+            Verdict::Turn => return Opened::Turn(Prefixed::new(read, tcp)),
+            Verdict::More => {}
+            v => {
+                // The site's connection, if it is still being opened.
+                if up.is_none() && !unreachable {
+                    up = tokio::time::timeout_at(first_by, &mut upstream)
+                        .await
+                        .ok()
+                        .and_then(Result::ok);
+                }
+                return match v {
+                    Verdict::Tls => Opened::Tls(Prefixed::new(read, tcp), up),
+                    _ => pass(tcp, &read, up).await,
+                };
+            }
         }
-        if read.len() > MAX_HELLO {
-            return site.pass(tcp, &read, peer, local).await;
-        }
-        match tokio::time::timeout_at(first_by, tcp.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => read.extend_from_slice(&buf[..n]),
-            // Closed before a byte: nothing to hand over.
-            Ok(_) if read.is_empty() => return Opened::Done(false),
-            // Silence, or a close mid-hello: whatever the site does with it.
-            _ => return site.pass(tcp, &read, peer, local).await,
+        tokio::select! {
+            r = tcp.read(&mut buf) => match r {
+                Ok(n) if n > 0 => read.extend_from_slice(&buf[..n]),
+                // Closed before a byte: nothing to hand over (the site sees its connection
+                // close, as it would).
+                _ if read.is_empty() => return Opened::Done(false),
+                // A close mid-hello: whatever the site does with it.
+                _ => {
+                    if up.is_none() && !unreachable {
+                        up = tokio::time::timeout_at(first_by, &mut upstream)
+                            .await
+                            .ok()
+                            .and_then(Result::ok);
+                    }
+                    return pass(tcp, &read, up).await;
+                }
+            },
+            u = &mut upstream, if up.is_none() && !unreachable => match u {
+                Ok(u) => up = Some(u),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the site's upstream cannot be reached");
+                    unreachable = true;
+                }
+            },
+            // The site gave up on a client that did not finish its first bytes (its own
+            // timeout), or spoke: either way the connection is the site's now.
+            _ = async { up.as_ref().expect("guarded").peek(&mut [0u8; 1]).await }, if up.is_some() => {
+                return pass(tcp, &read, up).await;
+            }
+            // Silence with no site to time it out.
+            _ = tokio::time::sleep_until(first_by), if up.is_none() => {
+                return pass(tcp, &read, None).await;
+            }
         }
     }
 }
@@ -283,20 +379,28 @@ pub enum Route<S> {
     Closed,
 }
 
-/// Reads the client's first bytes while the upstream connects: STUN stays with veil; anything
-/// else goes to the site. Whatever ALPN protocol was negotiated: coturn's clients offer
-/// `http/1.1` before `stun.turn`, get `http/1.1` (as the site would choose) and speak STUN. Anything the site sends
-/// first (or its close) reaches the client at once, as it would without veil. With the site
-/// unreachable, TURN clients are still served and the rest is closed (at `first_by` if silent).
+/// Reads the client's first bytes while the connection to the site (`raw`, opened when the
+/// client connected) does its TLS handshake: STUN (in strict mode, signed with an issued
+/// nonce) stays with veil; anything else goes to the site. Whatever ALPN protocol was
+/// negotiated: coturn's clients offer `http/1.1` before `stun.turn`, get `http/1.1` (as the
+/// site would choose) and speak STUN. Anything the site sends first (or its close) reaches the
+/// client at once, as it would without veil. With the site unreachable, TURN clients are still
+/// served and the rest is closed (at `first_by` if silent).
 pub async fn route<S: Io>(
     site: &Site,
+    core: &Shared,
     mut client: S,
-    (peer, local): (SocketAddr, SocketAddr),
+    raw: Option<TcpStream>,
     sni: Option<String>,
     alpn: Option<Vec<u8>>,
     first_by: tokio::time::Instant,
 ) -> Route<S> {
-    let upstream = site.connect(peer, local, sni.as_deref(), alpn.as_deref());
+    let upstream = async {
+        match raw {
+            Some(raw) => site.connect(raw, sni.as_deref(), alpn.as_deref()).await,
+            None => Err(io::Error::other("the site was not reached")),
+        }
+    };
     let mut prefix = Vec::new();
     {
         tokio::pin!(upstream);
@@ -304,18 +408,22 @@ pub async fn route<S: Io>(
         let mut unreachable = false;
         let mut buf = [0u8; 512];
         let mut ubuf = [0u8; 4096];
-        let decided = loop {
+        let turn = loop {
             tokio::select! {
                 r = client.read(&mut buf) => match r {
                     // Closed before a byte: the site sees its connection close too.
                     Ok(0) | Err(_) if prefix.is_empty() => return Route::Closed,
-                    Ok(0) | Err(_) => break FirstBytes::Other,
+                    Ok(0) | Err(_) => break false,
                     Ok(n) => {
                         prefix.extend_from_slice(&buf[..n]);
                         match classify(&prefix) {
                             FirstBytes::Unknown if prefix.len() < 8 => continue,
-                            FirstBytes::Stun => break FirstBytes::Stun,
-                            _ => break FirstBytes::Other,
+                            FirstBytes::Stun => match site.admits(core, &prefix) {
+                                None if prefix.len() <= STRICT_MAX_MESSAGE => continue,
+                                Some(true) => break true,
+                                _ => break false,
+                            },
+                            _ => break false,
                         }
                     }
                 },
@@ -334,7 +442,7 @@ pub async fn route<S: Io>(
                             if client.write_all(&ubuf[..n]).await.is_err() {
                                 return Route::Closed;
                             }
-                            break FirstBytes::Other;
+                            break false;
                         }
                         _ => {
                             let _ = client.shutdown().await;
@@ -344,7 +452,7 @@ pub async fn route<S: Io>(
                 }
             }
         };
-        if decided == FirstBytes::Stun {
+        if turn {
             return Route::Turn(Prefixed::new(prefix, client));
         }
         let up = match up {

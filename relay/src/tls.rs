@@ -46,13 +46,27 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
+/// How a node's TLS is set up.
+#[derive(Clone, Copy, Debug)]
+pub struct Options<'a> {
+    /// Also TLS 1.2.
+    pub tls12: bool,
+    /// The ALPN list of a site sharing the port (empty: none).
+    pub site_alpn: &'a [Vec<u8>],
+    /// Whether `stun.turn` is selected for a client that offers it and nothing of the site's.
+    pub turn_alpn: bool,
+    /// TLS 1.3 tickets sent after a handshake (0: no resumption).
+    pub tickets: usize,
+}
+
 /// A node's TLS setup.
 pub struct TlsState {
     cert: PathBuf,
     key: PathBuf,
     resolver: Arc<Resolver>,
-    /// For clients that offer `stun.turn`: it is selected.
-    with_alpn: Arc<rustls::ServerConfig>,
+    /// For clients that offer `stun.turn` (and nothing the site speaks): it is selected; none
+    /// on a strict shared port, which answers such an offer as the site does (an alert).
+    with_alpn: Option<Arc<rustls::ServerConfig>>,
     /// For clients that offer no ALPN or others (a browser's `turns:` on 443 may offer none):
     /// nothing is selected, the handshake goes on. With a site (`tls.site`), the site's ALPN
     /// list, selected as the site would.
@@ -71,17 +85,11 @@ impl std::fmt::Debug for TlsState {
 }
 
 impl TlsState {
-    /// Loads the certificate and builds the configs; `tls12` also allows TLS 1.2; `site_alpn`
-    /// is the ALPN list of a site sharing the port (empty: none).
-    pub fn new(
-        cert: &Path,
-        key: &Path,
-        tls12: bool,
-        site_alpn: &[Vec<u8>],
-    ) -> Result<Arc<TlsState>, String> {
+    /// Loads the certificate and builds the configs.
+    pub fn new(cert: &Path, key: &Path, o: Options<'_>) -> Result<Arc<TlsState>, String> {
         let ck = load_certified_key(cert, key)?;
         let resolver = Arc::new(Resolver(RwLock::new(Arc::new(ck))));
-        let versions: &[&'static rustls::SupportedProtocolVersion] = if tls12 {
+        let versions: &[&'static rustls::SupportedProtocolVersion] = if o.tls12 {
             &[&rustls::version::TLS13, &rustls::version::TLS12]
         } else {
             &[&rustls::version::TLS13]
@@ -96,20 +104,24 @@ impl TlsState {
             if alpn {
                 c.alpn_protocols = vec![ALPN_STUN_TURN.to_vec()];
             } else {
-                c.alpn_protocols = site_alpn.to_vec();
+                c.alpn_protocols = o.site_alpn.to_vec();
             }
-            // No resumption: a ticket or session id would link a client's connections across
-            // networks, and a TURN connection lives long enough that a full handshake is cheap.
-            c.send_tls13_tickets = 0;
+            // No resumption by default: a ticket or session id would link a client's
+            // connections across networks, and a TURN connection lives long enough that a full
+            // handshake is cheap. A site that sends tickets is matched when configured.
+            c.send_tls13_tickets = o.tickets;
             c.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            if o.tickets > 0 {
+                c.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+            }
             Ok(Arc::new(c))
         };
         Ok(Arc::new(TlsState {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
-            with_alpn: build(true)?,
+            with_alpn: o.turn_alpn.then(|| build(true)).transpose()?,
             without_alpn: build(false)?,
-            site_alpn: site_alpn.to_vec(),
+            site_alpn: o.site_alpn.to_vec(),
             resolver,
         }))
     }
@@ -147,10 +159,9 @@ impl TlsState {
         // Never `stun.turn` when the client also offers what the site speaks.
         let offers_site = offers(&|p| self.site_alpn.iter().any(|s| s == p));
         let offers_turn = offers(&|p| p == ALPN_STUN_TURN);
-        let config = if offers_turn && !offers_site {
-            self.with_alpn.clone()
-        } else {
-            self.without_alpn.clone()
+        let config = match &self.with_alpn {
+            Some(turn) if offers_turn && !offers_site => turn.clone(),
+            _ => self.without_alpn.clone(),
         };
         start.into_stream(config).await
     }

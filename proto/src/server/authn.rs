@@ -4,7 +4,7 @@
 use super::error::{Fail, Req};
 use super::{Server, TurnError};
 use crate::auth::{self, Key, UserError};
-use crate::stun::{Integrity, attr};
+use crate::stun::{Integrity, Message, attr};
 
 /// A request that authenticated.
 pub(super) struct Authed<'a> {
@@ -19,6 +19,25 @@ pub(super) struct Authed<'a> {
 const UNAUTHENTICATED: TurnError = TurnError::new(401, "no integrity");
 const BAD_INTEGRITY: TurnError = TurnError::new(401, "unknown user or wrong key");
 const STALE_NONCE: TurnError = TurnError::new(438, "stale or foreign nonce");
+
+/// The password algorithm a request's key is derived with (RFC 8489 §9.2.4): MD5 unless it
+/// echoes our PASSWORD-ALGORITHMS (our nonces always announce the feature) and picks one.
+pub(crate) fn password_algorithm(m: &Message<'_>) -> Result<u16, TurnError> {
+    match (
+        m.get(attr::PASSWORD_ALGORITHMS),
+        m.get(attr::PASSWORD_ALGORITHM),
+    ) {
+        (None, None) => Ok(auth::ALG_MD5),
+        (Some(list), Some(one)) if list == auth::PASSWORD_ALGORITHMS && one.len() >= 4 => {
+            let alg = u16::from_be_bytes([one[0], one[1]]);
+            if alg != auth::ALG_MD5 && alg != auth::ALG_SHA256 {
+                return Err(TurnError::bad_request("unknown PASSWORD-ALGORITHM"));
+            }
+            Ok(alg)
+        }
+        _ => Err(TurnError::bad_request("PASSWORD-ALGORITHM(S) inconsistent")),
+    }
+}
 
 impl Server {
     pub(super) fn authenticate<'a>(
@@ -46,23 +65,7 @@ impl Server {
             }
             return Err(TurnError::bad_request("USERNAME, REALM or NONCE missing").into());
         };
-        // Our nonces always announce the password-algorithms feature.
-        let alg = match (
-            m.get(attr::PASSWORD_ALGORITHMS),
-            m.get(attr::PASSWORD_ALGORITHM),
-        ) {
-            (None, None) => auth::ALG_MD5,
-            (Some(list), Some(one)) if list == auth::PASSWORD_ALGORITHMS && one.len() >= 4 => {
-                let alg = u16::from_be_bytes([one[0], one[1]]);
-                if alg != auth::ALG_MD5 && alg != auth::ALG_SHA256 {
-                    return Err(TurnError::bad_request("unknown PASSWORD-ALGORITHM").into());
-                }
-                alg
-            }
-            _ => {
-                return Err(TurnError::bad_request("PASSWORD-ALGORITHM(S) inconsistent").into());
-            }
-        };
+        let alg = password_algorithm(m)?;
         let Ok(username) = std::str::from_utf8(user) else {
             return Err(TurnError::bad_request("USERNAME is not UTF-8").into());
         };
@@ -119,11 +122,14 @@ impl Server {
             self.stats.auth_failures += 1;
             return Err(Fail::Challenge(BAD_INTEGRITY));
         };
+        // Ours for this 5-tuple (from a challenge), or the one issued with the credential
+        // (the client's first request was authenticated already: issue 23 §3).
         if self
             .shared
             .nonces
             .check(nonce, r.from.listener, r.from.addr, r.now.unix)
             .is_err()
+            && !self.live.credentials.issued_nonce(username, nonce)
         {
             return Err(Fail::Challenge(STALE_NONCE));
         }

@@ -12,6 +12,7 @@ use crate::stun::{self, Class, Integrity, Message, Writer, attr, decode_xor_addr
 use crate::testing::*;
 
 mod hostile;
+mod issued_nonce;
 
 /// Public addresses as values only: unit tests send nothing anywhere.
 const PEER: &str = "93.184.216.34:5000";

@@ -262,11 +262,29 @@ impl RelayConfig {
             }
             None => vec![],
         };
+        let strict = self
+            .tls
+            .site
+            .as_ref()
+            .is_some_and(|s| s.mode == settings::SiteMode::Strict);
+        let tickets = self.tls.site.as_ref().map_or(0, |s| s.tls13_tickets);
+        if tickets > 8 {
+            return Err(invalid("tls.site.tls13_tickets", "0 to 8"));
+        }
         let tls = match (&self.tls.cert, &self.tls.key, self.listen_tls.is_empty()) {
             (_, _, true) => None,
             (Some(cert), Some(key), false) => Some(
-                crate::tls::TlsState::new(cert, key, self.tls.allow_tls12, &site_alpn)
-                    .map_err(|e| invalid("tls", e))?,
+                crate::tls::TlsState::new(
+                    cert,
+                    key,
+                    crate::tls::Options {
+                        tls12: self.tls.allow_tls12,
+                        site_alpn: &site_alpn,
+                        turn_alpn: !strict,
+                        tickets,
+                    },
+                )
+                .map_err(|e| invalid("tls", e))?,
             ),
             _ => {
                 return Err(invalid(
@@ -299,6 +317,7 @@ impl RelayConfig {
                     tls: s.tls,
                     proxy_v2: s.proxy_protocol == settings::ProxyProtocol::V2,
                     alpn: site_alpn.clone(),
+                    strict,
                     passthrough: s
                         .passthrough
                         .iter()

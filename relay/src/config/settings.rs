@@ -504,6 +504,28 @@ pub struct SiteSettings {
     /// Server names whose connections go to the upstream untouched (veil holds no key for
     /// them and never decrypts them).
     pub passthrough: Vec<String>,
+    /// `compat` (default): every STUN message is TURN's, so any TURN client works (browsers
+    /// too), and a prober who speaks TURN gets a 401 challenge. `strict`: only a first request
+    /// signed with a REST credential and the nonce issued with it (the allocator's `nativeAuth`)
+    /// is TURN's; everything else, a bare Binding included, goes to the site, and `stun.turn`
+    /// is never selected. For native apps only: browsers cannot send a nonce first.
+    pub mode: SiteMode,
+    /// TLS 1.3 session tickets sent after each handshake veil terminates (0-8). 0 (default):
+    /// none, so a client's connections cannot be linked by resumption; a site that sends them
+    /// (nginx with OpenSSL: 2 while `ssl_session_tickets` is on) is told from veil by that
+    /// count, so set what the site sends to remove the tell, at that price.
+    pub tls13_tickets: usize,
+}
+
+/// Who may reach TURN on a port shared with a site.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SiteMode {
+    /// Any STUN message.
+    #[default]
+    Compat,
+    /// A first request signed with a credential and its issued nonce.
+    Strict,
 }
 
 impl Default for SiteSettings {
@@ -514,6 +536,8 @@ impl Default for SiteSettings {
             proxy_protocol: ProxyProtocol::None,
             alpn: vec!["h2".into(), "http/1.1".into()],
             passthrough: vec![],
+            mode: SiteMode::Compat,
+            tls13_tickets: 0,
         }
     }
 }

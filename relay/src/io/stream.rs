@@ -266,26 +266,28 @@ async fn connection(
                 return;
             };
             // A port shared with a website: STUN stays, the rest is the site's.
-            let io = match crate::site::open(&site, tcp, key.addr, local, first_by).await {
-                crate::site::Opened::Tls(io) => io,
-                crate::site::Opened::Turn(s) => {
-                    count_route(&worker, false);
-                    return serve(worker, node, s, key, first_by).await;
-                }
-                crate::site::Opened::Done(to_site) => {
-                    if to_site {
-                        count_route(&worker, true);
+            let core = node.core.clone();
+            let (io, raw) =
+                match crate::site::open(&site, &core, tcp, key.addr, local, first_by).await {
+                    crate::site::Opened::Tls(io, raw) => (io, raw),
+                    crate::site::Opened::Turn(s) => {
+                        count_route(&worker, false);
+                        return serve(worker, node, s, key, first_by).await;
                     }
-                    return;
-                }
-            };
+                    crate::site::Opened::Done(to_site) => {
+                        if to_site {
+                            count_route(&worker, true);
+                        }
+                        return;
+                    }
+                };
             let s = match tokio::time::timeout_at(first_by, tls.accept(io)).await {
                 Ok(Ok(s)) => s,
                 _ => return count_error(&worker),
             };
             let sni = s.get_ref().1.server_name().map(str::to_owned);
             let alpn = s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-            match crate::site::route(&site, s, (key.addr, local), sni, alpn, first_by).await {
+            match crate::site::route(&site, &core, s, raw, sni, alpn, first_by).await {
                 crate::site::Route::Turn(s) => {
                     count_route(&worker, false);
                     serve(worker, node, s, key, first_by).await
