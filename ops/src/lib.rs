@@ -209,6 +209,10 @@ pub struct Status {
     /// The node's links to other relays (the mesh), when it has any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<MeshLink>,
+    /// The TURN realm (REALM) the node signs in: a native client that sends its first request
+    /// already authenticated needs it with the issued nonce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
 }
 
 /// One link of a relay's mesh, as `/status` shows it.

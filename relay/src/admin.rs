@@ -136,6 +136,7 @@ impl AdminState {
                 .filter(|(_, tls)| **tls)
                 .map(|(name, _)| name.clone())
                 .collect(),
+            realm: Some(cfg.realm.clone()),
             links: self.mesh.as_ref().map_or_else(Vec::new, |m| {
                 m.links()
                     .into_iter()

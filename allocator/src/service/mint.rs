@@ -137,12 +137,17 @@ impl App {
         *m.placed.entry(zone.clone()).or_insert(0) += 1;
         m.minted += 1;
         drop(m);
+        let native_auth = primary.realm.clone().map(|realm| NativeAuth {
+            nonce: auth::credential_nonce(&secret, &username),
+            realm,
+        });
         Ok(IceAnswer {
             ice_servers: vec![IceServer {
                 urls,
                 username,
                 credential: password,
             }],
+            native_auth,
             ice_transport_policy: "relay",
             expires_at: now + ttl,
             zone,
@@ -192,6 +197,16 @@ pub struct IceServer {
     pub credential: String,
 }
 
+/// What a native client needs to send a signed first request (RFC 8489 §9.2.3 with the
+/// realm and nonce known in advance).
+#[derive(Debug, Serialize)]
+pub struct NativeAuth {
+    /// REALM.
+    pub realm: String,
+    /// NONCE ([`auth::credential_nonce`]).
+    pub nonce: String,
+}
+
 /// The answer to `POST /v1/ice-servers`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -206,6 +221,11 @@ pub struct IceAnswer {
     pub zone: String,
     /// Pass as `join` with another party's request to place it with this one.
     pub join_token: String,
+    /// For native clients (not `RTCPeerConnection`, which cannot use it): the REALM and the
+    /// NONCE issued with the credential, so the first Allocate is signed already, with no 401
+    /// round trip. A shared TLS port in strict mode admits nothing else.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub native_auth: Option<NativeAuth>,
     /// With `join`: whether this party had to be placed in another zone than the first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cross_zone: Option<bool>,

@@ -20,6 +20,8 @@ pub(super) struct Tracked {
     pub(super) uris: Vec<String>,
     /// Profiles the relay admits only over TLS (from its `/status`).
     pub(super) tls_only: Vec<String>,
+    /// The TURN realm it signs in (from its `/status`).
+    pub(super) realm: Option<String>,
     pub(super) good: u32,
     pub(super) bad: u32,
 }
@@ -48,6 +50,7 @@ impl Tracked {
             entry,
             uris: Vec::new(),
             tls_only: Vec::new(),
+            realm: None,
             good: 0,
             bad: 0,
         }
@@ -151,6 +154,7 @@ impl App {
                     t.view.draining = s.draining || !s.ready;
                     t.uris = s.uris;
                     t.tls_only = s.tls_only_profiles;
+                    t.realm = s.realm;
                     if !t.view.healthy && t.good >= self.cfg.up_after {
                         tracing::info!(relay = %t.view.name, "relay up");
                         t.view.healthy = true;

@@ -108,6 +108,17 @@ async fn dns_pools_become_relays() {
         auth::mint_username(secret, s.username.clone()).1 == s.credential
     };
     assert!(verify(&a, b"secret-0123456789abcdef"));
+    // A native client's signed first request: the relay's realm and the nonce issued with the
+    // credential, which the relay takes (issue 23 §3).
+    let native = a.native_auth.as_ref().expect("the relay's /status gives its realm");
+    assert_eq!(native.realm, ServerConfig::default().realm);
+    let holder = Credentials {
+        secrets: vec![b"secret-0123456789abcdef".to_vec()],
+        ..Default::default()
+    };
+    let user = &a.ice_servers[0].username;
+    assert!(holder.issued_nonce(user, native.nonce.as_bytes()));
+    assert!(!holder.issued_nonce(&format!("{user}x"), native.nonce.as_bytes()));
     std::fs::write(
         dir.join("s"),
         "rotated-0123456789abcdef\nsecret-0123456789abcdef\n",
