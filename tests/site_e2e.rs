@@ -8,34 +8,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TempDir;
-
-struct Nginx {
-    child: Child,
-    dir: PathBuf,
-    /// Plain TLS, for comparison (veil's upstream is another server, behind PROXY v2).
-    direct: SocketAddr,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Nginx {
-    fn access_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
-    }
-}
+use common::site::Nginx;
 
 fn nginx(dir: &Path, cert: &Path, key: &Path, direct: SocketAddr, behind: SocketAddr) -> Nginx {
-    common::require("nginx");
     // Another name on the same server, whose key veil does not hold (passthrough).
     let shop = dir.join("shop");
     std::fs::create_dir_all(shop.join("www")).unwrap();
@@ -48,33 +28,7 @@ fn nginx(dir: &Path, cert: &Path, key: &Path, direct: SocketAddr, behind: Socket
         shop_key.display(),
         shop.join("www").display(),
     );
-    let path = common::site::nginx_conf(
-        dir,
-        (cert, key),
-        &direct.to_string(),
-        &behind.to_string(),
-        &servers,
-    );
-    let d = dir.display();
-    let child = Command::new("nginx")
-        .args(["-c", &path.display().to_string(), "-p", &d.to_string()])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("nginx runs");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(behind).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not start: {}",
-            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Nginx {
-        child,
-        dir: dir.to_path_buf(),
-        direct,
-    }
+    Nginx::start(dir, (cert, key), direct, behind, &servers)
 }
 
 /// curl with `args` to `path` on `at`: (status line facts, body bytes).

@@ -129,6 +129,17 @@ impl Site {
         Ok(Box::new(s))
     }
 
+    /// Whether veil terminates a handshake with this ALPN offer: none, or one that shares a
+    /// protocol with the site (negotiated as the site would), or in compat mode `stun.turn`.
+    /// Any other offer goes to the site's own TLS server, which refuses it as it does (OpenSSL
+    /// alerts before its ServerHello; rustls would send a ServerHello first).
+    fn takes_alpn(&self, offer: Option<&[&[u8]]>) -> bool {
+        let Some(offer) = offer else { return true };
+        self.cfg.alpn.is_empty()
+            || offer.iter().any(|p| self.cfg.alpn.iter().any(|s| s == p))
+            || (!self.cfg.strict && offer.contains(&crate::tls::ALPN_STUN_TURN))
+    }
+
     /// Whether the first STUN message in `read` is TURN's: always in compat mode; in strict
     /// mode once it is whole, if it is signed with a credential and its issued nonce. None:
     /// more bytes are needed to tell.
@@ -298,8 +309,12 @@ pub async fn open(
                 fed = read.len();
                 match (fed_ok, fed_ok.then(|| hello.accept())) {
                     (true, Some(Ok(Some(h)))) => {
-                        let name = h.client_hello().server_name().map(str::to_ascii_lowercase);
-                        if name.is_some_and(|n| site.cfg.passthrough.contains(&n)) {
+                        let hello = h.client_hello();
+                        let name = hello.server_name().map(str::to_ascii_lowercase);
+                        let alpn: Option<Vec<&[u8]>> = hello.alpn().map(Iterator::collect);
+                        if name.is_some_and(|n| site.cfg.passthrough.contains(&n))
+                            || !site.takes_alpn(alpn.as_deref())
+                        {
                             Verdict::Site
                         } else {
                             Verdict::Tls
@@ -357,9 +372,13 @@ pub async fn open(
                 }
             },
             // The site gave up on a client that did not finish its first bytes (its own
-            // timeout), or spoke: either way the connection is the site's now.
-            _ = async { up.as_ref().expect("guarded").peek(&mut [0u8; 1]).await }, if up.is_some() => {
-                return pass(tcp, &read, up).await;
+            // timeout): the client's connection closes with it, as it would; or the site spoke
+            // first, and the connection is the site's.
+            r = async { up.as_ref().expect("guarded").peek(&mut [0u8; 1]).await }, if up.is_some() => {
+                return match r {
+                    Ok(n) if n > 0 => pass(tcp, &read, up).await,
+                    _ => Opened::Done(true),
+                };
             }
             // Silence with no site to time it out.
             _ = tokio::time::sleep_until(first_by), if up.is_none() => {
@@ -444,10 +463,14 @@ pub async fn route<S: Io>(
                             }
                             break false;
                         }
-                        _ => {
+                        // The site closed: with a close_notify if it sent one (nginx does
+                        // not when its timer ends a connection), so the client sees the close
+                        // the site would have given it.
+                        Ok(_) => {
                             let _ = client.shutdown().await;
                             return Route::Closed;
                         }
+                        Err(_) => return Route::Closed,
                     }
                 }
             }

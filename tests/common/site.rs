@@ -3,7 +3,10 @@
 //! (plain TLS, for comparison) and on `behind` (TLS after a PROXY v2 header: veil's upstream),
 //! logging `$remote_addr $proxy_protocol_addr "$request" $status $body_bytes_sent`.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// The index page every site serves.
 pub const INDEX: &str = "<h1>the site</h1>\n";
@@ -43,4 +46,64 @@ pub fn nginx_conf(
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
     path
+}
+
+/// A running nginx, killed when dropped.
+pub struct Nginx {
+    child: Child,
+    dir: PathBuf,
+    /// Plain TLS, for comparison (veil's upstream is another server, behind PROXY v2).
+    pub direct: SocketAddr,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Nginx {
+    /// Starts nginx with [`nginx_conf`] and waits until `behind` accepts connections.
+    pub fn start(
+        dir: &Path,
+        cert_key: (&Path, &Path),
+        direct: SocketAddr,
+        behind: SocketAddr,
+        servers: &str,
+    ) -> Nginx {
+        super::require("nginx");
+        let path = nginx_conf(
+            dir,
+            cert_key,
+            &direct.to_string(),
+            &behind.to_string(),
+            servers,
+        );
+        let child = Command::new("nginx")
+            .args(["-c", &path.display().to_string()])
+            .args(["-p", &dir.display().to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("nginx runs");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(behind).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not start: {}",
+                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nginx {
+            child,
+            dir: dir.to_path_buf(),
+            direct,
+        }
+    }
+
+    /// What nginx logged of its requests.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
+    }
 }

@@ -110,7 +110,10 @@ async fn dns_pools_become_relays() {
     assert!(verify(&a, b"secret-0123456789abcdef"));
     // A native client's signed first request: the relay's realm and the nonce issued with the
     // credential, which the relay takes (issue 23 §3).
-    let native = a.native_auth.as_ref().expect("the relay's /status gives its realm");
+    let native = a
+        .native_auth
+        .as_ref()
+        .expect("the relay's /status gives its realm");
     assert_eq!(native.realm, ServerConfig::default().realm);
     let holder = Credentials {
         secrets: vec![b"secret-0123456789abcdef".to_vec()],
