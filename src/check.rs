@@ -67,6 +67,10 @@ fn check_relay(path: &Path, no_files: bool, relay_ips: &[std::net::IpAddr]) -> R
             bail!("listen_tls: port 0 is not a TURN port");
         }
         cfg.listen_tls.clear();
+        // The site's settings but its certificate (which the TLS listeners hold).
+        if let Some(site) = cfg.tls.site.take() {
+            site.check()?;
+        }
     }
     Ok(cfg.resolve()?.warnings)
 }

@@ -323,6 +323,24 @@ fn deployment_values_render_load_balancers_and_the_low_port() {
         ]
     );
     assert_eq!(ports.len(), 4 + 100, "TURN ports and every relayed port");
+    // 443 is shared with the operator's website (issue 23): the rendered config hands what is
+    // not TURN to the site's Service, in strict mode, matching its TLS.
+    let cm = kind(&docs, "ConfigMap")
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == "ci-veil-relay-apac")
+        .expect("the pool's config");
+    let cfg: Value = serde_saphyr::from_str(cm["data"]["relay.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        cfg["listen_tls"],
+        serde_json::json!(["0.0.0.0:5349", "0.0.0.0:443"])
+    );
+    let site = &cfg["tls"]["site"];
+    assert_eq!(site["upstream"], "web.default.svc.cluster.local:443");
+    assert_eq!(site["proxy_protocol"], "v2");
+    assert_eq!(site["mode"], "strict");
+    assert_eq!(site["tls13_tickets"], 2);
+    assert_eq!(site["passthrough"], serde_json::json!(["shop.example.net"]));
+    assert_eq!(cfg["tls"]["allow_tls12"], true);
     // The certificate Secret is mounted where the rendered config points.
     let mounts = c["volumeMounts"].as_array().unwrap();
     assert!(mounts.iter().any(|m| m["mountPath"] == "/etc/veil/tls"));
@@ -375,6 +393,15 @@ fn bad_values_are_refused_with_the_field_named() {
         ),
         (vec!["relay.pools[0].externalIP="], ""),
         (vec!["relay.tls.enabled=true"], "relay.tls.secretName"),
+        (
+            vec![
+                "relay.tls.enabled=true",
+                "relay.tls.secretName=web-tls",
+                "relay.tls.site.enabled=true",
+            ],
+            "relay.tls.site.upstream",
+        ),
+        (vec!["relay.tls.site.mode=loose"], "mode"),
     ] {
         let out = helm_template(&["ci/daemonset-values.yaml"], &set);
         let err = String::from_utf8_lossy(&out.stderr);

@@ -98,6 +98,10 @@ seccompProfile:
 {{- $_ := set $cfg "listen_tls" $tls -}}
 {{- $t := dict "cert" "/etc/veil/tls/tls.crt" "key" "/etc/veil/tls/tls.key" "allow_tls12" $r.tls.allowTls12 -}}
 {{- if $r.tls.name }}{{ $_ := set $t "name" $r.tls.name }}{{ end -}}
+{{- with $r.tls.site }}{{ if .enabled -}}
+{{- if not .upstream }}{{ fail "relay.tls.site.upstream: the site's own server (host:port) is required when relay.tls.site.enabled" }}{{ end -}}
+{{- $_ := set $t "site" (dict "upstream" .upstream "tls" .tls "proxy_protocol" .proxyProtocol "alpn" .alpn "passthrough" .passthrough "mode" .mode "tls13_tickets" (int .tls13Tickets)) -}}
+{{- end }}{{ end -}}
 {{- $_ := set $cfg "tls" $t -}}
 {{- end -}}
 {{- if $r.mesh.enabled -}}

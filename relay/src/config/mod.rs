@@ -30,6 +30,29 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+impl settings::SiteSettings {
+    /// Checks what needs no file: the upstream's form, the ALPN ids, the ticket count.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let port_ok = self
+            .upstream
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !port_ok {
+            return Err(invalid(
+                "tls.site.upstream",
+                "host:port of the site's own server",
+            ));
+        }
+        if self.alpn.iter().any(|a| a.is_empty() || a.len() > 255) {
+            return Err(invalid("tls.site.alpn", "protocol ids of 1 to 255 bytes"));
+        }
+        if self.tls13_tickets > 8 {
+            return Err(invalid("tls.site.tls13_tickets", "0 to 8"));
+        }
+        Ok(())
+    }
+}
+
 /// Everything a node needs to start, checked.
 #[derive(Debug)]
 pub struct Resolved {
@@ -255,9 +278,7 @@ impl RelayConfig {
         }
         let site_alpn: Vec<Vec<u8>> = match &self.tls.site {
             Some(s) => {
-                if s.alpn.iter().any(|a| a.is_empty() || a.len() > 255) {
-                    return Err(invalid("tls.site.alpn", "protocol ids of 1 to 255 bytes"));
-                }
+                s.check()?;
                 s.alpn.iter().map(|a| a.as_bytes().to_vec()).collect()
             }
             None => vec![],
@@ -268,9 +289,6 @@ impl RelayConfig {
             .as_ref()
             .is_some_and(|s| s.mode == settings::SiteMode::Strict);
         let tickets = self.tls.site.as_ref().map_or(0, |s| s.tls13_tickets);
-        if tickets > 8 {
-            return Err(invalid("tls.site.tls13_tickets", "0 to 8"));
-        }
         let tls = match (&self.tls.cert, &self.tls.key, self.listen_tls.is_empty()) {
             (_, _, true) => None,
             (Some(cert), Some(key), false) => Some(
@@ -302,16 +320,6 @@ impl RelayConfig {
                 ));
             }
             (Some(s), Some(tls)) => {
-                let port_ok = s
-                    .upstream
-                    .rsplit_once(':')
-                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-                if !port_ok {
-                    return Err(invalid(
-                        "tls.site.upstream",
-                        "host:port of the site's own server",
-                    ));
-                }
                 let cfg = crate::site::SiteConfig {
                     upstream: s.upstream.clone(),
                     tls: s.tls,
