@@ -239,8 +239,9 @@ fn allocate(secret: &str, nonce: Option<&[u8]>) -> Vec<u8> {
 }
 
 /// The handshake probes, and which of them may differ (compat: `stun.turn` alone).
-const PROBES: [&str; 7] = [
+const PROBES: [&str; 8] = [
     "-servername localhost -alpn h2",
+    "-servername localhost -tls1_2 -cipher ECDHE-ECDSA-AES128-SHA",
     "-servername localhost -alpn http/1.1",
     "-servername localhost",
     "-servername wrong.example -alpn h2,http/1.1",

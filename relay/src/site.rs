@@ -53,6 +53,8 @@ pub struct Site {
     /// The TLS client toward the upstream (`tls: true`), trusting exactly the certificate veil
     /// serves.
     client: Option<Arc<rustls::ClientConfig>>,
+    /// veil's own TLS on the port: which handshakes it can complete.
+    tls: Arc<TlsState>,
 }
 
 impl std::fmt::Debug for Site {
@@ -80,7 +82,11 @@ impl Site {
         } else {
             None
         };
-        Ok(Site { cfg, client })
+        Ok(Site {
+            cfg,
+            client,
+            tls: tls.clone(),
+        })
     }
 
     /// The ALPN list clients are offered.
@@ -312,8 +318,12 @@ pub async fn open(
                         let hello = h.client_hello();
                         let name = hello.server_name().map(str::to_ascii_lowercase);
                         let alpn: Option<Vec<&[u8]>> = hello.alpn().map(Iterator::collect);
+                        // A passthrough name, an ALPN offer veil would refuse, or no cipher
+                        // suite in common (a client of legacy TLS 1.2 CBC suites): the site's
+                        // own TLS server answers it.
                         if name.is_some_and(|n| site.cfg.passthrough.contains(&n))
                             || !site.takes_alpn(alpn.as_deref())
+                            || !site.tls.takes_suites(hello.cipher_suites())
                         {
                             Verdict::Site
                         } else {

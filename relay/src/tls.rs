@@ -73,6 +73,8 @@ pub struct TlsState {
     without_alpn: Arc<rustls::ServerConfig>,
     /// The site's ALPN list: a client offering any of it never gets `stun.turn`.
     site_alpn: Vec<Vec<u8>>,
+    /// The cipher suites a handshake can use (TLS 1.2 ones only when 1.2 is on).
+    suites: Vec<rustls::CipherSuite>,
 }
 
 impl std::fmt::Debug for TlsState {
@@ -122,8 +124,20 @@ impl TlsState {
             with_alpn: o.turn_alpn.then(|| build(true)).transpose()?,
             without_alpn: build(false)?,
             site_alpn: o.site_alpn.to_vec(),
+            suites: rustls::crypto::ring::default_provider()
+                .cipher_suites
+                .iter()
+                .filter(|s| o.tls12 || s.version() == &rustls::version::TLS13)
+                .map(|s| s.suite())
+                .collect(),
             resolver,
         }))
+    }
+
+    /// Whether a client offering `offered` can complete a handshake here (one suite in
+    /// common).
+    pub fn takes_suites(&self, offered: &[rustls::CipherSuite]) -> bool {
+        offered.iter().any(|s| self.suites.contains(s))
     }
 
     /// The leaf certificate served now.
