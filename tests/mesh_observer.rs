@@ -68,7 +68,7 @@ fn trio(
 }
 
 /// Callers on A, each with a callee on B (even) or C (odd), permitted both ways.
-fn calls(t: &Trio, n: usize) -> Vec<(RawTurn, SocketAddr)> {
+fn calls(t: &Trio, n: usize) -> Vec<(RawTurn, SocketAddr, RawTurn)> {
     let mut out = Vec::new();
     for i in 0..n {
         let (mut x, xa) = party(&t.a, &format!("caller{i}"));
@@ -76,15 +76,17 @@ fn calls(t: &Trio, n: usize) -> Vec<(RawTurn, SocketAddr)> {
         let (mut y, ya) = party(callee_node, &format!("callee{i}"));
         assert_eq!(x.permit(ya), None);
         assert_eq!(y.permit(xa), None);
-        let _ = xa;
-        out.push((x, ya));
+        // The callee's socket is kept open with its allocation: closed, its ephemeral port
+        // could be handed to the next callee's socket, whose Allocate would meet the same
+        // 5-tuple under another user (441; seen once in CI).
+        out.push((x, ya, y));
     }
     out
 }
 
 /// Sends each caller's schedule (µs from `start`, bytes) to its callee; `video` adds a ~1 Mbit/s
 /// flow (30 frames/s of 4 × 1 100 bytes) from the last caller.
-fn drive(callers: &mut [(RawTurn, SocketAddr)], seconds: u64, seed: u64, video: bool) {
+fn drive(callers: &mut [(RawTurn, SocketAddr, RawTurn)], seconds: u64, seed: u64, video: bool) {
     let mut events: Vec<(u64, usize, usize)> = Vec::new();
     for (i, _) in callers.iter().enumerate() {
         let mut rng = Rng::new(seed + i as u64);
@@ -107,7 +109,7 @@ fn drive(callers: &mut [(RawTurn, SocketAddr)], seconds: u64, seed: u64, video: 
         if let Some(d) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(d);
         }
-        let (c, to) = &mut callers[i];
+        let (c, to, _) = &mut callers[i];
         let to = *to;
         c.send_indication(to, &vec![0x55; n]);
     }
@@ -172,10 +174,14 @@ fn place(uplinks: &[Flow], candidates: &[(Flow, usize)], from: u64, to: u64) -> 
     hits as f64 / uplinks.len() as f64
 }
 
-fn uplinks(packets: &[Packet], callers: &[(RawTurn, SocketAddr)], a: &MeshNode) -> Vec<Flow> {
+fn uplinks(
+    packets: &[Packet],
+    callers: &[(RawTurn, SocketAddr, RawTurn)],
+    a: &MeshNode,
+) -> Vec<Flow> {
     callers
         .iter()
-        .map(|(c, _)| {
+        .map(|(c, _, _)| {
             let me = c.sock.local_addr().unwrap();
             packets
                 .iter()
