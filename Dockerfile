@@ -7,6 +7,10 @@
 # Build stage: the toolchain the workspace pins (rust-version in Cargo.toml) or newer.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
+# clang and the BPF headers build the XDP fast path (relay/build.rs); without them the image
+# has none (fast_path.mode xdp then refuses to start, auto runs without it).
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends clang-19 libbpf-dev \
+ && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

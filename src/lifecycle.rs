@@ -215,6 +215,7 @@ impl Running {
                     if let Some(f) = self.node.health.check(Instant::now(), stall) {
                         return Ended::Failed(f);
                     }
+                    self.node.publish_fast_path();
                 }
                 _ = hup.recv() => {
                     self.reload("SIGHUP");

@@ -495,7 +495,23 @@ fn mesh_values_link_every_pool_and_keep_the_link_port_internal() {
         .map(|t| serde_saphyr::from_str::<Value>(t).unwrap())
         .collect();
     assert_eq!(configs.len(), 2);
+    // The fast path: in the config, and the capabilities loading it takes, nothing more.
+    for d in kind(&docs, "Deployment")
+        .into_iter()
+        .filter(|d| d["metadata"]["name"].as_str().unwrap().contains("relay"))
+    {
+        let sc = &containers(d)[0]["securityContext"];
+        assert_eq!(sc["runAsUser"], 0, "{sc}");
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        assert_eq!(
+            sc["capabilities"]["add"],
+            serde_json::json!(["BPF", "NET_ADMIN", "PERFMON"])
+        );
+    }
     for c in &configs {
+        assert_eq!(c["fast_path"]["mode"], "auto");
+        assert_eq!(c["fast_path"]["interfaces"], serde_json::json!(["eth0"]));
         let m = &c["mesh"];
         let me = m["name"].as_str().unwrap();
         assert_eq!(m["listen"], "0.0.0.0:3479");

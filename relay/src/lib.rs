@@ -20,6 +20,7 @@ pub use veil_proto::{privacy, shaping};
 
 pub mod admin;
 pub mod config;
+pub mod fastpath;
 pub mod io;
 pub mod mesh;
 pub mod metrics;

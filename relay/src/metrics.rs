@@ -76,6 +76,8 @@ veil_proto::counters! {
 #[derive(Debug, Default)]
 pub struct Reports {
     workers: Vec<Mutex<WorkerReport>>,
+    /// The kernel fast path's counters while it is attached (None: it is not).
+    fast_path: Mutex<Option<crate::fastpath::FastPathCounts>>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     last_reload_ok_unix: AtomicU64,
@@ -105,6 +107,11 @@ impl Reports {
         if let Some(slot) = self.workers.get(i) {
             *slot.lock().unwrap_or_else(|e| e.into_inner()) = report;
         }
+    }
+
+    /// Notes the fast path's counters now, or that it is not attached.
+    pub fn publish_fast_path(&self, counts: Option<crate::fastpath::FastPathCounts>) {
+        *self.fast_path.lock().unwrap_or_else(|e| e.into_inner()) = counts;
     }
 
     /// Every worker's counters, summed.
@@ -397,6 +404,26 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
         "Connections closed for garbage, a failed TLS handshake, a missed deadline or a stalled write.",
         t.io.stream_errors,
     );
+    let fast = *reports.fast_path.lock().unwrap_or_else(|e| e.into_inner());
+    g(
+        &mut o,
+        "veil_relay_fast_path_up",
+        "1 while the XDP fast path is attached (fast_path), 0 when off or not attached.",
+        u64::from(fast.is_some()),
+    );
+    if let Some(f) = fast {
+        let name = "veil_relay_fast_path_packets_total";
+        family(
+            &mut o,
+            name,
+            "counter",
+            "Datagrams the XDP fast path handled: sent on to peers, to clients, or passed to \
+             the kernel's stack (the user-space path).",
+        );
+        sample(&mut o, name, "action=\"to_peer\"", f.to_peer);
+        sample(&mut o, name, "action=\"to_client\"", f.to_client);
+        sample(&mut o, name, "action=\"passed\"", f.passed);
+    }
     let name = "veil_relay_shared_port_connections_total";
     family(
         &mut o,

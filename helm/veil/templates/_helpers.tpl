@@ -49,17 +49,30 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $low -}}
 {{- end -}}
 
-{{/* Container security: non-root, read-only root, no capability unless a port needs one. */}}
+{{/* Container security: non-root, read-only root, no capability unless a port needs one.
+With the XDP fast path (fastPath): the capabilities loading and attaching it takes (BPF,
+NET_ADMIN, PERFMON), which only a process of uid 0 holds in a container (Kubernetes grants no
+ambient capabilities and no_new_privs voids file capabilities): uid 0 with every other
+capability dropped. */}}
 {{- define "veil.containerSecurity" -}}
 allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
+{{- if .fastPath }}
+runAsNonRoot: false
+runAsUser: 0
+runAsGroup: 65532
+{{- else }}
 runAsNonRoot: true
 runAsUser: 65532
 runAsGroup: 65532
+{{- end }}
 capabilities:
   drop: [ALL]
-  {{- if .bindLow }}
-  add: [NET_BIND_SERVICE]
+  {{- if or .bindLow .fastPath }}
+  add:
+    {{- if .bindLow }} [NET_BIND_SERVICE{{ if .fastPath }}, BPF, NET_ADMIN, PERFMON{{ end }}]
+    {{- else }} [BPF, NET_ADMIN, PERFMON]
+    {{- end }}
   {{- end }}
 seccompProfile:
   type: RuntimeDefault
@@ -119,6 +132,10 @@ seccompProfile:
   "tls" (dict "cert" "/etc/veil/mesh/tls.crt" "key" "/etc/veil/mesh/tls.key" "ca" "/etc/veil/mesh/ca.crt")
   "fallback" $r.mesh.fallback
   "peers" $peers) -}}
+{{- end -}}
+{{- if ne $r.fastPath.mode "off" -}}
+{{- if not $r.fastPath.interfaces }}{{ fail "relay.fastPath.interfaces: the interfaces clients and peers reach the relays on are required when relay.fastPath.mode is not off" }}{{ end -}}
+{{- $_ := set $cfg "fast_path" (dict "mode" $r.fastPath.mode "interfaces" $r.fastPath.interfaces) -}}
 {{- end -}}
 {{- toYaml $cfg -}}
 {{- end -}}

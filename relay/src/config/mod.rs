@@ -103,6 +103,8 @@ pub struct Resolved {
     pub source: RelayConfig,
     /// The links to other relays, if any.
     pub mesh: Option<crate::mesh::MeshConfig>,
+    /// The kernel fast path wanted.
+    pub fast_path: settings::FastPathSettings,
 }
 
 /// The settings a reload puts in force while allocations go on; every other setting of the
@@ -337,6 +339,23 @@ impl RelayConfig {
                 ))
             }
         };
+        let fp = &self.fast_path;
+        if fp.mode != settings::FastPathMode::Off && fp.interfaces.is_empty() {
+            return Err(invalid(
+                "fast_path.interfaces",
+                "name the interfaces clients and peers reach the relay on (e.g. [eth0])",
+            ));
+        }
+        if fp
+            .interfaces
+            .iter()
+            .any(|i| i.is_empty() || i.len() > 15 || i.contains(['/', ' ']))
+        {
+            return Err(invalid(
+                "fast_path.interfaces",
+                "interface names of 1 to 15 characters",
+            ));
+        }
         let st = &self.streams;
         if st.handshake_timeout == 0 || st.idle_timeout == 0 {
             return Err(invalid("streams", "timeouts must be >= 1 s"));
@@ -679,6 +698,7 @@ impl RelayConfig {
             warnings,
             source: self.clone(),
             mesh: self.mesh.as_ref().map(|m| m.resolve()).transpose()?,
+            fast_path: self.fast_path.clone(),
         })
     }
 }

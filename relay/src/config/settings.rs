@@ -467,6 +467,32 @@ pub struct RelayConfig {
     /// sit on two relays cross between them in fixed-size cells at a constant rate. Off (null)
     /// by default.
     pub mesh: Option<super::mesh::MeshSettings>,
+    /// The kernel fast path for relayed UDP media (XDP): off by default.
+    pub fast_path: FastPathSettings,
+}
+
+/// The kernel fast path (README: The kernel fast path).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FastPathSettings {
+    /// `off`; `xdp`: attach or refuse to start; `auto`: attach where possible, else run
+    /// without it (a warning and `veil_relay_fast_path_up 0` say so).
+    pub mode: FastPathMode,
+    /// The interfaces clients and peers reach the relay on (e.g. `[eth0]`).
+    pub interfaces: Vec<String>,
+}
+
+/// Whether the fast path is wanted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FastPathMode {
+    /// No fast path.
+    #[default]
+    Off,
+    /// The fast path or nothing: a relay that cannot attach it does not start.
+    Xdp,
+    /// The fast path where the kernel, the interface and the privileges allow it.
+    Auto,
 }
 
 /// The certificate for `listen_tls`.
@@ -662,6 +688,7 @@ impl Default for RelayConfig {
             log: LogConfig::default(),
             lifecycle: Lifecycle::default(),
             mesh: None,
+            fast_path: FastPathSettings::default(),
         }
     }
 }

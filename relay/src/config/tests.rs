@@ -205,6 +205,26 @@ fn bad_fields_are_named() {
             "tls: {site: {upstream: x, proxy_protocol: v3}}\n",
             "expected one of none, v2",
         ),
+        (
+            "tls: {site: {upstream: x, mode: loose}}\n",
+            "expected one of compat, strict",
+        ),
+        (
+            "tls: {site: {upstream: '127.0.0.1:8443', tls13_tickets: 9}}\nauth: {secrets: [s]}\n",
+            "tls.site.tls13_tickets",
+        ),
+        (
+            "fast_path: {mode: xdp}\nauth: {secrets: [s]}\n",
+            "fast_path.interfaces",
+        ),
+        (
+            "fast_path: {mode: auto, interfaces: ['a very long interface name']}\nauth: {secrets: [s]}\n",
+            "fast_path.interfaces",
+        ),
+        (
+            "fast_path: {mode: ebpf}\n",
+            "expected one of off, xdp, auto",
+        ),
     ];
     for (yaml, needle) in cases {
         let e = err_of(yaml);

@@ -72,6 +72,8 @@ pub struct Node {
     pub health: Arc<Health>,
     /// The links to other relays, when the node is in a mesh.
     pub mesh: Option<Mesh>,
+    /// The kernel fast path, while attached (dropping it detaches it).
+    pub fast_path: Option<crate::fastpath::FastPath>,
     shaping: watch::Sender<Vec<Policy>>,
     stop: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<io::Result<()>>>,
@@ -81,6 +83,7 @@ impl Node {
     /// Binds every socket of a resolved configuration and starts its worker threads.
     pub fn start(resolved: &Resolved, core: Arc<Shared>) -> io::Result<Node> {
         let workers = resolved.workers.max(1);
+        let fast_path = crate::fastpath::start(&resolved.fast_path).map_err(io::Error::other)?;
         let udp = bind_listeners(&resolved.listen, workers)?;
         let tcp = bind_stream_listeners(&resolved.listen_tcp, workers)?;
         let tls = bind_stream_listeners(&resolved.listen_tls, workers)?;
@@ -130,6 +133,7 @@ impl Node {
         });
         let health = node.health.clone();
         let reports = node.reports.clone();
+        reports.publish_fast_path(fast_path.as_ref().map(|f| f.counts()));
         let (stop, stop_rx) = watch::channel(false);
         let mut threads = Vec::new();
         for (i, (((socks, tcp), tls), inbox)) in
@@ -163,7 +167,14 @@ impl Node {
             shaping,
             health,
             mesh,
+            fast_path,
         })
+    }
+
+    /// Reads the fast path's counters into the node's reports (for `/metrics`).
+    pub fn publish_fast_path(&self) {
+        self.reports
+            .publish_fast_path(self.fast_path.as_ref().map(|f| f.counts()));
     }
 
     /// Puts new shaping policies (node policy, then the profiles in the same order as before)
