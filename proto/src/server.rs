@@ -35,6 +35,7 @@ use crate::stun::{Class, Message, method};
 
 mod allocation;
 mod authn;
+mod fast;
 pub(crate) use authn::password_algorithm;
 mod env;
 mod error;
@@ -49,6 +50,7 @@ use error::{Fail, Req, Seal};
 
 pub use env::{Env, Opened, PortPolicy};
 pub use error::TurnError;
+pub use fast::{FastBinding, FastChange};
 pub use request::{
     AllocateRequest, ChannelBindRequest, MAX_PEERS_PER_REQUEST, PermissionRequest, RefreshRequest,
     SendIndication,
@@ -91,6 +93,8 @@ pub struct Server {
     /// The driver's time of the first call, origin of the limiters' milliseconds.
     epoch: Option<Instant>,
     stats: Stats,
+    /// What the kernel fast path may carry, when the driver has one.
+    fast: fast::FastTrack,
 }
 
 impl Server {
@@ -121,6 +125,7 @@ impl Server {
             bindings,
             epoch: None,
             stats: Stats::default(),
+            fast: fast::FastTrack::default(),
         }
     }
 
@@ -204,7 +209,9 @@ impl Server {
             a.channels.retain(|c| c.expires > now.mono);
             let next = a.next_deadline();
             a.scheduled = next;
+            let client = a.client;
             self.timers.push(Reverse((next, slot, generation)));
+            self.fast_dirty(client);
         }
     }
 
@@ -246,6 +253,7 @@ impl Server {
             dropped += a.perms.revoke(|ip| filter.check_ip(ip).is_ok());
             dropped += a.channels.retain(|c| filter.check(c.peer).is_ok());
         }
+        self.fast_dirty_all();
         if dropped > 0 {
             tracing::info!(
                 dropped,
@@ -315,6 +323,8 @@ impl Server {
 
     /// Makes sure a timer entry fires no later than the allocation's next deadline.
     fn schedule(&mut self, slot: usize) {
+        // Whatever moves a deadline changed what the fast path may carry.
+        self.fast_dirty(self.allocs[slot].client);
         let a = &mut self.allocs[slot];
         let next = a.next_deadline();
         if next < a.scheduled {
@@ -326,6 +336,7 @@ impl Server {
     fn delete(&mut self, slot: usize, now: Now, env: &mut impl Env, why: &'static str) {
         let a = self.allocs.remove(slot);
         self.by_client.remove(&a.client);
+        self.fast_dirty(a.client);
         for r in a.relays.iter().flatten() {
             env.close_relay(r.id);
         }

@@ -78,6 +78,11 @@ impl Permissions {
         self.by_ip.insert(ip, expires);
     }
 
+    /// When `ip`'s permission ends, if it has one.
+    pub(super) fn expiry(&self, ip: IpAddr) -> Option<Instant> {
+        self.by_ip.get(&ip).copied()
+    }
+
     /// Drops the permissions whose IP `keep` refuses; returns how many.
     pub(super) fn revoke(&mut self, keep: impl Fn(IpAddr) -> bool) -> u64 {
         let before = self.by_ip.len();
@@ -179,6 +184,11 @@ impl Channels {
     /// How many bindings (expired ones included until housekeeping).
     pub(super) fn len(&self) -> usize {
         self.by_number.len()
+    }
+
+    /// Every binding with its number (expired ones included until housekeeping).
+    pub(super) fn bound(&self) -> impl Iterator<Item = (u16, Channel)> + '_ {
+        self.by_number.iter().map(|(n, c)| (*n, *c))
     }
 
     /// The bound peers.

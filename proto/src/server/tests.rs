@@ -11,6 +11,7 @@ use crate::privacy::Redactor;
 use crate::stun::{self, Class, Integrity, Message, Writer, attr, decode_xor_address, find_attr};
 use crate::testing::*;
 
+mod fast;
 mod hostile;
 mod issued_nonce;
 

@@ -1,0 +1,153 @@
+//! Issue 24 §1: the core decides what the kernel fast path may carry. A channel bound over UDP
+//! and IPv4 is installed with the instant it stops being valid; a refresh moves that instant; a
+//! deletion, an expiry or a reload's filter removes it; a TCP client, a capped profile or an
+//! untracked server installs nothing.
+
+use super::*;
+use crate::server::{FastBinding, FastChange};
+
+fn changes(s: &mut Server, clock: &Clock) -> Vec<FastChange> {
+    let mut out = Vec::new();
+    s.fast_path_changes(clock.now().mono, |c| out.push(c));
+    out
+}
+
+fn installed(ch: &[FastChange]) -> Vec<FastBinding> {
+    ch.iter()
+        .filter_map(|c| match c {
+            FastChange::Install(b) => Some(*b),
+            FastChange::Remove(_) => None,
+        })
+        .collect()
+}
+
+fn removed(ch: &[FastChange]) -> Vec<FastBinding> {
+    ch.iter()
+        .filter_map(|c| match c {
+            FastChange::Remove(b) => Some(*b),
+            FastChange::Install(_) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_bound_channel_is_installed_until_its_earliest_expiry_and_removed_when_it_ends() {
+    let (mut s, mut env, mut clock) = setup();
+    let mut c = Client::rest(40000, "fast");
+    allocate_ok(&mut c, &mut s, &mut env, &clock);
+    // Not tracked: nothing, however bindings change.
+    assert_eq!(
+        class(&bind_channel(
+            &mut c, &mut s, &mut env, &clock, 0x4000, PEER
+        )),
+        Class::Success
+    );
+    assert!(changes(&mut s, &clock).is_empty());
+
+    s.track_fast_path();
+    let ch = changes(&mut s, &clock);
+    let b = installed(&ch);
+    assert_eq!(b.len(), 1, "{ch:?}");
+    assert!(removed(&ch).is_empty());
+    assert_eq!(b[0].client, c.key);
+    assert_eq!((b[0].channel, b[0].peer), (0x4000, sa(PEER)));
+    // The permission (300 s) ends before the channel (600 s) and the allocation (600 s).
+    assert_eq!(b[0].until, clock.now().mono + Duration::from_secs(300));
+    assert!(changes(&mut s, &clock).is_empty(), "nothing changed since");
+
+    // A CreatePermission refresh moves the instant: installed again.
+    clock.secs = 100;
+    assert_eq!(
+        class(&c.permit(&mut s, &mut env, &clock, PEER)),
+        Class::Success
+    );
+    let b2 = installed(&changes(&mut s, &clock));
+    assert_eq!(b2.len(), 1);
+    assert_eq!(b2[0].until, clock.now().mono + Duration::from_secs(300));
+
+    // The permission expires (no refresh): removed when the timer runs.
+    clock.secs = 401;
+    s.handle_timeout(clock.now(), &mut env);
+    let ch = changes(&mut s, &clock);
+    assert_eq!(removed(&ch).len(), 1, "{ch:?}");
+    assert!(installed(&ch).is_empty());
+
+    // Bound again, then the allocation is deleted: removed.
+    assert_eq!(
+        class(&bind_channel(
+            &mut c, &mut s, &mut env, &clock, 0x4000, PEER
+        )),
+        Class::Success
+    );
+    assert_eq!(installed(&changes(&mut s, &clock)).len(), 1);
+    delete_allocation(&mut c, &mut s, &mut env, &clock);
+    let ch = changes(&mut s, &clock);
+    assert_eq!(removed(&ch).len(), 1, "{ch:?}");
+    assert!(installed(&ch).is_empty());
+}
+
+#[test]
+fn a_reload_denying_the_peer_removes_its_binding() {
+    let (mut s, mut env, clock) = setup();
+    s.track_fast_path();
+    let mut c = Client::rest(40001, "fast");
+    allocate_ok(&mut c, &mut s, &mut env, &clock);
+    assert_eq!(
+        class(&bind_channel(
+            &mut c, &mut s, &mut env, &clock, 0x4001, PEER
+        )),
+        Class::Success
+    );
+    assert_eq!(installed(&changes(&mut s, &clock)).len(), 1);
+    let live = s.shared().live();
+    s.shared().replace_live(Live {
+        credentials: live.credentials.clone(),
+        filter: PeerFilter::new(&["93.184.216.0/24".parse().unwrap()], &[]),
+        bandwidth: live.bandwidth.clone(),
+    });
+    // The core picks the reload up at its next turn.
+    s.handle_timeout(clock.now(), &mut env);
+    let ch = changes(&mut s, &clock);
+    assert_eq!(removed(&ch).len(), 1, "{ch:?}");
+    assert!(installed(&ch).is_empty());
+}
+
+#[test]
+fn tcp_clients_and_capped_profiles_stay_on_the_user_space_path() {
+    use crate::limiter::{BandwidthCaps, Caps};
+    let (mut s, mut env, clock) = setup();
+    s.track_fast_path();
+    let mut t = Client::rest(40002, "tcp");
+    t.key.transport = Transport::Tcp;
+    allocate_ok(&mut t, &mut s, &mut env, &clock);
+    assert_eq!(
+        class(&bind_channel(
+            &mut t, &mut s, &mut env, &clock, 0x4000, PEER
+        )),
+        Class::Success
+    );
+    assert!(installed(&changes(&mut s, &clock)).is_empty(), "TCP");
+
+    let live = s.shared().live();
+    let capped = BandwidthCaps {
+        allocation: Caps {
+            bytes_per_second: 100_000,
+            packets_per_second: 0,
+        },
+        user: Caps::default(),
+    };
+    s.shared().replace_live(Live {
+        credentials: live.credentials.clone(),
+        filter: live.filter.clone(),
+        bandwidth: vec![capped],
+    });
+    let mut u = Client::rest(40003, "capped");
+    allocate_ok(&mut u, &mut s, &mut env, &clock);
+    assert_eq!(
+        class(&bind_channel(
+            &mut u, &mut s, &mut env, &clock, 0x4000, PEER
+        )),
+        Class::Success
+    );
+    assert!(installed(&changes(&mut s, &clock)).is_empty(), "capped");
+}
