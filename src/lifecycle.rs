@@ -234,6 +234,7 @@ impl Running {
         };
         // Drain: not ready at once, no new allocations, existing ones go on.
         self.shared.set_draining(true);
+        self.node.withdraw_fast_path();
         let deadline = Instant::now() + self.current.drain_timeout;
         tracing::info!(
             signal,

@@ -102,6 +102,16 @@ impl Meter {
     }
 }
 
+impl Meter {
+    /// Whether `packets` datagrams of `bytes` bytes in all, carried elsewhere since the last
+    /// call (the kernel fast path), fit `caps` at `now_ms`; takes them if so.
+    pub fn admit_bulk(&mut self, caps: &Caps, now_ms: u64, packets: u64, bytes: u64) -> bool {
+        let (bps, pps) = (caps.bytes_per_second, caps.packets_per_second);
+        (pps == 0 || self.packets.take(now_ms, pps, pps, packets))
+            && (bps == 0 || self.bytes.take(now_ms, bps, bps, bytes))
+    }
+}
+
 /// Buckets in a [`PrefixLimiter`]: 4096 × 16 bytes = 64 KiB per worker, whatever the traffic.
 pub const PREFIX_SLOTS: usize = 4096;
 

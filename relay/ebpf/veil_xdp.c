@@ -12,8 +12,9 @@
 // STUN and TURN control, Send and Data indications, padded or odd ChannelData, fragments, IP
 // options, IPv6, bindings not in the maps -- is passed to the kernel's stack unchanged, where the
 // relay's user-space path handles it. The core is the one authority: it installs a binding only
-// after authenticating, filtering and binding it, removes it when it ends, and reads back the
-// counters kept here.
+// after authenticating, filtering and binding it, with the instant it stops being valid, reads
+// back what each carried to charge the bandwidth caps (a flow over its cap leaves the fast
+// path), and removes it when it ends.
 //
 // Built with clang (-target bpf) by relay/build.rs when clang is found; a build without it has
 // no fast path.
@@ -39,13 +40,17 @@ struct channel_key {
 	__u16 pad;
 };
 
-// Where it goes: from the relayed address to the peer. Counters of what went (payload bytes).
+// Where it goes: from the relayed address to the peer, until `until` (CLOCK_MONOTONIC ns, the
+// earliest of the channel's, the permission's and the allocation's expiry; past it the packet
+// goes up to the core, which decides as it always does).
 struct to_peer {
 	__u32 relay_ip;
 	__u32 peer_ip;
 	__u16 relay_port;
 	__u16 peer_port;
 	__u32 pad;
+	__u64 until;
+	// What it carried (payload bytes), read back by the core to charge the bandwidth caps.
 	__u64 packets;
 	__u64 bytes;
 };
@@ -58,7 +63,8 @@ struct peer_key {
 	__u16 peer_port;
 };
 
-// Where it goes: ChannelData on `channel` from the listening address to the client.
+// Where it goes: ChannelData on `channel` from the listening address to the client, until
+// `until` as above. Installed only for flows whose client leg is not shaped.
 struct to_client {
 	__u32 listen_ip;
 	__u32 client_ip;
@@ -66,6 +72,7 @@ struct to_client {
 	__u16 client_port;
 	__u16 channel;
 	__u16 pad;
+	__u64 until;
 	__u64 packets;
 	__u64 bytes;
 };
@@ -84,10 +91,11 @@ struct {
 	__type(value, struct to_client);
 } VEIL_TO_CLIENT SEC(".maps");
 
-// Per CPU: [0] datagrams sent to peers, [1] to clients, [2] passed to the stack.
+// Per CPU: datagrams sent to peers [0] and to clients [1], passed to the stack [2]; payload
+// bytes sent to peers [3] and to clients [4].
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 4);
+	__uint(max_entries, 5);
 	__type(key, __u32);
 	__type(value, __u64);
 } VEIL_STATS SEC(".maps");
@@ -98,11 +106,11 @@ struct {
 #define HEADERS (ETH_LEN + IP_LEN + UDP_LEN)
 #define CHANNEL_HEADER 4
 
-static __always_inline void count(__u32 which)
+static __always_inline void count(__u32 which, __u64 by)
 {
 	__u64 *n = bpf_map_lookup_elem(&VEIL_STATS, &which);
 	if (n)
-		*n += 1;
+		*n += by;
 }
 
 static __always_inline __u16 ip_checksum(struct iphdr *ip)
@@ -204,7 +212,7 @@ int veil_xdp(struct xdp_md *ctx)
 			.pad = 0,
 		};
 		struct to_peer *v = bpf_map_lookup_elem(&VEIL_TO_PEER, &k);
-		if (v) {
+		if (v && bpf_ktime_get_ns() < v->until) {
 			__u16 media = payload - CHANNEL_HEADER;
 			o.saddr = v->relay_ip;
 			o.daddr = v->peer_ip;
@@ -216,7 +224,8 @@ int veil_xdp(struct xdp_md *ctx)
 				return XDP_DROP;
 			__sync_fetch_and_add(&v->packets, 1);
 			__sync_fetch_and_add(&v->bytes, media);
-			count(0);
+			count(0, 1);
+			count(3, media);
 			return XDP_TX;
 		}
 	}
@@ -229,7 +238,8 @@ int veil_xdp(struct xdp_md *ctx)
 		.peer_port = udp->source,
 	};
 	struct to_client *c = bpf_map_lookup_elem(&VEIL_TO_CLIENT, &pk);
-	if (c && payload <= 0xffff - CHANNEL_HEADER - IP_LEN - UDP_LEN) {
+	if (c && bpf_ktime_get_ns() < c->until &&
+	    payload <= 0xffff - CHANNEL_HEADER - IP_LEN - UDP_LEN) {
 		o.saddr = c->listen_ip;
 		o.daddr = c->client_ip;
 		o.sport = c->listen_port;
@@ -248,12 +258,13 @@ int veil_xdp(struct xdp_md *ctx)
 		h[1] = bpf_htons(payload);
 		__sync_fetch_and_add(&c->packets, 1);
 		__sync_fetch_and_add(&c->bytes, payload);
-		count(1);
+		count(1, 1);
+		count(4, payload);
 		return XDP_TX;
 	}
 
 pass:
-	count(2);
+	count(2, 1);
 	return XDP_PASS;
 }
 

@@ -8,7 +8,158 @@
 //! no privilege, no such interface, a kernel without XDP); `mode: auto` runs without it, says
 //! why in a warning and in `veil_relay_fast_path_up 0`.
 
+use std::net::SocketAddrV4;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::config::{FastPathMode, FastPathSettings};
+
+/// One binding as the driver installs it: every address resolved (the listener and the
+/// relayed socket as bound), the core's instant as the kernel's clock reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Binding {
+    /// The client.
+    pub client: SocketAddrV4,
+    /// The listener it reached.
+    pub listen: SocketAddrV4,
+    /// The channel number.
+    pub channel: u16,
+    /// The relayed socket's bound address.
+    pub relayed: SocketAddrV4,
+    /// The peer.
+    pub peer: SocketAddrV4,
+    /// CLOCK_MONOTONIC nanoseconds after which the kernel leaves it to the core.
+    pub until_ns: u64,
+    /// Whether the peer-to-client leg may take the fast path (its flow is not shaped).
+    pub to_client: bool,
+}
+
+/// What a binding carried per direction (datagrams, payload bytes; client to peer first).
+pub type Carried = [(u64, u64); 2];
+
+/// The kernel's clock (`bpf_ktime_get_ns`), in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+// The maps' layouts (relay/ebpf/veil_xdp.c): addresses and ports in network order, as on the
+// wire; `until` in the host's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct ChannelKey {
+    client_ip: [u8; 4],
+    listen_ip: [u8; 4],
+    client_port: [u8; 2],
+    listen_port: [u8; 2],
+    channel: [u8; 2],
+    pad: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct ToPeer {
+    relay_ip: [u8; 4],
+    peer_ip: [u8; 4],
+    relay_port: [u8; 2],
+    peer_port: [u8; 2],
+    pad: [u8; 4],
+    until: u64,
+    packets: u64,
+    bytes: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PeerKey {
+    relay_ip: [u8; 4],
+    peer_ip: [u8; 4],
+    relay_port: [u8; 2],
+    peer_port: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct ToClient {
+    listen_ip: [u8; 4],
+    client_ip: [u8; 4],
+    listen_port: [u8; 2],
+    client_port: [u8; 2],
+    channel: [u8; 2],
+    pad: [u8; 2],
+    until: u64,
+    packets: u64,
+    bytes: u64,
+}
+
+// SAFETY: plain `repr(C)` structs of byte arrays and a u64, without padding bytes.
+#[cfg(veil_xdp)]
+unsafe impl aya::Pod for ChannelKey {}
+// SAFETY: as above (the u64s sit at offsets 16, 24 and 32).
+#[cfg(veil_xdp)]
+unsafe impl aya::Pod for ToPeer {}
+// SAFETY: as above.
+#[cfg(veil_xdp)]
+unsafe impl aya::Pod for PeerKey {}
+// SAFETY: as above (the u64s sit at offsets 16, 24 and 32).
+#[cfg(veil_xdp)]
+unsafe impl aya::Pod for ToClient {}
+
+impl Binding {
+    fn channel_key(&self) -> ChannelKey {
+        ChannelKey {
+            client_ip: self.client.ip().octets(),
+            listen_ip: self.listen.ip().octets(),
+            client_port: self.client.port().to_be_bytes(),
+            listen_port: self.listen.port().to_be_bytes(),
+            channel: self.channel.to_be_bytes(),
+            pad: [0; 2],
+        }
+    }
+
+    fn peer_key(&self) -> PeerKey {
+        PeerKey {
+            relay_ip: self.relayed.ip().octets(),
+            peer_ip: self.peer.ip().octets(),
+            relay_port: self.relayed.port().to_be_bytes(),
+            peer_port: self.peer.port().to_be_bytes(),
+        }
+    }
+
+    fn peer_value(&self) -> ToPeer {
+        ToPeer {
+            relay_ip: self.relayed.ip().octets(),
+            peer_ip: self.peer.ip().octets(),
+            relay_port: self.relayed.port().to_be_bytes(),
+            peer_port: self.peer.port().to_be_bytes(),
+            pad: [0; 4],
+            until: self.until_ns,
+            packets: 0,
+            bytes: 0,
+        }
+    }
+
+    fn client_value(&self) -> ToClient {
+        ToClient {
+            listen_ip: self.listen.ip().octets(),
+            client_ip: self.client.ip().octets(),
+            listen_port: self.listen.port().to_be_bytes(),
+            client_port: self.client.port().to_be_bytes(),
+            channel: self.channel.to_be_bytes(),
+            pad: [0; 2],
+            until: self.until_ns,
+            packets: 0,
+            bytes: 0,
+        }
+    }
+}
 
 /// Datagrams the program handled, summed over the CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -19,14 +170,29 @@ pub struct FastPathCounts {
     pub to_client: u64,
     /// Datagrams left to the kernel's stack (everything the maps do not hold).
     pub passed: u64,
+    /// Payload bytes sent on to peers.
+    pub to_peer_bytes: u64,
+    /// Payload bytes sent on to clients.
+    pub to_client_bytes: u64,
 }
 
-/// The program attached to the node's interfaces; dropping it detaches it.
+/// The program attached to the node's interfaces, and its maps; dropping it detaches it.
 pub struct FastPath {
     #[cfg(veil_xdp)]
-    ebpf: aya::Ebpf,
+    maps: Mutex<Maps>,
+    /// Set when the node drains: the maps are emptied and nothing is installed again.
+    withdrawn: AtomicBool,
     /// Each interface with the mode it was attached in (`driver`, `generic`).
     attached: Vec<(String, &'static str)>,
+}
+
+#[cfg(veil_xdp)]
+struct Maps {
+    /// The program and its links (kept: dropped, the program leaves the interfaces).
+    _ebpf: aya::Ebpf,
+    to_peer: aya::maps::HashMap<aya::maps::MapData, ChannelKey, ToPeer>,
+    to_client: aya::maps::HashMap<aya::maps::MapData, PeerKey, ToClient>,
+    stats: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
 }
 
 impl std::fmt::Debug for FastPath {
@@ -95,7 +261,26 @@ fn attach(interfaces: &[String]) -> Result<FastPath, String> {
         };
         attached.push((i.clone(), mode));
     }
-    Ok(FastPath { ebpf, attached })
+    let mut map = |name: &str| {
+        ebpf.take_map(name)
+            .ok_or_else(|| format!("the XDP object has no map {name}"))
+    };
+    let to_peer = aya::maps::HashMap::try_from(map("VEIL_TO_PEER")?)
+        .map_err(|e| format!("VEIL_TO_PEER: {e}"))?;
+    let to_client = aya::maps::HashMap::try_from(map("VEIL_TO_CLIENT")?)
+        .map_err(|e| format!("VEIL_TO_CLIENT: {e}"))?;
+    let stats = aya::maps::PerCpuArray::try_from(map("VEIL_STATS")?)
+        .map_err(|e| format!("VEIL_STATS: {e}"))?;
+    Ok(FastPath {
+        maps: Mutex::new(Maps {
+            _ebpf: ebpf,
+            to_peer,
+            to_client,
+            stats,
+        }),
+        withdrawn: AtomicBool::new(false),
+        attached,
+    })
 }
 
 impl FastPath {
@@ -108,14 +293,9 @@ impl FastPath {
     pub fn counts(&self) -> FastPathCounts {
         #[cfg(veil_xdp)]
         {
+            let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
             let sum = |index: u32| -> u64 {
-                let Some(map) = self.ebpf.map("VEIL_STATS") else {
-                    return 0;
-                };
-                let Ok(stats) = aya::maps::PerCpuArray::<_, u64>::try_from(map) else {
-                    return 0;
-                };
-                stats
+                maps.stats
                     .get(&index, 0)
                     .map_or(0, |v| v.iter().fold(0u64, |a, b| a.saturating_add(*b)))
             };
@@ -123,9 +303,108 @@ impl FastPath {
                 to_peer: sum(0),
                 to_client: sum(1),
                 passed: sum(2),
+                to_peer_bytes: sum(3),
+                to_client_bytes: sum(4),
             }
         }
         #[cfg(not(veil_xdp))]
         FastPathCounts::default()
+    }
+
+    /// Installs (or updates) a binding: the client's ChannelData to the peer, and the peer's
+    /// datagrams back when `to_client`; a binding whose client leg became shaped loses that
+    /// half. False if the kernel refused (a full map): the binding stays on the user-space path.
+    pub fn install(&self, b: &Binding) -> bool {
+        if self.withdrawn.load(Ordering::Acquire) {
+            return false;
+        }
+        #[cfg(veil_xdp)]
+        {
+            let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+            // An update keeps what the binding carried so far (the core reads it back).
+            let mut up = b.peer_value();
+            if let Ok(old) = maps.to_peer.get(&b.channel_key(), 0) {
+                (up.packets, up.bytes) = (old.packets, old.bytes);
+            }
+            if maps.to_peer.insert(b.channel_key(), up, 0).is_err() {
+                return false;
+            }
+            if b.to_client {
+                let mut down = b.client_value();
+                if let Ok(old) = maps.to_client.get(&b.peer_key(), 0) {
+                    (down.packets, down.bytes) = (old.packets, old.bytes);
+                }
+                if maps.to_client.insert(b.peer_key(), down, 0).is_err() {
+                    let _ = maps.to_peer.remove(&b.channel_key());
+                    return false;
+                }
+            } else {
+                let _ = maps.to_client.remove(&b.peer_key());
+            }
+            true
+        }
+        #[cfg(not(veil_xdp))]
+        {
+            let _ = (
+                b.channel_key(),
+                b.peer_value(),
+                b.peer_key(),
+                b.client_value(),
+            );
+            false
+        }
+    }
+
+    /// What a binding carried since it was installed, per direction (datagrams, payload
+    /// bytes; client to peer first).
+    pub fn carried(&self, b: &Binding) -> Carried {
+        #[cfg(veil_xdp)]
+        {
+            let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+            let up = maps
+                .to_peer
+                .get(&b.channel_key(), 0)
+                .map_or((0, 0), |v| (v.packets, v.bytes));
+            let down = maps
+                .to_client
+                .get(&b.peer_key(), 0)
+                .map_or((0, 0), |v| (v.packets, v.bytes));
+            [up, down]
+        }
+        #[cfg(not(veil_xdp))]
+        {
+            let _ = b;
+            [(0, 0); 2]
+        }
+    }
+
+    /// Removes a binding (whatever of it is installed).
+    pub fn remove(&self, b: &Binding) {
+        #[cfg(veil_xdp)]
+        {
+            let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = maps.to_peer.remove(&b.channel_key());
+            let _ = maps.to_client.remove(&b.peer_key());
+        }
+        #[cfg(not(veil_xdp))]
+        let _ = b;
+    }
+
+    /// The node drains: every binding leaves the kernel and none is installed again, so what
+    /// is still relayed is counted and ended by the user-space path.
+    pub fn withdraw(&self) {
+        self.withdrawn.store(true, Ordering::Release);
+        #[cfg(veil_xdp)]
+        {
+            let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<ChannelKey> = maps.to_peer.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                let _ = maps.to_peer.remove(&k);
+            }
+            let keys: Vec<PeerKey> = maps.to_client.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                let _ = maps.to_client.remove(&k);
+            }
+        }
     }
 }

@@ -54,6 +54,8 @@ veil_proto::counters! {
         /// Datagrams to a relayed address of this node that no allocation holds (or whose
         /// worker's inbox was full).
         pub local_undelivered: u64,
+        /// Bindings installed (or updated) in the fast path's maps.
+        pub fast_installs: u64,
     }
 }
 
@@ -335,23 +337,26 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
         "Datagrams that were neither valid STUN nor ChannelData.",
         t.core.malformed,
     );
+    // What the kernel fast path relayed counts as relayed: the totals stay true with it on.
+    let fast = *reports.fast_path.lock().unwrap_or_else(|e| e.into_inner());
+    let k = fast.unwrap_or_default();
     family(
         &mut o,
         "veil_relay_packets_total",
         "counter",
-        "Datagrams relayed, by direction.",
+        "Datagrams relayed, by direction (the kernel fast path's included).",
     );
     sample(
         &mut o,
         "veil_relay_packets_total",
         "direction=\"client_to_peer\"",
-        t.io.client_to_peer_packets,
+        t.io.client_to_peer_packets.saturating_add(k.to_peer),
     );
     sample(
         &mut o,
         "veil_relay_packets_total",
         "direction=\"peer_to_client\"",
-        t.io.peer_to_client_packets,
+        t.io.peer_to_client_packets.saturating_add(k.to_client),
     );
     family(
         &mut o,
@@ -363,13 +368,16 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
         &mut o,
         "veil_relay_bytes_total",
         "direction=\"client_to_peer\"",
-        t.io.client_to_peer_bytes,
+        t.io.client_to_peer_bytes.saturating_add(k.to_peer_bytes),
     );
     sample(
         &mut o,
         "veil_relay_bytes_total",
         "direction=\"peer_to_client\"",
-        t.io.peer_to_client_bytes,
+        // (Framed: each carried a 4-byte ChannelData header.)
+        t.io.peer_to_client_bytes
+            .saturating_add(k.to_client_bytes)
+            .saturating_add(k.to_client.saturating_mul(4)),
     );
     family(
         &mut o,
@@ -404,7 +412,6 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
         "Connections closed for garbage, a failed TLS handshake, a missed deadline or a stalled write.",
         t.io.stream_errors,
     );
-    let fast = *reports.fast_path.lock().unwrap_or_else(|e| e.into_inner());
     g(
         &mut o,
         "veil_relay_fast_path_up",
@@ -423,6 +430,12 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
         sample(&mut o, name, "action=\"to_peer\"", f.to_peer);
         sample(&mut o, name, "action=\"to_client\"", f.to_client);
         sample(&mut o, name, "action=\"passed\"", f.passed);
+        c(
+            &mut o,
+            "veil_relay_fast_path_installs",
+            "Bindings the core handed to the fast path's maps (installed or updated).",
+            t.io.fast_installs,
+        );
     }
     let name = "veil_relay_shared_port_connections_total";
     family(

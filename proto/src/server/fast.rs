@@ -3,8 +3,9 @@
 //! kernel's maps.
 //!
 //! A binding is eligible when its client speaks UDP over IPv4, its channel is bound and live,
-//! the peer (IPv4) holds a live permission, and its profile has no bandwidth cap (a capped flow
-//! stays on the metered user-space path). Each carries the instant it stops being valid (the
+//! and the peer (IPv4) holds a live permission; what the kernel carried is read back and charged
+//! to the bandwidth caps, and an allocation over a cap leaves the fast path for a while. Each
+//! carries the instant it stops being valid (the
 //! earliest of the channel's, the permission's and the allocation's expiry), so the kernel
 //! stops at that instant without waiting for a timer. Whatever changes an allocation's
 //! bindings (a ChannelBind, a CreatePermission or Refresh, an expiry, a reload's filter, a
@@ -51,7 +52,13 @@ pub(super) struct FastTrack {
     on: bool,
     dirty: Vec<ClientKey>,
     installed: HashMap<ClientKey, Vec<FastBinding>>,
+    /// Allocations that went over a bandwidth cap, kept off the fast path until then.
+    cooling: Vec<(Instant, ClientKey)>,
 }
+
+/// How long an allocation over its bandwidth cap stays on the user-space path, which drops
+/// what exceeds the cap datagram by datagram.
+pub const FAST_PATH_COOLING: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Server {
     /// Tells the core the driver has a fast path: from now on it tracks what the path may
@@ -60,6 +67,15 @@ impl Server {
         self.fast.on = true;
         let clients: Vec<ClientKey> = self.allocs.iter().map(|(_, a)| a.client).collect();
         self.fast.dirty.extend(clients);
+    }
+
+    /// Hands every binding to the driver again at the next [`Server::fast_path_changes`] (the
+    /// driver's own conditions changed, e.g. which profiles are shaped).
+    pub fn fast_path_resync(&mut self) {
+        if self.fast.on {
+            self.fast.installed.clear();
+            self.fast_dirty_all();
+        }
     }
 
     /// Notes that `client`'s bindings may have changed.
@@ -84,8 +100,8 @@ impl Server {
             return Vec::new();
         };
         let a = &self.allocs[slot];
-        let capped = self.caps(a.profile) != crate::limiter::BandwidthCaps::default();
-        if client.transport != Transport::Udp || !client.addr.is_ipv4() || capped {
+        let cooling = self.fast.cooling.iter().any(|(_, c)| c == client);
+        if client.transport != Transport::Udp || !client.addr.is_ipv4() || cooling {
             return Vec::new();
         }
         let mut out = Vec::new();
@@ -117,6 +133,12 @@ impl Server {
     /// installs (a binding whose `until` moved is installed again). Nothing when it is not
     /// tracked.
     pub fn fast_path_changes(&mut self, now: Instant, mut f: impl FnMut(FastChange)) {
+        if self.fast.cooling.iter().any(|(t, _)| *t <= now) {
+            let (done, cooling): (Vec<_>, Vec<_>) =
+                self.fast.cooling.drain(..).partition(|(t, _)| *t <= now);
+            self.fast.cooling = cooling;
+            self.fast.dirty.extend(done.into_iter().map(|(_, c)| c));
+        }
         if self.fast.dirty.is_empty() {
             return;
         }
@@ -143,5 +165,44 @@ impl Server {
                 self.fast.installed.insert(client, now_eligible);
             }
         }
+    }
+
+    /// What the fast path carried for `client` since the last call, per direction (datagrams,
+    /// payload bytes; client to peer first): charged to the allocation's and its user's
+    /// bandwidth meters as the user-space path charges each datagram. Over a cap, the
+    /// allocation leaves the fast path for [`FAST_PATH_COOLING`], so the cap is enforced
+    /// datagram by datagram again (what the kernel carried in the meantime, at most one read-back
+    /// period's worth, is not taken back). True if it fit.
+    pub fn fast_path_used(
+        &mut self,
+        now: Instant,
+        client: &ClientKey,
+        used: [(u64, u64); 2],
+    ) -> bool {
+        let Some(&slot) = self.by_client.get(client) else {
+            return true;
+        };
+        let ms = self.millis(now);
+        let caps = self.caps(self.allocs[slot].profile);
+        let a = &mut self.allocs[slot];
+        let mut fit = true;
+        for (dir, (packets, bytes)) in used.into_iter().enumerate() {
+            if packets == 0 {
+                continue;
+            }
+            let ok = a.meters[dir].admit_bulk(&caps.allocation, ms, packets, bytes)
+                && self
+                    .users
+                    .get_mut(a.user)
+                    .is_none_or(|u| u.meters[dir].admit_bulk(&caps.user, ms, packets, bytes));
+            if !ok {
+                fit = false;
+            }
+        }
+        if !fit {
+            self.fast.cooling.push((now + FAST_PATH_COOLING, *client));
+            self.fast_dirty(*client);
+        }
+        fit
     }
 }

@@ -33,6 +33,8 @@ pub(super) struct NodeShared {
     pub(super) tls: Option<Arc<crate::tls::TlsState>>,
     /// The website sharing the TLS listeners.
     pub(super) site: Option<Arc<crate::site::Site>>,
+    /// The kernel fast path, where the workers mirror what the core says it may carry.
+    pub(super) fast_path: Option<Arc<crate::fastpath::FastPath>>,
     pub(super) conns: ConnCount,
     /// Relayed ports taken per relay IP, and the sockets parked for reservations.
     pub(super) ports: PortUse,
@@ -72,8 +74,9 @@ pub struct Node {
     pub health: Arc<Health>,
     /// The links to other relays, when the node is in a mesh.
     pub mesh: Option<Mesh>,
-    /// The kernel fast path, while attached (dropping it detaches it).
-    pub fast_path: Option<crate::fastpath::FastPath>,
+    /// The kernel fast path, while attached (dropped with the workers' references, it
+    /// detaches).
+    pub fast_path: Option<Arc<crate::fastpath::FastPath>>,
     shaping: watch::Sender<Vec<Policy>>,
     stop: watch::Sender<bool>,
     threads: Vec<std::thread::JoinHandle<io::Result<()>>>,
@@ -83,7 +86,9 @@ impl Node {
     /// Binds every socket of a resolved configuration and starts its worker threads.
     pub fn start(resolved: &Resolved, core: Arc<Shared>) -> io::Result<Node> {
         let workers = resolved.workers.max(1);
-        let fast_path = crate::fastpath::start(&resolved.fast_path).map_err(io::Error::other)?;
+        let fast_path = crate::fastpath::start(&resolved.fast_path)
+            .map_err(io::Error::other)?
+            .map(Arc::new);
         let udp = bind_listeners(&resolved.listen, workers)?;
         let tcp = bind_stream_listeners(&resolved.listen_tcp, workers)?;
         let tls = bind_stream_listeners(&resolved.listen_tls, workers)?;
@@ -127,6 +132,7 @@ impl Node {
             streams: resolved.streams,
             tls: resolved.tls.clone(),
             site: resolved.site.clone(),
+            fast_path: fast_path.clone(),
             conns: ConnCount::default(),
             parked: Parked::default(),
             health: Arc::new(Health::new(workers)),
@@ -169,6 +175,14 @@ impl Node {
             mesh,
             fast_path,
         })
+    }
+
+    /// The node drains: bindings leave the kernel, so that what is still relayed is counted
+    /// and ended by the user-space path.
+    pub fn withdraw_fast_path(&self) {
+        if let Some(f) = &self.fast_path {
+            f.withdraw();
+        }
     }
 
     /// Reads the fast path's counters into the node's reports (for `/metrics`).

@@ -76,6 +76,7 @@ async fn timer_task(worker: Rc<RefCell<Worker>>, node: Arc<NodeShared>, index: u
         let w = &mut *w;
         w.server.handle_timeout(now(), &mut w.io);
         w.io.flush();
+        w.charge_fast_path();
         w.shaping.shaper.housekeeping(Instant::now());
         w.io.stats.relayed_sockets = w.io.peers.len() as u64;
         w.io.stats.connections = [Transport::Tcp, Transport::Tls]
@@ -105,6 +106,9 @@ async fn reload_task(worker: Rc<RefCell<Worker>>, mut policies: watch::Receiver<
             });
         io.flush();
         shaping.wake.notify_one();
+        // Which flows' client leg may skip user space follows the policies.
+        w.server.fast_path_resync();
+        w.sync_fast_path();
     }
 }
 
@@ -200,8 +204,12 @@ pub(super) fn run_worker(
             });
         }
         let wake = Rc::new(tokio::sync::Notify::new());
+        let mut server = Server::new(node.core.clone());
+        if node.fast_path.is_some() {
+            server.track_fast_path();
+        }
         let worker = Rc::new(RefCell::new(Worker::new(
-            Server::new(node.core.clone()),
+            server,
             Io {
                 node: node.clone(),
                 index,
@@ -215,6 +223,7 @@ pub(super) fn run_worker(
                 stats: IoStats::default(),
                 warned_bind: false,
                 new_conns: stream::NewConnections::new(&node.streams),
+                fast: HashMap::new(),
             },
             Shaping {
                 shaper: Shaper::with_profiles(

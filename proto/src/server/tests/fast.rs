@@ -1,10 +1,10 @@
 //! Issue 24 §1: the core decides what the kernel fast path may carry. A channel bound over UDP
 //! and IPv4 is installed with the instant it stops being valid; a refresh moves that instant; a
-//! deletion, an expiry or a reload's filter removes it; a TCP client, a capped profile or an
-//! untracked server installs nothing.
+//! deletion, an expiry or a reload's filter removes it; a TCP client or an untracked server
+//! installs nothing; what the kernel carried is charged to the bandwidth caps.
 
 use super::*;
-use crate::server::{FastBinding, FastChange};
+use crate::server::{FAST_PATH_COOLING, FastBinding, FastChange};
 
 fn changes(s: &mut Server, clock: &Clock) -> Vec<FastChange> {
     let mut out = Vec::new();
@@ -113,8 +113,7 @@ fn a_reload_denying_the_peer_removes_its_binding() {
 }
 
 #[test]
-fn tcp_clients_and_capped_profiles_stay_on_the_user_space_path() {
-    use crate::limiter::{BandwidthCaps, Caps};
+fn tcp_clients_stay_on_the_user_space_path() {
     let (mut s, mut env, clock) = setup();
     s.track_fast_path();
     let mut t = Client::rest(40002, "tcp");
@@ -127,27 +126,53 @@ fn tcp_clients_and_capped_profiles_stay_on_the_user_space_path() {
         Class::Success
     );
     assert!(installed(&changes(&mut s, &clock)).is_empty(), "TCP");
+}
 
+/// What the kernel carried is charged to the caps: within them the binding stays; over one the
+/// allocation leaves the fast path for FAST_PATH_COOLING, then comes back.
+#[test]
+fn a_flow_over_its_cap_leaves_the_fast_path_for_a_while() {
+    use crate::limiter::{BandwidthCaps, Caps};
+    let (mut s, mut env, mut clock) = setup();
+    s.track_fast_path();
     let live = s.shared().live();
-    let capped = BandwidthCaps {
-        allocation: Caps {
-            bytes_per_second: 100_000,
-            packets_per_second: 0,
-        },
-        user: Caps::default(),
-    };
     s.shared().replace_live(Live {
         credentials: live.credentials.clone(),
         filter: live.filter.clone(),
-        bandwidth: vec![capped],
+        bandwidth: vec![BandwidthCaps {
+            allocation: Caps {
+                bytes_per_second: 100_000,
+                packets_per_second: 100,
+            },
+            user: Caps::default(),
+        }],
     });
-    let mut u = Client::rest(40003, "capped");
-    allocate_ok(&mut u, &mut s, &mut env, &clock);
+    let mut c = Client::rest(40003, "capped");
+    allocate_ok(&mut c, &mut s, &mut env, &clock);
     assert_eq!(
         class(&bind_channel(
-            &mut u, &mut s, &mut env, &clock, 0x4000, PEER
+            &mut c, &mut s, &mut env, &clock, 0x4000, PEER
         )),
         Class::Success
     );
-    assert!(installed(&changes(&mut s, &clock)).is_empty(), "capped");
+    assert_eq!(installed(&changes(&mut s, &clock)).len(), 1);
+    let now = clock.now().mono;
+    assert!(
+        s.fast_path_used(now, &c.key, [(50, 5_000), (50, 5_000)]),
+        "within the caps"
+    );
+    assert!(changes(&mut s, &clock).is_empty());
+    clock.secs = 1;
+    let now = clock.now().mono;
+    assert!(
+        !s.fast_path_used(now, &c.key, [(500, 50_000), (0, 0)]),
+        "over 100 packets/s"
+    );
+    let ch = changes(&mut s, &clock);
+    assert_eq!(removed(&ch).len(), 1, "{ch:?}");
+    // Still cooling a second later; back after FAST_PATH_COOLING.
+    clock.secs = 2;
+    assert!(changes(&mut s, &clock).is_empty());
+    clock.secs = 1 + FAST_PATH_COOLING.as_secs();
+    assert_eq!(installed(&changes(&mut s, &clock)).len(), 1);
 }
