@@ -68,6 +68,11 @@ fn the_site_is_served_through_veil_as_it_is_directly_and_turn_shares_the_port() 
             &set,
             "--admin",
             &admin,
+            // The site speaks TLS 1.2 (nginx's default), so veil does too: a TLS 1.2 hello
+            // that veil could not take would be the site's (as it must, to hide veil), and
+            // coturn's uclient, which tries TLS 1.2 for some connections, would get nginx.
+            "--set",
+            "tls.allow_tls12=true",
             "--static-user",
             "dev:dev",
             "--user-quota",

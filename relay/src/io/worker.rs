@@ -96,7 +96,9 @@ pub(super) struct Worker {
 
 impl Io {
     /// A core binding with every address as the kernel sees it: the listener's and the relayed
-    /// socket's bound addresses (IPv4, not a wildcard), the deadline on the kernel's clock.
+    /// socket's bound addresses (IPv4), the deadline on the kernel's clock. A listener on the
+    /// wildcard address is taken to be reached at the relay IP (the one `turn:` URIs advertise
+    /// when the node has one address: the chart's daemonset, a VM).
     fn resolve_fast(
         &self,
         b: &FastBinding,
@@ -107,13 +109,19 @@ impl Io {
             SocketAddr::V4(a) if !a.ip().is_unspecified() => Some(a),
             _ => None,
         };
-        let listen = v4(self
+        let relayed = v4(self.peers.udp_socket(&b.relay)?.local_addr().ok()?)?;
+        let listen = match self
             .listeners
             .get(usize::from(b.client.listener))?
             .socket
             .local_addr()
-            .ok()?)?;
-        let relayed = v4(self.peers.udp_socket(&b.relay)?.local_addr().ok()?)?;
+            .ok()?
+        {
+            SocketAddr::V4(l) if l.ip().is_unspecified() => {
+                std::net::SocketAddrV4::new(*relayed.ip(), l.port())
+            }
+            l => v4(l)?,
+        };
         let left = b.until.saturating_duration_since(mono);
         let policies = self.node.shaping.borrow();
         let shaped = policies
