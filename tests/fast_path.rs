@@ -235,7 +235,7 @@ fn uclient_relays_through_the_kernel_with_zero_loss() {
     std::fs::create_dir_all(&dir.0).unwrap();
     let secrets = dir.0.join("secrets");
     std::fs::write(&secrets, format!("{}\n", common::SECRET)).unwrap();
-    let mut relay = Relay(
+    let _relay = Relay(
         Command::new("ip")
             .args([
                 "netns",
@@ -256,11 +256,10 @@ fn uclient_relays_through_the_kernel_with_zero_loss() {
             .spawn()
             .expect("veil runs"),
     );
-    let _ = &mut relay;
     wait_until("the relay's metrics", Duration::from_secs(20), || {
-        metrics_in(&t.relay)
+        metrics(&t.relay)
     });
-    let mut peer = Relay(
+    let _peer = Relay(
         Command::new("ip")
             .args(["netns", "exec", &t.callers.0, "turnutils_peer"])
             .args(["-L", "10.77.0.3", "-p", "5000"])
@@ -269,7 +268,6 @@ fn uclient_relays_through_the_kernel_with_zero_loss() {
             .spawn()
             .expect("turnutils_peer"),
     );
-    let _ = &mut peer;
     std::thread::sleep(Duration::from_millis(300));
     let out = Command::new("ip")
         .args([
@@ -287,7 +285,7 @@ fn uclient_relays_through_the_kernel_with_zero_loss() {
         .expect("uclient runs");
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let m = metrics_in(&t.relay).expect("metrics");
+    let m = metrics(&t.relay).expect("metrics");
     let fast = |a: &str| {
         common::metric(
             &m,
@@ -312,8 +310,4 @@ fn uclient_relays_through_the_kernel_with_zero_loss() {
         installs >= 10.0,
         "a binding per client at least: {installs}"
     );
-}
-
-fn metrics_in(ns: &Netns) -> Option<String> {
-    metrics(ns)
 }
