@@ -291,8 +291,11 @@ pub async fn open(
     tokio::pin!(upstream);
     let mut up: Option<TcpStream> = None;
     let mut unreachable = false;
+    // The client closed after some bytes, before they said what they are.
+    let mut closed = false;
     loop {
         let verdict = match classify(&read) {
+            _ if closed => Verdict::Site,
             FirstBytes::Unknown => Verdict::More,
             FirstBytes::Stun => match site.admits(core, &read) {
                 None => Verdict::More,
@@ -301,48 +304,14 @@ pub async fn open(
             },
             FirstBytes::Other => Verdict::Site,
             FirstBytes::TlsHandshake => {
-                let mut rest = &read[fed..];
-                let mut fed_ok = true;
-                while !rest.is_empty() {
-                    match hello.read_tls(&mut rest) {
-                        Ok(n) if n > 0 => {}
-                        _ => {
-                            fed_ok = false;
-                            break;
-                        }
-                    }
-                }
+                let v = hello_verdict(site, &mut hello, &read[fed..]);
                 fed = read.len();
-                match (fed_ok, fed_ok.then(|| hello.accept())) {
-                    (true, Some(Ok(Some(h)))) => {
-                        let hello = h.client_hello();
-                        let name = hello.server_name().map(str::to_ascii_lowercase);
-                        let alpn: Option<Vec<&[u8]>> = hello.alpn().map(Iterator::collect);
-                        // A passthrough name, an ALPN offer veil would refuse, or no cipher
-                        // suite in common (a client of legacy TLS 1.2 CBC suites): the site's
-                        // own TLS server answers it.
-                        if name.is_some_and(|n| site.cfg.passthrough.contains(&n))
-                            || !site.takes_alpn(alpn.as_deref())
-                            || !site.tls.takes_suites(hello.cipher_suites())
-                        {
-                            Verdict::Site
-                        } else {
-                            Verdict::Tls
-                        }
-                    }
-                    (true, Some(Ok(None))) => Verdict::More,
-                    // Not a ClientHello rustls takes: the site answers it.
-                    _ => Verdict::Site,
-                }
+                v
             }
-        };
-        let verdict = match verdict {
-            Verdict::More if read.len() > MAX_HELLO => Verdict::Site,
-            v => v,
         };
         match verdict {
             Verdict::Turn => return Opened::Turn(Prefixed::new(read, tcp)),
-            Verdict::More => {}
+            Verdict::More if read.len() <= MAX_HELLO => {}
             v => {
                 // The site's connection, if it is still being opened.
                 if up.is_none() && !unreachable {
@@ -364,15 +333,7 @@ pub async fn open(
                 // close, as it would).
                 _ if read.is_empty() => return Opened::Done(false),
                 // A close mid-hello: whatever the site does with it.
-                _ => {
-                    if up.is_none() && !unreachable {
-                        up = tokio::time::timeout_at(first_by, &mut upstream)
-                            .await
-                            .ok()
-                            .and_then(Result::ok);
-                    }
-                    return pass(tcp, &read, up).await;
-                }
+                _ => closed = true,
             },
             u = &mut upstream, if up.is_none() && !unreachable => match u {
                 Ok(u) => up = Some(u),
@@ -395,6 +356,36 @@ pub async fn open(
                 return pass(tcp, &read, None).await;
             }
         }
+    }
+}
+
+/// What a TLS client's first bytes are, `fresh` being those not yet fed to `hello`: more is
+/// needed; veil's to terminate; or the site's own TLS server's (a passthrough name, an ALPN offer
+/// veil would refuse, no cipher suite in common such as a legacy TLS 1.2 CBC client, or
+/// anything rustls does not take as a ClientHello), which answers it as it does.
+fn hello_verdict(site: &Site, hello: &mut rustls::server::Acceptor, mut fresh: &[u8]) -> Verdict {
+    while !fresh.is_empty() {
+        match hello.read_tls(&mut fresh) {
+            Ok(n) if n > 0 => {}
+            _ => return Verdict::Site,
+        }
+    }
+    match hello.accept() {
+        Ok(Some(h)) => {
+            let hello = h.client_hello();
+            let name = hello.server_name().map(str::to_ascii_lowercase);
+            let alpn: Option<Vec<&[u8]>> = hello.alpn().map(Iterator::collect);
+            if name.is_some_and(|n| site.cfg.passthrough.contains(&n))
+                || !site.takes_alpn(alpn.as_deref())
+                || !site.tls.takes_suites(hello.cipher_suites())
+            {
+                Verdict::Site
+            } else {
+                Verdict::Tls
+            }
+        }
+        Ok(None) => Verdict::More,
+        Err(_) => Verdict::Site,
     }
 }
 
