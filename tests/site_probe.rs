@@ -13,7 +13,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::TempDir;
@@ -147,23 +146,6 @@ fn raw(at: SocketAddr, bytes: &[u8], fin: bool) -> (Vec<u8>, Duration) {
     (out, t0.elapsed())
 }
 
-fn tls_config(cert: &Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(cert).unwrap())
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut c = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    Arc::new(c)
-}
-
 /// A TLS connection (SNI localhost, `alpn`) that sends `bytes` after the handshake (nothing:
 /// stays silent) and reads until the server closes: what came back, whether the server sent a
 /// close_notify, and how long after the handshake the connection ended.
@@ -174,7 +156,8 @@ fn tls_exchange(
     bytes: &[u8],
 ) -> (Vec<u8>, bool, Duration) {
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let conn = rustls::ClientConnection::new(tls_config(cert, alpn), name).unwrap();
+    let conn =
+        rustls::ClientConnection::new(common::stream::tls_client_config(cert, alpn), name).unwrap();
     let tcp = TcpStream::connect(at).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut s = rustls::StreamOwned::new(conn, tcp);
@@ -372,7 +355,9 @@ fn strict_mode_gives_the_site_to_all_but_native_clients_with_the_issued_nonce() 
     let req = allocate(common::SECRET, None);
     let mut tls = {
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let conn = rustls::ClientConnection::new(tls_config(&p.cert, &[]), name).unwrap();
+        let conn =
+            rustls::ClientConnection::new(common::stream::tls_client_config(&p.cert, &[]), name)
+                .unwrap();
         let tcp = TcpStream::connect(p.tls).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         rustls::StreamOwned::new(conn, tcp)

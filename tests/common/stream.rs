@@ -176,20 +176,8 @@ pub async fn connect_with(
         }
         Some(cert) => {
             use tokio_rustls::rustls;
-            use tokio_rustls::rustls::pki_types::CertificateDer;
-            use tokio_rustls::rustls::pki_types::pem::PemObject;
-            let mut roots = rustls::RootCertStore::empty();
-            roots
-                .add(CertificateDer::from_pem_file(cert).unwrap())
-                .unwrap();
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            cfg.alpn_protocols = vec![b"stun.turn".to_vec()];
-            let conn = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+            let cfg = tls_client_config(cert, &[b"stun.turn"]);
+            let conn = tokio_rustls::TlsConnector::from(cfg);
             let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
             let s = conn.connect(name, tapped).await.expect("TLS handshake");
             let alpn = s.get_ref().1.alpn_protocol().map(|p| p.to_vec());
@@ -213,4 +201,26 @@ pub async fn connect_with(
         received,
         alpn,
     )
+}
+
+/// A TLS client (TLS 1.3 and 1.2) that trusts exactly `cert` (PEM) and offers `alpn`.
+pub fn tls_client_config(
+    cert: &std::path::Path,
+    alpn: &[&[u8]],
+) -> Arc<tokio_rustls::rustls::ClientConfig> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(cert).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(cfg)
 }
