@@ -78,6 +78,13 @@ impl Server {
         }
     }
 
+    /// Whether [`Server::fast_path_changes`] may have anything to hand over (no clock read,
+    /// for the driver's rounds).
+    #[inline]
+    pub fn fast_path_pending(&self) -> bool {
+        !self.fast.dirty.is_empty() || !self.fast.cooling.is_empty()
+    }
+
     /// Notes that `client`'s bindings may have changed.
     #[inline]
     pub(super) fn fast_dirty(&mut self, client: ClientKey) {

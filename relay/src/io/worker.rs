@@ -577,6 +577,10 @@ impl Worker {
     /// Mirrors what the core says the kernel fast path may carry into its maps (nothing to do
     /// without a fast path, or when nothing changed).
     pub(super) fn sync_fast_path(&mut self) {
+        // Every UDP round comes here: nothing but a field test unless the core has news.
+        if !self.server.fast_path_pending() {
+            return;
+        }
         let Some(fp) = self.io.node.fast_path.clone() else {
             return;
         };
