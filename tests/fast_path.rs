@@ -311,3 +311,294 @@ fn uclient_relays_through_the_kernel_with_zero_loss() {
         "a binding per client at least: {installs}"
     );
 }
+
+/// One caller of the removal test: a TURN client on the callers' side with its relayed address.
+struct Caller {
+    turn: common::RawTurn,
+    relayed: SocketAddr,
+}
+
+const CH: u16 = 0x4000;
+
+impl Caller {
+    fn new(t: &Topology, id: &str) -> Caller {
+        let server: SocketAddr = "10.77.0.1:3478".parse().unwrap();
+        let mut turn = t
+            .callers
+            .run(|| common::RawTurn::rest("10.77.0.2:0", server, id));
+        let relayed = turn.allocate();
+        Caller { turn, relayed }
+    }
+
+    /// Binds (or refreshes) channel CH to `peer`.
+    fn bind(&mut self, peer: SocketAddr) {
+        use common::Attr;
+        use veil_relay::proto::stun::{attr, method};
+        let r = self.turn.request(
+            method::CHANNEL_BIND,
+            &[
+                Attr::Raw(attr::CHANNEL_NUMBER, vec![0x40, 0x00, 0, 0]),
+                Attr::Peer(peer),
+            ],
+        );
+        assert_eq!(common::error_code(&r), None, "ChannelBind");
+    }
+
+    /// Sends `n` unpadded ChannelData messages of 100 bytes on `channel`.
+    fn send(&self, channel: u16, n: usize) {
+        for i in 0..n {
+            let mut m = channel.to_be_bytes().to_vec();
+            m.extend_from_slice(&100u16.to_be_bytes());
+            m.extend_from_slice(&[i as u8; 100]);
+            self.turn.sock.send_to(&m, self.turn.server).unwrap();
+        }
+    }
+
+    /// ChannelData on CH received within `wait` (stops early once `want` came).
+    fn received(&self, want: usize, wait: Duration) -> usize {
+        let deadline = Instant::now() + wait;
+        let mut got = 0;
+        let mut buf = [0u8; 2048];
+        while got < want && Instant::now() < deadline {
+            if let Ok((n, _)) = self.turn.sock.recv_from(&mut buf)
+                && n >= 4
+                && u16::from_be_bytes([buf[0], buf[1]]) == CH
+            {
+                got += 1;
+            }
+        }
+        got
+    }
+}
+
+/// Datagrams `sock` receives within `wait` (stops early once `want` came).
+fn arrived(sock: &std::net::UdpSocket, want: usize, wait: Duration) -> usize {
+    let deadline = Instant::now() + wait;
+    let mut got = 0;
+    let mut buf = [0u8; 2048];
+    while got < want && Instant::now() < deadline {
+        if sock.recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+    }
+    got
+}
+
+fn peer_socket(t: &Topology, ip: &str) -> std::net::UdpSocket {
+    let s = t
+        .callers
+        .run(|| std::net::UdpSocket::bind(format!("{ip}:0")).unwrap());
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    s
+}
+
+/// The fast path's counters: [to_peer, to_client, passed, bindings]. The relay reads the
+/// kernel's counters every 250 ms: this waits that long first.
+fn kernel(t: &Topology) -> [f64; 4] {
+    std::thread::sleep(Duration::from_millis(300));
+    let m = metrics(&t.relay).expect("metrics");
+    let f = |s: &str| common::metric(&m, s).unwrap_or(-1.0);
+    [
+        f("veil_relay_fast_path_packets_total{action=\"to_peer\"}"),
+        f("veil_relay_fast_path_packets_total{action=\"to_client\"}"),
+        f("veil_relay_fast_path_packets_total{action=\"passed\"}"),
+        f("veil_relay_fast_path_bindings"),
+    ]
+}
+
+/// Relays `n` datagrams each way between `c` and `peer`; how many arrived each way, and how
+/// many of them the kernel carried each way.
+fn both_ways(t: &Topology, c: &Caller, peer: &std::net::UdpSocket, n: usize) -> [usize; 4] {
+    let before = kernel(t);
+    c.send(CH, n);
+    let up = arrived(peer, n, Duration::from_secs(2));
+    for i in 0..n {
+        peer.send_to(&[i as u8; 100], c.relayed).unwrap();
+    }
+    let down = c.received(n, Duration::from_secs(2));
+    let after = kernel(t);
+    [
+        up,
+        down,
+        (after[0] - before[0]) as usize,
+        (after[1] - before[1]) as usize,
+    ]
+}
+
+/// Nothing passes either way between `c` and `peer` and the kernel carries nothing: what
+/// the relay does without the fast path for a binding that ended.
+fn nothing_passes(t: &Topology, c: &Caller, peer: &std::net::UdpSocket, what: &str) {
+    assert_eq!(
+        both_ways(t, c, peer, 10)[..],
+        [0, 0, 0, 0],
+        "{what}: [to peer, to client, kernel to peer, kernel to client]"
+    );
+}
+
+fn wait_bindings(t: &Topology, want: f64, what: &str) {
+    wait_until(what, Duration::from_secs(5), || {
+        (kernel(t)[3] == want).then_some(())
+    });
+}
+
+/// Issue 24's tests of the core's authority, through the real binary with XDP attached: a
+/// binding relays in the kernel, and leaves the kernel's maps when its permission expires, its
+/// allocation is deleted, a reload denies its peer and its user is revoked; after each, packets
+/// either way are dropped as without the fast path. A peer without a permission and a channel
+/// not bound get nothing through. The bandwidth caps hold with the kernel carrying: each
+/// direction within a second's burst plus the rate.
+#[test]
+fn bindings_leave_the_kernel_when_the_core_ends_them_and_the_caps_hold() {
+    let t = topology("fpb");
+    for ip in ["10.77.0.4/24", "10.77.0.5/24"] {
+        t.callers.ip(&["addr", "add", ip, "dev", "c0"]);
+    }
+    let dir =
+        common::TempDir(std::env::temp_dir().join(format!("veil-fpb-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let secrets = dir.0.join("secrets");
+    std::fs::write(&secrets, format!("{}\n", common::SECRET)).unwrap();
+    let config = dir.0.join("relay.yaml");
+    let write_config = |deny: &str, revoked: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "fast_path: {{mode: xdp, interfaces: [r0]}}\n\
+                 lifetimes: {{permission: 8}}\n\
+                 peers: {{allow: [10.77.0.0/24], deny: [{deny}]}}\n\
+                 auth: {{revoked_users: [{revoked}]}}\n\
+                 limits: {{bandwidth: {{allocation: {{bytes_per_second: 0, packets_per_second: 100}}, \
+                 user: {{bytes_per_second: 0, packets_per_second: 0}}}}}}\n"
+            ),
+        )
+        .unwrap()
+    };
+    write_config("", "");
+    let _relay = Relay(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &t.relay.0,
+                env!("CARGO_BIN_EXE_veil"),
+                "relay",
+            ])
+            .arg("--config")
+            .arg(&config)
+            .args(["--watch-interval", "1"])
+            .args(["--listen", "10.77.0.1:3478", "--relay-ip", "10.77.0.1"])
+            .args(["--port-range", "40000-40999", "--workers", "1"])
+            .args(["--admin", "127.0.0.1:9478", "--source-quota", "0"])
+            .arg("--auth-secret-file")
+            .arg(&secrets)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("veil runs"),
+    );
+    wait_until("the relay's metrics", Duration::from_secs(20), || {
+        metrics(&t.relay)
+    });
+    let p = peer_socket(&t, "10.77.0.3");
+    let q = peer_socket(&t, "10.77.0.4");
+    let d = peer_socket(&t, "10.77.0.5");
+    let (pa, da) = (p.local_addr().unwrap(), d.local_addr().unwrap());
+
+    // Alice's binding relays in the kernel both ways.
+    let mut alice = Caller::new(&t, "alice");
+    alice.bind(pa);
+    let alice_bound = Instant::now();
+    wait_bindings(&t, 1.0, "alice's binding in the maps");
+    assert_eq!(both_ways(&t, &alice, &p, 20), [20, 20, 20, 20], "alice");
+    // A peer without a permission: nothing reaches alice, the kernel passes it up.
+    let before = kernel(&t);
+    for _ in 0..10 {
+        q.send_to(b"not permitted", alice.relayed).unwrap();
+    }
+    assert_eq!(alice.received(1, Duration::from_millis(500)), 0);
+    let after = kernel(&t);
+    assert_eq!(after[1], before[1], "nothing to alice in the kernel");
+    assert!(
+        after[2] >= before[2] + 10.0,
+        "passed up: {before:?} {after:?}"
+    );
+    // A channel not bound: nothing reaches the peer.
+    alice.send(0x4001, 10);
+    assert_eq!(arrived(&p, 1, Duration::from_millis(500)), 0);
+    assert_eq!(kernel(&t)[0], after[0]);
+    // Alice's permission (8 s) expires: her binding leaves the maps.
+    std::thread::sleep(Duration::from_secs(8).saturating_sub(alice_bound.elapsed()));
+    wait_bindings(
+        &t,
+        0.0,
+        "alice's binding out of the maps after its permission expired",
+    );
+    nothing_passes(&t, &alice, &p, "alice after her permission expired");
+
+    // Bob deletes his allocation (Refresh 0): his binding leaves the maps.
+    let mut bob = Caller::new(&t, "bob");
+    bob.bind(pa);
+    wait_bindings(&t, 1.0, "bob's binding in the maps");
+    assert_eq!(both_ways(&t, &bob, &p, 20), [20, 20, 20, 20], "bob");
+    {
+        use common::Attr;
+        use veil_relay::proto::stun::{attr, method};
+        let r = bob.turn.request(
+            method::REFRESH,
+            &[Attr::Raw(attr::LIFETIME, 0u32.to_be_bytes().to_vec())],
+        );
+        assert_eq!(common::error_code(&r), None, "Refresh 0");
+    }
+    wait_bindings(&t, 0.0, "bob's binding out of the maps");
+    nothing_passes(&t, &bob, &p, "bob after his deletion");
+
+    // A reload denies carol's peer and revokes mallory: both leave the maps.
+    let mut carol = Caller::new(&t, "carol");
+    carol.bind(da);
+    let mut mallory = Caller::new(&t, "mallory");
+    mallory.bind(pa);
+    wait_bindings(&t, 2.0, "carol's and mallory's bindings in the maps");
+    assert_eq!(both_ways(&t, &carol, &d, 20), [20, 20, 20, 20], "carol");
+    assert_eq!(both_ways(&t, &mallory, &p, 20), [20, 20, 20, 20], "mallory");
+    // Refreshed just before the reload, so that no permission expires before the checks.
+    carol.bind(da);
+    mallory.bind(pa);
+    write_config("10.77.0.5/32", "mallory");
+    wait_bindings(&t, 0.0, "carol's and mallory's bindings out of the maps");
+    nothing_passes(&t, &carol, &d, "carol after the reload denied her peer");
+    nothing_passes(&t, &mallory, &p, "mallory after her revocation");
+
+    // Dave floods past his cap (100 datagrams/s, a second's burst) both ways, at ~1 000/s for
+    // about a second: what arrives fits the cap, and some of it went through the kernel.
+    let mut dave = Caller::new(&t, "dave");
+    dave.bind(pa);
+    wait_bindings(&t, 1.0, "dave's binding in the maps");
+    let before = kernel(&t);
+    let start = Instant::now();
+    for _ in 0..100 {
+        dave.send(CH, 10);
+        for i in 0..10u8 {
+            p.send_to(&[i; 100], dave.relayed).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let up = arrived(&p, 1000, Duration::from_millis(500));
+    let down = dave.received(1000, Duration::from_millis(500));
+    let secs = start.elapsed().as_secs_f64();
+    let after = kernel(&t);
+    let most = 100.0 + 100.0 * secs;
+    eprintln!(
+        "cap: {up} to the peer, {down} to dave in {secs:.2} s (at most {most:.0}); kernel \
+         carried {} and {}",
+        after[0] - before[0],
+        after[1] - before[1]
+    );
+    for (what, n) in [("to the peer", up), ("to dave", down)] {
+        assert!(n as f64 <= most, "{what}: {n} over the cap's {most:.0}");
+        assert!(n >= 100, "{what}: at least the burst, {n}");
+    }
+    assert!(
+        after[0] > before[0] && after[1] > before[1],
+        "the kernel carried part of it: {before:?} {after:?}"
+    );
+}

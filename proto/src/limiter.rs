@@ -55,7 +55,32 @@ impl TokenBucket {
     pub fn tokens(&self) -> u64 {
         self.milli / 1000
     }
+
+    /// Takes as many whole tokens as the bucket holds at `now_ms`, up to `max`; how many.
+    pub fn take_up_to(&mut self, now_ms: u64, rate: u64, burst: u64, max: u64) -> u64 {
+        self.take(now_ms, rate, burst, 0);
+        let n = (self.milli / 1000).min(max);
+        self.milli -= n * 1000;
+        n
+    }
+
+    /// Takes `cost` tokens whatever the bucket holds (what was already sent), down to empty.
+    pub fn take_all_of(&mut self, now_ms: u64, rate: u64, burst: u64, cost: u64) {
+        self.take(now_ms, rate, burst, 0);
+        self.milli = self.milli.saturating_sub(cost.saturating_mul(1000));
+    }
+
+    /// Gives back `n` tokens taken and not used, up to `burst`.
+    pub fn give_back(&mut self, burst: u64, n: u64) {
+        self.milli = self
+            .milli
+            .saturating_add(n.saturating_mul(1000))
+            .min(burst.saturating_mul(1000));
+    }
 }
+
+/// A grant of datagrams and payload bytes ([`Meter::reserve`]); `u64::MAX` where uncapped.
+pub type Grant = (u64, u64);
 
 /// A bandwidth cap: bytes and packets per second (0: no cap on that one), with a burst of one
 /// second's worth.
@@ -102,13 +127,48 @@ impl Meter {
     }
 }
 
+/// Reservations, for a path that forwards on its own and reports afterwards (the kernel fast
+/// path): what it may carry is taken from the meter beforehand, so that it and the datagrams
+/// admitted one by one together never exceed the caps.
 impl Meter {
-    /// Whether `packets` datagrams of `bytes` bytes in all, carried elsewhere since the last
-    /// call (the kernel fast path), fit `caps` at `now_ms`; takes them if so.
-    pub fn admit_bulk(&mut self, caps: &Caps, now_ms: u64, packets: u64, bytes: u64) -> bool {
+    /// Takes up to `max` of what the meter holds at `now_ms` (all of `max` on a side without
+    /// a cap); what was taken.
+    pub fn reserve(&mut self, caps: &Caps, now_ms: u64, max: Grant) -> Grant {
         let (bps, pps) = (caps.bytes_per_second, caps.packets_per_second);
-        (pps == 0 || self.packets.take(now_ms, pps, pps, packets))
-            && (bps == 0 || self.bytes.take(now_ms, bps, bps, bytes))
+        let packets = if pps == 0 {
+            max.0
+        } else {
+            self.packets.take_up_to(now_ms, pps, pps, max.0)
+        };
+        let bytes = if bps == 0 {
+            max.1
+        } else {
+            self.bytes.take_up_to(now_ms, bps, bps, max.1)
+        };
+        (packets, bytes)
+    }
+
+    /// Gives back what a reservation did not use.
+    pub fn release(&mut self, caps: &Caps, unused: Grant) {
+        let (bps, pps) = (caps.bytes_per_second, caps.packets_per_second);
+        if pps != 0 {
+            self.packets.give_back(pps, unused.0);
+        }
+        if bps != 0 {
+            self.bytes.give_back(bps, unused.1);
+        }
+    }
+
+    /// Takes what was carried beyond a reservation (a race of the forwarder's own), down to
+    /// empty.
+    pub fn charge(&mut self, caps: &Caps, now_ms: u64, over: Grant) {
+        let (bps, pps) = (caps.bytes_per_second, caps.packets_per_second);
+        if pps != 0 {
+            self.packets.take_all_of(now_ms, pps, pps, over.0);
+        }
+        if bps != 0 {
+            self.bytes.take_all_of(now_ms, bps, bps, over.1);
+        }
     }
 }
 

@@ -12,9 +12,12 @@
 // STUN and TURN control, Send and Data indications, padded or odd ChannelData, fragments, IP
 // options, IPv6, bindings not in the maps -- is passed to the kernel's stack unchanged, where the
 // relay's user-space path handles it. The core is the one authority: it installs a binding only
-// after authenticating, filtering and binding it, with the instant it stops being valid, reads
-// back what each carried to charge the bandwidth caps (a flow over its cap leaves the fast
-// path), and removes it when it ends.
+// after authenticating, filtering and binding it, with the instant it stops being valid, and
+// removes it when it ends. The bandwidth caps hold here too: each allocation has a budget slot
+// per direction, where the program counts what it carried (VEIL_USED, written only here) and the
+// core sets how far it may go (VEIL_LIMIT, written only by the core, which reserved that much of
+// the caps for the kernel); past the limit, datagrams go up to the core, which meters them one
+// by one.
 //
 // Built with clang (-target bpf) by relay/build.rs when clang is found; a build without it has
 // no fast path.
@@ -48,11 +51,9 @@ struct to_peer {
 	__u32 peer_ip;
 	__u16 relay_port;
 	__u16 peer_port;
-	__u32 pad;
+	// The allocation's budget slot (host order): VEIL_USED/VEIL_LIMIT[2 * slot].
+	__u32 slot;
 	__u64 until;
-	// What it carried (payload bytes), read back by the core to charge the bandwidth caps.
-	__u64 packets;
-	__u64 bytes;
 };
 
 // A peer's datagram: the relayed address it reached and the peer's address.
@@ -72,9 +73,10 @@ struct to_client {
 	__u16 client_port;
 	__u16 channel;
 	__u16 pad;
+	// VEIL_USED/VEIL_LIMIT[2 * slot + 1] (host order).
+	__u32 slot;
+	__u32 pad2;
 	__u64 until;
-	__u64 packets;
-	__u64 bytes;
 };
 
 struct {
@@ -90,6 +92,29 @@ struct {
 	__type(key, struct peer_key);
 	__type(value, struct to_client);
 } VEIL_TO_CLIENT SEC(".maps");
+
+// Datagrams and payload bytes: carried so far (VEIL_USED) and allowed in all (VEIL_LIMIT), per
+// allocation and direction.
+struct budget {
+	__u64 packets;
+	__u64 bytes;
+};
+
+#define BUDGET_SLOTS 131072
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BUDGET_SLOTS);
+	__type(key, __u32);
+	__type(value, struct budget);
+} VEIL_USED SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BUDGET_SLOTS);
+	__type(key, __u32);
+	__type(value, struct budget);
+} VEIL_LIMIT SEC(".maps");
 
 // Per CPU: datagrams sent to peers [0] and to clients [1], passed to the stack [2]; payload
 // bytes sent to peers [3] and to clients [4].
@@ -111,6 +136,23 @@ static __always_inline void count(__u32 which, __u64 by)
 	__u64 *n = bpf_map_lookup_elem(&VEIL_STATS, &which);
 	if (n)
 		*n += by;
+}
+
+// The budget counter of `slot` if `len` more payload bytes fit its limit, else NULL.
+static __always_inline struct budget *within(__u32 slot, __u16 len)
+{
+	struct budget *used = bpf_map_lookup_elem(&VEIL_USED, &slot);
+	struct budget *limit = bpf_map_lookup_elem(&VEIL_LIMIT, &slot);
+	if (!used || !limit || used->packets >= limit->packets || used->bytes > limit->bytes ||
+	    limit->bytes - used->bytes < len)
+		return NULL;
+	return used;
+}
+
+static __always_inline void spend(struct budget *used, __u16 len)
+{
+	__sync_fetch_and_add(&used->packets, 1);
+	__sync_fetch_and_add(&used->bytes, len);
 }
 
 static __always_inline __u16 ip_checksum(struct iphdr *ip)
@@ -214,6 +256,10 @@ int veil_xdp(struct xdp_md *ctx)
 		struct to_peer *v = bpf_map_lookup_elem(&VEIL_TO_PEER, &k);
 		if (v && bpf_ktime_get_ns() < v->until) {
 			__u16 media = payload - CHANNEL_HEADER;
+			// Past its grant: the core meters it (and drops what exceeds the cap).
+			struct budget *used = within(v->slot * 2, media);
+			if (!used)
+				goto pass;
 			o.saddr = v->relay_ip;
 			o.daddr = v->peer_ip;
 			o.sport = v->relay_port;
@@ -222,8 +268,7 @@ int veil_xdp(struct xdp_md *ctx)
 				goto pass;
 			if (write_headers(ctx, &o, media))
 				return XDP_DROP;
-			__sync_fetch_and_add(&v->packets, 1);
-			__sync_fetch_and_add(&v->bytes, media);
+			spend(used, media);
 			count(0, 1);
 			count(3, media);
 			return XDP_TX;
@@ -240,6 +285,9 @@ int veil_xdp(struct xdp_md *ctx)
 	struct to_client *c = bpf_map_lookup_elem(&VEIL_TO_CLIENT, &pk);
 	if (c && bpf_ktime_get_ns() < c->until &&
 	    payload <= 0xffff - CHANNEL_HEADER - IP_LEN - UDP_LEN) {
+		struct budget *used = within(c->slot * 2 + 1, payload);
+		if (!used)
+			goto pass;
 		o.saddr = c->listen_ip;
 		o.daddr = c->client_ip;
 		o.sport = c->listen_port;
@@ -256,8 +304,7 @@ int veil_xdp(struct xdp_md *ctx)
 		__u16 *h = data + HEADERS;
 		h[0] = channel;
 		h[1] = bpf_htons(payload);
-		__sync_fetch_and_add(&c->packets, 1);
-		__sync_fetch_and_add(&c->bytes, payload);
+		spend(used, payload);
 		count(1, 1);
 		count(4, payload);
 		return XDP_TX;

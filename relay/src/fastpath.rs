@@ -32,10 +32,17 @@ pub struct Binding {
     pub until_ns: u64,
     /// Whether the peer-to-client leg may take the fast path (its flow is not shaped).
     pub to_client: bool,
+    /// The allocation's budget slot ([`FastPath::claim`]).
+    pub slot: u32,
 }
 
-/// What a binding carried per direction (datagrams, payload bytes; client to peer first).
-pub type Carried = [(u64, u64); 2];
+/// Datagrams and payload bytes per direction (client to peer first): what an allocation's
+/// bindings carried, or may carry, in the kernel.
+pub type Budget = [(u64, u64); 2];
+
+/// Budget slots: one per allocation with a binding in the kernel (VEIL_USED and VEIL_LIMIT hold
+/// two entries, a direction each, per slot).
+const SLOTS: u32 = 65536;
 
 /// The kernel's clock (`bpf_ktime_get_ns`), in nanoseconds.
 pub fn monotonic_ns() -> u64 {
@@ -70,10 +77,8 @@ struct ToPeer {
     peer_ip: [u8; 4],
     relay_port: [u8; 2],
     peer_port: [u8; 2],
-    pad: [u8; 4],
+    slot: u32,
     until: u64,
-    packets: u64,
-    bytes: u64,
 }
 
 #[repr(C)]
@@ -94,7 +99,14 @@ struct ToClient {
     client_port: [u8; 2],
     channel: [u8; 2],
     pad: [u8; 2],
+    slot: u32,
+    pad2: u32,
     until: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct Count {
     packets: u64,
     bytes: u64,
 }
@@ -102,15 +114,18 @@ struct ToClient {
 // SAFETY: plain `repr(C)` structs of byte arrays and a u64, without padding bytes.
 #[cfg(veil_xdp)]
 unsafe impl aya::Pod for ChannelKey {}
-// SAFETY: as above (the u64s sit at offsets 16, 24 and 32).
+// SAFETY: as above (the u32 sits at offset 12, the u64 at 16).
 #[cfg(veil_xdp)]
 unsafe impl aya::Pod for ToPeer {}
 // SAFETY: as above.
 #[cfg(veil_xdp)]
 unsafe impl aya::Pod for PeerKey {}
-// SAFETY: as above (the u64s sit at offsets 16, 24 and 32).
+// SAFETY: as above (the u32s sit at offsets 16 and 20, the u64 at 24).
 #[cfg(veil_xdp)]
 unsafe impl aya::Pod for ToClient {}
+// SAFETY: two u64s.
+#[cfg(veil_xdp)]
+unsafe impl aya::Pod for Count {}
 
 impl Binding {
     fn channel_key(&self) -> ChannelKey {
@@ -139,10 +154,8 @@ impl Binding {
             peer_ip: self.peer.ip().octets(),
             relay_port: self.relayed.port().to_be_bytes(),
             peer_port: self.peer.port().to_be_bytes(),
-            pad: [0; 4],
+            slot: self.slot,
             until: self.until_ns,
-            packets: 0,
-            bytes: 0,
         }
     }
 
@@ -154,9 +167,9 @@ impl Binding {
             client_port: self.client.port().to_be_bytes(),
             channel: self.channel.to_be_bytes(),
             pad: [0; 2],
+            slot: self.slot,
+            pad2: 0,
             until: self.until_ns,
-            packets: 0,
-            bytes: 0,
         }
     }
 }
@@ -192,7 +205,12 @@ struct Maps {
     _ebpf: aya::Ebpf,
     to_peer: aya::maps::HashMap<aya::maps::MapData, ChannelKey, ToPeer>,
     to_client: aya::maps::HashMap<aya::maps::MapData, PeerKey, ToClient>,
+    used: aya::maps::Array<aya::maps::MapData, Count>,
+    limit: aya::maps::Array<aya::maps::MapData, Count>,
     stats: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
+    /// Budget slots given back, and the first never given.
+    free: Vec<u32>,
+    next: u32,
 }
 
 impl std::fmt::Debug for FastPath {
@@ -269,6 +287,10 @@ fn attach(interfaces: &[String]) -> Result<FastPath, String> {
         .map_err(|e| format!("VEIL_TO_PEER: {e}"))?;
     let to_client = aya::maps::HashMap::try_from(map("VEIL_TO_CLIENT")?)
         .map_err(|e| format!("VEIL_TO_CLIENT: {e}"))?;
+    let used =
+        aya::maps::Array::try_from(map("VEIL_USED")?).map_err(|e| format!("VEIL_USED: {e}"))?;
+    let limit =
+        aya::maps::Array::try_from(map("VEIL_LIMIT")?).map_err(|e| format!("VEIL_LIMIT: {e}"))?;
     let stats = aya::maps::PerCpuArray::try_from(map("VEIL_STATS")?)
         .map_err(|e| format!("VEIL_STATS: {e}"))?;
     Ok(FastPath {
@@ -276,7 +298,11 @@ fn attach(interfaces: &[String]) -> Result<FastPath, String> {
             _ebpf: ebpf,
             to_peer,
             to_client,
+            used,
+            limit,
             stats,
+            free: Vec::new(),
+            next: 0,
         }),
         withdrawn: AtomicBool::new(false),
         attached,
@@ -314,6 +340,8 @@ impl FastPath {
     /// Installs (or updates) a binding: the client's ChannelData to the peer, and the peer's
     /// datagrams back when `to_client`; a binding whose client leg became shaped loses that
     /// half. False if the kernel refused (a full map): the binding stays on the user-space path.
+    /// Only the core writes these entries (the kernel counts in the budget slots), so an update
+    /// loses nothing the kernel counted.
     pub fn install(&self, b: &Binding) -> bool {
         if self.withdrawn.load(Ordering::Acquire) {
             return false;
@@ -321,20 +349,19 @@ impl FastPath {
         #[cfg(veil_xdp)]
         {
             let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-            // An update keeps what the binding carried so far (the core reads it back).
-            let mut up = b.peer_value();
-            if let Ok(old) = maps.to_peer.get(&b.channel_key(), 0) {
-                (up.packets, up.bytes) = (old.packets, old.bytes);
-            }
-            if maps.to_peer.insert(b.channel_key(), up, 0).is_err() {
+            if maps
+                .to_peer
+                .insert(b.channel_key(), b.peer_value(), 0)
+                .is_err()
+            {
                 return false;
             }
             if b.to_client {
-                let mut down = b.client_value();
-                if let Ok(old) = maps.to_client.get(&b.peer_key(), 0) {
-                    (down.packets, down.bytes) = (old.packets, old.bytes);
-                }
-                if maps.to_client.insert(b.peer_key(), down, 0).is_err() {
+                if maps
+                    .to_client
+                    .insert(b.peer_key(), b.client_value(), 0)
+                    .is_err()
+                {
                     let _ = maps.to_peer.remove(&b.channel_key());
                     return false;
                 }
@@ -355,27 +382,79 @@ impl FastPath {
         }
     }
 
-    /// What a binding carried since it was installed, per direction (datagrams, payload
-    /// bytes; client to peer first).
-    pub fn carried(&self, b: &Binding) -> Carried {
+    /// A budget slot for an allocation's bindings, with its limit at what it carried so far
+    /// (nothing more until [`FastPath::set_limit`]); None when all are taken.
+    pub fn claim(&self) -> Option<u32> {
         #[cfg(veil_xdp)]
         {
-            let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-            let up = maps
-                .to_peer
-                .get(&b.channel_key(), 0)
-                .map_or((0, 0), |v| (v.packets, v.bytes));
-            let down = maps
-                .to_client
-                .get(&b.peer_key(), 0)
-                .map_or((0, 0), |v| (v.packets, v.bytes));
-            [up, down]
+            let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = match maps.free.pop() {
+                Some(s) => s,
+                None if maps.next < SLOTS => {
+                    maps.next += 1;
+                    maps.next - 1
+                }
+                None => return None,
+            };
+            for i in [slot * 2, slot * 2 + 1] {
+                let used = maps.used.get(&i, 0).unwrap_or_default();
+                if maps.limit.set(i, used, 0).is_err() {
+                    maps.free.push(slot);
+                    return None;
+                }
+            }
+            Some(slot)
         }
         #[cfg(not(veil_xdp))]
         {
-            let _ = b;
+            let _ = (SLOTS, Count::default());
+            None
+        }
+    }
+
+    /// Gives a slot back (no binding of the node names it any more).
+    pub fn release(&self, slot: u32) {
+        #[cfg(veil_xdp)]
+        {
+            let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+            maps.free.push(slot);
+        }
+        #[cfg(not(veil_xdp))]
+        let _ = slot;
+    }
+
+    /// What the bindings of `slot` carried, ever (the counters only grow; a reused slot's
+    /// start is read at [`FastPath::claim`] time by the caller).
+    pub fn used(&self, slot: u32) -> Budget {
+        #[cfg(veil_xdp)]
+        {
+            let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+            let get = |i: u32| {
+                maps.used
+                    .get(&i, 0)
+                    .map_or((0, 0), |c| (c.packets, c.bytes))
+            };
+            [get(slot * 2), get(slot * 2 + 1)]
+        }
+        #[cfg(not(veil_xdp))]
+        {
+            let _ = slot;
             [(0, 0); 2]
         }
+    }
+
+    /// Lets the bindings of `slot` carry up to `limit` in all (what they carried, ever, plus
+    /// what the core granted).
+    pub fn set_limit(&self, slot: u32, limit: Budget) {
+        #[cfg(veil_xdp)]
+        {
+            let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, (packets, bytes)) in [slot * 2, slot * 2 + 1].into_iter().zip(limit) {
+                let _ = maps.limit.set(i, Count { packets, bytes }, 0);
+            }
+        }
+        #[cfg(not(veil_xdp))]
+        let _ = (slot, limit);
     }
 
     /// Removes a binding (whatever of it is installed).

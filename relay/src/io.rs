@@ -37,6 +37,7 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 #[cfg(debug_assertions)]
+mod fast;
 mod faults;
 mod health;
 mod node;

@@ -56,6 +56,8 @@ veil_proto::counters! {
         pub local_undelivered: u64,
         /// Bindings installed (or updated) in the fast path's maps.
         pub fast_installs: u64,
+        /// Bindings in the fast path's maps now (a gauge).
+        pub fast_bindings: u64,
     }
 }
 
@@ -435,6 +437,12 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
             "veil_relay_fast_path_installs",
             "Bindings the core handed to the fast path's maps (installed or updated).",
             t.io.fast_installs,
+        );
+        g(
+            &mut o,
+            "veil_relay_fast_path_bindings",
+            "Bindings in the fast path's maps now (client channel and peer pairs).",
+            t.io.fast_bindings,
         );
     }
     let name = "veil_relay_shared_port_connections_total";

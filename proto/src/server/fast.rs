@@ -3,11 +3,11 @@
 //! kernel's maps.
 //!
 //! A binding is eligible when its client speaks UDP over IPv4, its channel is bound and live,
-//! and the peer (IPv4) holds a live permission; what the kernel carried is read back and charged
-//! to the bandwidth caps, and an allocation over a cap leaves the fast path for a while. Each
-//! carries the instant it stops being valid (the
-//! earliest of the channel's, the permission's and the allocation's expiry), so the kernel
-//! stops at that instant without waiting for a timer. Whatever changes an allocation's
+//! and the peer (IPv4) holds a live permission. Each carries the instant it stops being valid
+//! (the earliest of the channel's, the permission's and the allocation's expiry), so the kernel
+//! stops at that instant without waiting for a timer. The bandwidth caps hold on both paths
+//! together: the kernel carries only what [`Server::fast_path_grant`] reserved for it from the
+//! client's meters, period by period, and passes the rest up. Whatever changes an allocation's
 //! bindings (a ChannelBind, a CreatePermission or Refresh, an expiry, a reload's filter, a
 //! deletion for any reason) marks its client, and [`Server::fast_path_changes`] hands the
 //! driver what to install and what to remove.
@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{ClientKey, RelayId, Server, Transport};
+use crate::limiter::Grant;
 
 /// A binding the fast path may carry: ChannelData on `channel` from `client` goes to `peer`
 /// from the relayed address `relay`, and `peer`'s datagrams to that address come back to the
@@ -46,19 +47,17 @@ pub enum FastChange {
     Remove(FastBinding),
 }
 
-/// Which clients' bindings changed, and what the driver was last told of each.
+/// Which clients' bindings changed, what the driver was last told of each, and what each
+/// client's kernel bindings were granted of its bandwidth meters.
 #[derive(Debug, Default)]
 pub(super) struct FastTrack {
     on: bool,
     dirty: Vec<ClientKey>,
     installed: HashMap<ClientKey, Vec<FastBinding>>,
-    /// Allocations that went over a bandwidth cap, kept off the fast path until then.
-    cooling: Vec<(Instant, ClientKey)>,
+    /// Per client, per direction (client to peer first): reserved from its meters for the
+    /// kernel and not yet accounted for.
+    grants: HashMap<ClientKey, [Grant; 2]>,
 }
-
-/// How long an allocation over its bandwidth cap stays on the user-space path, which drops
-/// what exceeds the cap datagram by datagram.
-pub const FAST_PATH_COOLING: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Server {
     /// Tells the core the driver has a fast path: from now on it tracks what the path may
@@ -82,7 +81,7 @@ impl Server {
     /// for the driver's rounds).
     #[inline]
     pub fn fast_path_pending(&self) -> bool {
-        !self.fast.dirty.is_empty() || !self.fast.cooling.is_empty()
+        !self.fast.dirty.is_empty()
     }
 
     /// Notes that `client`'s bindings may have changed.
@@ -107,8 +106,7 @@ impl Server {
             return Vec::new();
         };
         let a = &self.allocs[slot];
-        let cooling = self.fast.cooling.iter().any(|(_, c)| c == client);
-        if client.transport != Transport::Udp || !client.addr.is_ipv4() || cooling {
+        if client.transport != Transport::Udp || !client.addr.is_ipv4() {
             return Vec::new();
         }
         let mut out = Vec::new();
@@ -140,12 +138,6 @@ impl Server {
     /// installs (a binding whose `until` moved is installed again). Nothing when it is not
     /// tracked.
     pub fn fast_path_changes(&mut self, now: Instant, mut f: impl FnMut(FastChange)) {
-        if self.fast.cooling.iter().any(|(t, _)| *t <= now) {
-            let (done, cooling): (Vec<_>, Vec<_>) =
-                self.fast.cooling.drain(..).partition(|(t, _)| *t <= now);
-            self.fast.cooling = cooling;
-            self.fast.dirty.extend(done.into_iter().map(|(_, c)| c));
-        }
         if self.fast.dirty.is_empty() {
             return;
         }
@@ -174,42 +166,78 @@ impl Server {
         }
     }
 
-    /// What the fast path carried for `client` since the last call, per direction (datagrams,
-    /// payload bytes; client to peer first): charged to the allocation's and its user's
-    /// bandwidth meters as the user-space path charges each datagram. Over a cap, the
-    /// allocation leaves the fast path for [`FAST_PATH_COOLING`], so the cap is enforced
-    /// datagram by datagram again (what the kernel carried in the meantime, at most one read-back
-    /// period's worth, is not taken back). True if it fit.
-    pub fn fast_path_used(
+    /// Accounts for what the kernel carried for `client` since the last call (`used`, per
+    /// direction: datagrams, payload bytes; client to peer first) against what it was granted,
+    /// and grants what it may carry until the next call, reserved from the allocation's and its
+    /// user's bandwidth meters: the kernel forwards within the grant and passes the rest up to
+    /// the user-space path, which meters datagram by datagram what the grant left. So the caps
+    /// hold on both paths together. The grant is at least half of what the meters hold, all of
+    /// it for a flow that used most of its last one; `u64::MAX` where uncapped.
+    pub fn fast_path_grant(
         &mut self,
         now: Instant,
         client: &ClientKey,
-        used: [(u64, u64); 2],
-    ) -> bool {
+        used: [Grant; 2],
+    ) -> [Grant; 2] {
+        self.fast_account(now, client, used, true)
+    }
+
+    /// Accounts for what the kernel carried for `client` since the last call, as
+    /// [`Server::fast_path_grant`], and gives back what its grant did not use: its last binding
+    /// left the kernel.
+    pub fn fast_path_settle(&mut self, now: Instant, client: &ClientKey, used: [Grant; 2]) {
+        self.fast_account(now, client, used, false);
+    }
+
+    fn fast_account(
+        &mut self,
+        now: Instant,
+        client: &ClientKey,
+        used: [Grant; 2],
+        renew: bool,
+    ) -> [Grant; 2] {
+        let mut g = self.fast.grants.remove(client).unwrap_or_default();
         let Some(&slot) = self.by_client.get(client) else {
-            return true;
+            return [(0, 0); 2];
         };
         let ms = self.millis(now);
         let caps = self.caps(self.allocs[slot].profile);
         let a = &mut self.allocs[slot];
-        let mut fit = true;
-        for (dir, (packets, bytes)) in used.into_iter().enumerate() {
-            if packets == 0 {
+        let mut user = self.users.get_mut(a.user);
+        for dir in 0..2 {
+            let (open, used) = (g[dir], used[dir]);
+            let unused = (open.0.saturating_sub(used.0), open.1.saturating_sub(used.1));
+            let over = (used.0.saturating_sub(open.0), used.1.saturating_sub(open.1));
+            a.meters[dir].release(&caps.allocation, unused);
+            a.meters[dir].charge(&caps.allocation, ms, over);
+            if let Some(u) = user.as_deref_mut() {
+                u.meters[dir].release(&caps.user, unused);
+                u.meters[dir].charge(&caps.user, ms, over);
+            }
+            g[dir] = (0, 0);
+            if !renew {
                 continue;
             }
-            let ok = a.meters[dir].admit_bulk(&caps.allocation, ms, packets, bytes)
-                && self
-                    .users
-                    .get_mut(a.user)
-                    .is_none_or(|u| u.meters[dir].admit_bulk(&caps.user, ms, packets, bytes));
-            if !ok {
-                fit = false;
-            }
+            let all = a.meters[dir].reserve(&caps.allocation, ms, (u64::MAX, u64::MAX));
+            let share = |all: u64, used: u64| {
+                if all == u64::MAX {
+                    all
+                } else {
+                    (all / 2).max(all.min(used.saturating_mul(2)))
+                }
+            };
+            let want = (share(all.0, used.0), share(all.1, used.1));
+            a.meters[dir].release(&caps.allocation, (all.0 - want.0, all.1 - want.1));
+            let got = match user.as_deref_mut() {
+                Some(u) => u.meters[dir].reserve(&caps.user, ms, want),
+                None => want,
+            };
+            a.meters[dir].release(&caps.allocation, (want.0 - got.0, want.1 - got.1));
+            g[dir] = got;
         }
-        if !fit {
-            self.fast.cooling.push((now + FAST_PATH_COOLING, *client));
-            self.fast_dirty(*client);
+        if renew {
+            self.fast.grants.insert(*client, g);
         }
-        fit
+        g
     }
 }

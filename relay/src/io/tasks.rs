@@ -79,6 +79,7 @@ async fn timer_task(worker: Rc<RefCell<Worker>>, node: Arc<NodeShared>, index: u
         w.charge_fast_path();
         w.shaping.shaper.housekeeping(Instant::now());
         w.io.stats.relayed_sockets = w.io.peers.len() as u64;
+        w.io.stats.fast_bindings = w.io.fast.len() as u64;
         w.io.stats.connections = [Transport::Tcp, Transport::Tls]
             .map(|t| w.io.conns.keys().filter(|k| k.transport == t).count() as u64);
         node.reports.publish(
@@ -223,7 +224,7 @@ pub(super) fn run_worker(
                 stats: IoStats::default(),
                 warned_bind: false,
                 new_conns: stream::NewConnections::new(&node.streams),
-                fast: HashMap::new(),
+                fast: Default::default(),
             },
             Shaping {
                 shaper: Shaper::with_profiles(

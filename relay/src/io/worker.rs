@@ -26,9 +26,7 @@ use super::stream::Outbound;
 use crate::mesh::routes::{Inbound, Route, RouteCache, ToLink};
 use crate::metrics::IoStats;
 use crate::proto::rng::XorShift;
-use crate::proto::server::{
-    Action, ClientKey, Delivery, FastBinding, FastChange, Now, RelayId, Server, Transport,
-};
+use crate::proto::server::{Action, ClientKey, Delivery, Now, RelayId, Server, Transport};
 use crate::shaping::{Decision, Shaper};
 use crate::sys::{Epoll, RecvBatch, SendQueue};
 
@@ -63,10 +61,8 @@ pub(super) struct Io {
     pub(super) warned_bind: bool,
     /// New TCP/TLS connections per client prefix, and from everyone, on this worker.
     pub(super) new_conns: super::stream::NewConnections,
-    /// What this worker installed in the fast path's maps, by client and channel, with what
-    /// each had carried at the last read-back.
-    pub(super) fast:
-        HashMap<(ClientKey, u16), (crate::fastpath::Binding, crate::fastpath::Carried)>,
+    /// What this worker installed in the fast path's maps.
+    pub(super) fast: super::fast::Installed,
 }
 
 /// The shaper and the task that releases what it holds.
@@ -95,50 +91,6 @@ pub(super) struct Worker {
 }
 
 impl Io {
-    /// A core binding with every address as the kernel sees it: the listener's and the relayed
-    /// socket's bound addresses (IPv4), the deadline on the kernel's clock. A listener on the
-    /// wildcard address is taken to be reached at the relay IP (the one `turn:` URIs advertise
-    /// when the node has one address: the chart's daemonset, a VM).
-    fn resolve_fast(
-        &self,
-        b: &FastBinding,
-        mono: Instant,
-        kernel_ns: u64,
-    ) -> Option<crate::fastpath::Binding> {
-        let v4 = |a: SocketAddr| match a {
-            SocketAddr::V4(a) if !a.ip().is_unspecified() => Some(a),
-            _ => None,
-        };
-        let relayed = v4(self.peers.udp_socket(&b.relay)?.local_addr().ok()?)?;
-        let listen = match self
-            .listeners
-            .get(usize::from(b.client.listener))?
-            .socket
-            .local_addr()
-            .ok()?
-        {
-            SocketAddr::V4(l) if l.ip().is_unspecified() => {
-                std::net::SocketAddrV4::new(*relayed.ip(), l.port())
-            }
-            l => v4(l)?,
-        };
-        let left = b.until.saturating_duration_since(mono);
-        let policies = self.node.shaping.borrow();
-        let shaped = policies
-            .get(usize::from(b.profile))
-            .or(policies.first())
-            .is_some_and(|p| !p.is_off());
-        Some(crate::fastpath::Binding {
-            client: v4(b.client.addr)?,
-            listen,
-            channel: b.channel,
-            relayed,
-            peer: v4(b.peer)?,
-            until_ns: kernel_ns.saturating_add(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX)),
-            to_client: !shaped,
-        })
-    }
-
     /// Sends a frame to a client: queued on the listener socket it talks to (leaving at the
     /// next [`Io::flush`]), or onto its connection's queue; counts it.
     pub(super) fn send_to_client(&mut self, client: ClientKey, frame: &[u8]) {
@@ -572,70 +524,6 @@ impl Worker {
     /// Whether this client holds an allocation here.
     pub(super) fn has_allocation(&self, key: &ClientKey) -> bool {
         self.server.has_allocation(key)
-    }
-
-    /// Mirrors what the core says the kernel fast path may carry into its maps (nothing to do
-    /// without a fast path, or when nothing changed).
-    pub(super) fn sync_fast_path(&mut self) {
-        // Every UDP round comes here: nothing but a field test unless the core has news.
-        if !self.server.fast_path_pending() {
-            return;
-        }
-        let Some(fp) = self.io.node.fast_path.clone() else {
-            return;
-        };
-        let Worker { server, io, .. } = self;
-        let (mono, kernel) = (Instant::now(), crate::fastpath::monotonic_ns());
-        server.fast_path_changes(mono, |change| match change {
-            FastChange::Install(b) => {
-                let Some(binding) = io.resolve_fast(&b, mono, kernel) else {
-                    return;
-                };
-                if fp.install(&binding) {
-                    let seen = io
-                        .fast
-                        .get(&(b.client, b.channel))
-                        .map_or([(0, 0); 2], |f| f.1);
-                    io.fast.insert((b.client, b.channel), (binding, seen));
-                    io.stats.fast_installs += 1;
-                }
-            }
-            FastChange::Remove(b) => {
-                if let Some((binding, _)) = io.fast.remove(&(b.client, b.channel)) {
-                    fp.remove(&binding);
-                }
-            }
-        });
-    }
-
-    /// Reads back what each installed binding carried since the last read and charges it to
-    /// the core's bandwidth meters (once per timer tick); an allocation over a cap leaves the
-    /// fast path here.
-    pub(super) fn charge_fast_path(&mut self) {
-        let Some(fp) = self.io.node.fast_path.clone() else {
-            return;
-        };
-        let now = Instant::now();
-        let mut per_client: HashMap<ClientKey, [(u64, u64); 2]> = HashMap::new();
-        for ((client, _), (binding, seen)) in &mut self.io.fast {
-            let carried = fp.carried(binding);
-            let total = per_client.entry(*client).or_default();
-            for d in 0..2 {
-                total[d].0 = total[d]
-                    .0
-                    .saturating_add(carried[d].0.saturating_sub(seen[d].0));
-                total[d].1 = total[d]
-                    .1
-                    .saturating_add(carried[d].1.saturating_sub(seen[d].1));
-            }
-            *seen = carried;
-        }
-        for (client, used) in per_client {
-            if used != [(0, 0); 2] {
-                self.server.fast_path_used(now, &client, used);
-            }
-        }
-        self.sync_fast_path();
     }
 
     /// Whether frames to streams are written one by one (so that each is its own TLS record).

@@ -4,7 +4,7 @@
 //! installs nothing; what the kernel carried is charged to the bandwidth caps.
 
 use super::*;
-use crate::server::{FAST_PATH_COOLING, FastBinding, FastChange};
+use crate::server::{FastBinding, FastChange};
 
 fn changes(s: &mut Server, clock: &Clock) -> Vec<FastChange> {
     let mut out = Vec::new();
@@ -128,10 +128,12 @@ fn tcp_clients_stay_on_the_user_space_path() {
     assert!(installed(&changes(&mut s, &clock)).is_empty(), "TCP");
 }
 
-/// What the kernel carried is charged to the caps: within them the binding stays; over one the
-/// allocation leaves the fast path for FAST_PATH_COOLING, then comes back.
+/// The kernel carries only what the core reserved for it from the caps, period by period: at
+/// least half of what the meters hold, all of it for a flow that used most of its last grant;
+/// what a grant did not use goes back; a reservation is exclusive (what the kernel holds, the
+/// user-space path cannot admit), and what the kernel carried past its grant is still charged.
 #[test]
-fn a_flow_over_its_cap_leaves_the_fast_path_for_a_while() {
+fn the_kernel_carries_what_the_caps_grant_it_and_no_more() {
     use crate::limiter::{BandwidthCaps, Caps};
     let (mut s, mut env, mut clock) = setup();
     s.track_fast_path();
@@ -157,22 +159,52 @@ fn a_flow_over_its_cap_leaves_the_fast_path_for_a_while() {
     );
     assert_eq!(installed(&changes(&mut s, &clock)).len(), 1);
     let now = clock.now().mono;
-    assert!(
-        s.fast_path_used(now, &c.key, [(50, 5_000), (50, 5_000)]),
-        "within the caps"
+    let none = [(0, 0); 2];
+    // First grant: half of a full second's worth, each direction.
+    assert_eq!(s.fast_path_grant(now, &c.key, none), [(50, 50_000); 2]);
+    // Client to peer used all its packets: the next grant is all the meter holds, which is
+    // what the reservation left (50 packets), not a fresh 100; its unused bytes came back and
+    // it gets half (95 000 / 2). Peer to client used nothing: half again of a full meter.
+    assert_eq!(
+        s.fast_path_grant(now, &c.key, [(50, 5_000), (0, 0)]),
+        [(50, 47_500), (50, 50_000)]
     );
-    assert!(changes(&mut s, &clock).is_empty());
+    // The meter is empty of packets now: a grant at the same instant has none to give.
+    assert_eq!(
+        s.fast_path_grant(now, &c.key, [(50, 5_000), (0, 0)])[0].0,
+        0
+    );
+    // A second later the meter has refilled (100/s, a second of burst).
     clock.secs = 1;
     let now = clock.now().mono;
-    assert!(
-        !s.fast_path_used(now, &c.key, [(500, 50_000), (0, 0)]),
-        "over 100 packets/s"
+    assert_eq!(s.fast_path_grant(now, &c.key, none)[0].0, 50);
+    // Carried past the grant (a race of the kernel's): charged all the same, down to empty.
+    assert_eq!(
+        s.fast_path_grant(now, &c.key, [(120, 8_000), (0, 0)])[0].0,
+        0
     );
-    let ch = changes(&mut s, &clock);
-    assert_eq!(removed(&ch).len(), 1, "{ch:?}");
-    // Still cooling a second later; back after FAST_PATH_COOLING.
-    clock.secs = 2;
-    assert!(changes(&mut s, &clock).is_empty());
-    clock.secs = 1 + FAST_PATH_COOLING.as_secs();
-    assert_eq!(installed(&changes(&mut s, &clock)).len(), 1);
+    // Settled: what was granted and unused goes back, and nothing is outstanding.
+    clock.secs = 3;
+    let now = clock.now().mono;
+    let g = s.fast_path_grant(now, &c.key, none);
+    s.fast_path_settle(now, &c.key, none);
+    assert_eq!(
+        s.fast_path_grant(now, &c.key, none)[0],
+        (g[0].0, g[0].1),
+        "the same share again: the settled grant came back whole"
+    );
+    // A client without an allocation: nothing.
+    let stranger = Client::rest(40009, "nobody");
+    assert_eq!(s.fast_path_grant(now, &stranger.key, none), none);
+}
+
+/// Without caps, the kernel's grant has no limit.
+#[test]
+fn an_uncapped_flow_is_granted_without_limit() {
+    let (mut s, mut env, clock) = setup();
+    s.track_fast_path();
+    let mut c = Client::rest(40004, "free");
+    allocate_ok(&mut c, &mut s, &mut env, &clock);
+    let g = s.fast_path_grant(clock.now().mono, &c.key, [(0, 0); 2]);
+    assert_eq!(g, [(u64::MAX, u64::MAX); 2]);
 }
