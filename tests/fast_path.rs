@@ -52,8 +52,13 @@ fn relay(ns: &Netns, dir: &std::path::Path, fast_path: &str) -> Child {
 
 /// What `ip -d link show dev fpa` says of an XDP program on it.
 fn xdp_on(ns: &Netns) -> Option<String> {
+    xdp_on_interface(ns, "fpa")
+}
+
+/// What `ip -d link show dev <dev>` says of an XDP program on it.
+fn xdp_on_interface(ns: &Netns, dev: &str) -> Option<String> {
     let out = Command::new("ip")
-        .args(["-n", &ns.0, "-d", "link", "show", "dev", "fpa"])
+        .args(["-n", &ns.0, "-d", "link", "show", "dev", dev])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -182,6 +187,10 @@ fn topology(tag: &str) -> Topology {
     callers.ip(&["addr", "add", "10.77.0.2/24", "dev", "c0"]);
     callers.ip(&["addr", "add", "10.77.0.3/24", "dev", "c0"]);
     callers.ip(&["link", "set", "c0", "up"]);
+    relay.ip(&["-6", "addr", "add", "fd00:77::1/64", "dev", "r0", "nodad"]);
+    for ip in ["fd00:77::2/64", "fd00:77::3/64"] {
+        callers.ip(&["-6", "addr", "add", ip, "dev", "c0", "nodad"]);
+    }
     // What the relay's XDP_TX sends back out of r0 reaches c0 only while c0 runs NAPI, as a
     // router's interface does: an XDP program that passes everything (GRO alone did not
     // deliver XDP_TX frames on this kernel). Built here with the same clang as the relay's.
@@ -225,32 +234,28 @@ fn topology(tag: &str) -> Topology {
     Topology { relay, callers }
 }
 
-#[test]
-fn uclient_relays_through_the_kernel_with_zero_loss() {
-    common::require("turnutils_uclient");
-    common::require("turnutils_peer");
-    let t = topology("fpu");
-    let dir =
-        common::TempDir(std::env::temp_dir().join(format!("veil-fpu-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let secrets = dir.0.join("secrets");
+/// The relay in `t`'s relay namespace on 10.77.0.1 and fd00:77::1, XDP asked for on r0 in
+/// `mode`, run under `prefix` (e.g. setpriv dropping capabilities).
+fn fast_relay(t: &Topology, dir: &std::path::Path, mode: &str, prefix: &[&str]) -> Relay {
+    let secrets = dir.join("secrets");
     std::fs::write(&secrets, format!("{}\n", common::SECRET)).unwrap();
-    let _relay = Relay(
+    let relay = Relay(
         Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &t.relay.0,
-                env!("CARGO_BIN_EXE_veil"),
-                "relay",
-            ])
+            .args(["netns", "exec", &t.relay.0])
+            .args(prefix)
+            .args([env!("CARGO_BIN_EXE_veil"), "relay"])
             .args(["--listen", "10.77.0.1:3478", "--relay-ip", "10.77.0.1"])
+            .args(["--listen", "[fd00:77::1]:3478", "--relay-ip", "fd00:77::1"])
             .args(["--port-range", "40000-40999", "--workers", "2"])
             .args(["--admin", "127.0.0.1:9478", "--allow-peer", "10.77.0.0/24"])
+            .args(["--allow-peer", "fd00:77::/64"])
             .args(["--user-quota", "1000", "--source-quota", "0"])
             .arg("--auth-secret-file")
             .arg(&secrets)
-            .args(["--set", "fast_path={mode: xdp, interfaces: [r0]}"])
+            .args([
+                "--set",
+                &format!("fast_path={{mode: {mode}, interfaces: [r0]}}"),
+            ])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
@@ -259,16 +264,30 @@ fn uclient_relays_through_the_kernel_with_zero_loss() {
     wait_until("the relay's metrics", Duration::from_secs(20), || {
         metrics(&t.relay)
     });
+    relay
+}
+
+/// coturn's uclient with `args` from the callers' side (client `client`, peer `peer` where
+/// turnutils_peer listens on port 5000) against the relay at `server`; its output, and what the
+/// kernel carried meanwhile (to the peer, to the client).
+fn uclient(
+    t: &Topology,
+    client: &str,
+    peer: &str,
+    server: &str,
+    args: &[&str],
+) -> (String, [f64; 2]) {
     let _peer = Relay(
         Command::new("ip")
             .args(["netns", "exec", &t.callers.0, "turnutils_peer"])
-            .args(["-L", "10.77.0.3", "-p", "5000"])
+            .args(["-L", peer, "-p", "5000"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("turnutils_peer"),
     );
     std::thread::sleep(Duration::from_millis(300));
+    let before = kernel(t);
     let out = Command::new("ip")
         .args([
             "netns",
@@ -278,38 +297,112 @@ fn uclient_relays_through_the_kernel_with_zero_loss() {
             "120",
             "turnutils_uclient",
         ])
-        .args(["-L", "10.77.0.2", "-W", common::SECRET, "-u", "fast"])
-        .args(["-m", "10", "-n", "50", "-e", "10.77.0.3", "-r", "5000"])
-        .args(["-p", "3478", "10.77.0.1"])
+        .args(["-L", client, "-W", common::SECRET, "-u", "fast"])
+        .args(["-e", peer, "-r", "5000", "-p", "3478"])
+        .args(args)
+        .arg(server)
         .output()
         .expect("uclient runs");
+    let after = kernel(t);
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let m = metrics(&t.relay).expect("metrics");
-    let fast = |a: &str| {
-        common::metric(
-            &m,
-            &format!("veil_relay_fast_path_packets_total{{action=\"{a}\"}}"),
-        )
-        .unwrap_or(-1.0)
-    };
-    eprintln!(
-        "to_peer {} to_client {} passed {} installs {:?}",
-        fast("to_peer"),
-        fast("to_client"),
-        fast("passed"),
-        common::metric(&m, "veil_relay_fast_path_installs_total")
-    );
+    let carried = [after[0] - before[0], after[1] - before[1]];
+    eprintln!("uclient {args:?}: the kernel carried {carried:?}");
+    (text, carried)
+}
+
+#[test]
+fn uclient_relays_through_the_kernel_with_zero_loss() {
+    common::require("turnutils_uclient");
+    common::require("turnutils_peer");
+    let t = topology("fpu");
+    let dir =
+        common::TempDir(std::env::temp_dir().join(format!("veil-fpu-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let _relay = fast_relay(&t, &dir.0, "xdp", &[]);
+    let v4 = |args: &[&str]| uclient(&t, "10.77.0.2", "10.77.0.3", "10.77.0.1", args);
+
+    // Channels: both legs in the kernel.
+    let (text, carried) = v4(&["-m", "10", "-n", "50"]);
     assert!(text.contains("Total lost packets 0 "), "{text}");
+    // 500 each way; the first of each client's may precede its binding's install.
     assert!(
-        fast("to_peer") > 0.0 && fast("to_client") > 0.0,
-        "both legs in the kernel: {m}"
+        carried[0] >= 450.0 && carried[1] >= 450.0,
+        "both legs in the kernel: {carried:?}"
     );
-    let installs = common::metric(&m, "veil_relay_fast_path_installs_total").unwrap_or(0.0);
+    let installs = common::metric(
+        &metrics(&t.relay).unwrap(),
+        "veil_relay_fast_path_installs_total",
+    )
+    .unwrap_or(0.0);
     assert!(
         installs >= 10.0,
         "a binding per client at least: {installs}"
     );
+
+    // Send indications with DONT-FRAGMENT, and padded ChannelData (pjnath's habit): the
+    // user-space path, no loss.
+    let (text, carried) = v4(&["-m", "5", "-n", "50", "-s", "-g"]);
+    assert!(text.contains("Total lost packets 0 "), "{text}");
+    assert_eq!(carried[0], 0.0, "Send indications are not the kernel's");
+    let (text, carried) = v4(&["-m", "5", "-n", "50", "-D", "-l", "101"]);
+    assert!(text.contains("Total lost packets 0 "), "{text}");
+    assert_eq!(carried[0], 0.0, "padded ChannelData is not the kernel's");
+
+    // IPv6 clients and peers: the program passes them up, the user-space path relays them.
+    let (text, carried) = uclient(
+        &t,
+        "fd00:77::2",
+        "fd00:77::3",
+        "fd00:77::1",
+        &["-m", "5", "-n", "50", "-x"],
+    );
+    assert!(text.contains("Total lost packets 0 "), "{text}");
+    assert_eq!(carried, [0.0, 0.0], "IPv6 is not the kernel's");
+}
+
+/// The relay with `mode: auto` where the fast path cannot attach (the capabilities it needs
+/// dropped, as in a container without them): it says so and serves everything on the
+/// user-space path.
+#[test]
+fn a_relay_without_the_privilege_for_xdp_serves_everything_without_it() {
+    common::require("turnutils_uclient");
+    common::require("turnutils_peer");
+    common::require("setpriv");
+    let t = topology("fpn");
+    let dir =
+        common::TempDir(std::env::temp_dir().join(format!("veil-fpn-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let drop = [
+        "setpriv",
+        "--inh-caps=-all",
+        "--bounding-set=-bpf,-net_admin,-sys_admin,-perfmon",
+        "--",
+    ];
+    let _relay = fast_relay(&t, &dir.0, "auto", &drop);
+    let m = metrics(&t.relay).unwrap();
+    assert_eq!(
+        common::metric(&m, "veil_relay_fast_path_up"),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(xdp_on_interface(&t.relay, "r0"), None, "nothing attached");
+    let (text, _) = uclient(
+        &t,
+        "10.77.0.2",
+        "10.77.0.3",
+        "10.77.0.1",
+        &["-m", "5", "-n", "50"],
+    );
+    assert!(text.contains("Total lost packets 0 "), "{text}");
+    let (text, _) = uclient(
+        &t,
+        "10.77.0.2",
+        "10.77.0.3",
+        "10.77.0.1",
+        &["-m", "5", "-n", "50", "-s"],
+    );
+    assert!(text.contains("Total lost packets 0 "), "{text}");
 }
 
 /// One caller of the removal test: a TURN client on the callers' side with its relayed address.

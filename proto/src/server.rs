@@ -50,7 +50,7 @@ use error::{Fail, Req, Seal};
 
 pub use env::{Env, Opened, PortPolicy};
 pub use error::TurnError;
-pub use fast::{FastBinding, FastChange};
+pub use fast::{FastBinding, FastChange, GRANT_FLOOR};
 pub use request::{
     AllocateRequest, ChannelBindRequest, MAX_PEERS_PER_REQUEST, PermissionRequest, RefreshRequest,
     SendIndication,

@@ -242,8 +242,10 @@ int veil_xdp(struct xdp_md *ctx)
 	o.id = ip->id;
 	o.tos = ip->tos;
 
-	// A client's unpadded ChannelData on a bound channel: to the peer.
-	if (p[0] >= 0x40 && p[0] <= 0x4f && payload >= CHANNEL_HEADER &&
+	// A client's unpadded ChannelData on a bound channel: to the peer. Channels 0x4000-0x7fff:
+	// RFC 8656 narrowed them to 0x4fff, but clients written to RFC 5766 (coturn's uclient)
+	// still bind above, and the core accepts them; only installed channels match.
+	if (p[0] >= 0x40 && p[0] <= 0x7f && payload >= CHANNEL_HEADER &&
 	    ((__u16)p[2] << 8 | p[3]) == payload - CHANNEL_HEADER) {
 		struct channel_key k = {
 			.client_ip = ip->saddr,

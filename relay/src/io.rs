@@ -36,8 +36,8 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-#[cfg(debug_assertions)]
 mod fast;
+#[cfg(debug_assertions)]
 mod faults;
 mod health;
 mod node;

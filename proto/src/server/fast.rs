@@ -59,6 +59,10 @@ pub(super) struct FastTrack {
     grants: HashMap<ClientKey, [Grant; 2]>,
 }
 
+/// The least a grant asks of the meters (datagrams, payload bytes): a call's second or more of
+/// audio and video at the start, before the kernel has carried anything.
+pub const GRANT_FLOOR: Grant = (64, 64 * 1024);
+
 impl Server {
     /// Tells the core the driver has a fast path: from now on it tracks what the path may
     /// carry (nothing is tracked otherwise).
@@ -171,8 +175,9 @@ impl Server {
     /// and grants what it may carry until the next call, reserved from the allocation's and its
     /// user's bandwidth meters: the kernel forwards within the grant and passes the rest up to
     /// the user-space path, which meters datagram by datagram what the grant left. So the caps
-    /// hold on both paths together. The grant is at least half of what the meters hold, all of
-    /// it for a flow that used most of its last one; `u64::MAX` where uncapped.
+    /// hold on both paths together. The grant is twice what the kernel carried in the last
+    /// period, at least [`GRANT_FLOOR`], at most what the meters hold (so that one allocation
+    /// does not hoard what its user's other allocations need); `u64::MAX` where uncapped.
     pub fn fast_path_grant(
         &mut self,
         now: Instant,
@@ -219,14 +224,17 @@ impl Server {
                 continue;
             }
             let all = a.meters[dir].reserve(&caps.allocation, ms, (u64::MAX, u64::MAX));
-            let share = |all: u64, used: u64| {
+            let share = |all: u64, used: u64, floor: u64| {
                 if all == u64::MAX {
                     all
                 } else {
-                    (all / 2).max(all.min(used.saturating_mul(2)))
+                    all.min(used.saturating_mul(2).max(floor))
                 }
             };
-            let want = (share(all.0, used.0), share(all.1, used.1));
+            let want = (
+                share(all.0, used.0, GRANT_FLOOR.0),
+                share(all.1, used.1, GRANT_FLOOR.1),
+            );
             a.meters[dir].release(&caps.allocation, (all.0 - want.0, all.1 - want.1));
             let got = match user.as_deref_mut() {
                 Some(u) => u.meters[dir].reserve(&caps.user, ms, want),

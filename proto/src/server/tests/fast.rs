@@ -128,8 +128,8 @@ fn tcp_clients_stay_on_the_user_space_path() {
     assert!(installed(&changes(&mut s, &clock)).is_empty(), "TCP");
 }
 
-/// The kernel carries only what the core reserved for it from the caps, period by period: at
-/// least half of what the meters hold, all of it for a flow that used most of its last grant;
+/// The kernel carries only what the core reserved for it from the caps, period by period:
+/// twice what it carried in the last period, at least a floor, at most what the meters hold;
 /// what a grant did not use goes back; a reservation is exclusive (what the kernel holds, the
 /// user-space path cannot admit), and what the kernel carried past its grant is still charged.
 #[test]
@@ -160,24 +160,24 @@ fn the_kernel_carries_what_the_caps_grant_it_and_no_more() {
     assert_eq!(installed(&changes(&mut s, &clock)).len(), 1);
     let now = clock.now().mono;
     let none = [(0, 0); 2];
-    // First grant: half of a full second's worth, each direction.
-    assert_eq!(s.fast_path_grant(now, &c.key, none), [(50, 50_000); 2]);
-    // Client to peer used all its packets: the next grant is all the meter holds, which is
-    // what the reservation left (50 packets), not a fresh 100; its unused bytes came back and
-    // it gets half (95 000 / 2). Peer to client used nothing: half again of a full meter.
+    // First grant: the floor (64 datagrams, 64 KiB), each direction.
+    assert_eq!(s.fast_path_grant(now, &c.key, none), [(64, 65_536); 2]);
+    // Client to peer used all its datagrams: the next grant would be twice that, but is what
+    // the meter holds: what the reservation left (36), not a fresh 100. Its unused bytes came
+    // back; peer to client used nothing: the floor again.
     assert_eq!(
-        s.fast_path_grant(now, &c.key, [(50, 5_000), (0, 0)]),
-        [(50, 47_500), (50, 50_000)]
+        s.fast_path_grant(now, &c.key, [(64, 5_000), (0, 0)]),
+        [(36, 65_536), (64, 65_536)]
     );
-    // The meter is empty of packets now: a grant at the same instant has none to give.
+    // The meter is empty of datagrams now: a grant at the same instant has none to give.
     assert_eq!(
-        s.fast_path_grant(now, &c.key, [(50, 5_000), (0, 0)])[0].0,
+        s.fast_path_grant(now, &c.key, [(36, 5_000), (0, 0)])[0].0,
         0
     );
     // A second later the meter has refilled (100/s, a second of burst).
     clock.secs = 1;
     let now = clock.now().mono;
-    assert_eq!(s.fast_path_grant(now, &c.key, none)[0].0, 50);
+    assert_eq!(s.fast_path_grant(now, &c.key, none)[0].0, 64);
     // Carried past the grant (a race of the kernel's): charged all the same, down to empty.
     assert_eq!(
         s.fast_path_grant(now, &c.key, [(120, 8_000), (0, 0)])[0].0,
