@@ -57,6 +57,21 @@ pub(crate) struct LoadArgs {
     /// Send indications instead of a channel.
     #[arg(long = "send-indications")]
     send_indications: bool,
+    /// Payload sizes instead of --size, one per client in turn (e.g. 60,200,600,1200).
+    #[arg(long, value_delimiter = ',', value_name = "BYTES,...")]
+    sizes: Vec<usize>,
+    /// The share of clients (0 to 1, evenly spread) that use Send indications, the others a
+    /// channel (a mix of what a kernel fast path carries and what it leaves).
+    #[arg(
+        long = "send-share",
+        value_name = "SHARE",
+        conflicts_with = "send_indications"
+    )]
+    send_share: Option<f64>,
+    /// Network namespace (a name under /run/netns) the echo peer's socket is opened in, so that
+    /// its traffic crosses a router as a remote peer's does (benches/fast_path.sh).
+    #[arg(long = "peer-netns", value_name = "NAME")]
+    peer_netns: Option<String>,
     /// Local IP of the clients.
     #[arg(long = "local-ip", default_value = "127.0.0.1")]
     local_ip: IpAddr,
@@ -272,8 +287,23 @@ fn creds(args: &LoadArgs, secret: Option<&[u8]>, i: usize) -> Creds {
     }
 }
 
+/// What client `i` sends: its payload size, and whether over Send indications.
+fn shape(args: &LoadArgs, i: usize) -> (usize, bool) {
+    let size = match args.sizes.len() {
+        0 => args.size,
+        n => args.sizes[i % n],
+    };
+    let send = match args.send_share {
+        // Client i sends indications when the running share crosses a whole number at i.
+        Some(share) => ((i + 1) as f64 * share).floor() > (i as f64 * share).floor(),
+        None => args.send_indications,
+    };
+    (size, send)
+}
+
 /// Allocates, then binds the channel (or installs the permission) towards `peer`.
-fn setup(args: &LoadArgs, c: &Creds, peer: SocketAddr) -> Result<Client> {
+fn setup(args: &LoadArgs, c: &Creds, peer: SocketAddr, i: usize) -> Result<Client> {
+    let (size, send_indications) = shape(args, i);
     let sock = UdpSocket::bind(SocketAddr::new(args.local_ip, 0))?;
     big_buffers(&sock);
     sock.set_read_timeout(Some(Duration::from_millis(500)))?;
@@ -281,7 +311,7 @@ fn setup(args: &LoadArgs, c: &Creds, peer: SocketAddr) -> Result<Client> {
     let mut buf = vec![0u8; 2048];
     let mut req = vec![0u8; 512];
     if args.raw {
-        return client_from(sock, args, peer, None, None);
+        return client_from(sock, size, peer, None, None);
     }
     // Unauthenticated Allocate: learn realm and nonce.
     let n = {
@@ -344,7 +374,7 @@ fn setup(args: &LoadArgs, c: &Creds, peer: SocketAddr) -> Result<Client> {
         }
     }
     relayed.context("Allocate kept failing with 438")?;
-    let (meth, with_channel) = if args.send_indications {
+    let (meth, with_channel) = if send_indications {
         (method::CREATE_PERMISSION, false)
     } else {
         (method::CHANNEL_BIND, true)
@@ -373,7 +403,7 @@ fn setup(args: &LoadArgs, c: &Creds, peer: SocketAddr) -> Result<Client> {
     })?;
     let mut client = client_from(
         sock,
-        args,
+        size,
         peer,
         Some(with_channel),
         Some(req[..n].to_vec()),
@@ -400,13 +430,12 @@ fn setup(args: &LoadArgs, c: &Creds, peer: SocketAddr) -> Result<Client> {
 
 fn client_from(
     sock: UdpSocket,
-    args: &LoadArgs,
+    size: usize,
     peer: SocketAddr,
     channel: Option<bool>,
     goodbye: Option<Vec<u8>>,
 ) -> Result<Client> {
     sock.set_nonblocking(true)?;
-    let size = args.size;
     let (template, payload_at) = match channel {
         None => (vec![0u8; size], 0),
         Some(true) => {
@@ -626,6 +655,25 @@ fn run_clients(
     })
 }
 
+/// A UDP socket bound to `addr` in network namespace `ns` (from a thread that enters it; the
+/// socket stays there).
+fn bind_in_netns(ns: &str, addr: SocketAddr) -> Result<UdpSocket> {
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).with_context(|| format!("--peer-netns: {path}"))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on an fd of a namespace file this thread holds; it moves only the
+            // calling thread, which ends here.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("--peer-netns {ns}: {}", std::io::Error::last_os_error());
+            }
+            UdpSocket::bind(addr).context("echo peer")
+        })
+        .join()
+        .unwrap_or_else(|_| bail!("--peer-netns: the thread failed"))
+    })
+}
+
 /// The echo peer: whatever arrives goes back to where it came from, in batches.
 fn echo(sock: UdpSocket, stop: Arc<AtomicBool>) -> u64 {
     let mut poll = Epoll::new(1).expect("epoll");
@@ -673,8 +721,14 @@ pub(crate) fn run(args: LoadArgs) -> Result<()> {
     if args.clients == 0 || args.clients > 60_000 {
         bail!("--clients: 1 to 60000");
     }
-    if !(24..=1400).contains(&args.size) {
-        bail!("--size: 24 to 1400 bytes");
+    if std::iter::once(&args.size)
+        .chain(&args.sizes)
+        .any(|s| !(24..=1400).contains(s))
+    {
+        bail!("--size, --sizes: 24 to 1400 bytes");
+    }
+    if args.send_share.is_some_and(|s| !(0.0..=1.0).contains(&s)) {
+        bail!("--send-share: 0 to 1");
     }
     let in_range = |v: f64, lo: f64| v >= lo && v <= 3600.0;
     if !in_range(args.duration, 0.001) || !in_range(args.hold, 0.0) {
@@ -711,7 +765,10 @@ pub(crate) fn run(args: LoadArgs) -> Result<()> {
         None => None,
     };
 
-    let peer_sock = UdpSocket::bind(args.peer).context("echo peer")?;
+    let peer_sock = match &args.peer_netns {
+        None => UdpSocket::bind(args.peer).context("echo peer")?,
+        Some(ns) => bind_in_netns(ns, args.peer)?,
+    };
     big_buffers(&peer_sock);
     let peer = peer_sock.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -733,7 +790,7 @@ pub(crate) fn run(args: LoadArgs) -> Result<()> {
                     let mut ok = Vec::new();
                     let mut failed = 0;
                     for i in t * per..((t + 1) * per).min(args.clients) {
-                        match setup(args, &creds(args, secret, i), peer) {
+                        match setup(args, &creds(args, secret, i), peer, i) {
                             Ok(c) => ok.push(c),
                             Err(e) => {
                                 if failed == 0 {
@@ -835,13 +892,23 @@ pub(crate) fn run(args: LoadArgs) -> Result<()> {
          loss_pct={loss:.3} rtt_p50_us={} rtt_p99_us={} rtt_p999_us={} setup_per_s={:.0} \
          keepalive=refresh_half_lifetime+bind_every_{}s refreshes_sent={} refreshes_ok={} \
          refreshes_failed={}",
-        args.size,
-        if args.raw {
-            "raw"
-        } else if args.send_indications {
-            "send"
+        if args.sizes.is_empty() {
+            args.size.to_string()
         } else {
-            "channel"
+            args.sizes
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        },
+        if args.raw {
+            "raw".to_string()
+        } else if let Some(share) = args.send_share {
+            format!("send_share_{share}")
+        } else if args.send_indications {
+            "send".to_string()
+        } else {
+            "channel".to_string()
         },
         sent as f64 / secs,
         received as f64 / secs,

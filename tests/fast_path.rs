@@ -695,3 +695,71 @@ fn bindings_leave_the_kernel_when_the_core_ends_them_and_the_caps_hold() {
         "the kernel carried part of it: {before:?} {after:?}"
     );
 }
+
+/// aioice's TURN client (a client we did not write) relays with XDP attached: its channel data
+/// both ways in the kernel (all but what precedes the binding's install), and a peer port
+/// without a channel through Data indications on the user-space path; nothing lost.
+#[test]
+fn aioice_relays_with_the_fast_path_attached() {
+    let ok = Command::new("python3")
+        .args(["-c", "import aioice"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "python3 with aioice is required (.ci/run installs it)");
+    let t = topology("fpa");
+    let dir =
+        common::TempDir(std::env::temp_dir().join(format!("veil-fpai-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let _relay = fast_relay(&t, &dir.0, "xdp", &[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (user, pass) =
+        veil_relay::proto::auth::mint(common::SECRET.as_bytes(), now + 600, Some("aioice"));
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aioice/turn_check.py");
+    let before = kernel(&t);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &t.callers.0, "timeout", "60", "python3"])
+        .arg(&script)
+        .args([
+            "echo",
+            "--transport",
+            "udp",
+            "--host",
+            "10.77.0.1",
+            "--port",
+            "3478",
+        ])
+        .args(["--peer-host", "10.77.0.3", "--count", "64"])
+        .args(["--user", &user, "--password", &pass])
+        .output()
+        .expect("python3 runs");
+    let after = kernel(&t);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "no result: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert!(v["error"].is_null(), "{v}");
+    assert_eq!(v["received"], 64, "every echo came back: {v}");
+    assert_eq!(v["corrupt"], 0, "{v}");
+    assert_eq!(
+        v["indications"], 64,
+        "Data indications from a port without a channel: {v}"
+    );
+    assert_eq!(v["relayed"][0], "10.77.0.1", "{v}");
+    let carried = [after[0] - before[0], after[1] - before[1]];
+    eprintln!("aioice: the kernel carried {carried:?}");
+    assert!(
+        carried[0] > 0.0 && carried[1] > 0.0,
+        "part of aioice's channel data in the kernel both ways: {carried:?}"
+    );
+}

@@ -10,8 +10,9 @@ Prints one JSON line with what it saw; the Rust test asserts on it. Two modes:
         (`TransportPolicy.RELAY`): gather, exchange candidates, check, then COUNT messages each
         way over the nominated pair (relay to relay).
 
-Only loopback is ever addressed: the relay is on 127.0.0.1, the peer on 127.0.0.2, and the
-relay-only policy gathers no host candidates.
+Only loopback is ever addressed (the relay on 127.0.0.1, the peer on 127.0.0.2; the relay-only
+policy gathers no host candidates), or the addresses a test gives in network namespaces of its
+own (--host, --peer-host).
 """
 
 import argparse
@@ -109,7 +110,7 @@ class Collect(asyncio.DatagramProtocol):
 async def echo(args) -> dict:
     loop = asyncio.get_running_loop()
     peer_transport, peer = await loop.create_datagram_endpoint(
-        Echo, local_addr=("127.0.0.2", 0)
+        Echo, local_addr=(args.peer_host, 0)
     )
     peer_addr = peer_transport.get_extra_info("sockname")
     transport, app = await turn.create_turn_endpoint(
@@ -136,7 +137,7 @@ async def echo(args) -> dict:
     # Another port of the peer's address, which has a permission but no channel: the relay
     # sends its datagrams as Data indications (padded, when shaping), which aioice accepts.
     other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    other.bind(("127.0.0.2", 0))
+    other.bind((args.peer_host, 0))
     other_addr = other.getsockname()
     for i in range(args.count):
         other.sendto(message(i), tuple(relayed))
@@ -223,6 +224,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("mode", choices=["echo", "ice"])
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--peer-host", default="127.0.0.2", help="the echo peer's address (echo)")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--transport", choices=["udp", "tcp", "tls"], default="udp")
     p.add_argument("--cafile")

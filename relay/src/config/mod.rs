@@ -105,6 +105,8 @@ pub struct Resolved {
     pub mesh: Option<crate::mesh::MeshConfig>,
     /// The kernel fast path wanted.
     pub fast_path: settings::FastPathSettings,
+    /// How long a worker rests after a round of UDP work (`batch_wait_us`; zero: never).
+    pub batch_wait: std::time::Duration,
 }
 
 /// The settings a reload puts in force while allocations go on; every other setting of the
@@ -359,6 +361,12 @@ impl RelayConfig {
         let st = &self.streams;
         if st.handshake_timeout == 0 || st.idle_timeout == 0 {
             return Err(invalid("streams", "timeouts must be >= 1 s"));
+        }
+        if self.batch_wait_us > 2000 {
+            return Err(invalid(
+                "batch_wait_us",
+                "at most 2000 (2 ms of delay per hop); 0 turns it off",
+            ));
         }
         if !(2..=3600).contains(&self.lifecycle.worker_stall) {
             return Err(invalid(
@@ -699,6 +707,7 @@ impl RelayConfig {
             source: self.clone(),
             mesh: self.mesh.as_ref().map(|m| m.resolve()).transpose()?,
             fast_path: self.fast_path.clone(),
+            batch_wait: std::time::Duration::from_micros(self.batch_wait_us.into()),
         })
     }
 }

@@ -225,6 +225,10 @@ fn bad_fields_are_named() {
             "fast_path: {mode: ebpf}\n",
             "expected one of off, xdp, auto",
         ),
+        (
+            "batch_wait_us: 5000\nauth: {secrets: [s]}\n",
+            "batch_wait_us",
+        ),
     ];
     for (yaml, needle) in cases {
         let e = err_of(yaml);

@@ -30,6 +30,8 @@ pub(super) struct NodeShared {
     pub(super) reports: Arc<Reports>,
     /// TCP/TLS connection limits, the TLS setup, and the connections held.
     pub(super) streams: StreamLimits,
+    /// How long a worker rests after a round of UDP work (`batch_wait_us`).
+    pub(super) batch_wait: std::time::Duration,
     pub(super) tls: Option<Arc<crate::tls::TlsState>>,
     /// The website sharing the TLS listeners.
     pub(super) site: Option<Arc<crate::site::Site>>,
@@ -130,6 +132,7 @@ impl Node {
             epoch: Instant::now(),
             reports: Arc::new(Reports::new(workers)),
             streams: resolved.streams,
+            batch_wait: resolved.batch_wait,
             tls: resolved.tls.clone(),
             site: resolved.site.clone(),
             fast_path: fast_path.clone(),
