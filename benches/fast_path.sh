@@ -23,7 +23,8 @@
 #
 # Servers, alternated in each round (the order rotates): veil with the XDP fast path, the same
 # with half of the clients on Send indications (what the kernel leaves to user space), veil
-# without it, the same with `batch_wait_us: 0` (nowait: a wakeup per datagram), coturn (Debian's turnserver 4.6.1, which has no batching flags), and the plain
+# without it, the same with `batch_wait_us: 0` (nowait: a wakeup per datagram), (on request:
+# SERVERS="... shaped ...") veil shaping the client leg with --shaping's defaults, coturn (Debian's turnserver 4.6.1, which has no batching flags), and the plain
 # recvmmsg/sendmmsg forwarder (`veil bench-forwarder`, no TURN). One worker / relay thread
 # each. Load: $CLIENTS allocations x $RATE packets/s each way, payloads cycling through $SIZES.
 # Raw lines in $OUT (default /tmp/veil-fastpath-bench). Needs: iproute2, ethtool, clang-19,
@@ -108,6 +109,8 @@ start() { # server -> SERVER (address), LOAD_ARGS
       SERVER=10.80.3.2:3478 ;;
     nowait) ip netns exec vb-re "$VEIL" "${VEIL_ARGS[@]}" --set batch_wait_us=0 \
         >"$OUT/veil-nowait.log" 2>&1 &
+      SERVER=10.80.3.2:3478 ;;
+    shaped) ip netns exec vb-re "$VEIL" "${VEIL_ARGS[@]}" --shaping >"$OUT/veil-shaped.log" 2>&1 &
       SERVER=10.80.3.2:3478 ;;
     coturn) ip netns exec vb-re turnserver -n --listening-ip=10.80.3.2 --listening-port=3478 \
         --relay-ip=10.80.3.2 --min-port=20000 --max-port=20999 --relay-threads=1 \
