@@ -1,9 +1,12 @@
-//! The kernel fast path's deployment (issue 24 §2), through the real binary in a network
-//! namespace of its own with a veth pair: `fast_path.mode: xdp` attaches the XDP program in
-//! native (driver) mode and says so in `/metrics`; the program leaves the interface when the
-//! relay exits, even killed; `xdp` on an interface that cannot take it refuses to start with the
-//! reason, `auto` runs without it and says so. Needs root, iproute2 and a build with the
-//! program (clang-19 and libbpf-dev: .ci/run installs them); it fails without them.
+//! The kernel fast path (issue 24), through the real binary in network namespaces of its own
+//! joined by veth, with XDP attached natively: its deployment (attach, report, detach when the
+//! relay dies; `xdp` refuses, `auto` falls back, a relay without the capabilities serves
+//! everything); clients we did not write relaying through it (coturn's uclient over channels,
+//! Send indications, DONT-FRAGMENT, padding and IPv6; aioice; headless Chromium) with zero loss
+//! and the kernel carrying what it may; and the core's authority (bindings leaving the maps on
+//! expiry, deletion, a reload's deny and a revocation; unpermitted peers; the caps). Needs root,
+//! iproute2 and a build with the program (clang-19 and libbpf-dev: .ci/run installs them); it
+//! fails without them.
 
 mod common;
 
@@ -761,5 +764,79 @@ fn aioice_relays_with_the_fast_path_attached() {
     assert!(
         carried[0] > 0.0 && carried[1] > 0.0,
         "part of aioice's channel data in the kernel both ways: {carried:?}"
+    );
+}
+
+/// Headless Chromium (libwebrtc, driven by playwright-core as in tests/browser.rs) relays a data
+/// channel with XDP attached: one RTCPeerConnection may use only veil, the other has no TURN
+/// server and answers from its host address, so veil's peer is outside the relay (two parties
+/// on one relay would meet inside it, never crossing the interface). The browser runs in the
+/// callers' namespace; the kernel carries the call both ways.
+#[test]
+fn chromium_relays_a_data_channel_through_the_kernel() {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists()
+            && here.join("node_modules/playwright-core").exists(),
+        "Debian's chromium, Node.js and `npm ci --prefix tests/browser` are required (.ci/run)"
+    );
+    let t = topology("fpc");
+    let dir =
+        common::TempDir(std::env::temp_dir().join(format!("veil-fpc-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let _relay = fast_relay(&t, &dir.0, "xdp", &[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (user, pass) =
+        veil_relay::proto::auth::mint(common::SECRET.as_bytes(), now + 600, Some("browser"));
+    let config = serde_json::json!({
+        "messages": 50,
+        "scenarios": [{
+            "name": "xdp/udp",
+            "iceServers": [{
+                "urls": ["turn:10.77.0.1:3478?transport=udp"],
+                "username": user,
+                "credential": pass,
+            }],
+            "iceServersB": [],
+            "policyB": "all",
+        }],
+        // Host candidates as addresses, not mDNS names nobody here resolves.
+        // and a fake microphone granted, so that host candidates are gathered on c0.
+        "chromiumArgs": [
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
+            "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream",
+        ],
+    });
+    let before = kernel(&t);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &t.callers.0, "timeout", "120", "node"])
+        .arg(here.join("run.mjs"))
+        .arg(config.to_string())
+        .env("HOME", &dir.0)
+        .stdin(Stdio::null())
+        .output()
+        .expect("node runs");
+    let after = kernel(&t);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let r: serde_json::Value = stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap_or_else(|| panic!("no result:\n{stdout}\n{stderr}"));
+    assert!(r["error"].is_null(), "{r}");
+    assert_eq!(r["received"], 50, "every message arrived: {r}");
+    assert_eq!(r["inOrder"], true, "{r}");
+    assert_eq!(r["local"]["candidateType"], "relay", "{r}");
+    assert_eq!(r["remote"]["candidateType"], "host", "{r}");
+    let carried = [after[0] - before[0], after[1] - before[1]];
+    eprintln!("chromium: the kernel carried {carried:?}");
+    assert!(
+        carried[0] > 0.0 && carried[1] > 0.0,
+        "the call in the kernel both ways: {carried:?}"
     );
 }

@@ -2,12 +2,13 @@
 // driven by playwright-core; no browser is downloaded). Meant to run inside a network
 // namespace that has only `lo` (tests/browser.rs sets it up), so nothing can leave the machine.
 //
-//   node run.mjs '<json>'   with json = {"scenarios": [{"name", "iceServers", "iceServersB"?}],
-//                                       "messages": N}
+//   node run.mjs '<json>'   with json = {"scenarios": [{"name", "iceServers", "iceServersB"?,
+//                                       "policyB"?}], "messages": N}
 //
 // Serves the page on 127.0.0.1, opens two RTCPeerConnections in it that may use only the given
 // ICE servers (iceTransportPolicy "relay"; the second one its own, iceServersB, when given: the
-// two parties on two relays), sends N messages over a data channel, and prints one
+// two parties on two relays; with policyB "all" and no servers, the second party reaches the
+// first's relayed address from its host address, as a peer outside the relay does), sends N messages over a data channel, and prints one
 // JSON line per scenario: messages received, their order, the selected candidate pair from
 // getStats(). Exits 0 even when a scenario fails: the test decides.
 
@@ -21,9 +22,12 @@ const config = JSON.parse(process.argv[2]);
 
 const PAGE = `<!doctype html><meta charset="utf-8"><title>veil browser test</title>
 <script>
-async function relayChat(iceServers, n, iceServersB) {
+async function relayChat(iceServers, n, iceServersB, policyB) {
+  // Chromium gathers host candidates on every interface only for a page that may capture media
+  // (otherwise only on the default route's, which a test namespace does not have).
+  if (policyB === 'all') (await navigator.mediaDevices.getUserMedia({ audio: true })).getTracks().forEach((t) => t.stop());
   const a = new RTCPeerConnection({ iceServers, iceTransportPolicy: 'relay' });
-  const b = new RTCPeerConnection({ iceServers: iceServersB || iceServers, iceTransportPolicy: 'relay' });
+  const b = new RTCPeerConnection({ iceServers: iceServersB || iceServers, iceTransportPolicy: policyB || 'relay' });
   const candidates = { a: [], b: [] };
   a.onicecandidate = (e) => { if (e.candidate) { candidates.a.push(e.candidate.candidate); b.addIceCandidate(e.candidate); } };
   b.onicecandidate = (e) => { if (e.candidate) { candidates.b.push(e.candidate.candidate); a.addIceCandidate(e.candidate); } };
@@ -103,8 +107,8 @@ try {
   for (const s of config.scenarios) {
     let result;
     try {
-      result = await page.evaluate(([servers, n, serversB]) => relayChat(servers, n, serversB),
-        [s.iceServers, config.messages, s.iceServersB || null]);
+      result = await page.evaluate(([servers, n, serversB, policyB]) => relayChat(servers, n, serversB, policyB),
+        [s.iceServers, config.messages, s.iceServersB || null, s.policyB || null]);
     } catch (e) {
       result = { error: String(e.message || e) };
     }
