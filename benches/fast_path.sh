@@ -27,7 +27,8 @@
 # SERVERS="... shaped ...") veil shaping the client leg with --shaping's defaults, coturn (Debian's turnserver 4.6.1, which has no batching flags), and the plain
 # recvmmsg/sendmmsg forwarder (`veil bench-forwarder`, no TURN). One worker / relay thread
 # each. Load: $CLIENTS allocations x $RATE packets/s each way, payloads cycling through $SIZES.
-# Raw lines in $OUT (default /tmp/veil-fastpath-bench). Needs: iproute2, ethtool, clang-19,
+# BATCH_WAIT sets veil's batch_wait_us (default 100; the nowait row has 0). Raw lines in $OUT
+# (default /tmp/veil-fastpath-bench). Needs: iproute2, ethtool, clang-19,
 # libbpf-dev, coturn.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +39,7 @@ RATE=${RATE:-50}
 SIZES=${SIZES:-60,200,600,1200}
 OUT=${OUT:-/tmp/veil-fastpath-bench}
 mkdir -p "$OUT"
-for tool in ip ethtool clang-19 turnserver curl; do
+for tool in ip ethtool clang-19 turnserver curl taskset; do
   command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }
 done
 cargo build --release --quiet
@@ -95,7 +96,8 @@ pass_on_s0() { # on|off
 VEIL_ARGS=(relay --listen 10.80.3.2:3478 --relay-ip 10.80.3.2 --workers 1
   --port-range 20000-20999 --auth-secret-file "$OUT/secret" --allow-peer 10.80.2.0/24
   --user-quota 100000 --source-quota 0 --total-quota 100000 --watch-interval 0
-  --admin 127.0.0.1:9478 --set limits.unauthenticated.per_second=0)
+  --admin 127.0.0.1:9478 --set limits.unauthenticated.per_second=0
+  --set "batch_wait_us=${BATCH_WAIT:-100}")
 
 start() { # server -> SERVER (address), LOAD_ARGS
   LOAD_ARGS=(--secret-file "$OUT/secret")
@@ -155,7 +157,9 @@ run() { # server round
   local d0 err="$OUT/load-$1-$2.err"
   d0=$(drops)
   : >"$err"
-  ip netns exec vb-cl "$VEIL" load --server "$SERVER" "${LOAD_ARGS[@]}" \
+  # The generator on CPU 1 (its client and echo threads would otherwise wake each other across
+  # CPUs in some runs and not others: the direct run's figure was bimodal, 2 or 13 s/M).
+  ip netns exec vb-cl taskset -c 1 "$VEIL" load --server "$SERVER" "${LOAD_ARGS[@]}" \
     --clients "$CLIENTS" --rate "$RATE" --sizes "$SIZES" --duration "$SECS" \
     --local-ip 10.80.1.2 --peer 10.80.2.2:4100 --peer-netns vb-pe \
     >"$OUT/load-$1-$2.out" 2>"$err" &
@@ -201,8 +205,7 @@ done
 
 median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 of() { grep "^$1 round=" "$OUT/runs.txt" | field "$2"; }
-# The direct run's figure varies from run to run more than the others (two threads of one
-# process waking each other): its median over the rounds is subtracted from each server's.
+# The direct run's median over the rounds is subtracted from each server's.
 DIRECT=$(of direct cpu_s_per_mpkt | median)
 COTURN=$(of coturn cpu_s_per_mpkt | median)
 echo

@@ -38,8 +38,8 @@ const MAX_TICK: Duration = Duration::from_secs(1);
 /// the thread rests `batch_wait` before it looks again: datagrams that arrive meanwhile wake
 /// nobody (no thread waits on the set) and are read in one batch. At call rates a worker
 /// otherwise wakes for nearly every datagram, and the wakeups, on the waking side as on this
-/// one, are most of what relaying costs the machine (benches/fast_path.sh: −23 % CPU for the
-/// whole machine at 100 µs, and ~0.2 ms more round trip).
+/// one, are most of what relaying costs the machine (benches/fast_path.sh: −22 % CPU for the
+/// whole machine at 100 µs, for ~0.17 ms more round trip).
 async fn udp_task(worker: Rc<RefCell<Worker>>, set: AsyncFd<OwnedFd>) {
     let rest = worker.borrow().io.node.batch_wait;
     loop {
