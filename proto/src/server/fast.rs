@@ -178,20 +178,25 @@ impl Server {
     /// hold on both paths together. The grant is twice what the kernel carried in the last
     /// period, at least [`GRANT_FLOOR`], at most what the meters hold (so that one allocation
     /// does not hoard what its user's other allocations need); `u64::MAX` where uncapped.
+    ///
+    /// `carries` says which directions the kernel carries for this client (the driver keeps
+    /// the client leg of shaped flows): a direction it does not carry is granted nothing, so
+    /// that the user-space path keeps the whole of its meter.
     pub fn fast_path_grant(
         &mut self,
         now: Instant,
         client: &ClientKey,
         used: [Grant; 2],
+        carries: [bool; 2],
     ) -> [Grant; 2] {
-        self.fast_account(now, client, used, true)
+        self.fast_account(now, client, used, carries)
     }
 
     /// Accounts for what the kernel carried for `client` since the last call, as
     /// [`Server::fast_path_grant`], and gives back what its grant did not use: its last binding
     /// left the kernel.
     pub fn fast_path_settle(&mut self, now: Instant, client: &ClientKey, used: [Grant; 2]) {
-        self.fast_account(now, client, used, false);
+        self.fast_account(now, client, used, [false; 2]);
     }
 
     fn fast_account(
@@ -199,7 +204,7 @@ impl Server {
         now: Instant,
         client: &ClientKey,
         used: [Grant; 2],
-        renew: bool,
+        renew: [bool; 2],
     ) -> [Grant; 2] {
         let mut g = self.fast.grants.remove(client).unwrap_or_default();
         let Some(&slot) = self.by_client.get(client) else {
@@ -220,7 +225,7 @@ impl Server {
                 u.meters[dir].charge(&caps.user, ms, over);
             }
             g[dir] = (0, 0);
-            if !renew {
+            if !renew[dir] {
                 continue;
             }
             let all = a.meters[dir].reserve(&caps.allocation, ms, (u64::MAX, u64::MAX));
@@ -243,7 +248,7 @@ impl Server {
             a.meters[dir].release(&caps.allocation, (want.0 - got.0, want.1 - got.1));
             g[dir] = got;
         }
-        if renew {
+        if renew.contains(&true) {
             self.fast.grants.insert(*client, g);
         }
         g

@@ -34,6 +34,10 @@ struct Slot {
     slot: u32,
     bindings: usize,
     seen: Budget,
+    /// Whether the kernel carries the peer-to-client leg (not for a shaped flow, whose
+    /// bindings all share the allocation's profile): the core grants that direction nothing
+    /// otherwise.
+    to_client: bool,
 }
 
 impl Installed {
@@ -142,7 +146,10 @@ impl Worker {
                     return;
                 };
                 let seen = fp.used(slot);
-                let grant = self.server.fast_path_grant(mono, &b.client, [(0, 0); 2]);
+                let carries = [true, binding.to_client];
+                let grant = self
+                    .server
+                    .fast_path_grant(mono, &b.client, [(0, 0); 2], carries);
                 fp.set_limit(slot, limit(seen, grant));
                 fast.slots.insert(
                     b.client,
@@ -150,12 +157,17 @@ impl Worker {
                         slot,
                         bindings: 0,
                         seen,
+                        to_client: binding.to_client,
                     },
                 );
                 slot
             }
         };
         binding.slot = slot;
+        // A reload may change whether the flow is shaped: the next grant follows.
+        if let Some(s) = fast.slots.get_mut(&b.client) {
+            s.to_client = binding.to_client;
+        }
         if fp.install(&binding) {
             if fast
                 .bindings
@@ -216,9 +228,9 @@ impl Worker {
         fast.last_charge = Some(now);
         for (client, s) in &mut fast.slots {
             let used = fp.used(s.slot);
-            let grant = self
-                .server
-                .fast_path_grant(now, client, since(used, s.seen));
+            let grant =
+                self.server
+                    .fast_path_grant(now, client, since(used, s.seen), [true, s.to_client]);
             s.seen = used;
             fp.set_limit(s.slot, limit(used, grant));
         }

@@ -160,42 +160,51 @@ fn the_kernel_carries_what_the_caps_grant_it_and_no_more() {
     assert_eq!(installed(&changes(&mut s, &clock)).len(), 1);
     let now = clock.now().mono;
     let none = [(0, 0); 2];
+    let both = [true; 2];
     // First grant: the floor (64 datagrams, 64 KiB), each direction.
-    assert_eq!(s.fast_path_grant(now, &c.key, none), [(64, 65_536); 2]);
+    assert_eq!(
+        s.fast_path_grant(now, &c.key, none, both),
+        [(64, 65_536); 2]
+    );
     // Client to peer used all its datagrams: the next grant would be twice that, but is what
     // the meter holds: what the reservation left (36), not a fresh 100. Its unused bytes came
     // back; peer to client used nothing: the floor again.
     assert_eq!(
-        s.fast_path_grant(now, &c.key, [(64, 5_000), (0, 0)]),
+        s.fast_path_grant(now, &c.key, [(64, 5_000), (0, 0)], both),
         [(36, 65_536), (64, 65_536)]
     );
     // The meter is empty of datagrams now: a grant at the same instant has none to give.
     assert_eq!(
-        s.fast_path_grant(now, &c.key, [(36, 5_000), (0, 0)])[0].0,
+        s.fast_path_grant(now, &c.key, [(36, 5_000), (0, 0)], both)[0].0,
         0
     );
     // A second later the meter has refilled (100/s, a second of burst).
     clock.secs = 1;
     let now = clock.now().mono;
-    assert_eq!(s.fast_path_grant(now, &c.key, none)[0].0, 64);
+    assert_eq!(s.fast_path_grant(now, &c.key, none, both)[0].0, 64);
     // Carried past the grant (a race of the kernel's): charged all the same, down to empty.
     assert_eq!(
-        s.fast_path_grant(now, &c.key, [(120, 8_000), (0, 0)])[0].0,
+        s.fast_path_grant(now, &c.key, [(120, 8_000), (0, 0)], both)[0].0,
         0
     );
     // Settled: what was granted and unused goes back, and nothing is outstanding.
     clock.secs = 3;
     let now = clock.now().mono;
-    let g = s.fast_path_grant(now, &c.key, none);
+    let g = s.fast_path_grant(now, &c.key, none, both);
     s.fast_path_settle(now, &c.key, none);
     assert_eq!(
-        s.fast_path_grant(now, &c.key, none)[0],
+        s.fast_path_grant(now, &c.key, none, both)[0],
         (g[0].0, g[0].1),
         "the same share again: the settled grant came back whole"
     );
+    // A direction the kernel does not carry (a shaped flow's client leg) is granted nothing,
+    // and what it held comes back.
+    let g = s.fast_path_grant(now, &c.key, none, [true, false]);
+    assert_eq!(g[1], (0, 0));
+    assert_eq!(s.fast_path_grant(now, &c.key, none, both)[1], (64, 65_536));
     // A client without an allocation: nothing.
     let stranger = Client::rest(40009, "nobody");
-    assert_eq!(s.fast_path_grant(now, &stranger.key, none), none);
+    assert_eq!(s.fast_path_grant(now, &stranger.key, none, both), none);
 }
 
 /// Without caps, the kernel's grant has no limit.
@@ -205,6 +214,6 @@ fn an_uncapped_flow_is_granted_without_limit() {
     s.track_fast_path();
     let mut c = Client::rest(40004, "free");
     allocate_ok(&mut c, &mut s, &mut env, &clock);
-    let g = s.fast_path_grant(clock.now().mono, &c.key, [(0, 0); 2]);
+    let g = s.fast_path_grant(clock.now().mono, &c.key, [(0, 0); 2], [true; 2]);
     assert_eq!(g, [(u64::MAX, u64::MAX); 2]);
 }
