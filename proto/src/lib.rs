@@ -48,6 +48,7 @@ pub mod rng;
 pub mod server;
 pub mod shaping;
 pub mod site;
+pub mod spread;
 pub mod stun;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -334,6 +334,8 @@ impl Server {
         self.timers
             .push(std::cmp::Reverse((expires, slot, generation)));
         self.stats.allocations_created += 1;
+        self.shared
+            .note_spread(&self.allocs[slot].quota_key, r.from.addr.ip(), r.now.unix);
         let red = &self.shared.redactor;
         tracing::debug!(
             client = %red.client(r.now.unix, &r.from.addr),

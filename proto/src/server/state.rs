@@ -134,7 +134,12 @@ pub struct Shared {
     /// `config.source_quota` is on.
     per_source: Mutex<HashMap<u64, u32>>,
     reservations: Mutex<Reservations>,
+    /// How many networks each credential allocates from ([`crate::spread`]).
+    spread: Mutex<crate::spread::Spread>,
 }
+
+/// The window of [`Shared::spread_counts`]: networks a credential allocated from within it.
+pub(super) const SPREAD_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Shared {
     /// Node state with these settings and no allocations.
@@ -161,7 +166,21 @@ impl Shared {
             per_user: Mutex::new(HashMap::new()),
             per_source: Mutex::new(HashMap::new()),
             reservations: Mutex::default(),
+            spread: Mutex::new(crate::spread::Spread::new(SPREAD_WINDOW.as_millis() as u64)),
         }
+    }
+
+    /// Notes that credential `id` (a REST id) allocated from `ip` at `unix` seconds.
+    pub(super) fn note_spread(&self, id: &str, ip: std::net::IpAddr, unix: u64) {
+        let mut s = self.spread.lock().unwrap_or_else(|e| e.into_inner());
+        s.note(id, ip, unix.saturating_mul(1000));
+    }
+
+    /// How many credentials allocated from at least 2, 4 and 8 networks in the last 10
+    /// minutes as of `unix` seconds; never which.
+    pub fn spread_counts(&self, unix: u64) -> crate::spread::SpreadCounts {
+        let s = self.spread.lock().unwrap_or_else(|e| e.into_inner());
+        s.counts(unix.saturating_mul(1000))
     }
 
     /// The credentials and peer filter in force.
