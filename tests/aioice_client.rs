@@ -11,30 +11,10 @@ mod common;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
 const COUNT: u64 = 64;
-
-fn require_aioice() {
-    let ok = Command::new("python3")
-        .args(["-c", "import aioice"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "python3 with aioice is required: pip install 'aioice==0.13.0' (.ci/run installs it)"
-    );
-}
-
-fn credentials() -> (String, String) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    veil_relay::proto::auth::mint(common::SECRET.as_bytes(), now + 600, Some("aioice"))
-}
 
 /// Runs the script in `mode` against `server` with `creds`; its one JSON line.
 fn run(
@@ -64,12 +44,7 @@ fn run(
         .env("SSL_CERT_FILE", cafile)
         .output()
         .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    match stdout.lines().find(|l| l.starts_with('{')) {
-        Some(l) => serde_json::from_str(l).unwrap(),
-        None => panic!("{mode}/{transport}: no result\n{stdout}\n{stderr}"),
-    }
+    common::json_result(&out, &format!("{mode}/{transport}"))
 }
 
 /// A result that must not be an error.
@@ -88,7 +63,7 @@ fn relay_cases(tag: &str, ports: &str, extra: &[&str]) {
     let args: Vec<&str> = base.iter().chain(extra).copied().collect();
     let (relay, tcp, tls) = common::start_stream_relay(ports, &args);
     let cert = common::stream_relay_cert(ports);
-    let creds = credentials();
+    let creds = common::credential("aioice");
     for (transport, server) in [("udp", relay.addr), ("tcp", tcp), ("tls", tls)] {
         let name = format!("{tag}/{transport}");
         let v = ok(run("echo", transport, server, &cert, &creds));
@@ -130,12 +105,12 @@ fn relay_cases(tag: &str, ports: &str, extra: &[&str]) {
 
 #[test]
 fn aioice_relays_over_udp_tcp_and_tls_plain() {
-    require_aioice();
+    common::require_aioice();
     relay_cases("plain", "14000-14099", &[]);
 }
 
 #[test]
 fn aioice_relays_over_udp_tcp_and_tls_shaped() {
-    require_aioice();
+    common::require_aioice();
     relay_cases("shaped", "14100-14199", &common::SHAPING);
 }

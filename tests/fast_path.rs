@@ -704,22 +704,13 @@ fn bindings_leave_the_kernel_when_the_core_ends_them_and_the_caps_hold() {
 /// without a channel through Data indications on the user-space path; nothing lost.
 #[test]
 fn aioice_relays_with_the_fast_path_attached() {
-    let ok = Command::new("python3")
-        .args(["-c", "import aioice"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "python3 with aioice is required (.ci/run installs it)");
+    common::require_aioice();
     let t = topology("fpa");
     let dir =
         common::TempDir(std::env::temp_dir().join(format!("veil-fpai-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
     let _relay = fast_relay(&t, &dir.0, "xdp", &[]);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let (user, pass) =
-        veil_relay::proto::auth::mint(common::SECRET.as_bytes(), now + 600, Some("aioice"));
+    let (user, pass) = common::credential("aioice");
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aioice/turn_check.py");
     let before = kernel(&t);
@@ -740,17 +731,7 @@ fn aioice_relays_with_the_fast_path_attached() {
         .output()
         .expect("python3 runs");
     let after = kernel(&t);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| {
-            panic!(
-                "no result: {stdout} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let v = common::json_result(&out, "aioice");
     assert!(v["error"].is_null(), "{v}");
     assert_eq!(v["received"], 64, "every echo came back: {v}");
     assert_eq!(v["corrupt"], 0, "{v}");
@@ -785,12 +766,7 @@ fn chromium_relays_a_data_channel_through_the_kernel() {
         common::TempDir(std::env::temp_dir().join(format!("veil-fpc-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
     let _relay = fast_relay(&t, &dir.0, "xdp", &[]);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let (user, pass) =
-        veil_relay::proto::auth::mint(common::SECRET.as_bytes(), now + 600, Some("browser"));
+    let (user, pass) = common::credential("browser");
     let config = serde_json::json!({
         "messages": 50,
         "scenarios": [{
@@ -821,13 +797,7 @@ fn chromium_relays_a_data_channel_through_the_kernel() {
         .output()
         .expect("node runs");
     let after = kernel(&t);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let r: serde_json::Value = stdout
-        .lines()
-        .find(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .unwrap_or_else(|| panic!("no result:\n{stdout}\n{stderr}"));
+    let r = common::json_result(&out, "chromium");
     assert!(r["error"].is_null(), "{r}");
     assert_eq!(r["received"], 50, "every message arrived: {r}");
     assert_eq!(r["inOrder"], true, "{r}");

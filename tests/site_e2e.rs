@@ -211,17 +211,8 @@ fn the_site_is_served_through_veil_as_it_is_directly_and_turn_shares_the_port() 
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("Total lost packets 0"), "{text}");
     // aioice's TURN client over TLS on the same port: every echo back, nothing corrupt.
-    let ok = Command::new("python3")
-        .args(["-c", "import aioice"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "python3 with aioice is required (.ci/run installs it)");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let (user, pass) =
-        veil_relay::proto::auth::mint(common::SECRET.as_bytes(), now + 600, Some("aioice"));
+    common::require_aioice();
+    let (user, pass) = common::credential("aioice");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aioice/turn_check.py");
     let out = Command::new("python3")
         .arg(&script)
@@ -245,17 +236,7 @@ fn the_site_is_served_through_veil_as_it_is_directly_and_turn_shares_the_port() 
         .env("SSL_CERT_FILE", &cert)
         .output()
         .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| {
-            panic!(
-                "aioice: no result\n{stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let v = common::json_result(&out, "aioice");
     assert!(v["error"].is_null(), "aioice: {v}");
     assert_eq!(v["received"], 32, "aioice: {v}");
     assert_eq!(v["corrupt"], 0, "aioice: {v}");

@@ -18,6 +18,40 @@ use veil_relay::proto::stun::{Class, Message, Writer, method};
 
 pub const SECRET: &str = "e2e-secret-0123456789abcdef";
 
+/// A REST credential for `id` signed with [`SECRET`], valid ten minutes: (username, password).
+pub fn credential(id: &str) -> (String, String) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    veil_relay::proto::auth::mint(SECRET.as_bytes(), now + 600, Some(id))
+}
+
+/// Fails the test unless `python3` can import aioice (`.ci/run` installs the pinned version).
+pub fn require_aioice() {
+    let ok = Command::new("python3")
+        .args(["-c", "import aioice"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "python3 with aioice is required: pip install 'aioice==0.13.0' (.ci/run installs it)"
+    );
+}
+
+/// The first JSON line a helper process printed (the client scripts under tests/ print their
+/// result as one); panics with the process's output, naming `what`, when there is none.
+pub fn json_result(out: &std::process::Output, what: &str) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match stdout.lines().find(|l| l.starts_with('{')) {
+        Some(l) => serde_json::from_str(l).unwrap(),
+        None => panic!(
+            "{what}: no result\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
 /// A `veil relay` child process, killed on drop.
 pub struct Relay {
     pub child: Child,

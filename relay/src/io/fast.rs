@@ -204,9 +204,11 @@ impl Worker {
         let Some(s) = self.io.fast.slots.remove(client) else {
             return;
         };
-        fp.set_limit(s.slot, fp.used(s.slot));
-        let used = since(fp.used(s.slot), s.seen);
-        self.server.fast_path_settle(mono, client, used);
+        // No binding names the slot any more: what it counts now is all it will count.
+        let used = fp.used(s.slot);
+        fp.set_limit(s.slot, used);
+        self.server
+            .fast_path_settle(mono, client, since(used, s.seen));
         fp.release(s.slot);
     }
 
