@@ -342,6 +342,37 @@ fn uclient_relays_through_the_kernel_with_zero_loss() {
         installs >= 10.0,
         "a binding per client at least: {installs}"
     );
+    // The program judges what it carries as the core judges what user space relays: uclient's
+    // payloads (its message number's low byte, then filler) are not media, so each of its 10
+    // allocations counts once each way, though the kernel carried nearly all of them.
+    let judged = |m: &str, dir: &str| {
+        (
+            common::metric(
+                m,
+                &format!("veil_relay_payloads_total{{direction=\"{dir}\",class=\"other\"}}"),
+            )
+            .unwrap_or(0.0),
+            common::metric(
+                m,
+                &format!("veil_relay_non_media_allocations_total{{direction=\"{dir}\"}}"),
+            )
+            .unwrap_or(0.0),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let m = loop {
+        let m = metrics(&t.relay).unwrap();
+        let done = ["client_to_peer", "peer_to_client"]
+            .iter()
+            .all(|d| judged(&m, d) == (500.0, 10.0));
+        if done || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    for dir in ["client_to_peer", "peer_to_client"] {
+        assert_eq!(judged(&m, dir), (500.0, 10.0), "{dir}");
+    }
 
     // Send indications with DONT-FRAGMENT, and padded ChannelData (pjnath's habit): the
     // user-space path, no loss.

@@ -21,7 +21,9 @@
 //! * `authn`: long-term credential checks; `allocation`: Allocate, Refresh;
 //!   `permission`: CreatePermission, ChannelBind; `relay`: where everything a client or a peer
 //!   sends arrives ([`Server::handle_client`], [`Server::handle_peer`]) and the data path both
-//!   ways, so a relayed packet crosses this one file of the core.
+//!   ways, so a relayed packet crosses this one file of the core;
+//! * `watch`: the abuse signals each allocation feeds (permission bursts, payloads that are
+//!   not media, heavy allocations); `fast`: what the kernel fast path may carry.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -44,6 +46,7 @@ mod relay;
 mod request;
 mod state;
 mod types;
+mod watch;
 
 use allocation::Allocation;
 use error::{Fail, Req, Seal};
@@ -55,11 +58,12 @@ pub use request::{
     AllocateRequest, ChannelBindRequest, MAX_PEERS_PER_REQUEST, PermissionRequest, RefreshRequest,
     SendIndication,
 };
-pub use state::{Live, RESERVATION_SECS, ServerConfig, Shared};
+pub use state::{HEAVY_BYTES_PER_SECOND, Live, RESERVATION_SECS, ServerConfig, Shared};
 pub use types::{
     Action, ClientKey, Delivery, Family, MAX_HORIZON, Now, Occupancy, Refusal, RelayAddr, RelayId,
     Stats, Transport, later,
 };
+pub use watch::{BURST_PEERS, BURST_WINDOW_MS, BYTES_BUCKETS, INSPECT_MIN, media_like};
 
 /// Bytes the driver must leave free in front of a peer's payload so that the server can write
 /// the ChannelData (4) or Data indication (20 + 24 + 4) header in place.
@@ -308,7 +312,9 @@ impl Server {
                 .users
                 .get_mut(a.user)
                 .is_none_or(|u| u.meters[dir].admit(&caps.user, ms, len));
-        if !ok {
+        if ok {
+            self.watch_bytes(slot, ms, len as u64);
+        } else {
             self.stats.bandwidth_dropped[dir] += 1;
         }
         ok
@@ -334,7 +340,8 @@ impl Server {
     }
 
     fn delete(&mut self, slot: usize, now: Now, env: &mut impl Env, why: &'static str) {
-        let a = self.allocs.remove(slot);
+        let mut a = self.allocs.remove(slot);
+        self.fast_ended(a.client, std::mem::take(&mut a.watch));
         self.by_client.remove(&a.client);
         self.fast_dirty(a.client);
         for r in a.relays.iter().flatten() {

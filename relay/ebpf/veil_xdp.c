@@ -94,10 +94,12 @@ struct {
 } VEIL_TO_CLIENT SEC(".maps");
 
 // Datagrams and payload bytes: carried so far (VEIL_USED) and allowed in all (VEIL_LIMIT), per
-// allocation and direction.
+// allocation and direction; in VEIL_USED also how many of those datagrams did not look like
+// media (an abuse signal, `media_like`; unused in VEIL_LIMIT).
 struct budget {
 	__u64 packets;
 	__u64 bytes;
+	__u64 other;
 };
 
 #define BUDGET_SLOTS 131072
@@ -149,10 +151,44 @@ static __always_inline struct budget *within(__u32 slot, __u16 len)
 	return used;
 }
 
-static __always_inline void spend(struct budget *used, __u16 len)
+static __always_inline void spend(struct budget *used, __u16 len, int media)
 {
 	__sync_fetch_and_add(&used->packets, 1);
 	__sync_fetch_and_add(&used->bytes, len);
+	if (!media)
+		__sync_fetch_and_add(&used->other, 1);
+}
+
+// Whether a payload of `len` bytes at `p` (ending at `end`) looks like media by RFC 7983's
+// first bytes, exactly as the core's `media_like` (proto/src/server/watch.rs) judges what the
+// user-space path relays: RTP/RTCP (128-191, 8 bytes at least), TURN ChannelData (64-79, its
+// length matching), DTLS (20-63, 0xFE, 13 bytes at least), STUN (0-3, the magic cookie, 20 bytes
+// at least), ZRTP (16-19, its magic). Every read is checked against `end` itself: `end` is
+// hidden from the compiler, which would otherwise turn those checks into checks of `len` (it
+// knows the two agree), which the verifier cannot follow.
+static __always_inline int media_like(const unsigned char *p, __u32 len, const void *end)
+{
+	asm volatile("" : "+r"(end));
+	if ((const void *)(p + 1) > end)
+		return 0;
+	__u8 b = p[0];
+	if (b >= 128 && b <= 191)
+		return len >= 8;
+	if ((const void *)(p + 4) > end)
+		return 0;
+	if (b >= 64 && b <= 79) {
+		__u32 n = (__u32)p[2] << 8 | p[3];
+		return len >= 4 && n + 4 <= len && len - 4 - n < 4;
+	}
+	if (b >= 20 && b <= 63)
+		return len >= 13 && p[1] == 0xfe;
+	if ((const void *)(p + 8) > end)
+		return 0;
+	if (b <= 3)
+		return len >= 20 && p[4] == 0x21 && p[5] == 0x12 && p[6] == 0xa4 && p[7] == 0x42;
+	if (b >= 16 && b <= 19)
+		return p[4] == 'Z' && p[5] == 'R' && p[6] == 'T' && p[7] == 'P';
+	return 0;
 }
 
 static __always_inline __u16 ip_checksum(struct iphdr *ip)
@@ -262,6 +298,7 @@ int veil_xdp(struct xdp_md *ctx)
 			struct budget *used = within(v->slot * 2, media);
 			if (!used)
 				goto pass;
+			int looks = media_like(p + CHANNEL_HEADER, media, end);
 			o.saddr = v->relay_ip;
 			o.daddr = v->peer_ip;
 			o.sport = v->relay_port;
@@ -270,7 +307,7 @@ int veil_xdp(struct xdp_md *ctx)
 				goto pass;
 			if (write_headers(ctx, &o, media))
 				return XDP_DROP;
-			spend(used, media);
+			spend(used, media, looks);
 			count(0, 1);
 			count(3, media);
 			return XDP_TX;
@@ -290,6 +327,7 @@ int veil_xdp(struct xdp_md *ctx)
 		struct budget *used = within(c->slot * 2 + 1, payload);
 		if (!used)
 			goto pass;
+		int looks = media_like(p, payload, end);
 		o.saddr = c->listen_ip;
 		o.daddr = c->client_ip;
 		o.sport = c->listen_port;
@@ -306,7 +344,7 @@ int veil_xdp(struct xdp_md *ctx)
 		__u16 *h = data + HEADERS;
 		h[0] = channel;
 		h[1] = bpf_htons(payload);
-		spend(used, payload);
+		spend(used, payload, looks);
 		count(1, 1);
 		count(4, payload);
 		return XDP_TX;

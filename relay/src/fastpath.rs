@@ -109,6 +109,8 @@ struct ToClient {
 struct Count {
     packets: u64,
     bytes: u64,
+    /// Of the datagrams counted, those not media-like (VEIL_USED only).
+    other: u64,
 }
 
 // SAFETY: plain `repr(C)` structs of byte arrays and a u64, without padding bytes.
@@ -443,6 +445,22 @@ impl FastPath {
         }
     }
 
+    /// Of what the bindings of `slot` carried, ever, how many datagrams did not look like
+    /// media, per direction (the program judges each as the core does what it relays).
+    pub fn other(&self, slot: u32) -> [u64; 2] {
+        #[cfg(veil_xdp)]
+        {
+            let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+            let get = |i: u32| maps.used.get(&i, 0).map_or(0, |c| c.other);
+            [get(slot * 2), get(slot * 2 + 1)]
+        }
+        #[cfg(not(veil_xdp))]
+        {
+            let _ = slot;
+            [0; 2]
+        }
+    }
+
     /// Lets the bindings of `slot` carry up to `limit` in all (what they carried, ever, plus
     /// what the core granted).
     pub fn set_limit(&self, slot: u32, limit: Budget) {
@@ -450,7 +468,12 @@ impl FastPath {
         {
             let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
             for (i, (packets, bytes)) in [slot * 2, slot * 2 + 1].into_iter().zip(limit) {
-                let _ = maps.limit.set(i, Count { packets, bytes }, 0);
+                let count = Count {
+                    packets,
+                    bytes,
+                    other: 0,
+                };
+                let _ = maps.limit.set(i, count, 0);
             }
         }
         #[cfg(not(veil_xdp))]

@@ -54,6 +54,8 @@ pub(super) struct Allocation {
     pub(super) meters: [Meter; 2],
     /// Its user's slot in [`Server`]'s user meters.
     pub(super) user: usize,
+    /// Its abuse signals' counters.
+    pub(super) watch: super::watch::Watch,
 }
 
 /// Index of the client-to-peer direction in meters and counters.
@@ -327,6 +329,7 @@ impl Server {
             channels: Channels::default(),
             meters: [Meter::new(&caps.allocation, ms); 2],
             user,
+            watch: super::watch::Watch::new(ms),
         };
         let s = self.allocs.insert(a);
         debug_assert_eq!(s, slot);

@@ -131,6 +131,7 @@ impl Server {
             .is_err()
             && !self.live.credentials.issued_nonce(username, nonce)
         {
+            self.stats.stale_nonces += 1;
             return Err(Fail::Challenge(STALE_NONCE));
         }
         Ok(Authed {

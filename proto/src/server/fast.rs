@@ -57,6 +57,9 @@ pub(super) struct FastTrack {
     /// Per client, per direction (client to peer first): reserved from its meters for the
     /// kernel and not yet accounted for.
     grants: HashMap<ClientKey, [Grant; 2]>,
+    /// The abuse watchers of allocations that ended with bindings in the kernel, until the
+    /// driver settles what the kernel carried for them last.
+    pub(super) ended: HashMap<ClientKey, super::watch::Watch>,
 }
 
 /// The least a grant asks of the meters (datagrams, payload bytes): a call's second or more of
@@ -197,6 +200,20 @@ impl Server {
     /// left the kernel.
     pub fn fast_path_settle(&mut self, now: Instant, client: &ClientKey, used: [Grant; 2]) {
         self.fast_account(now, client, used, [false; 2]);
+        if let Some(mut w) = self.fast.ended.remove(client) {
+            w.bytes = w.bytes.saturating_add(used[0].1).saturating_add(used[1].1);
+            self.watch_end(w.bytes);
+        }
+    }
+
+    /// An allocation ends: its watcher is done, unless the kernel may have carried for it since
+    /// the driver last read (then [`Server::fast_path_settle`] finishes it).
+    pub(super) fn fast_ended(&mut self, client: ClientKey, watch: super::watch::Watch) {
+        if self.fast.on && self.fast.installed.contains_key(&client) {
+            self.fast.ended.insert(client, watch);
+        } else {
+            self.watch_end(watch.bytes);
+        }
     }
 
     fn fast_account(
@@ -251,6 +268,7 @@ impl Server {
         if renew.contains(&true) {
             self.fast.grants.insert(*client, g);
         }
+        self.watch_bytes(slot, ms, used[0].1.saturating_add(used[1].1));
         g
     }
 }

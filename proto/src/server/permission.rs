@@ -242,6 +242,7 @@ impl Server {
         for p in req.peers() {
             a.perms.grant(p.ip(), expires);
         }
+        self.watch_peers(slot, new, r.now.mono);
         self.schedule(slot);
         self.success(r, out)
     }
@@ -273,6 +274,7 @@ impl Server {
         let a = &mut self.allocs[slot];
         a.channels.bind(number, peer, ch_exp);
         a.perms.grant(peer.ip(), perm_exp);
+        self.watch_peers(slot, usize::from(grows_perms), r.now.mono);
         self.schedule(slot);
         self.success(r, out)
     }

@@ -24,7 +24,7 @@ impl Server {
         env: &mut impl Env,
     ) -> Action {
         self.sync_live();
-        match pkt.first().map(|b| b >> 6) {
+        let action = match pkt.first().map(|b| b >> 6) {
             Some(1) => self.client_channel_data(now, from, pkt),
             Some(0) => match Message::decode(pkt) {
                 Ok(m) => match m.class {
@@ -46,7 +46,15 @@ impl Server {
                 self.stats.malformed += 1;
                 Action::None
             }
+        };
+        if let Action::Forward {
+            relay, ref data, ..
+        } = action
+            && let Some(payload) = pkt.get(data.clone())
+        {
+            self.watch_payload(relay.slot(), TO_PEER, payload);
         }
+        action
     }
 
     fn client_channel_data(&mut self, now: Now, from: ClientKey, pkt: &[u8]) -> Action {
@@ -123,6 +131,7 @@ impl Server {
         if !self.meter(relay.slot(), TO_CLIENT, now.mono, len) {
             return None;
         }
+        self.watch_payload(relay.slot(), TO_CLIENT, buf.get(payload.clone())?);
         let a = &self.allocs[relay.slot()];
         if len > u16::MAX as usize - 64
             || payload.start < HEADROOM

@@ -18,6 +18,11 @@ use crate::privacy::Redactor;
 /// How long an RTP/RTCP port pair reservation (EVEN-PORT R bit) is held (RFC 8656 §7.2).
 pub const RESERVATION_SECS: u64 = 30;
 
+/// The default of [`ServerConfig::heavy_bytes_per_second`]: 8 Mbit/s both ways together,
+/// averaged over an allocation's life; a 1080p call with simulcast peaks near that and
+/// averages far below.
+pub const HEAVY_BYTES_PER_SECOND: u64 = 1_000_000;
+
 /// What the protocol core needs from the configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -73,6 +78,9 @@ pub struct ServerConfig {
     /// The residency zone this node serves. When set, a REST credential must carry the claim
     /// `z=<zone>` (the allocator mints it); others get 403. Static development users are exempt.
     pub zone: Option<String>,
+    /// An allocation that relayed (both ways together) more than this many bytes per second of
+    /// its life, past its first minute, counts as heavy (an abuse signal; 0: never).
+    pub heavy_bytes_per_second: u64,
 }
 
 impl Default for ServerConfig {
@@ -99,6 +107,7 @@ impl Default for ServerConfig {
             shaping_profiles: Vec::new(),
             tls_only_profiles: Vec::new(),
             zone: None,
+            heavy_bytes_per_second: HEAVY_BYTES_PER_SECOND,
         }
     }
 }

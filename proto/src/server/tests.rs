@@ -14,6 +14,7 @@ use crate::testing::*;
 mod fast;
 mod hostile;
 mod issued_nonce;
+mod watch;
 
 /// Public addresses as values only: unit tests send nothing anywhere.
 const PEER: &str = "93.184.216.34:5000";

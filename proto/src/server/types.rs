@@ -218,6 +218,27 @@ crate::counters! {
         pub unauthenticated_suppressed: u64,
         /// Datagrams that were neither STUN nor ChannelData, or failed to decode.
         pub malformed: u64,
+        /// 438s: a request signed with a stale or foreign nonce.
+        pub stale_nonces: u64,
+        /// Peer addresses newly permitted (CreatePermission, ChannelBind).
+        pub peers_permitted: u64,
+        /// Allocations that permitted [`BURST_PEERS`](super::watch::BURST_PEERS) new peers
+        /// within a minute (counted once per window).
+        pub permission_bursts: u64,
+        /// Relayed payloads judged media-like, client to peer and peer to client.
+        pub payloads_media: [u64; 2],
+        /// Relayed payloads judged not media-like, per direction.
+        pub payloads_other: [u64; 2],
+        /// Allocations whose payloads in a direction were more than a quarter not media-like
+        /// (counted once per allocation and direction).
+        pub non_media_allocations: [u64; 2],
+        /// Allocations that relayed more than `heavy_bytes_per_second` sustained (once each).
+        pub heavy_allocations: u64,
+        /// Ended allocations by bytes relayed both ways, per
+        /// [`BYTES_BUCKETS`](super::watch::BYTES_BUCKETS) (not cumulative; the last: more).
+        pub allocation_bytes_hist: [u64; 7],
+        /// Bytes relayed by the ended allocations.
+        pub allocation_bytes_sum: u64,
     }
 }
 

@@ -607,6 +607,7 @@ impl RelayConfig {
                 .collect(),
             bandwidth: bandwidth.clone(),
             zone: self.zone.clone().filter(|z| !z.is_empty()),
+            heavy_bytes_per_second: self.signals.heavy_bytes_per_second,
         };
         let workers = if self.workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())

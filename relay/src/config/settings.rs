@@ -197,6 +197,24 @@ impl Default for Quotas {
     }
 }
 
+/// Thresholds of the abuse signals.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Signals {
+    /// An allocation that relayed, both ways together, more than this many bytes per second
+    /// of its life (past its first minute) counts once in `veil_relay_heavy_allocations_total`;
+    /// 0: never.
+    pub heavy_bytes_per_second: u64,
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Signals {
+            heavy_bytes_per_second: crate::proto::server::HEAVY_BYTES_PER_SECOND,
+        }
+    }
+}
+
 /// Rate limits.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -448,6 +466,8 @@ pub struct RelayConfig {
     pub quotas: Quotas,
     /// Rate limits.
     pub limits: Limits,
+    /// Thresholds of the abuse signals (README: Seeing abuse).
+    pub signals: Signals,
     /// Which peers clients may reach.
     pub peers: Peers,
     /// Traffic shaping of the relay → client leg.
@@ -686,6 +706,7 @@ impl Default for RelayConfig {
             lifetimes: Lifetimes::default(),
             quotas: Quotas::default(),
             limits: Limits::default(),
+            signals: Signals::default(),
             peers: Peers::default(),
             shaping: ShapingConfig::default(),
             workers: 0,

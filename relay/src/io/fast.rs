@@ -34,6 +34,8 @@ struct Slot {
     slot: u32,
     bindings: usize,
     seen: Budget,
+    /// What the slot's not-media-like counters read when last charged.
+    other: [u64; 2],
     /// Whether the kernel carries the peer-to-client leg (not for a shaped flow, whose
     /// bindings all share the allocation's profile): the core grants that direction nothing
     /// otherwise.
@@ -157,6 +159,7 @@ impl Worker {
                         slot,
                         bindings: 0,
                         seen,
+                        other: fp.other(slot),
                         to_client: binding.to_client,
                     },
                 );
@@ -207,8 +210,9 @@ impl Worker {
         // No binding names the slot any more: what it counts now is all it will count.
         let used = fp.used(s.slot);
         fp.set_limit(s.slot, used);
-        self.server
-            .fast_path_settle(mono, client, since(used, s.seen));
+        let carried = since(used, s.seen);
+        judge(&mut self.server, fp, client, &s, carried);
+        self.server.fast_path_settle(mono, client, carried);
         fp.release(s.slot);
     }
 
@@ -230,12 +234,32 @@ impl Worker {
         fast.last_charge = Some(now);
         for (client, s) in &mut fast.slots {
             let used = fp.used(s.slot);
-            let grant =
-                self.server
-                    .fast_path_grant(now, client, since(used, s.seen), [true, s.to_client]);
+            let carried = since(used, s.seen);
+            s.other = judge(&mut self.server, &fp, client, s, carried);
+            let grant = self
+                .server
+                .fast_path_grant(now, client, carried, [true, s.to_client]);
             s.seen = used;
             fp.set_limit(s.slot, limit(used, grant));
         }
         self.sync_fast_path();
     }
+}
+
+/// Hands the core what the program judged of the payloads it carried for `client` since the
+/// slot was last read (`carried`: datagrams and bytes per direction); returns the counters now.
+fn judge(
+    server: &mut crate::proto::server::Server,
+    fp: &FastPath,
+    client: &ClientKey,
+    s: &Slot,
+    carried: Budget,
+) -> [u64; 2] {
+    let other = fp.other(s.slot);
+    server.fast_path_judged(
+        client,
+        [carried[0].0, carried[1].0],
+        [0, 1].map(|d| other[d].saturating_sub(s.other[d])),
+    );
+    other
 }

@@ -11,6 +11,8 @@ use crate::proto::counters::Accumulate;
 use crate::proto::server::{Occupancy, Refusal, Shared, Stats, Transport};
 use crate::shaping::ShapingStats;
 
+mod signals;
+
 veil_proto::counters! {
     /// What the driver counts per worker.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -321,28 +323,7 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
             n,
         );
     }
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let spread = core.spread_counts(unix);
-    let name = "veil_relay_credentials_spread";
-    family(
-        &mut o,
-        name,
-        "gauge",
-        "Credentials (REST ids) that allocated from at least this many networks (IPv4 /24, IPv6 \
-         /48) in the last 10 minutes: a credential used from many networks at once is likely \
-         stolen. Counts only; which credentials and networks is never kept.",
-    );
-    for (n, at) in spread.at_least.iter().zip(veil_proto::spread::THRESHOLDS) {
-        sample(&mut o, name, &format!("networks=\"{at}\""), *n);
-    }
-    c(
-        &mut o,
-        "veil_relay_credentials_spread_untracked",
-        "Credentials not tracked by veil_relay_credentials_spread because its table was full.",
-        spread.untracked,
-    );
+    signals::render(&mut o, core, reports, &t);
     c(
         &mut o,
         "veil_relay_permissions_refused",
