@@ -459,7 +459,8 @@ fn dashboard_queries_only_exported_series() {
             v
         })
         .collect();
-    let dash = std::fs::read_to_string(Path::new(CHART).join("dashboards/veil.json")).unwrap();
+    let dash =
+        std::fs::read_to_string(Path::new(CHART).join("mixin/dashboards/veil.json")).unwrap();
     let dash: Value = serde_json::from_str(&dash).unwrap();
     let mut queried = BTreeSet::new();
     for p in dash["panels"].as_array().unwrap() {

@@ -7,6 +7,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod prometheus;
+pub mod time;
 
 /// What is wrong with a configuration.
 #[derive(Debug, thiserror::Error)]

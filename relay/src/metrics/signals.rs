@@ -138,6 +138,21 @@ pub(super) fn render(o: &mut String, core: &Shared, reports: &Reports, t: &Worke
             c.stale_nonces,
         );
     }
+    let live = core.live();
+    gauge(
+        o,
+        "veil_relay_revoked_users",
+        "User ids on the revocation list in force (auth.revoked_users): relays of one pool \
+         that disagree have not all taken up a revocation.",
+        live.credentials.revoked_users.len() as u64,
+    );
+    gauge(
+        o,
+        "veil_relay_auth_secrets",
+        "REST secrets in force (auth.secrets and auth.secret_files): relays of one pool that \
+         disagree have not all taken up a rotation or a removal.",
+        live.credentials.secrets.len() as u64,
+    );
     if let Some(n) = udp_receive_buffer_errors() {
         counter(
             o,
@@ -151,6 +166,11 @@ pub(super) fn render(o: &mut String, core: &Shared, reports: &Reports, t: &Worke
 }
 
 const DIRECTIONS: [&str; 2] = ["client_to_peer", "peer_to_client"];
+
+fn gauge(o: &mut String, name: &str, help: &str, v: u64) {
+    family(o, name, "gauge", help);
+    sample(o, name, "", v);
+}
 
 fn counter(o: &mut String, name: &str, help: &str, v: u64) {
     family(o, name, "counter", help);
