@@ -21,6 +21,8 @@ const HEALTH_POLL: Duration = Duration::from_millis(250);
 /// it exits: longer than the allocator's default poll, so the registry drops it at once rather
 /// than after missed polls.
 const FAILED_LINGER: Duration = Duration::from_secs(2);
+/// How often the audit trail's retention runs.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// How the node's run ended.
 enum Ended {
@@ -48,6 +50,8 @@ pub(crate) struct Running {
     /// The admin endpoint's socket, bound before the workers start: once the relay answers
     /// clients, its probes and metrics answer too.
     pub admin: Option<std::net::TcpListener>,
+    /// The audit trail: reloads, drains, failures and stops are recorded there.
+    pub audit: crate::trail::Recorder,
 }
 
 /// Modification time and length of each watched file (None when unreadable), to notice changes.
@@ -90,9 +94,18 @@ impl Running {
             Err(e) => {
                 tracing::error!(trigger = why, error = %format!("{e:#}"), "reload failed; the running configuration stays");
                 self.node.reports.count_reload(false, unix_now());
+                // The error names a file and a setting, but the trail keeps to the fact.
+                self.audit.record(
+                    "reload",
+                    serde_json::json!({"trigger": why, "result": "failure"}),
+                );
                 return;
             }
         };
+        self.audit.record(
+            "reload",
+            crate::trail::relay_reload(why, &self.current, &next),
+        );
         for w in &next.warnings {
             tracing::warn!("{w}");
         }
@@ -180,6 +193,8 @@ impl Running {
             }
         };
         if let Ended::Failed(f) = rt.block_on(self.until_drained(signals)) {
+            self.audit
+                .record("failed", serde_json::json!({"why": f.to_string()}));
             // Probes answer 503 meanwhile; no drain (the failed worker's clients get nothing)
             // and no join (a stalled thread never returns).
             rt.block_on(async { tokio::time::sleep(FAILED_LINGER).await });
@@ -193,6 +208,7 @@ impl Running {
         }
         tracing::info!("stopping");
         self.node.stop().context("stopping the workers")?;
+        self.audit.record("stop", serde_json::json!({}));
         Ok(())
     }
 
@@ -208,6 +224,9 @@ impl Running {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut health = tokio::time::interval(HEALTH_POLL);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Retention: at start, then hourly.
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stall = self.current.worker_stall;
         let signal = loop {
             tokio::select! {
@@ -228,6 +247,7 @@ impl Running {
                         seen = fingerprint(&self.watched());
                     }
                 }
+                _ = prune.tick() => self.audit.prune(),
                 _ = term.recv() => break "SIGTERM",
                 _ = int.recv() => break "SIGINT",
             }
@@ -235,36 +255,53 @@ impl Running {
         // Drain: not ready at once, no new allocations, existing ones go on.
         self.shared.set_draining(true);
         self.node.withdraw_fast_path();
-        let deadline = Instant::now() + self.current.drain_timeout;
+        let started = Instant::now();
+        let deadline = started + self.current.drain_timeout;
+        self.audit.record(
+            "drain",
+            serde_json::json!({
+                "signal": signal,
+                "allocations": self.shared.allocations(),
+                "timeout_s": self.current.drain_timeout.as_secs(),
+            }),
+        );
         tracing::info!(
             signal,
             allocations = self.shared.allocations(),
             timeout_s = self.current.drain_timeout.as_secs(),
             "draining: new allocations are refused, existing ones relay until they end or the timeout"
         );
-        loop {
+        let ended = loop {
             let left = self.shared.allocations();
             if left == 0 {
                 tracing::info!("drained: no allocation left");
-                break;
+                break "empty";
             }
             if Instant::now() >= deadline {
                 tracing::info!(
                     allocations = left,
                     "drain timeout: ending the remaining allocations"
                 );
-                break;
+                break "timeout";
             }
             if let Some(f) = self.node.health.check(Instant::now(), stall) {
                 return Ended::Failed(f);
             }
             tokio::select! {
                 _ = tokio::time::sleep(DRAIN_POLL) => {}
-                _ = term.recv() => { tracing::info!(allocations = left, "second signal: stopping now"); break; }
-                _ = int.recv() => { tracing::info!(allocations = left, "second signal: stopping now"); break; }
+                _ = term.recv() => { tracing::info!(allocations = left, "second signal: stopping now"); break "second signal"; }
+                _ = int.recv() => { tracing::info!(allocations = left, "second signal: stopping now"); break "second signal"; }
                 _ = hup.recv() => self.reload("SIGHUP"),
             }
-        }
+        };
+        self.audit.record(
+            "drained",
+            serde_json::json!({
+                "ended": ended,
+                "allocations_left": self.shared.allocations(),
+                "seconds": started.elapsed().as_secs(),
+            }),
+        );
         Ended::Drained
     }
 }

@@ -11,6 +11,7 @@ mod forwarder;
 mod lifecycle;
 mod load;
 mod mesh_certs;
+mod trail;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -525,6 +526,20 @@ fn relay(args: RelayArgs) -> Result<()> {
         profiles = ?resolved.server.shaping_profiles,
         "relay ready"
     );
+    let reports = node.reports.clone();
+    let audit = trail::Recorder::open(&resolved.audit, "relay", move |seq| {
+        reports.count_audit(seq)
+    })?;
+    audit.record(
+        "start",
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "zone": resolved.server.zone,
+            "workers": resolved.workers,
+            "secrets": resolved.credentials.secrets.len(),
+            "revoked_users": resolved.credentials.revoked_users.len(),
+        }),
+    );
     let config_file = args.config.clone();
     lifecycle::Running {
         node,
@@ -533,6 +548,7 @@ fn relay(args: RelayArgs) -> Result<()> {
         reload: Box::new(move || relay_config(&args)),
         config_file,
         admin,
+        audit,
     }
     .run()
 }

@@ -414,15 +414,16 @@ impl Trail {
     }
 
     /// Deletes the segments older than the retention that no hold in force covers, and records
-    /// what it deleted with every gap the trail now has; the names of the deleted segments.
-    pub fn prune(&self, now: u64) -> Result<Vec<String>, TrailError> {
+    /// what it deleted with every gap the trail now has: the names of the deleted segments and
+    /// that record (none when nothing was deleted).
+    pub fn prune(&self, now: u64) -> Result<(Vec<String>, Option<Appended>), TrailError> {
         let _lock = Lock::take(&self.dir)?;
         let keep_from = now.saturating_sub(u64::from(self.retention_days).saturating_mul(86_400));
         let holds = active_holds(&self.dir)?;
         let segs = segments(&self.dir)?;
         // Never the newest segment: the chain goes on from it.
         let Some((newest, _)) = segs.last().cloned() else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         };
         let mut doomed = Vec::new();
         for (day, path) in &segs {
@@ -437,7 +438,7 @@ impl Trail {
             doomed.push((day.clone(), path.clone()));
         }
         if doomed.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
         // The gaps after deletion: runs of missing seqs with the hashes around them.
         let all = lines(&self.dir)?;
@@ -471,7 +472,7 @@ impl Trail {
             std::fs::remove_file(path).map_err(io(path))?;
         }
         let names: Vec<String> = doomed.iter().map(|(d, _)| segment_name(d)).collect();
-        self.append_locked(
+        let record = self.append_locked(
             now,
             "pruned",
             serde_json::json!({
@@ -480,7 +481,7 @@ impl Trail {
                 "gaps": gaps,
             }),
         )?;
-        Ok(names)
+        Ok((names, Some(record)))
     }
 }
 
@@ -530,4 +531,49 @@ pub fn active_holds(dir: &Path) -> Result<Vec<Hold>, TrailError> {
         }
     }
     Ok(holds)
+}
+
+/// The `audit` section of the relay's and the allocator's configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// The trail's directory (created if missing); none: no trail.
+    pub dir: Option<PathBuf>,
+    /// The Ed25519 key the node signs with (`veil audit keygen`); required with `dir`.
+    pub signing_key_file: Option<PathBuf>,
+    /// Days a segment is kept before it is deleted, unless a hold covers it.
+    pub retention_days: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            dir: None,
+            signing_key_file: None,
+            retention_days: 365,
+        }
+    }
+}
+
+impl Settings {
+    /// What is wrong with the settings: the setting's path and why (never a value).
+    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        match (&self.dir, &self.signing_key_file) {
+            (Some(_), None) => Err(("audit.signing_key_file", "required with audit.dir")),
+            (None, Some(_)) => Err(("audit.dir", "required with audit.signing_key_file")),
+            _ if self.retention_days == 0 => Err((
+                "audit.retention_days",
+                "at least 1 (a hold keeps records longer)",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Opens the trail the settings name, writing as `source`; None when there is none.
+    pub fn open(&self, source: &str) -> Result<Option<Trail>, TrailError> {
+        let (Some(dir), Some(key)) = (&self.dir, &self.signing_key_file) else {
+            return Ok(None);
+        };
+        Trail::open(dir, SigningKey::load(key)?, source, self.retention_days).map(Some)
+    }
 }

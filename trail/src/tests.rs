@@ -155,7 +155,7 @@ fn retention_deletes_what_no_hold_covers_and_the_rest_still_verifies() {
     assert_eq!(active_holds(&d.0).unwrap().len(), 1);
     // On the 6th, with 2 days' retention: the 1st goes, the 2nd is held, the 3rd goes (wholly
     // past retention too), the 4th (partly within it) and the 5th stay.
-    let gone = t.prune(T0 + 5 * DAY + 100).unwrap();
+    let (gone, _) = t.prune(T0 + 5 * DAY + 100).unwrap();
     assert_eq!(gone, ["trail-2026-12-01.jsonl", "trail-2026-12-03.jsonl"]);
     let s = verify(&d.0, &keys).unwrap();
     assert_eq!(s.gaps, [(0, 1), (4, 5)]);
@@ -166,10 +166,15 @@ fn retention_deletes_what_no_hold_covers_and_the_rest_still_verifies() {
         t.release(T0 + 5 * DAY + 9001, h.seq).is_err(),
         "released already"
     );
-    let gone = t.prune(T0 + 5 * DAY + 9500).unwrap();
+    let (gone, rec) = t.prune(T0 + 5 * DAY + 9500).unwrap();
     assert_eq!(gone, ["trail-2026-12-02.jsonl"]);
     let s = verify(&d.0, &keys).unwrap();
     assert_eq!(s.gaps, [(0, 5)]);
+    assert_eq!(
+        s.head.map(|h| h.0),
+        rec.map(|r| r.seq),
+        "the pruned record is the head"
+    );
     assert_eq!(s.kinds["pruned"], 2);
     assert!(s.holds.is_empty());
     // A segment deleted by hand, without a pruned record: detected.

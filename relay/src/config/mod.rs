@@ -107,6 +107,8 @@ pub struct Resolved {
     pub fast_path: settings::FastPathSettings,
     /// How long a worker rests after a round of UDP work (`batch_wait_us`; zero: never).
     pub batch_wait: std::time::Duration,
+    /// The audit trail's settings (opened by the binary, which writes the records).
+    pub audit: veil_trail::Settings,
 }
 
 /// The settings a reload puts in force while allocations go on; every other setting of the
@@ -134,19 +136,34 @@ impl Resolved {
     /// The settings that differ in `new` but only take effect at a restart: every changed
     /// field of the file outside [`RELOADABLE`], by its path (`quotas.total`, `listen`).
     pub fn restart_needed(&self, new: &Resolved) -> Vec<String> {
+        self.changed(new)
+            .into_iter()
+            .filter(|(_, reloads)| !reloads)
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// Every setting of the file that differs in `new`, by its path, and whether a reload puts
+    /// it in force. Paths only, never values: the audit trail records these.
+    pub fn changed(&self, new: &Resolved) -> Vec<(String, bool)> {
         let (Ok(a), Ok(b)) = (
             serde_json::to_value(&self.source),
             serde_json::to_value(&new.source),
         ) else {
-            return vec!["(configuration not comparable)".into()];
+            return vec![("(configuration not comparable)".into(), false)];
         };
         let mut changed = Vec::new();
         diff_paths(&a, &b, &mut Vec::new(), &mut changed);
         // A profile's policy reloads; whether it requires TLS does not (allocations were
         // admitted by their transport).
         changed
-            .retain(|path| !is_reloadable(path) || path.last().is_some_and(|l| l == "require_tls"));
-        changed.into_iter().map(|p| p.join(".")).collect()
+            .into_iter()
+            .map(|path| {
+                let reloads =
+                    is_reloadable(&path) && path.last().is_none_or(|l| l != "require_tls");
+                (path.join("."), reloads)
+            })
+            .collect()
     }
 
     /// Whether `new` names other shaping profiles (their policies cannot be swapped then:
@@ -263,6 +280,9 @@ impl RelayConfig {
     /// Validates the configuration, reads secret files and works out the node's addresses.
     pub fn resolve(&self) -> Result<Resolved, ConfigError> {
         let mut warnings = Vec::new();
+        if let Err((field, message)) = self.audit.check() {
+            return Err(invalid(field, message));
+        }
         if self.listen.is_empty() {
             return Err(invalid("listen", "at least one address is needed"));
         }
@@ -709,6 +729,7 @@ impl RelayConfig {
             mesh: self.mesh.as_ref().map(|m| m.resolve()).transpose()?,
             fast_path: self.fast_path.clone(),
             batch_wait: std::time::Duration::from_micros(self.batch_wait_us.into()),
+            audit: self.audit.clone(),
         })
     }
 }

@@ -483,6 +483,8 @@ pub struct RelayConfig {
     pub log: LogConfig,
     /// Shutdown and reload.
     pub lifecycle: Lifecycle,
+    /// The audit trail of operator actions (README: The audit trail): off by default.
+    pub audit: veil_trail::Settings,
     /// Links to the other relays of the cluster (QUIC with mutual TLS): calls whose parties
     /// sit on two relays cross between them in fixed-size cells at a constant rate. Off (null)
     /// by default.
@@ -714,6 +716,7 @@ impl Default for RelayConfig {
             software: None,
             log: LogConfig::default(),
             lifecycle: Lifecycle::default(),
+            audit: veil_trail::Settings::default(),
             mesh: None,
             fast_path: FastPathSettings::default(),
             batch_wait_us: 100,

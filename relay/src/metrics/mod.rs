@@ -87,6 +87,11 @@ pub struct Reports {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     last_reload_ok_unix: AtomicU64,
+    /// The audit trail: whether the node writes one, records in it (its head's seq + 1),
+    /// appends that failed.
+    audit_on: std::sync::atomic::AtomicBool,
+    audit_records: AtomicU64,
+    audit_errors: AtomicU64,
 }
 
 impl Reports {
@@ -105,6 +110,20 @@ impl Reports {
             self.last_reload_ok_unix.store(unix, Ordering::Relaxed);
         } else {
             self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts an append to the audit trail: the record's seq when it was written, None when
+    /// it failed.
+    pub fn count_audit(&self, seq: Option<u64>) {
+        self.audit_on.store(true, Ordering::Relaxed);
+        match seq {
+            Some(s) => self
+                .audit_records
+                .store(s.saturating_add(1), Ordering::Relaxed),
+            None => {
+                self.audit_errors.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -556,6 +575,22 @@ pub fn render(core: &Shared, reports: &Reports, port_range_len: usize) -> String
         "When the configuration was last reloaded successfully (0: never).",
         reports.last_reload_ok_unix.load(Ordering::Relaxed),
     );
+    if reports.audit_on.load(Ordering::Relaxed) {
+        g(
+            &mut o,
+            "veil_relay_audit_records",
+            "Records in the audit trail (its newest record's seq + 1): kept off the node, it shows \
+             a trail whose newest records were removed.",
+            reports.audit_records.load(Ordering::Relaxed),
+        );
+        c(
+            &mut o,
+            "veil_relay_audit_errors",
+            "Audit records that could not be written (a full or read-only disk): the actions \
+             happened, unrecorded.",
+            reports.audit_errors.load(Ordering::Relaxed),
+        );
+    }
     process(&mut o);
     o
 }
