@@ -130,8 +130,10 @@ mod tests {
 
     #[test]
     fn a_reload_is_recorded_by_path_and_count_never_by_value() {
-        let mut a = veil_relay::config::RelayConfig::default();
-        a.relay_ips = vec!["127.0.0.1".parse().unwrap()];
+        let mut a = veil_relay::config::RelayConfig {
+            relay_ips: vec!["127.0.0.1".parse().unwrap()],
+            ..Default::default()
+        };
         a.auth.secrets = vec!["old-secret-value".into(), "kept-secret-value".into()];
         a.auth.revoked_users = vec!["mallory-id".into()];
         let mut b = a.clone();
