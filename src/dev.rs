@@ -98,6 +98,10 @@ pub fn run(a: DevArgs) -> Result<()> {
     std::fs::write(&secret_file, format!("{}\n", random_hex(24)))?;
     let api_key = format!("dev-{}", random_hex(12));
     let lo = [127, 0, 0, 1];
+    // The allocator keeps an audit trail signed with a key made for this run.
+    let audit_key = dir.join("audit.key");
+    let (key_file, audit_public) = veil_trail::keygen()?;
+    std::fs::write(&audit_key, key_file)?;
 
     // The mesh: a CA made for this run, and a certificate per relay.
     let ca = crate::mesh_certs::Ca::create(&dir)?;
@@ -233,8 +237,19 @@ pub fn run(a: DevArgs) -> Result<()> {
         down_after: 3,
         up_after: 1,
         audit_retention_hours: 24,
+        audit: veil_trail::Settings {
+            dir: Some(dir.join("trail")),
+            signing_key_file: Some(audit_key.clone()),
+            retention_days: 1,
+        },
     };
     let app = App::new(cfg)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    app.start_trail(now)
+        .context("the allocator's audit trail")?;
+    let trail_dir = dir.join("trail").display().to_string();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -313,6 +328,9 @@ pub fn run(a: DevArgs) -> Result<()> {
             ),
             "The cross-border record (counts per client country and zone, cross-zone calls), as CSV:".into(),
             format!("  {exe} audit --allocator http://{api} --key {api_key} --format csv"),
+            "The allocator's audit trail (signed, hash-chained: its start, then each hour's cross-border".into(),
+            "record), verified:".into(),
+            format!("  {exe} audit verify --trail {trail_dir} --public-key {audit_public}"),
             String::new(),
             "Relay with coturn's client through the eu relay (apt-get install coturn), using the".into(),
             "username and credential of the ICE config above; the us relay refuses the same credential".into(),

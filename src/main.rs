@@ -529,7 +529,8 @@ fn relay(args: RelayArgs) -> Result<()> {
     let reports = node.reports.clone();
     let audit = trail::Recorder::open(&resolved.audit, "relay", move |seq| {
         reports.count_audit(seq)
-    })?;
+    })
+    .context("the audit trail (audit.dir, audit.signing_key_file)")?;
     audit.record(
         "start",
         serde_json::json!({
@@ -589,6 +590,11 @@ fn allocator(args: AllocatorArgs) -> Result<()> {
         tracing::warn!("no geo_db: using the embedded demo DB, which only knows loopback ranges");
     }
     let app = App::new(cfg)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    app.start_trail(now)
+        .context("the audit trail (audit.dir, audit.signing_key_file)")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

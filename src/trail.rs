@@ -1,79 +1,10 @@
-//! The daemons' side of the audit trail (README: The audit trail): a [`Recorder`] appends a
-//! record per operator action, logs each record's hash (`audit record`, a witness kept off the
-//! node when logs are shipped), reports it to the node's metrics, and prunes by the retention.
-//! What the relay records of a reload is built here from the two configurations: setting paths
-//! and counts, never a value.
+//! What the relay records in its audit trail of a reload (README: The audit trail), built from
+//! the two configurations: setting paths and counts, never a value.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+pub(crate) use veil_trail::Recorder;
 
-use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use veil_relay::config::Resolved;
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Appends records to a trail, if the node keeps one.
-pub(crate) struct Recorder {
-    trail: Option<veil_trail::Trail>,
-    /// Told each record's seq, or None when one could not be written.
-    count: Box<dyn Fn(Option<u64>) + Send + Sync>,
-}
-
-impl Recorder {
-    /// Opens the trail `settings` name, writing as `source`.
-    pub(crate) fn open(
-        settings: &veil_trail::Settings,
-        source: &str,
-        count: impl Fn(Option<u64>) + Send + Sync + 'static,
-    ) -> Result<Recorder> {
-        let trail = settings
-            .open(source)
-            .with_context(|| "the audit trail (audit.dir, audit.signing_key_file)")?;
-        if let Some(t) = &trail {
-            tracing::info!(dir = %t.dir().display(), "audit trail open");
-        }
-        Ok(Recorder {
-            trail,
-            count: Box::new(count),
-        })
-    }
-
-    /// Appends a record of `kind`.
-    pub(crate) fn record(&self, kind: &str, detail: Value) {
-        let Some(t) = &self.trail else {
-            return;
-        };
-        match t.append(unix_now(), kind, detail) {
-            Ok(a) => {
-                tracing::info!(seq = a.seq, hash = %a.hash, kind, "audit record");
-                (self.count)(Some(a.seq));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, kind, "audit record not written");
-                (self.count)(None);
-            }
-        }
-    }
-
-    /// Deletes what the retention lets go (and records that it did).
-    pub(crate) fn prune(&self) {
-        let Some(t) = &self.trail else {
-            return;
-        };
-        match t.prune(unix_now()) {
-            Ok((gone, Some(a))) => {
-                tracing::info!(seq = a.seq, hash = %a.hash, segments = ?gone, "audit record (pruned)");
-                (self.count)(Some(a.seq));
-            }
-            Ok((_, None)) => {}
-            Err(e) => tracing::error!(error = %e, "audit trail not pruned"),
-        }
-    }
-}
 
 /// What changed between two sets, by count: before, after, added, removed.
 fn delta<T: Eq + std::hash::Hash>(

@@ -52,6 +52,9 @@ use serde_json::Value;
 mod verify;
 pub use verify::{Summary, verify};
 
+mod recorder;
+pub use recorder::Recorder;
+
 #[cfg(test)]
 mod tests;
 

@@ -130,6 +130,9 @@ pub struct AllocatorConfig {
     /// running totals for as long as it retains data).
     #[serde(default = "default_audit_hours")]
     pub audit_retention_hours: u64,
+    /// The audit trail of operator actions (README: The audit trail): off by default.
+    #[serde(default)]
+    pub audit: veil_trail::Settings,
 }
 
 /// The shortest credential lifetime handed out (a request asking for less gets this).

@@ -1,6 +1,7 @@
 //! The allocator's counters and their Prometheus text: no address, user or call id.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 use super::App;
 use crate::audit::counter;
@@ -196,6 +197,22 @@ impl App {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .render(&mut o);
+        let audit = self.trail.count();
+        if audit.on.load(Ordering::Relaxed) {
+            let _ = writeln!(
+                o,
+                "# HELP veil_allocator_audit_records Records in the audit trail (its newest \
+                 record's seq + 1): kept off the node, it shows a trail whose newest records \
+                 were removed.\n# TYPE veil_allocator_audit_records gauge\nveil_allocator_audit_records {}",
+                audit.records.load(Ordering::Relaxed)
+            );
+            counter(
+                &mut o,
+                "veil_allocator_audit_errors_total",
+                "Audit records that could not be written (a full or read-only disk).",
+                [("", audit.errors.load(Ordering::Relaxed))],
+            );
+        }
         veil_ops::prometheus::process(&mut o);
         o
     }

@@ -50,6 +50,7 @@ mod mint;
 mod registry;
 #[cfg(test)]
 mod tests;
+mod trail;
 
 pub use api::{ApiError, metrics_router, router, run};
 pub use config::{
@@ -82,6 +83,8 @@ pub struct App {
     conns: Arc<conn::Held>,
     /// The origin of the buckets' milliseconds.
     epoch: std::time::Instant,
+    /// The audit trail of operator actions, once [`App::start_trail`] opened it.
+    trail: trail::Trail,
 }
 
 /// Checks that the policy can match with a DB: the DB's notes, or the reason it cannot.
@@ -181,6 +184,9 @@ impl App {
                 "request_timeout 1-300 s, idle_timeout 1-3600 s, max_per_source >= 1".into(),
             ));
         }
+        if let Err((field, message)) = cfg.audit.check() {
+            return Err(invalid(field, message.into()));
+        }
         if cfg.audit_retention_hours == 0 || cfg.audit_retention_hours > 24 * 366 {
             return Err(invalid(
                 "audit_retention_hours",
@@ -248,6 +254,7 @@ impl App {
             callers,
             conns: Arc::default(),
             epoch: std::time::Instant::now(),
+            trail: trail::Trail::default(),
         }))
     }
 

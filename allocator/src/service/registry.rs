@@ -120,6 +120,7 @@ impl App {
                         .unwrap_or_else(|e| e.into_inner())
                         .secret_reloads += 1;
                     tracing::info!("signing secret changed on disk: new credentials use it");
+                    self.trail_secret_changed();
                 }
             }
             Err(e) => {
@@ -178,10 +179,20 @@ impl App {
             .geo
             .reload_if_changed_checked(|db| check_policy_against(&self.policy, db).map(drop))
         {
-            Ok(true) => tracing::info!(db = self.geo.get().origin(), "geo DB reloaded"),
+            Ok(true) => {
+                tracing::info!(db = self.geo.get().origin(), "geo DB reloaded");
+                self.trail_geo(true);
+            }
             Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "geo DB reload refused; keeping the previous one"),
+            Err(e) => {
+                tracing::warn!(error = %e, "geo DB reload refused; keeping the previous one");
+                self.trail_geo(false);
+            }
         }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.trail_hours(now);
     }
 }
 
