@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 pub mod api;
 pub mod mesh;
 pub mod observe;
+pub mod rules;
 pub mod site;
 pub mod stream;
 pub mod wire;
