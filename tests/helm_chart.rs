@@ -276,6 +276,53 @@ fn daemonset_values_render_valid_manifests_and_configs() {
         .expect("the dashboard ConfigMap");
     let dash: Value = serde_json::from_str(dash).expect("the dashboard is JSON");
     assert_eq!(dash["uid"], "veil-capacity");
+
+    // The audit trail: every relay and the allocator write their own directory of the volume
+    // (named after the node for a DaemonSet relay, the pod otherwise), sign with the key's
+    // Secret, and their configs (checked by check-config above) say so.
+    let allocator = kind(&docs, "Deployment")
+        .into_iter()
+        .find(|d| d["metadata"]["labels"]["app.kubernetes.io/component"] == "allocator")
+        .unwrap();
+    for (w, source) in ds
+        .iter()
+        .map(|d| (*d, "spec.nodeName"))
+        .chain([(allocator, "metadata.name")])
+    {
+        let c = &containers(w)[0];
+        let env = c["env"].as_array().unwrap();
+        let name = env.iter().find(|e| e["name"] == "AUDIT_NAME").unwrap();
+        assert_eq!(name["valueFrom"]["fieldRef"]["fieldPath"], source);
+        let mounts = c["volumeMounts"].as_array().unwrap();
+        let m = mounts.iter().find(|m| m["name"] == "audit").unwrap();
+        assert_eq!(
+            (&m["mountPath"], &m["subPathExpr"]),
+            (
+                &Value::from("/var/lib/veil/audit"),
+                &Value::from("$(AUDIT_NAME)")
+            )
+        );
+        let vols = w["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+        let key = vols.iter().find(|v| v["name"] == "audit-key").unwrap();
+        assert_eq!(key["secret"]["secretName"], "veil-audit-key");
+        let vol = vols.iter().find(|v| v["name"] == "audit").unwrap();
+        assert_eq!(vol["hostPath"]["path"], "/var/lib/veil/audit");
+        assert!(
+            vol["emptyDir"].is_null(),
+            "the default volume is replaced, not merged"
+        );
+    }
+    for cm in kind(&docs, "ConfigMap") {
+        if let Some(text) = cm["data"]["relay.yaml"].as_str() {
+            let cfg: Value = serde_saphyr::from_str(text).unwrap();
+            assert_eq!(cfg["audit"]["dir"], "/var/lib/veil/audit");
+            assert_eq!(
+                cfg["audit"]["signing_key_file"],
+                "/etc/veil/audit-key/audit.key"
+            );
+            assert_eq!(cfg["audit"]["retention_days"], 400);
+        }
+    }
 }
 
 #[test]
@@ -381,6 +428,14 @@ fn deployment_values_render_load_balancers_and_the_low_port() {
 
 #[test]
 fn bad_values_are_refused_with_the_field_named() {
+    // An audit trail without its key.
+    let out = helm_template(&["ci/daemonset-values.yaml"], &["audit.keySecret="]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("audit.keySecret"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for (set, want) in [
         (vec!["relay.mode=bogus"], "relay.mode"),
         (vec!["secrets.turnSecrets[0]=short"], "turnSecrets"),
@@ -446,10 +501,17 @@ fn the_dashboard_and_the_mixin_query_only_exported_series() {
     );
     let (key, _) = veil_trail::keygen().unwrap();
     std::fs::write(dir.0.join("audit.key"), key).unwrap();
-    let example = format!(
-        "{example}\naudit: {{dir: {}, signing_key_file: {}}}\n",
-        dir.0.join("trail").display(),
-        dir.0.join("audit.key").display()
+    let example = example.replace(
+        "audit:\n  dir: null\n  signing_key_file: null\n",
+        &format!(
+            "audit:\n  dir: {}\n  signing_key_file: {}\n",
+            dir.0.join("trail").display(),
+            dir.0.join("audit.key").display()
+        ),
+    );
+    assert!(
+        example.contains("audit.key"),
+        "the example's audit section moved"
     );
     std::fs::write(&cfg, example).unwrap();
     let app = veil_allocator::service::App::new(

@@ -133,6 +133,9 @@ seccompProfile:
   "fallback" $r.mesh.fallback
   "peers" $peers) -}}
 {{- end -}}
+{{- with (include "veil.auditConfig" .root) }}
+{{- $_ := set $cfg "audit" (fromYaml .) -}}
+{{- end -}}
 {{- if ne $r.fastPath.mode "off" -}}
 {{- if not $r.fastPath.interfaces }}{{ fail "relay.fastPath.interfaces: the interfaces clients and peers reach the relays on are required when relay.fastPath.mode is not off" }}{{ end -}}
 {{- $_ := set $cfg "fast_path" (dict "mode" $r.fastPath.mode "interfaces" $r.fastPath.interfaces) -}}
@@ -174,5 +177,49 @@ seccompProfile:
 {{- if $a.geoDb.enabled -}}
 {{- $_ := set $cfg "geo_db" (printf "/var/lib/veil/geo/%s" $a.geoDb.file) -}}
 {{- end -}}
+{{- with (include "veil.auditConfig" .) }}
+{{- $_ := set $cfg "audit" (fromYaml .) -}}
+{{- end -}}
 {{- toYaml $cfg -}}
+{{- end -}}
+
+{{/* The `audit` section of both configs when audit.enabled (empty otherwise): each pod's own
+directory of the audit volume (audit.volume, mounted with subPathExpr), the key from
+audit.keySecret. */}}
+{{- define "veil.auditConfig" -}}
+{{- with .Values.audit }}{{ if .enabled -}}
+{{- if not .keySecret }}{{ fail "audit.keySecret: a Secret holding audit.key (veil audit keygen) is required when audit.enabled" }}{{ end -}}
+{{- toYaml (dict "dir" "/var/lib/veil/audit" "signing_key_file" "/etc/veil/audit-key/audit.key" "retention_days" (int .retentionDays)) -}}
+{{- end }}{{ end -}}
+{{- end -}}
+
+{{/* The audit trail's mounts, env and volumes for a pod (when audit.enabled): `name` is where
+its directory's name comes from (a fieldRef path). */}}
+{{- define "veil.auditEnv" -}}
+{{- if .root.Values.audit.enabled }}
+- name: AUDIT_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: {{ .name }}
+{{- end }}
+{{- end -}}
+
+{{- define "veil.auditMounts" -}}
+{{- if .Values.audit.enabled }}
+# Each pod writes its own directory of the volume (the trail takes a flock per append).
+- {name: audit, mountPath: /var/lib/veil/audit, subPathExpr: $(AUDIT_NAME)}
+- {name: audit-key, mountPath: /etc/veil/audit-key, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{- define "veil.auditVolumes" -}}
+{{- with .Values.audit }}{{ if .enabled }}
+- name: audit
+  {{- toYaml (.volume | default (dict "emptyDir" dict)) | nindent 2 }}
+- name: audit-key
+  secret:
+    secretName: {{ .keySecret }}
+    items:
+      - {key: audit.key, path: audit.key}
+{{- end }}{{ end }}
 {{- end -}}
