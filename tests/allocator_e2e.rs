@@ -698,10 +698,23 @@ async fn veil_dev_runs_a_working_cluster() {
     let (ok, text) = run(&uclients[1]);
     assert!(ok, "{}\n{text}", uclients[1]);
 
-    // `veil audit` as printed.
+    // `veil audit` as printed: the cross-border report, and the allocator's audit trail.
     let audit = find(&format!("{} audit", env!("CARGO_BIN_EXE_veil")));
-    assert_eq!(audit.len(), 1);
-    let out = sh(&audit[0]);
+    assert_eq!(audit.len(), 2, "{audit:?}");
+    let verify = audit.iter().find(|c| c.contains(" audit verify ")).unwrap();
+    let out = sh(verify);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{verify}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("start: 1"),
+        "the allocator's start is recorded: {text}"
+    );
+    let report = audit.iter().find(|c| c.contains(" --allocator ")).unwrap();
+    let out = sh(report);
     assert!(
         out.status.success(),
         "{}",

@@ -290,6 +290,17 @@ fn daemonset_values_render_valid_manifests_and_configs() {
         .chain([(allocator, "metadata.name")])
     {
         let c = &containers(w)[0];
+        // Configs are mounted as directories: the kubelet never updates a subPath mount, and
+        // the relay reloads when its file changes (found starting the pods with podman).
+        let mounts = c["volumeMounts"].as_array().unwrap();
+        assert!(mounts.iter().all(|m| m["subPath"].is_null()), "{mounts:?}");
+        let config = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|a| a.as_str()?.strip_prefix("--config="))
+            .unwrap();
+        assert!(config.starts_with("/etc/veil/config/"), "{config}");
         let env = c["env"].as_array().unwrap();
         let name = env.iter().find(|e| e["name"] == "AUDIT_NAME").unwrap();
         assert_eq!(name["valueFrom"]["fieldRef"]["fieldPath"], source);
