@@ -371,6 +371,19 @@ pub async fn echo_peer_at(
     (aa, ba, task)
 }
 
+/// Whether coturn's uclient failed on its own channel numbers: each client binds a random
+/// channel (0x4000-0x4FFF) to its peer's RTCP port, then another random one to its RTP port,
+/// and when the two draws agree (1 in 4 096 per client) the second bind names a channel bound
+/// to another peer, which RFC 8656 §11.2 answers with 400 and uclient gives up on. Its tests run
+/// it again once, then.
+pub fn uclient_collided(out: &std::process::Output, text: &str) -> bool {
+    let hit = !out.status.success() && text.contains("channel bind: error 400");
+    if hit {
+        eprintln!("uclient drew one channel number twice (1 in 4 096 per client); once more");
+    }
+    hit
+}
+
 /// A TURN client written against the wire, for what friendly clients never send: Send
 /// indications to any address, requests without attributes, counting replies byte by byte.
 /// Blocking, on its own loopback socket; every wait is bounded.
