@@ -688,6 +688,7 @@ fn helm_lint_strict_passes_for_every_value_set() {
         "ci/daemonset-values.yaml",
         "ci/deployment-values.yaml",
         "ci/mesh-values.yaml",
+        "ci/podman-values.yaml",
     ] {
         let out = run(
             Command::new("helm")
