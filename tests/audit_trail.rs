@@ -23,29 +23,10 @@ fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
 }
 
-/// Every record of the trail in `dir`, as JSON, oldest first.
-fn records(dir: &std::path::Path) -> Vec<serde_json::Value> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    files.retain(|p| p.extension().is_some_and(|e| e == "jsonl"));
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-fn wait_for(dir: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+fn wait_for(dir: &std::path::Path, n: usize) -> Vec<veil_trail::Record> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let r = records(dir);
+        let r = veil_trail::records(dir).unwrap_or_default();
         if r.len() >= n || Instant::now() > deadline {
             return r;
         }
@@ -96,7 +77,7 @@ fn operator_actions_are_recorded_signed_verified_and_never_name_a_caller() {
     );
     let mut caller = RawTurn::rest("127.0.0.7:0", relay.addr, "mallory42");
     caller.allocate();
-    assert_eq!(wait_for(&trail, 1)[0]["kind"], "start");
+    assert_eq!(wait_for(&trail, 1)[0].kind, "start");
 
     // A revocation with a grace for removed secrets, and a setting that needs a restart.
     std::fs::write(
@@ -108,8 +89,8 @@ fn operator_actions_are_recorded_signed_verified_and_never_name_a_caller() {
     .unwrap();
     let r = wait_for(&trail, 2);
     let reload = &r[1];
-    assert_eq!(reload["kind"], "reload");
-    let d = &reload["detail"];
+    assert_eq!(reload.kind, "reload");
+    let d = &reload.detail;
     assert_eq!(d["result"], "success");
     assert_eq!(d["trigger"], "file change");
     assert_eq!(
@@ -122,9 +103,9 @@ fn operator_actions_are_recorded_signed_verified_and_never_name_a_caller() {
     // A file that does not parse: a failed reload, recorded as such.
     std::fs::write(&config, format!("{base}auth: {{revoked_users: [unclosed\n")).unwrap();
     let r = wait_for(&trail, 3);
-    assert_eq!(r[2]["kind"], "reload");
+    assert_eq!(r[2].kind, "reload");
     assert_eq!(
-        r[2]["detail"],
+        r[2].detail,
         serde_json::json!({"trigger": "file change", "result": "failure"})
     );
     let (_, m) = common::http_get(admin, "/metrics");
@@ -154,14 +135,14 @@ fn operator_actions_are_recorded_signed_verified_and_never_name_a_caller() {
     assert!(out.status.success(), "{}", text(&out));
     common::signal(&relay.child, "TERM");
     let r = wait_for(&trail, 7);
-    let kinds: Vec<&str> = r.iter().map(|x| x["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = r.iter().map(|x| x.kind.as_str()).collect();
     assert_eq!(
         kinds,
         [
             "start", "reload", "reload", "hold", "drain", "drained", "stop"
         ]
     );
-    assert_eq!(r[4]["detail"]["signal"], "SIGTERM");
+    assert_eq!(r[4].detail["signal"], "SIGTERM");
 
     // The trail names no caller, address or secret.
     let all = std::fs::read_dir(&trail)

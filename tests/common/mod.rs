@@ -75,12 +75,30 @@ impl Drop for Relay {
     }
 }
 
+/// A loopback port that is free for UDP and TCP, that no other test of this process was given,
+/// and that lies above the kernel's ephemeral range (32768-60999), so that no port-0 bind or
+/// outgoing connection of a test running beside takes it before it is used (port-0 picks raced
+/// that way now and then: "Address already in use" for a relay or an allocator).
+fn fresh_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Where a test binary starts: spread by its process id, so consecutive binaries rarely meet
+    // a port a killed child of the previous one still holds.
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..4_500 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 61_000 + (start.wrapping_add(n) % 4_500) as u16;
+        if StdUdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 61000-65499");
+}
+
 pub fn free_udp_port() -> u16 {
-    StdUdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    fresh_port()
 }
 
 /// Starts a relay on a free loopback port with relayed ports in `ports` (below the kernel's
@@ -187,8 +205,7 @@ pub fn promtool_check(text: &str) {
 
 /// A loopback TCP address nobody listens on (for an admin endpoint).
 pub fn free_tcp_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], fresh_port()))
 }
 
 /// `GET path` on a plain HTTP/1.1 endpoint: the status code and the body.

@@ -246,6 +246,18 @@ pub(crate) fn lines(dir: &Path) -> Result<Vec<(String, usize, String)>, TrailErr
     Ok(out)
 }
 
+/// Every record of the trail in `dir` as written, oldest first, without checking anything
+/// ([`verify`] checks); a line that is not a record is skipped.
+pub fn records(dir: &Path) -> Result<Vec<Record>, TrailError> {
+    Ok(lines(dir)?
+        .into_iter()
+        .filter_map(|(_, _, l)| {
+            let (signed, _) = split_signed(&l)?;
+            serde_json::from_str(&signed).ok()
+        })
+        .collect())
+}
+
 /// An exclusive lock on a trail for one append (released when dropped).
 struct Lock {
     _file: File,
@@ -504,13 +516,7 @@ pub struct Hold {
 /// The holds recorded in the trail and not released.
 pub fn active_holds(dir: &Path) -> Result<Vec<Hold>, TrailError> {
     let mut holds = Vec::new();
-    for (_, _, line) in lines(dir)? {
-        let Some((signed, _)) = split_signed(&line) else {
-            continue;
-        };
-        let Ok(r) = serde_json::from_str::<Record>(&signed) else {
-            continue;
-        };
+    for r in records(dir)? {
         match r.kind.as_str() {
             "hold" => {
                 let t = |k: &str| {

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::{Record, Settings, Trail, TrailError, lines, split_signed};
+use super::{Record, Settings, Trail, TrailError};
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -74,15 +74,11 @@ impl Recorder {
     /// last one's); None without a trail.
     pub fn last(&self, kind: &str) -> Option<Record> {
         let t = self.trail.as_ref()?;
-        lines(t.dir())
+        super::records(t.dir())
             .ok()?
             .into_iter()
             .rev()
-            .find_map(|(_, _, l)| {
-                let (signed, _) = split_signed(&l)?;
-                let r: Record = serde_json::from_str(&signed).ok()?;
-                (r.kind == kind && r.source == t.source).then_some(r)
-            })
+            .find(|r| r.kind == kind && r.source == t.source)
     }
 
     /// Whether a trail is kept.

@@ -175,23 +175,8 @@ mod tests {
         cfg
     }
 
-    fn records(dir: &Path) -> Vec<serde_json::Value> {
-        let mut files: Vec<_> = std::fs::read_dir(dir.join("trail"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-            .collect();
-        files.sort();
-        files
-            .iter()
-            .flat_map(|f| {
-                std::fs::read_to_string(f)
-                    .unwrap()
-                    .lines()
-                    .map(|l| serde_json::from_str(l).unwrap())
-                    .collect::<Vec<serde_json::Value>>()
-            })
-            .collect()
+    fn records(dir: &Path) -> Vec<veil_trail::Record> {
+        veil_trail::records(&dir.join("trail")).unwrap()
     }
 
     #[tokio::test]
@@ -224,14 +209,14 @@ mod tests {
         std::fs::write(dir.join("s"), "rotated-0123456789abcdef\n").unwrap();
         app.reload_secret();
         let r = records(&dir);
-        let kinds: Vec<&str> = r.iter().map(|x| x["kind"].as_str().unwrap()).collect();
+        let kinds: Vec<&str> = r.iter().map(|x| x.kind.as_str()).collect();
         assert_eq!(kinds, ["start", "cross_border", "secret_reload"]);
         assert_eq!(
-            r[0]["detail"]["policy_changed"],
+            r[0].detail["policy_changed"],
             serde_json::Value::Null,
             "first start"
         );
-        let placements = r[1]["detail"]["placements"].as_array().unwrap();
+        let placements = r[1].detail["placements"].as_array().unwrap();
         assert_eq!(placements.len(), 1, "{placements:?}");
         assert_eq!(placements[0][0], "DE");
         assert_eq!(placements[0][2], 3);
@@ -251,10 +236,10 @@ mod tests {
         let again = App::new(cfg).unwrap();
         again.start_trail(T0 + 7200).unwrap();
         let r = records(&dir);
-        let d = &r.last().unwrap()["detail"];
+        let d = &r.last().unwrap().detail;
         assert_eq!(d["policy_changed"], true);
         assert_eq!(d["zones_added"], serde_json::json!(["zz-new"]));
-        assert_ne!(d["policy"], r[0]["detail"]["policy"]);
+        assert_ne!(d["policy"], r[0].detail["policy"]);
 
         let text: String = std::fs::read_dir(dir.join("trail"))
             .unwrap()

@@ -235,6 +235,7 @@ fn stale_nonce_gets_438_with_a_fresh_one() {
     );
     let resp = c.send(&mut s, &mut env, &clock, &pkt).bytes();
     assert_eq!(code(&resp), Some(438));
+    assert_eq!((s.stats().stale_nonces, s.stats().auth_failures), (1, 0));
     let fresh = find_attr(&resp, attr::NONCE).unwrap();
     assert_ne!(fresh, &old_nonce[..]);
     // RFC 8489 §9.2.4: a 438 carries REALM, NONCE and PASSWORD-ALGORITHMS, and no integrity.
