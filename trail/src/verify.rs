@@ -103,7 +103,10 @@ pub fn verify(dir: &Path, keys: &[Vec<u8>]) -> Result<Summary, String> {
                 }
             }
             None => match gap_at(0) {
-                Some(g) if g.last + 1 == r.seq && g.after == r.prev && g.before == GENESIS => {}
+                Some(g)
+                    if g.last.checked_add(1) == Some(r.seq)
+                        && g.after == r.prev
+                        && g.before == GENESIS => {}
                 _ => {
                     return Err(format!(
                         "{at}: the trail starts at record {} and no signed pruned record \
@@ -124,7 +127,7 @@ pub fn verify(dir: &Path, keys: &[Vec<u8>]) -> Result<Summary, String> {
                         r.seq, p.seq
                     ));
                 }
-                if r.seq == p.seq + 1 {
+                if Some(r.seq) == p.seq.checked_add(1) {
                     if r.prev != **p_hash {
                         return Err(format!(
                             "{at}: record {} does not chain to record {} (a line before it \
@@ -133,15 +136,16 @@ pub fn verify(dir: &Path, keys: &[Vec<u8>]) -> Result<Summary, String> {
                         ));
                     }
                 } else {
-                    match gap_at(p.seq + 1) {
+                    match gap_at(p.seq.saturating_add(1)) {
                         Some(g)
-                            if g.last + 1 == r.seq && g.before == **p_hash && g.after == r.prev => {
-                        }
+                            if g.last.checked_add(1) == Some(r.seq)
+                                && g.before == **p_hash
+                                && g.after == r.prev => {}
                         _ => {
                             return Err(format!(
                                 "{at}: records {} to {} are missing and no signed pruned record \
                                  accounts for them (removed)",
-                                p.seq + 1,
+                                p.seq.saturating_add(1),
                                 r.seq - 1
                             ));
                         }
